@@ -1,0 +1,69 @@
+"""Typed errors raised by ats-wsi.
+
+Library code never prints or exits; it raises one of these. Each error that
+concerns a file carries its ``path`` and says what was wrong with it.
+"""
+from __future__ import annotations
+
+import os
+
+
+class AtsError(Exception):
+    """Base class of every error ats-wsi raises on purpose."""
+
+
+class SlideError(AtsError):
+    """A slide could not be opened or read.
+
+    Args:
+        path: the slide's path (``None`` when the error is not about one file).
+        reason: what was wrong, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+    def __reduce__(self):  # keep path and reason across processes (dask, DataLoader)
+        return (type(self), (self.path, self.reason))
+
+
+class SlideNotFoundError(SlideError, FileNotFoundError):
+    """The path does not exist, or is a folder that holds no slide."""
+
+
+class UnsupportedFormatError(SlideError):
+    """No backend can read this file (unknown or unsupported format)."""
+
+
+class CorruptSlideError(SlideError):
+    """The file claims a slide format but its bytes are broken or truncated."""
+
+
+class LevelError(SlideError, IndexError):
+    """A pyramid level outside ``0 .. level_count - 1`` was asked for."""
+
+
+class RegionError(SlideError, ValueError):
+    """A region or size that cannot be read (negative size, too large, ...)."""
+
+
+class SamplingError(AtsError, ValueError):
+    """Attention or sampling arguments that would give a wrong sample."""
+
+
+class CheckpointError(AtsError):
+    """A checkpoint file is missing, unreadable or of an unknown config."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class ManifestError(AtsError, ValueError):
+    """A slide manifest (CSV) is missing columns or has bad rows."""

@@ -1,0 +1,1 @@
+"""The lazy tile pyramid: open_slide and Slide."""

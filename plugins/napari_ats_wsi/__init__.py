@@ -1,0 +1,1 @@
+"""napari plugin for ats-wsi (npe2 manifest ``napari.yaml``)."""
