@@ -1,0 +1,351 @@
+"""Results on disk: attention maps (OME-Zarr), overlay PNGs, CSV tables.
+
+Every writer here publishes its result atomically: it writes under a
+temporary name in the destination folder and renames it into place only once
+complete, so an interrupted run never leaves a half-written file under a
+final name.
+
+Attention maps are stored as OME-Zarr (NGFF 0.4 by default, which most
+viewers read; 0.5 on request) holding one float32 array of shape
+(rows, cols) = (y, x). Its coordinate transformations put every cell exactly
+over the slide region it covers, in micrometres when the slide's µm/px is
+known and in level-0 pixels otherwise, using the pixel-centre convention of
+napari and NGFF: array index (r, c) sits at ``translation + (r, c) * scale``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "AttentionMap",
+    "atomic_path",
+    "write_text_atomic",
+    "write_csv_atomic",
+    "write_attention_zarr",
+    "read_attention_zarr",
+    "colorize",
+    "render_overlay",
+    "write_overlay_png",
+    "write_json_atomic",
+]
+
+NGFF_VERSIONS = ("0.4", "0.5")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success move it onto ``path``.
+
+    Works for files and folders (a zarr store). The temporary name starts
+    with a dot and contains ``.tmp-`` so resumable runs can ignore and clean
+    leftovers of a killed process. If the body raises, the temporary is
+    removed and ``path`` is left as it was.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        if tmp.is_dir():
+            # A folder cannot replace a non-empty folder in one rename: move the
+            # old one aside first, then drop it once the new one is in place.
+            old = None
+            if final.exists():
+                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old is not None:
+                _remove(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def write_csv_atomic(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]
+) -> Path:
+    """Write dict rows as a CSV with a header, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(fieldnames), extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- OME-Zarr
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """An attention map read back from OME-Zarr.
+
+    Attributes:
+        data: float32 (rows, cols) attention probabilities (or any score).
+        scale: (sy, sx) physical size of one cell, in ``unit``.
+        translation: (ty, tx) physical position of the CENTRE of cell (0, 0).
+        unit: "micrometer" when the slide's µm/px was known, else None
+            (then scale and translation are in level-0 pixels).
+        cell_size_xy: (w, h) of one cell in level-0 pixels.
+        origin_xy: (x, y) level-0 position of the top-left corner of cell (0, 0).
+        mpp: the slide's µm/px used for the transform, or None.
+        metadata: the free-form ``ats_wsi`` attributes stored with the map.
+    """
+
+    data: np.ndarray
+    scale: tuple[float, float]
+    translation: tuple[float, float]
+    unit: str | None
+    cell_size_xy: tuple[float, float]
+    origin_xy: tuple[float, float]
+    mpp: float | None
+    metadata: dict = field(default_factory=dict)
+
+    def cell_center_xy(self, row: int, col: int) -> tuple[float, float]:
+        """Level-0 (x, y) of the centre of cell (row, col) (continuous coordinates)."""
+        return (
+            self.origin_xy[0] + (col + 0.5) * self.cell_size_xy[0],
+            self.origin_xy[1] + (row + 0.5) * self.cell_size_xy[1],
+        )
+
+
+def _transforms(cell_size_xy, origin_xy, mpp):
+    """NGFF scale/translation (y, x) for a grid of cells over level 0.
+
+    Level-0 pixel x covers [x, x + 1); its centre is at x + 0.5, which napari
+    (and the slide layer at scale mpp) places at physical x * mpp. A cell
+    starting at level-0 ``x0`` and ``w`` pixels wide has its centre at
+    x0 + w / 2, i.e. physically at (x0 + w / 2 - 0.5) * mpp.
+    """
+    unit_size = 1.0 if mpp is None else float(mpp)
+    cw, ch = (float(v) for v in cell_size_xy)
+    ox, oy = (float(v) for v in origin_xy)
+    scale = [ch * unit_size, cw * unit_size]
+    translation = [(oy + ch / 2 - 0.5) * unit_size, (ox + cw / 2 - 0.5) * unit_size]
+    return scale, translation
+
+
+def write_attention_zarr(
+    path: str | os.PathLike,
+    attention: np.ndarray,
+    *,
+    cell_size_xy: tuple[float, float],
+    origin_xy: tuple[float, float] = (0.0, 0.0),
+    mpp: float | None = None,
+    ngff_version: str = "0.4",
+    metadata: Mapping[str, Any] | None = None,
+    name: str = "attention",
+) -> Path:
+    """Write an attention map as an OME-Zarr image aligned to level 0.
+
+    Args:
+        path: destination folder (``*.zarr``); replaced atomically if present.
+        attention: float (rows, cols) = (y, x) map, one value per cell.
+        cell_size_xy: (w, h) of one cell in level-0 pixels.
+        origin_xy: (x, y) level-0 corner of cell (0, 0) (non-zero when the
+            grid is offset, e.g. by half a receptive field).
+        mpp: the slide's µm per level-0 pixel; None writes pixel units.
+        ngff_version: "0.4" (zarr v2, read by most viewers) or "0.5" (zarr v3).
+        metadata: JSON-able extras stored under the ``ats_wsi`` attribute.
+        name: the image's name in the multiscales metadata.
+
+    Returns:
+        The final path.
+    """
+    import zarr
+
+    if ngff_version not in NGFF_VERSIONS:
+        raise ValueError(f"ngff_version must be one of {NGFF_VERSIONS}, got {ngff_version!r}")
+    data = np.ascontiguousarray(attention, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"attention must be 2-D (rows, cols), got shape {data.shape}")
+    scale, translation = _transforms(cell_size_xy, origin_xy, mpp)
+    axis_unit = {"unit": "micrometer"} if mpp is not None else {}
+    axes = [{"name": "y", "type": "space", **axis_unit}, {"name": "x", "type": "space", **axis_unit}]
+    multiscale = {
+        "name": name,
+        "axes": axes,
+        "datasets": [
+            {
+                "path": "0",
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": translation},
+                ],
+            }
+        ],
+    }
+    extras = {
+        "cell_size_xy": [float(v) for v in cell_size_xy],
+        "origin_xy": [float(v) for v in origin_xy],
+        "mpp": None if mpp is None else float(mpp),
+        **(dict(metadata) if metadata else {}),
+    }
+    zarr_format = 2 if ngff_version == "0.4" else 3
+    chunks = tuple(min(s, 1024) for s in data.shape)
+    with atomic_path(path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
+        kwargs = {"dimension_names": ["y", "x"]} if zarr_format == 3 else {}
+        arr = root.create_array("0", shape=data.shape, chunks=chunks, dtype="float32", **kwargs)
+        arr[...] = data
+        if zarr_format == 2:
+            root.attrs.update({"multiscales": [{"version": "0.4", **multiscale}], "ats_wsi": extras})
+        else:
+            root.attrs.update({"ome": {"version": "0.5", "multiscales": [multiscale]}, "ats_wsi": extras})
+    return Path(path)
+
+
+def read_attention_zarr(path: str | os.PathLike) -> AttentionMap:
+    """Read a map written by :func:`write_attention_zarr` (NGFF 0.4 or 0.5)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    attrs = dict(root.attrs)
+    multiscales = attrs["ome"]["multiscales"] if "ome" in attrs else attrs["multiscales"]
+    ms = multiscales[0]
+    ds = ms["datasets"][0]
+    scale, translation = [1.0, 1.0], [0.0, 0.0]
+    for t in ds.get("coordinateTransformations", []):
+        if t["type"] == "scale":
+            scale = t["scale"]
+        elif t["type"] == "translation":
+            translation = t["translation"]
+    extras = attrs.get("ats_wsi", {})
+    meta = {k: v for k, v in extras.items() if k not in ("cell_size_xy", "origin_xy", "mpp")}
+    return AttentionMap(
+        data=np.asarray(root[ds["path"]][...], dtype=np.float32),
+        scale=(float(scale[0]), float(scale[1])),
+        translation=(float(translation[0]), float(translation[1])),
+        unit=ms["axes"][0].get("unit"),
+        cell_size_xy=tuple(extras.get("cell_size_xy", (scale[1], scale[0]))),
+        origin_xy=tuple(extras.get("origin_xy", (0.0, 0.0))),
+        mpp=extras.get("mpp"),
+        metadata=meta,
+    )
+
+
+# --------------------------------------------------------------------------- overlays
+
+# Anchor colours of a perceptually ordered dark-to-bright map (inferno-like),
+# interpolated linearly; enough for a readable heatmap without matplotlib.
+_HEAT_ANCHORS = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float32,
+)
+
+
+def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Map a float array (rows, cols) to uint8 RGB (rows, cols, 3) with a heat colormap."""
+    v = np.asarray(values, dtype=np.float32)
+    lo = float(np.nanmin(v)) if vmin is None else vmin
+    hi = float(np.nanmax(v)) if vmax is None else vmax
+    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    pos = t * (len(_HEAT_ANCHORS) - 1)
+    i0 = np.minimum(pos.astype(np.int64), len(_HEAT_ANCHORS) - 2)
+    frac = (pos - i0)[..., None]
+    rgb = _HEAT_ANCHORS[i0] * (1 - frac) + _HEAT_ANCHORS[i0 + 1] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+def render_overlay(
+    thumbnail: np.ndarray,
+    thumb_downsample: float,
+    attention: np.ndarray,
+    *,
+    cell_size_xy: tuple[float, float],
+    origin_xy: tuple[float, float] = (0.0, 0.0),
+    boxes_xywh: np.ndarray | None = None,
+    alpha: float = 0.5,
+):
+    """Blend a heatmap of ``attention`` over a slide thumbnail and draw boxes.
+
+    Args:
+        thumbnail: uint8 (rows, cols, 3) image of the slide.
+        thumb_downsample: level-0 pixels per thumbnail pixel.
+        attention: float (rows, cols) map over the slide.
+        cell_size_xy, origin_xy: the map's placement in level-0 pixels.
+        boxes_xywh: optional int [n, 4] sampled boxes (x, y, w, h) in level-0 pixels.
+        alpha: heatmap opacity.
+
+    Returns:
+        A ``PIL.Image.Image`` (RGB) the size of the thumbnail.
+    """
+    from PIL import Image, ImageDraw
+
+    th, tw = thumbnail.shape[:2]
+    heat = Image.fromarray(colorize(attention))
+    # Place the map in thumbnail pixels: resize to its extent, paste at its origin.
+    cw, ch = cell_size_xy[0] / thumb_downsample, cell_size_xy[1] / thumb_downsample
+    ox, oy = origin_xy[0] / thumb_downsample, origin_xy[1] / thumb_downsample
+    ext_w = max(1, int(round(attention.shape[1] * cw)))
+    ext_h = max(1, int(round(attention.shape[0] * ch)))
+    layer = Image.new("RGB", (tw, th), (0, 0, 0))
+    cover = Image.new("L", (tw, th), 0)
+    layer.paste(heat.resize((ext_w, ext_h), Image.NEAREST), (int(round(ox)), int(round(oy))))
+    cover.paste(255, (int(round(ox)), int(round(oy)), int(round(ox)) + ext_w, int(round(oy)) + ext_h))
+    base = Image.fromarray(np.ascontiguousarray(thumbnail[..., :3]))
+    mask = cover.point(lambda p: int(p * alpha))
+    out = Image.composite(layer, base, mask)
+    if boxes_xywh is not None and len(boxes_xywh):
+        draw = ImageDraw.Draw(out)
+        for x, y, w, h in np.asarray(boxes_xywh, dtype=np.float64):
+            x0, y0 = x / thumb_downsample, y / thumb_downsample
+            x1, y1 = (x + w) / thumb_downsample, (y + h) / thumb_downsample
+            draw.rectangle([x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)], outline=(0, 255, 255), width=1)
+    return out
+
+
+def write_overlay_png(path: str | os.PathLike, image) -> Path:
+    """Save a PIL image as PNG atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
