@@ -1,0 +1,579 @@
+#!/usr/bin/env python
+"""Megapixel MNIST: attention sampling against a full-resolution CNN.
+
+Reproduces the megapixel-MNIST experiment of Katharopoulos & Fleuret (ICML
+2019, arXiv 1905.03711) with this project's own ``AttentionSampler``:
+
+- attention sampling: an attention net looks at a 1/10 average-pooled view of
+  the image, 10 patches of 32 x 32 are drawn from its attention without
+  replacement and read at full resolution, a small conv net turns each into a
+  feature, and the unbiased expectation averages them; an entropy
+  regulariser keeps the attention from collapsing early;
+- baseline: the SAME conv blocks run over the whole full-resolution image,
+  followed by global average pooling (the dense counterpart of averaging
+  patch features) and the same linear head.
+
+It prints one table (test error, seconds per training sample for forward +
+backward, peak memory per training sample) for both methods next to the
+paper's figures, writes ``summary.json`` and a figure (image, attention map,
+sampled patches) into ``--out``. Both costs are measured in the same run, in
+a fresh process per method (see ``measure_cost``).
+
+    python examples/megamnist.py --quick                 # seconds, for CI
+    python examples/megamnist.py --setting easy --out runs/megamnist-easy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ats_wsi.data.megamnist import MegaMNIST
+from ats_wsi.patches import TensorSource
+from ats_wsi.sampling import SampleSoftmax
+
+N_CLASSES = 10
+
+# The paper's megapixel-MNIST figures (1500 x 1500 images, 10 patches). The
+# stored copies of the paper that this project could search give only its
+# abstract ("reduce computation and memory footprint by an order of
+# magnitude for the same accuracy"), not the table's numbers: fill them in
+# from Table 1 of arXiv 1905.03711 when a copy is at hand. ``None`` prints
+# as "n/a"; never guess.
+PAPER = {
+    "source": "Katharopoulos & Fleuret, ICML 2019 (arXiv 1905.03711), megapixel-MNIST table",
+    "attention_sampling": {"test_error": None, "seconds_per_sample": None, "peak_memory_per_sample_mb": None},
+    "baseline_cnn": {"test_error": None, "seconds_per_sample": None, "peak_memory_per_sample_mb": None},
+}
+
+METHODS = ("attention_sampling", "baseline_cnn")
+METHOD_NAMES = {"attention_sampling": "attention sampling", "baseline_cnn": "CNN, full resolution"}
+
+
+# --------------------------------------------------------------------------
+# Networks
+
+
+def conv_blocks() -> nn.Sequential:
+    """The feature extractor both methods share: [B, 1, H, W] -> [B, 32, H', W'].
+
+    The reference's megapixel-MNIST feature net (a 7 x 7 conv, then three 3 x 3
+    convs, 32 channels, ReLU) with a stride of 2 in the first conv, which
+    makes the full-resolution baseline 4x cheaper on a CPU; a 32 x 32 patch
+    still ends as a 7 x 7 map.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=7, stride=2), nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3), nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3), nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3), nn.ReLU(),
+    )
+
+
+class PatchFeatures(nn.Module):
+    """Patch -> feature: conv blocks, global max pool, L2 norm. [N, 1, ph, pw] -> [N, 32]."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = conv_blocks()
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.blocks(patches).amax(dim=(2, 3)), dim=1)
+
+
+def attention_net(smoothing: float = 1e-5) -> nn.Sequential:
+    """Low-resolution view -> attention: [B, 1, h, w] -> probabilities [B, h, w].
+
+    Three "same"-padded 3 x 3 convs (8, 8, 1 channels, tanh), so the map has
+    the view's size and a receptive field offset of 0.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 8, kernel_size=3, padding=1), nn.Tanh(),
+        nn.Conv2d(8, 8, kernel_size=3, padding=1), nn.Tanh(),
+        nn.Conv2d(8, 1, kernel_size=3, padding=1),
+        SampleSoftmax(smoothing=smoothing),
+    )
+
+
+class AttentionSamplingClassifier(nn.Module):
+    """Attention sampling over a full-resolution batch held in memory.
+
+    Args:
+        n_patches: patches drawn per image (without replacement).
+        patch_size: side of a square patch in full-resolution pixels.
+        downsample: the attention net sees ``avg_pool(x_high, downsample)``.
+        entropy: strength of the entropy regulariser.
+    """
+
+    def __init__(self, n_patches: int = 10, patch_size: int = 32, downsample: int = 10, entropy: float = 0.01):
+        super().__init__()
+        from ats_wsi.model import AttentionSampler
+
+        self.downsample = downsample
+        self.sampler = AttentionSampler(
+            attention_net(), PatchFeatures(), n_patches=n_patches, patch_size=(patch_size, patch_size),
+            replace=False, receptive_field=0, entropy=entropy,
+        )
+        self.head = nn.Linear(32, N_CLASSES)
+
+    def forward(self, x_high: torch.Tensor):
+        """x_high: float [B, 1, H, W] -> (logits [B, 10], regulariser loss (scalar), AttentionResult)."""
+        x_low = F.avg_pool2d(x_high, self.downsample)
+        result = self.sampler(x_low, TensorSource(x_high))
+        return self.head(result.features), result.entropy_loss, result
+
+
+class FullResolutionCNN(nn.Module):
+    """The baseline: conv blocks over the whole image, global average pool, linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = conv_blocks()
+        self.head = nn.Linear(32, N_CLASSES)
+
+    def forward(self, x_high: torch.Tensor):
+        """x_high: float [B, 1, H, W] -> (logits [B, 10], 0, None)."""
+        features = self.blocks(x_high).mean(dim=(2, 3))
+        return self.head(features), x_high.new_zeros(()), None
+
+
+def build_model(method: str, cfg: dict) -> nn.Module:
+    if method == "attention_sampling":
+        return AttentionSamplingClassifier(cfg["n_patches"], cfg["patch_size"], cfg["downsample"], cfg["entropy"])
+    if method == "baseline_cnn":
+        return FullResolutionCNN()
+    raise ValueError(f"unknown method {method!r}")
+
+
+# --------------------------------------------------------------------------
+# Training and evaluation
+
+
+def make_datasets(cfg: dict, n_train: int) -> tuple[MegaMNIST, MegaMNIST]:
+    size = None if cfg["image_size"] is None else (cfg["image_size"], cfg["image_size"])
+    kw = dict(setting=cfg["setting"], seed=cfg["seed"], size=size)
+    return MegaMNIST(n_train, split="train", **kw), MegaMNIST(cfg["n_test"], split="test", **kw)
+
+
+def loader(ds: MegaMNIST, cfg: dict, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=cfg["batch_size"], shuffle=shuffle, num_workers=cfg["workers"], generator=generator,
+    )
+
+
+def train(method: str, cfg: dict, epochs: int, n_train: int) -> tuple[nn.Module, dict]:
+    """Train one method; returns the model and its history (per-epoch loss, accuracy, test error)."""
+    torch.manual_seed(cfg["seed"])
+    device = torch.device(cfg["device"])
+    model = build_model(method, cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    train_ds, test_ds = make_datasets(cfg, n_train)
+    history = {"train_loss": [], "train_error": [], "test_error_per_epoch": [], "train_seconds": 0.0}
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        total, wrong, loss_sum = 0, 0, 0.0
+        bar = tqdm(loader(train_ds, cfg, True, cfg["seed"] + epoch), desc=f"{METHOD_NAMES[method]} {epoch + 1}/{epochs}",
+                   leave=False, file=sys.stderr, disable=cfg["no_progress"])
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            logits, reg, _ = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            (loss + reg).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
+            optimizer.step()
+            total += len(y)
+            wrong += int((logits.argmax(1) != y).sum())
+            loss_sum += float(loss) * len(y)
+            bar.set_postfix(loss=f"{loss_sum / total:.3f}", err=f"{wrong / total:.3f}")
+        history["train_loss"].append(loss_sum / max(total, 1))
+        history["train_error"].append(wrong / max(total, 1))
+        if cfg["eval_every_epoch"] or epoch == epochs - 1:
+            history["test_error_per_epoch"].append(evaluate(model, test_ds, cfg))
+        tqdm.write(
+            f"[{METHOD_NAMES[method]}] epoch {epoch + 1}/{epochs}: loss {history['train_loss'][-1]:.4f}, "
+            f"train error {history['train_error'][-1]:.4f}"
+            + (f", test error {history['test_error_per_epoch'][-1]:.4f}" if history["test_error_per_epoch"] else ""),
+            file=sys.stderr,
+        )
+    history["train_seconds"] = time.perf_counter() - start
+    history["test_error"] = history["test_error_per_epoch"][-1] if epochs else None
+    history["epochs"], history["n_train"] = epochs, n_train
+    return model, history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, test_ds: MegaMNIST, cfg: dict) -> float:
+    """Test error (share of wrong labels); attention sampling still samples its patches."""
+    model.eval()
+    device = torch.device(cfg["device"])
+    wrong = 0
+    for x, y in tqdm(loader(test_ds, cfg, False), desc="test", leave=False, file=sys.stderr, disable=cfg["no_progress"]):
+        logits, _, _ = model(x.to(device))
+        wrong += int((logits.argmax(1).cpu() != y).sum())
+    return wrong / max(len(test_ds), 1)
+
+
+# --------------------------------------------------------------------------
+# Cost per training sample, each method in a fresh process
+
+
+def measure_cost(method: str, cfg: dict) -> dict:
+    """Seconds and peak memory per training sample (forward + backward) of one method.
+
+    Runs in a fresh, spawned process so that one method's allocations cannot
+    hide or inflate the other's. The batch (``measure_batch`` full-resolution
+    images) is rendered and resident before measuring, for both methods.
+
+    - time: mean wall time of ``forward + loss + backward`` over ``measure_steps``
+      steps after one warm-up step, divided by the batch size;
+    - memory on CPU: peak resident set size (Linux ``VmHWM``, reset through
+      ``/proc/self/clear_refs`` just before one forward + backward) minus the
+      resident size just before it, divided by the batch size; glibc is told
+      to hand large freed blocks back to the system so that RSS follows live
+      memory; on CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
+      allocated before the step.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = ctx.Process(target=_measure_in_child, args=(method, cfg, queue))
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    result = queue.get(timeout=3600)
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"measuring {method} failed: {result['error']}")
+    return result
+
+
+def _measure_in_child(method: str, cfg: dict, queue) -> None:
+    try:
+        queue.put(_measure(method, cfg))
+    except BaseException as err:  # report to the parent instead of hanging it
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def _measure(method: str, cfg: dict) -> dict:
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    device = torch.device(cfg["device"])
+    model = build_model(method, cfg).to(device)
+    train_ds, _ = make_datasets(cfg, cfg["measure_batch"])
+    x = torch.stack([train_ds[i][0] for i in range(len(train_ds))]).to(device)
+    y = torch.tensor([train_ds.layout(i).label for i in range(len(train_ds))], device=device)
+
+    def step():
+        logits, reg, _ = model(x)
+        (F.cross_entropy(logits, y) + reg).backward()
+        model.zero_grad(set_to_none=True)
+
+    # memory: the first forward + backward from a cold start
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        memory_method = "torch.cuda.max_memory_allocated delta"
+    else:
+        before, exact = _reset_peak_rss()
+        step()
+        peak = _peak_rss() - before
+        memory_method = "peak RSS delta (VmHWM after clear_refs)" if exact else "peak RSS delta (ru_maxrss)"
+    # time: warm steps
+    step()
+    times = []
+    for _ in range(cfg["measure_steps"]):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    batch = len(x)
+    return {
+        "seconds_per_sample": float(np.mean(times)) / batch,
+        "peak_memory_per_sample_mb": max(peak, 0) / batch / 2**20,
+        "measure_batch": batch,
+        "memory_method": memory_method,
+    }
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> tuple[int, bool]:
+    """(resident bytes now, whether the peak was reset so that it starts from now)."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmRSS") * 1024, True
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _ru_unit(), False
+
+
+def _peak_rss() -> int:
+    try:
+        return _status_kb("VmHWM") * 1024
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _ru_unit()
+
+
+def _ru_unit() -> int:
+    return 1 if sys.platform == "darwin" else 1024
+
+
+# --------------------------------------------------------------------------
+# Figures (PIL only: matplotlib is not a dependency)
+
+
+def _grey(image: np.ndarray, side: int):
+    """float [H, W] in [0, 1] -> RGB PIL image, longest side ``side`` (area resampling)."""
+    from PIL import Image
+
+    img = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    scale = side / max(img.size)
+    return img.resize((round(img.width * scale), round(img.height * scale)), Image.BOX), scale
+
+
+def _heat(values: np.ndarray, size: tuple[int, int]):
+    """float [h, w] -> RGB PIL image of ``size`` (w, h), black-red-yellow-white by value / max."""
+    from PIL import Image
+
+    v = values / max(float(values.max()), 1e-12)
+    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
+    return Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.NEAREST)
+
+
+@torch.no_grad()
+def save_attention_figure(model: AttentionSamplingClassifier, ds: MegaMNIST, index: int, path: Path) -> None:
+    """Image with true digit boxes and sampled patches, the attention map, and the patches."""
+    from PIL import Image, ImageDraw
+
+    model.eval()
+    x, label = ds[index]
+    device = next(model.parameters()).device
+    logits, _, result = model(x[None].to(device))
+    attention = result.attention[0].cpu().numpy()
+    xy = result.xy[0].cpu().numpy()
+    patches = result.patches[0, :, 0].cpu().numpy()
+    side = 500
+    image, scale = _grey(x[0].numpy(), side)
+    draw = ImageDraw.Draw(image)
+    layout = ds.layout(index)
+    for (bx, by, bw, bh), c in zip(layout.boxes, layout.classes):
+        colour = (0, 200, 0) if c == layout.label else (60, 140, 255)
+        draw.rectangle([bx * scale - 2, by * scale - 2, (bx + bw) * scale + 2, (by + bh) * scale + 2], outline=colour)
+    ph, pw = patches.shape[-2:]
+    for px, py in xy:
+        draw.rectangle([px * scale, py * scale, (px + pw) * scale, (py + ph) * scale], outline=(255, 40, 40), width=2)
+    heat = _heat(attention, image.size)
+    zoom = 3
+    strip_h = ph * zoom + 10
+    canvas = Image.new("RGB", (image.width * 2 + 10, image.height + strip_h + 30), (255, 255, 255))
+    canvas.paste(image, (0, 20))
+    canvas.paste(heat, (image.width + 10, 20))
+    for k, p in enumerate(patches):
+        tile, _ = _grey(p, max(ph, pw) * zoom)
+        canvas.paste(tile, (k * (pw * zoom + 6), image.height + 30))
+    text = ImageDraw.Draw(canvas)
+    text.text((0, 2), f"label {label}, predicted {int(logits.argmax())}: digits of the label (green), "
+                      f"others (blue), sampled patches (red)", fill=(0, 0, 0))
+    text.text((image.width + 10, 2 + 0), "attention (1/10 view)", fill=(0, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def save_data_figure(path: Path, seed: int = 0) -> None:
+    """One "easy" and one "hard" image side by side, each with a zoom on a digit."""
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for setting in ("easy", "hard"):
+        ds = MegaMNIST(1, setting, seed=seed, split="train")
+        image = ds.render(0)[0]
+        layout = ds.layout(0)
+        view, scale = _grey(image, 500)
+        draw = ImageDraw.Draw(view)
+        for bx, by, bw, bh in layout.boxes:
+            draw.rectangle([bx * scale - 3, by * scale - 3, (bx + bw) * scale + 3, (by + bh) * scale + 3],
+                           outline=(0, 200, 0))
+        x0, y0 = layout.digit_xy[0]
+        crop = image[max(0, y0 - 50):y0 + 78, max(0, x0 - 50):x0 + 78]
+        zoom, _ = _grey(crop, 250)
+        panel = Image.new("RGB", (500 + 10 + 250, 520), (255, 255, 255))
+        panel.paste(view, (0, 20))
+        panel.paste(zoom, (510, 20))
+        ImageDraw.Draw(panel).text(
+            (0, 2), f"{setting}: {image.shape[1]} x {image.shape[0]}, label {layout.label}, "
+                    f"digits {layout.classes.tolist()}; right: full resolution around a digit", fill=(0, 0, 0))
+        panels.append(panel)
+    canvas = Image.new("RGB", (panels[0].width, sum(p.height for p in panels) + 10), (255, 255, 255))
+    canvas.paste(panels[0], (0, 0))
+    canvas.paste(panels[1], (0, panels[0].height + 10))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+# --------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "error":
+        return f"{100 * value:.2f} %"
+    if kind == "seconds":
+        return f"{1000 * value:.2f} ms"
+    return f"{value:.1f} MB"
+
+
+def format_table(summary: dict) -> str:
+    """The one table: this run and the paper, per method."""
+    rows = [("method", "test error", "time / sample", "peak memory / sample", "paper: error", "paper: time", "paper: memory")]
+    for method in METHODS:
+        ours, paper = summary["methods"][method], summary["paper"][method]
+        rows.append((
+            METHOD_NAMES[method],
+            _fmt(ours.get("test_error"), "error"),
+            _fmt(ours.get("seconds_per_sample"), "seconds"),
+            _fmt(ours.get("peak_memory_per_sample_mb"), "mb"),
+            _fmt(paper["test_error"], "error"),
+            _fmt(paper["seconds_per_sample"], "seconds"),
+            _fmt(paper["peak_memory_per_sample_mb"], "mb"),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    a, b = summary["methods"]["attention_sampling"], summary["methods"]["baseline_cnn"]
+    ratio = []
+    if a.get("seconds_per_sample") and b.get("seconds_per_sample"):
+        ratio.append(f"time {b['seconds_per_sample'] / a['seconds_per_sample']:.1f}x")
+    if a.get("peak_memory_per_sample_mb") and b.get("peak_memory_per_sample_mb"):
+        ratio.append(f"memory {b['peak_memory_per_sample_mb'] / a['peak_memory_per_sample_mb']:.1f}x")
+    cfg = summary["config"]
+    head = (f"Megapixel MNIST, {cfg['setting']} ({cfg['width']} x {cfg['height']}, {cfg['n_noise']} clutter patterns), "
+            f"{cfg['n_train']} train / {cfg['n_test']} test images, device {cfg['device']}")
+    foot = [f"attention sampling is cheaper than the baseline by: {', '.join(ratio) or 'n/a'}",
+            f"paper: {summary['paper']['source']} (n/a: figures not available to this run, see docs/megamnist.md)"]
+    return "\n".join([head, *lines, *foot])
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--setting", choices=("easy", "hard"), default="easy")
+    p.add_argument("--image-size", type=int, default=None, help="square image side overriding the setting's size")
+    p.add_argument("--epochs", type=int, default=40, help="attention-sampling epochs")
+    p.add_argument("--baseline-epochs", type=int, default=None, help="baseline epochs (default: --epochs)")
+    p.add_argument("--n-train", type=int, default=5000)
+    p.add_argument("--baseline-n-train", type=int, default=None, help="baseline training images (default: --n-train)")
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
+    p.add_argument("--n-patches", type=int, default=10)
+    p.add_argument("--patch-size", type=int, default=32)
+    p.add_argument("--downsample", type=int, default=10, help="the attention net sees avg_pool(image, this)")
+    p.add_argument("--entropy", type=float, default=0.01, help="entropy regulariser strength")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (rendering)")
+    p.add_argument("--measure-batch", type=int, default=4, help="batch size of the cost measurement")
+    p.add_argument("--measure-steps", type=int, default=3, help="timed steps of the cost measurement")
+    p.add_argument("--eval-every-epoch", action="store_true", help="test error after every epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true",
+                   help="CI-sized run: 200 x 200 'easy' images, few images and epochs (seconds)")
+    p.add_argument("--out", type=Path, default=Path("megamnist-out"), help="folder for summary.json and the figure")
+    p.add_argument("--figure", type=Path, default=None, help="attention figure path (default: OUT/megamnist.png)")
+    p.add_argument("--data-figure", type=Path, default=None,
+                   help="only write a figure of one easy and one hard image to this path, then exit")
+    args = p.parse_args(argv)
+    if args.quick:
+        defaults = dict(setting="easy", image_size=200, epochs=6, baseline_epochs=2, n_train=512, n_test=200,
+                        batch_size=16, measure_batch=2, measure_steps=2)
+        for key, value in defaults.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.data_figure is not None:
+        save_data_figure(args.data_figure, args.seed)
+        print(f"wrote {args.data_figure}")
+        return 0
+    probe = MegaMNIST(1, args.setting, size=None if args.image_size is None else (args.image_size,) * 2)
+    cfg = {
+        "setting": args.setting, "image_size": args.image_size, "width": probe.size[0], "height": probe.size[1],
+        "n_noise": probe.n_noise, "n_train": args.n_train, "n_test": args.n_test, "batch_size": args.batch_size,
+        "lr": args.lr, "clip": args.clip, "n_patches": args.n_patches, "patch_size": args.patch_size,
+        "downsample": args.downsample, "entropy": args.entropy, "device": args.device, "seed": args.seed,
+        "workers": args.workers, "measure_batch": args.measure_batch, "measure_steps": args.measure_steps,
+        "eval_every_epoch": args.eval_every_epoch, "no_progress": args.no_progress,
+        "threads": torch.get_num_threads(), "quick": args.quick,
+    }
+    baseline_epochs = args.epochs if args.baseline_epochs is None else args.baseline_epochs
+    baseline_n_train = args.n_train if args.baseline_n_train is None else args.baseline_n_train
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    methods = {}
+    ats_model, methods["attention_sampling"] = train("attention_sampling", cfg, args.epochs, args.n_train)
+    _, methods["baseline_cnn"] = train("baseline_cnn", cfg, baseline_epochs, baseline_n_train)
+    for method in METHODS:
+        methods[method].update(measure_cost(method, cfg))
+
+    figure = args.figure or args.out / "megamnist.png"
+    _, test_ds = make_datasets(cfg, 1)
+    save_attention_figure(ats_model, test_ds, 0, figure)
+    summary = {"config": cfg, "methods": methods, "paper": PAPER, "figure": str(figure)}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_table(summary))
+    print(f"wrote {args.out / 'summary.json'} and {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The "Attention sampling" dock widget.
+
+Pick a slide layer (opened by this plugin's reader) and a checkpoint, set
+the number of patches and of samplings, press Run. The prediction runs in a
+napari worker thread (progress in the activity dock and in the widget); when
+it is done the widget adds
+
+- the attention heatmap, placed over the slide layer by the slide layer's own
+  scale and translate (µm when the slide's mpp is known), and
+- a Shapes layer of the sampled boxes in level-0 pixel coordinates, with the
+  slide layer's transform, edge colour by the attention of each box,
+
+and shows the predicted class and the class probabilities. Every failure
+(a wrong checkpoint, an unreadable slide, a missing model package) ends as
+one napari error notification; nothing is raised into the event loop and the
+UI stays responsive.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.utils.notifications import show_error, show_info
+
+from ._reader import KIND_KEY, SLIDE_KIND, attention_layer_data
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["AttentionSamplingWidget", "AttentionOutcome", "attention_job", "box_rectangles"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("loading checkpoint", "opening slide", "sampling attention", "done")
+BOX_COLORMAP = "viridis"
+
+
+@dataclass
+class AttentionOutcome:
+    """What the worker hands back to the UI thread: a prediction or an error.
+
+    Attributes:
+        prediction: an ``ats_wsi.run.SlidePrediction`` (None on error).
+        class_names: one name per class, in the model's order.
+        error: a one-line message for the user (None on success).
+    """
+
+    prediction: Any = None
+    class_names: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def _class_names(config: Any, n_classes: int) -> tuple[str, ...]:
+    names = None
+    if isinstance(config, dict):
+        names = config.get("class_names") or config.get("classes")
+        if names is None and isinstance(config.get("data"), dict):
+            names = config["data"].get("class_names") or config["data"].get("classes")
+    if isinstance(names, (list, tuple)) and len(names) == n_classes:
+        return tuple(str(n) for n in names)
+    return tuple(f"class {i}" for i in range(n_classes))
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:  # torch missing or broken: the job reports it when it imports run
+        return "cpu"
+
+
+def attention_job(
+    slide_path: str, checkpoint_path: str, n_patches: int, samples: int, seed: int = 0
+) -> Iterator[str]:
+    """Worker body: load the checkpoint, open the slide, predict.
+
+    A generator (napari's GeneratorWorker): it yields the name of each stage
+    as it starts, so the UI can show progress and the worker can be stopped
+    between stages, and returns an :class:`AttentionOutcome`. It never
+    raises: errors are returned as a message, so the UI shows exactly one
+    notification that names the file and the cause.
+    """
+    stage = STAGES[0]
+    try:
+        yield stage
+        import ats_wsi.run as run
+
+        device = _device()
+        model, config = run.load_checkpoint(checkpoint_path, device=device)
+        stage = STAGES[1]
+        yield stage
+        from ats_wsi.slide import open_slide
+
+        with open_slide(slide_path) as slide:
+            stage = STAGES[2]
+            yield stage
+            prediction = run.predict_slide(
+                model, slide, config=config, n_patches=n_patches, samples=samples, device=device, seed=seed
+            )
+        yield STAGES[3]
+        n_classes = int(np.asarray(prediction.probabilities).reshape(-1).shape[0])
+        return AttentionOutcome(prediction=prediction, class_names=_class_names(config, n_classes))
+    except Exception as exc:  # noqa: BLE001 - every failure must become a notification
+        log.debug("attention sampling failed while %s:\n%s", stage, traceback.format_exc())
+        return AttentionOutcome(error=f"{stage} failed: {type(exc).__name__}: {exc}")
+
+
+def box_rectangles(boxes_xywh: np.ndarray) -> np.ndarray:
+    """Rectangles for a Shapes layer from level-0 boxes.
+
+    Args:
+        boxes_xywh: int [n, 4], (x, y, w, h) in level-0 pixels.
+
+    Returns:
+        float [n, 2, 2]: for each box its top-left and bottom-right corners as
+        (row, col) in level-0 pixel-centre coordinates (napari's convention:
+        pixel x spans x - 0.5 .. x + 0.5), so a box covering pixels
+        x .. x + w - 1 has its edges at x - 0.5 and x + w - 0.5.
+    """
+    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    x, y, w, h = b.T
+    top_left = np.stack([y - 0.5, x - 0.5], axis=1)
+    bottom_right = np.stack([y + h - 0.5, x + w - 0.5], axis=1)
+    return np.stack([top_left, bottom_right], axis=1)
+
+
+def _heatmap_transform(
+    cell_size_xy: Sequence[float], origin_xy: Sequence[float], scale_yx: np.ndarray, translate_yx: np.ndarray
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Scale and translate of a heatmap over a slide layer with the given transform.
+
+    Cell (r, c) covers level-0 pixels origin + (c, r) * cell .. + cell - 1;
+    its centre, in the slide layer's data coordinates, is
+    origin + cell / 2 - 0.5 (the same convention as write_attention_zarr).
+    """
+    cw, ch = (float(v) for v in cell_size_xy)
+    ox, oy = (float(v) for v in origin_xy)
+    sy, sx = (float(v) for v in scale_yx)
+    ty, tx = (float(v) for v in translate_yx)
+    scale = (ch * sy, cw * sx)
+    translate = (ty + (oy + ch / 2 - 0.5) * sy, tx + (ox + cw / 2 - 0.5) * sx)
+    return scale, translate
+
+
+def format_prediction(outcome: AttentionOutcome) -> str:
+    """Two lines for the widget: the predicted class and all probabilities."""
+    pred = outcome.prediction
+    probs = np.asarray(pred.probabilities, dtype=np.float64).reshape(-1)
+    k = int(pred.predicted)
+    names = outcome.class_names
+    listing = ", ".join(f"{n}: {p:.3f}" for n, p in zip(names, probs))
+    return f"Predicted: {names[k]} (p = {probs[k]:.3f})\n{listing}"
+
+
+class AttentionSamplingWidget(Container):
+    """Dock widget "Attention sampling" (see the module docstring).
+
+    Attributes:
+        worker: the worker of the last run (None before the first), so
+            scripts and tests can wait for it.
+    """
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        self._viewer = napari_viewer
+        self._slide = ComboBox(label="slide layer", choices=self._slide_layer_choices, nullable=True)
+        self._checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth *.ckpt")
+        self._n_patches = SpinBox(label="n_patches", value=16, min=1, max=4096)
+        self._samples = SpinBox(label="samples", value=1, min=1, max=64)
+        self._run = PushButton(text="Run")
+        self._progress = ProgressBar(label="progress", value=0, min=0, max=len(STAGES), visible=False)
+        self._status = Label(label="", value="")
+        self._result = Label(label="", value="")
+        super().__init__(
+            widgets=[
+                self._slide,
+                self._checkpoint,
+                self._n_patches,
+                self._samples,
+                self._run,
+                self._progress,
+                self._status,
+                self._result,
+            ],
+            labels=True,
+        )
+        self.worker = None
+        self._run.changed.connect(self.run)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(napari_viewer.layers.events, event).connect(self._refresh_slides)
+        self._refresh_slides()
+
+    # ------------------------------------------------------------------ choices
+
+    def _slide_layer_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if getattr(layer, "metadata", {}).get(KIND_KEY) == SLIDE_KIND
+        ]
+
+    def _refresh_slides(self, _event=None) -> None:
+        self._slide.reset_choices()
+        if self._slide.value is None and self._slide.choices:
+            self._slide.value = self._slide.choices[-1]
+
+    # ------------------------------------------------------------------ run
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+    def run(self, _clicked=None) -> None:
+        """Start a prediction on the chosen slide layer (no-op while one runs)."""
+        if self.running:
+            return
+        layer = self._slide.value
+        checkpoint = Path(self._checkpoint.value) if self._checkpoint.value else None
+        if layer is None:
+            show_error("Attention sampling: open a slide with the ats-wsi reader and choose its layer first")
+            return
+        if checkpoint is None or not checkpoint.is_file():
+            show_error(f"Attention sampling: checkpoint {checkpoint} is not a file")
+            return
+        from napari.qt.threading import create_worker
+
+        self._run.enabled = False
+        self._progress.value = 0
+        self._progress.visible = True
+        self._status.value = "starting"
+        self._result.value = ""
+        self.worker = create_worker(
+            attention_job,
+            layer.metadata["path"],
+            str(checkpoint),
+            int(self._n_patches.value),
+            int(self._samples.value),
+            _progress={"total": len(STAGES), "desc": "Attention sampling"},
+            _connect={
+                "yielded": self._on_stage,
+                "returned": lambda outcome, layer=layer: self._on_outcome(outcome, layer),
+                "errored": self._on_crash,
+                "finished": self._on_finished,
+            },
+        )
+
+    def _on_stage(self, stage: str) -> None:
+        self._status.value = stage
+        self._progress.value = min(self._progress.value + 1, len(STAGES))
+
+    def _on_crash(self, exc: BaseException) -> None:
+        # attention_job returns its errors; this is only reached if the worker
+        # machinery itself fails.
+        self._status.value = "failed"
+        show_error(f"Attention sampling failed: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self._run.enabled = True
+        self._progress.visible = False
+
+    def _on_outcome(self, outcome: AttentionOutcome, slide_layer) -> None:
+        if outcome.error is not None:
+            self._status.value = "failed"
+            show_error(f"Attention sampling on {slide_layer.name}: {outcome.error}")
+            return
+        self.add_prediction_layers(outcome, slide_layer)
+        summary = format_prediction(outcome)
+        pred = outcome.prediction
+        seconds = getattr(pred, "seconds", None)
+        timing = f" in {seconds:.1f} s" if seconds is not None else ""
+        self._status.value = f"{len(np.asarray(pred.boxes_xywh).reshape(-1, 4))} patches{timing}"
+        self._result.value = summary
+        show_info(f"{slide_layer.name}: {summary.splitlines()[0]}")
+
+    # ------------------------------------------------------------------ layers
+
+    def add_prediction_layers(self, outcome: AttentionOutcome, slide_layer) -> tuple[Any, Any]:
+        """Add the heatmap and the sampled boxes over ``slide_layer``; return both layers."""
+        from ats_wsi.outputs import AttentionMap
+
+        pred = outcome.prediction
+        scale_yx = np.asarray(slide_layer.scale, dtype=np.float64)[-2:]
+        translate_yx = np.asarray(slide_layer.translate, dtype=np.float64)[-2:]
+        # The slide reader sets scale = mpp when the mpp is known: the map is then in µm.
+        units_um = slide_layer.metadata.get("mpp") is not None
+        scale, translate = _heatmap_transform(pred.cell_size_xy, pred.origin_xy, scale_yx, translate_yx)
+        attention = AttentionMap(
+            data=np.asarray(pred.attention, dtype=np.float32),
+            scale=scale,
+            translation=translate,
+            unit="micrometer" if units_um else None,
+            cell_size_xy=tuple(float(v) for v in pred.cell_size_xy),
+            origin_xy=tuple(float(v) for v in pred.origin_xy),
+            mpp=float(scale_yx[1]) if units_um else None,
+            metadata={"slide": slide_layer.metadata.get("path")},
+        )
+        data, kwargs, _ = attention_layer_data(attention, name=f"{slide_layer.name} attention")
+        heat = self._viewer.add_image(data, **kwargs)
+
+        boxes = np.asarray(pred.boxes_xywh).reshape(-1, 4)
+        box_attention = np.asarray(pred.box_attention, dtype=np.float64).reshape(-1)
+        level0_extent = max(slide_layer.metadata.get("dimensions") or [1])
+        edge_width = max(float(np.median(boxes[:, 2:])) / 10 if len(boxes) else 1.0, level0_extent / 500)
+        shape_kwargs: dict[str, Any] = {
+            "name": f"{slide_layer.name} patches",
+            "shape_type": "rectangle",
+            "scale": tuple(scale_yx),
+            "translate": tuple(translate_yx),
+            "face_color": "transparent",
+            "edge_width": edge_width,
+            "features": {"attention": box_attention},
+            "metadata": {KIND_KEY: "patches", "boxes_xywh": boxes.tolist(), "slide": slide_layer.metadata.get("path")},
+        }
+        if len(boxes) and np.ptp(box_attention) > 0:
+            shape_kwargs.update(edge_color="attention", edge_colormap=BOX_COLORMAP)
+        else:
+            shape_kwargs.update(edge_color="cyan")
+        if units_um:
+            shape_kwargs["units"] = ("micrometer", "micrometer")
+        shapes = self._viewer.add_shapes(box_rectangles(boxes) if len(boxes) else None, **shape_kwargs)
+        return heat, shapes
+
