@@ -74,10 +74,10 @@ def conv_blocks() -> nn.Sequential:
     still ends as a 7 x 7 map.
     """
     return nn.Sequential(
-        nn.Conv2d(1, 32, kernel_size=7, stride=2), nn.ReLU(),
-        nn.Conv2d(32, 32, kernel_size=3), nn.ReLU(),
-        nn.Conv2d(32, 32, kernel_size=3), nn.ReLU(),
-        nn.Conv2d(32, 32, kernel_size=3), nn.ReLU(),
+        nn.Conv2d(1, 32, kernel_size=7, stride=2, bias=False), nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3, bias=False), nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3, bias=False), nn.ReLU(),
+        nn.Conv2d(32, 32, kernel_size=3, bias=False), nn.ReLU(),
     )
 
 

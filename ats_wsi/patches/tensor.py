@@ -10,20 +10,21 @@ from ..errors import SamplingError
 class TensorSource:
     """A patch source over a high-resolution batch already in memory.
 
-    The patches of the whole batch come out of ONE advanced-indexing gather;
-    there is no Python loop per patch and no padded copy of the image:
+    The patches of the whole batch come out of ONE gather; there is no Python
+    loop per patch and no padded copy of the image:
 
-    - patches inside the image are read from a sliding-window view of
-      ``x_high`` (``unfold``: no copy), indexed by (batch, row, col) of their
-      top-left corners, so each patch row is copied as a contiguous run;
+    - patches inside the image are copied as runs of ``pw`` pixels: one
+      ``index_select`` over a strided view of ``x_high``'s memory (no copy)
+      takes every row of every patch, channel and batch item at once;
     - the few patches that cross the border are gathered again with clamped
       per-pixel index grids, and the pixels outside the image set to zero.
       Finding them costs one small device-to-host sync on CUDA.
 
-    When ``x_high`` requires grad (and grad is enabled), or a patch is larger
-    than the image, every patch takes the per-pixel path, which autograd
-    differentiates: the gradient of the patches flows back to ``x_high``
-    (overlapping patches accumulate; pixels outside the image get none).
+    The per-pixel path serves every patch when autograd must see it
+    (``x_high`` requires grad and grad is enabled: the gradient of the patches
+    then flows back to ``x_high``, overlapping patches accumulate, pixels
+    outside the image get none), when a patch is larger than the image, or
+    when ``x_high``'s columns are not contiguous (e.g. channels-last).
 
     Any dtype (uint8 and float alike) on any device.
 
@@ -74,16 +75,43 @@ class TensorSource:
             raise SamplingError(f"patch size must be positive, got {(ph, pw)}")
         xy = xy.to(device=x.device, dtype=torch.long)
         b = torch.arange(batch, device=x.device)[:, None].expand(xy.shape[:2])  # [B, n]
-        if (x.requires_grad and torch.is_grad_enabled()) or ph > height or pw > width:
+        if (x.requires_grad and torch.is_grad_enabled()) or ph > height or pw > width \
+                or x.stride(-1) != 1 or min(x.stride()) < 0:
             return _gather_grid(x, b, xy, ph, pw)
         x0, y0 = xy[..., 0], xy[..., 1]
-        windows = x.unfold(2, ph, 1).unfold(3, pw, 1)  # view [B, C, H-ph+1, W-pw+1, ph, pw]
-        patches = windows[b, :, y0.clamp(0, height - ph), x0.clamp(0, width - pw)]
+        inner = torch.stack([x0.clamp(0, width - pw), y0.clamp(0, height - ph)], dim=-1)
+        patches = _gather_rows(x, inner, ph, pw)
         crossing = (x0 < 0) | (y0 < 0) | (x0 > width - pw) | (y0 > height - ph)  # [B, n]
         where = crossing.nonzero(as_tuple=True)
         if where[0].numel():
             patches[where] = _gather_grid(x, where[0], xy[where], ph, pw)
         return patches  # [B, n, C, ph, pw]
+
+
+def _gather_rows(x: Tensor, xy: Tensor, ph: int, pw: int) -> Tensor:
+    """Gather boxes lying inside ``x`` as whole runs of ``pw`` pixels.
+
+    Each patch row is one row of a view of ``x``'s memory as overlapping runs
+    ``[offset, offset + pw)`` (stride 1 both ways, no copy), so one
+    ``index_select`` copies every row of every patch of every channel.
+
+    Args:
+        x: ``[B, C, H, W]`` with unit stride along W.
+        xy: long ``[B, n, 2]``, ``(x, y)`` top-left, each box inside the image.
+        ph, pw: patch rows and cols.
+
+    Returns:
+        ``[B, n, C, ph, pw]``, contiguous. Not differentiable.
+    """
+    batch, channels = x.shape[:2]
+    s_b, s_c, s_h, _ = x.stride()
+    span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+    runs = x.as_strided((span - pw + 1, pw), (1, 1))  # row r = memory [r, r + pw)
+    c = torch.arange(channels, device=x.device)[:, None] * s_c  # [C, 1]
+    i = torch.arange(ph, device=x.device) * s_h  # [ph]
+    first = torch.arange(batch, device=x.device)[:, None] * s_b + xy[..., 1] * s_h + xy[..., 0]
+    offsets = first[..., None, None] + c + i  # [B, n, C, ph]
+    return runs.index_select(0, offsets.reshape(-1)).view(*offsets.shape, pw)
 
 
 def _gather_grid(x: Tensor, b: Tensor, xy: Tensor, ph: int, pw: int) -> Tensor:

@@ -66,10 +66,11 @@ def sample(
 
     Raises:
         SamplingError: ``n < 1``; NaN or +Inf (or, for probabilities, -Inf or
-            negative) values; probability maps whose sums are not ~1; a mask of
-            the wrong shape or type; a map whose unmasked cells are all masked
-            or carry no probability; without replacement (or deterministic),
-            more draws than unmasked cells.
+            negative) values; probability maps whose sums are off 1 by more
+            than ``max(1e-4, sqrt(eps))`` of their dtype; a mask of the wrong
+            shape or type; a map that is fully masked or has no probability on
+            its unmasked cells; without replacement (or deterministic), more
+            draws than unmasked cells.
 
     Unmasked cells of probability exactly 0 are drawn without replacement only
     when a map has fewer than ``n`` cells of positive probability; they then

@@ -36,9 +36,14 @@ KIND_KEY = "ats_wsi"
 SLIDE_KIND = "slide"
 ATTENTION_KIND = "attention"
 
-HEATMAP_COLORMAP = "inferno"
-HEATMAP_OPACITY = 0.5
-HEATMAP_BLENDING = "additive"
+# The heatmap uses inferno's colours with an alpha that rises with attention,
+# blended "translucent": where attention is low the slide shows unchanged and
+# where it is high the bright end of inferno covers it. (Plain inferno at
+# opacity 0.5 darkens the whole slide, and "additive" washes out on a
+# brightfield slide, whose background is already near white.)
+HEATMAP_COLORMAP_NAME = "ats-wsi inferno"
+HEATMAP_OPACITY = 0.75
+HEATMAP_BLENDING = "translucent"
 
 LayerData = tuple[Any, dict, str]
 ReaderFunction = Callable[[Any], list[LayerData]]
@@ -175,6 +180,16 @@ def read_slides(path: Any) -> list[LayerData]:
 # --------------------------------------------------------------------------- attention maps
 
 
+def heatmap_colormap():
+    """napari Colormap: inferno RGB, alpha = sqrt(t) from 0 (transparent) at the low limit to 1."""
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+
+    colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, dtype=np.float32)
+    t = np.linspace(0.0, 1.0, len(colors), dtype=np.float32)
+    colors[:, 3] = np.sqrt(t)
+    return Colormap(colors, display_name="inferno (transparent low)", name=HEATMAP_COLORMAP_NAME, controls=t)
+
+
 def _contrast_limits(data: np.ndarray) -> tuple[float, float]:
     finite = data[np.isfinite(data)]
     if finite.size == 0:
@@ -193,7 +208,7 @@ def attention_layer_data(attention_map, *, name: str = "attention") -> LayerData
     data = np.asarray(attention_map.data, dtype=np.float32)
     kwargs: dict[str, Any] = {
         "name": name,
-        "colormap": HEATMAP_COLORMAP,
+        "colormap": heatmap_colormap(),
         "opacity": HEATMAP_OPACITY,
         "blending": HEATMAP_BLENDING,
         "contrast_limits": _contrast_limits(data),

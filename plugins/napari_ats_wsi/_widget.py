@@ -37,7 +37,16 @@ __all__ = ["AttentionSamplingWidget", "AttentionOutcome", "attention_job", "box_
 log = logging.getLogger(__name__)
 
 STAGES = ("loading checkpoint", "opening slide", "sampling attention", "done")
-BOX_COLORMAP = "viridis"
+
+def box_colormap():
+    """Edge colours of sampled boxes: blue (least attention) to bright cyan (most).
+
+    Visible on pink tissue, white background and the dark or bright parts of
+    the heatmap alike; brighter means more attention.
+    """
+    from napari.utils.colormaps import Colormap
+
+    return Colormap([[0.15, 0.35, 1.0, 1.0], [0.0, 1.0, 0.85, 1.0]], name="ats-wsi boxes", display_name="attention (boxes)")
 
 
 @dataclass
@@ -204,10 +213,15 @@ class AttentionSamplingWidget(Container):
             if getattr(layer, "metadata", {}).get(KIND_KEY) == SLIDE_KIND
         ]
 
+    @property
+    def slide_layers(self) -> tuple:
+        """The slide layers the widget offers, in layer-list order."""
+        return tuple(layer for layer in self._slide.choices if layer is not None)
+
     def _refresh_slides(self, _event=None) -> None:
         self._slide.reset_choices()
-        if self._slide.value is None and self._slide.choices:
-            self._slide.value = self._slide.choices[-1]
+        if self._slide.value is None and self.slide_layers:
+            self._slide.value = self.slide_layers[-1]
 
     # ------------------------------------------------------------------ run
 
@@ -317,7 +331,7 @@ class AttentionSamplingWidget(Container):
             "metadata": {KIND_KEY: "patches", "boxes_xywh": boxes.tolist(), "slide": slide_layer.metadata.get("path")},
         }
         if len(boxes) and np.ptp(box_attention) > 0:
-            shape_kwargs.update(edge_color="attention", edge_colormap=BOX_COLORMAP)
+            shape_kwargs.update(edge_color="attention", edge_colormap=box_colormap())
         else:
             shape_kwargs.update(edge_color="cyan")
         if units_um:

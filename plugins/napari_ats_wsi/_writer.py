@@ -52,18 +52,21 @@ def write_attention_layer(path: str, data: Any, meta: dict) -> list[str]:
         The written path, in a list.
 
     Raises:
-        ValueError: the layer is not a single-scale 2-D map (e.g. a slide).
+        TypeError: the layer is not a single-scale 2-D map (e.g. a slide).
+            A TypeError, not a ValueError: napari turns ValueErrors of a
+            writer into a vague "not a valid writer" warning, and this
+            message is the one the user needs.
     """
     from ats_wsi.outputs import write_attention_zarr
 
     if meta.get("multiscale") or meta.get("rgb"):
-        raise ValueError(
+        raise TypeError(
             f"{meta.get('name', 'layer')!r} is a multiscale or RGB image; only 2-D attention maps "
             "can be saved as an attention OME-Zarr"
         )
     array = np.asarray(data, dtype=np.float32)
     if array.ndim != 2:
-        raise ValueError(f"an attention map must be 2-D (rows, cols), got shape {array.shape}")
+        raise TypeError(f"an attention map must be 2-D (rows, cols), got shape {array.shape}")
     layer_meta = dict(meta.get("metadata") or {})
     mpp = layer_meta.get("mpp")
     scale = tuple(float(v) for v in (meta.get("scale") or (1.0, 1.0))[-2:])

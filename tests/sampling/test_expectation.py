@@ -20,11 +20,13 @@ Z_MAX = 4.0
 # no power to tell it from ours.
 Z_BIASED = 10.0
 
-CASES = {
-    "K7-n3": ([1.2, -0.3, 0.4, -1.5, 0.9, 0.0, -0.8], 3),
-    "K7-n6": ([1.2, -0.3, 0.4, -1.5, 0.9, 0.0, -0.8], 6),  # n = K - 1
-    "K7-n7": ([1.2, -0.3, 0.4, -1.5, 0.9, 0.0, -0.8], 7),  # every cell drawn
-    "skewed": ([4.0, -1.0, 0.5, -3.0, -2.0, 0.0, -4.0], 3),  # a_0 ~ 0.92, a_6 ~ 3e-4
+LOGITS = [1.2, -0.3, 0.4, -1.5, 0.9, 0.0, -0.8]  # a from 0.04 to 0.33
+CASES = {  # name: (logits, n, mask)
+    "K7-n3": (LOGITS, 3, None),
+    "K7-n6": (LOGITS, 6, None),  # n = K - 1
+    "K7-n7": (LOGITS, 7, None),  # every cell drawn
+    "skewed": ([4.0, -1.0, 0.5, -3.0, -2.0, 0.0, -4.0], 3, None),  # a_0 ~ 0.92, a_6 ~ 3e-4
+    "masked": (LOGITS, 3, [False, True, True, True, False, True, True]),  # the two largest cells masked
 }
 
 
@@ -36,9 +38,10 @@ CASES = {
 def test_value_and_gradients_are_unbiased(replace, case):
     """Mean of Phi_hat -> Phi, of d<g,Phi_hat>/dlogits -> a_k(<g,f_k> - <g,Phi>),
     of d<g,Phi_hat>/df_k -> a_k g; the gradient reaches the logits only
-    through sampled_attention."""
-    logits, n = CASES[case]
-    problem = make_problem(logits, dim=3, seed=1)
+    through sampled_attention (and, with a mask, through the sampler's
+    renormalisation over the unmasked cells)."""
+    logits, n, mask = CASES[case]
+    problem = make_problem(logits, dim=3, seed=1, mask=mask)
     draws = run_estimator(problem, n=n, replace=replace, copies=COPIES, seed=2)
 
     z_value = z_scores(draws.value, problem.phi)
@@ -97,7 +100,7 @@ def _to_logits(problem, positions, grad_sampled):
 
 @pytest.fixture(scope="module")
 def no_replacement_draws():
-    problem = make_problem(CASES["K7-n3"][0], dim=3, seed=1)
+    problem = make_problem(LOGITS, dim=3, seed=1)
     return problem, run_estimator(problem, n=3, replace=False, copies=COPIES, seed=3)
 
 

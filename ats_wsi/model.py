@@ -1,0 +1,289 @@
+"""AttentionSampler: attention net + sampling + patch source + feature net.
+
+One forward pass, for a batch of B images seen at low resolution:
+
+1. ``attention_logits(x_low)``: the attention net over the low view gives
+   logits ``[B, 1, h', w']`` (or ``[B, h', w']``);
+2. a spatial softmax (masked where a mask is given) makes them a
+   distribution ``attention [B, h', w']`` over the map's cells;
+3. ``n`` cells are drawn from it (no gradient flows through the draw);
+4. :mod:`ats_wsi.sampling.geometry` turns the cells into patch boxes in the
+   source's high-resolution frame, and the source reads only those;
+5. the feature net sees the ``B · n`` patches (uint8 scaled to [0, 1]);
+6. :func:`ats_wsi.sampling.expectation` averages the features with an
+   estimator whose gradient to the attention, carried by the probabilities
+   of the drawn cells (``sampled_attention``), is unbiased.
+
+The attention is computed in one overridable method, ``attention_logits``,
+so that a subclass can evaluate it tile by tile over a large low view.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .errors import SamplingError
+from .patches import PatchSource, TensorSource
+from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample
+from .sampling.geometry import cell_to_xy
+
+__all__ = ["AttentionResult", "AttentionSampler", "attention_sampling"]
+
+
+class AttentionResult(NamedTuple):
+    """What one forward pass of :class:`AttentionSampler` returns.
+
+    Attributes:
+        features: ``[B, D]`` (``[B, ...]`` for feature nets with more axes),
+            the estimate of the attention-weighted mean of the patch features.
+        attention: ``[B, h', w']``, the full attention map (probabilities,
+            each map sums to 1; 0 on masked cells). Differentiable.
+        positions: long ``[B, n, 2]``, the drawn cells as ``(row, col)`` on
+            the map, in draw order.
+        sampled_attention: ``[B, n]``, the probability of each drawn cell; the
+            only path of gradient from the loss to the attention net.
+        patches: ``[B, n, C, ph, pw]``, the patches the feature net saw
+            (float; uint8 sources scaled to [0, 1]).
+        xy: long ``[B, n, 2]``, ``(x, y)`` top-left of each patch in the
+            source's high-resolution pixels (may be negative at borders).
+        entropy_loss: scalar, the regulariser term to ADD to the loss, already
+            weighted: ``entropy · Σ a log a / B`` (= −entropy × mean entropy).
+    """
+
+    features: Tensor
+    attention: Tensor
+    positions: Tensor
+    sampled_attention: Tensor
+    patches: Tensor
+    xy: Tensor
+    entropy_loss: Tensor
+
+
+class AttentionSampler(nn.Module):
+    """Attention sampling over a low view and a high-resolution patch source.
+
+    Args:
+        attention_net: ``x_low [B, C, h, w] -> logits [B, 1, h', w']`` or
+            ``[B, h', w']``. Nets ending in a :class:`SampleSoftmax` (the
+            reference library's habit) return probabilities instead; see
+            ``use_logits``.
+        feature_net: ``patches [B·n, C, ph, pw] -> [B·n, D]``.
+        n_patches: cells drawn per image.
+        patch_size: ``(ph, pw)`` in high-resolution pixels, or one int for a
+            square; ``None`` takes the low view's ``(h, w)`` (as the reference).
+        replace: draw with replacement, or without (the default: every patch
+            is distinct).
+        receptive_field: low pixels per axis that the attention net loses at
+            the border ("valid" convolutions), ``int`` or ``(ry, rx)``; ``0``
+            for "same" padding, whatever the net's true receptive field.
+        entropy: weight of the entropy regulariser; ``entropy_loss`` is
+            ``−entropy × mean entropy``, so a positive weight keeps the
+            attention from collapsing.
+        deterministic: in eval mode, take the ``n`` most probable cells
+            instead of drawing them (training always draws: the estimator's
+            unbiasedness needs random draws).
+        use_logits: whether the attention net returns logits (the model then
+            applies the spatial softmax) or probabilities. ``None`` decides
+            from the net: probabilities when it ends in a ``SampleSoftmax``.
+        attention_regularizer: optional ``attention [B, h', w'] -> scalar``
+            used for ``entropy_loss`` instead of the entropy term.
+    """
+
+    def __init__(
+        self,
+        attention_net: nn.Module,
+        feature_net: nn.Module,
+        n_patches: int = 10,
+        patch_size: int | tuple[int, int] | None = 32,
+        replace: bool = False,
+        receptive_field: int | tuple[int, int] = 0,
+        entropy: float = 0.0,
+        deterministic: bool = False,
+        *,
+        use_logits: bool | None = None,
+        attention_regularizer: Callable[[Tensor], Tensor] | None = None,
+    ):
+        super().__init__()
+        if isinstance(n_patches, bool) or not isinstance(n_patches, int) or n_patches < 1:
+            raise SamplingError(f"n_patches must be a positive int, got {n_patches!r}")
+        self.attention_net = attention_net
+        self.feature_net = feature_net
+        self.n_patches = n_patches
+        self.patch_size = None if patch_size is None else _pair(patch_size)
+        self.replace = bool(replace)
+        self.receptive_field = receptive_field
+        self.entropy = float(entropy)
+        self.deterministic = bool(deterministic)
+        self.use_logits = (not _ends_with_softmax(attention_net)) if use_logits is None else bool(use_logits)
+        self.attention_regularizer = attention_regularizer
+        self.softmax = SampleSoftmax()
+
+    def extra_repr(self) -> str:
+        return (f"n_patches={self.n_patches}, patch_size={self.patch_size}, replace={self.replace}, "
+                f"receptive_field={self.receptive_field}, entropy={self.entropy}, "
+                f"deterministic={self.deterministic}, use_logits={self.use_logits}")
+
+    # -- the attention -----------------------------------------------------
+
+    def attention_logits(self, x_low: Tensor) -> Tensor:
+        """The attention net's output over the whole low view.
+
+        Override to compute it differently (e.g. tile by tile with a halo).
+
+        Args:
+            x_low: ``[B, C, h, w]``.
+
+        Returns:
+            ``[B, 1, h', w']`` or ``[B, h', w']``: logits, or probabilities
+            when ``use_logits`` is False.
+        """
+        return self.attention_net(x_low)
+
+    def attention_map(self, x_low: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The attention distribution over the map's cells.
+
+        Args:
+            x_low: ``[B, C, h, w]``.
+            mask: optional bool ``[B, h', w']`` (or ``[h', w']``), True where
+                a cell may be attended.
+
+        Returns:
+            ``[B, h', w']`` probabilities, each map summing to 1, 0 on masked
+            cells; differentiable w.r.t. the attention net.
+        """
+        out = self.attention_logits(x_low)
+        if out.ndim == 4 and out.shape[1] == 1:
+            out = out.squeeze(1)
+        if out.ndim != 3:
+            raise SamplingError(f"the attention net must return [B, 1, h', w'] or [B, h', w'], "
+                                f"got {tuple(out.shape)}")
+        if self.use_logits:
+            return self.softmax(out, mask)
+        if mask is None:
+            return out
+        kept = out * mask.to(out.device)
+        return kept / kept.sum(dim=(1, 2), keepdim=True)
+
+    # -- one pass ----------------------------------------------------------
+
+    def forward(
+        self,
+        x_low: Tensor,
+        source: PatchSource | Tensor,
+        mask: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        deterministic: bool | None = None,
+    ) -> AttentionResult:
+        """Attend over ``x_low``, read ``n`` patches from ``source``, average.
+
+        Args:
+            x_low: ``[B, C, h, w]``, the low-resolution view.
+            source: a patch source (see :class:`~ats_wsi.patches.PatchSource`)
+                whose high-resolution frame covers the same field as
+                ``x_low``, or a tensor ``[B, C, H, W]`` (wrapped in a
+                :class:`~ats_wsi.patches.TensorSource`).
+            mask: optional bool ``[B, h', w']`` on the attention map's grid,
+                True where a cell may be drawn (tissue, not padding).
+            generator: optional ``torch.Generator`` (on the attention's
+                device) for reproducible draws.
+            deterministic: override the top-k choice for this call (``None``:
+                top-k iff ``self.deterministic`` and in eval mode).
+
+        Returns:
+            :class:`AttentionResult`.
+        """
+        if isinstance(source, Tensor):
+            source = TensorSource(source)
+        if x_low.ndim != 4:
+            raise SamplingError(f"x_low must be [B, C, h, w], got {tuple(x_low.shape)}")
+        attention = self.attention_map(x_low, mask)  # [B, h', w']
+        if deterministic is None:
+            deterministic = self.deterministic and not self.training
+        with torch.no_grad():
+            positions, _ = sample(attention.detach(), self.n_patches, replace=self.replace, mask=mask,
+                                  generator=generator, deterministic=deterministic)
+        map_rows, map_cols = attention.shape[1:]
+        cell = positions[..., 0] * map_cols + positions[..., 1]  # [B, n]
+        sampled_attention = attention.reshape(attention.shape[0], -1).gather(1, cell)
+
+        low_shape = tuple(x_low.shape[-2:])
+        patch_size = self.patch_size or low_shape
+        xy = cell_to_xy(positions, low_shape=low_shape, map_shape=(map_rows, map_cols),
+                        scale=source.scale(low_shape), patch_size=patch_size,
+                        receptive_field=self.receptive_field)
+        patches = _as_float(source.extract(xy, patch_size), x_low)  # [B, n, C, ph, pw]
+        features = self.feature_net(patches.flatten(0, 1))  # [B·n, D]
+        features = features.reshape(*patches.shape[:2], *features.shape[1:])
+        features = expectation(features, sampled_attention, self.replace)
+        if self.attention_regularizer is not None:
+            entropy_loss = self.attention_regularizer(attention)
+        else:
+            entropy_loss = entropy_regularizer(attention, self.entropy)
+        return AttentionResult(features, attention, positions, sampled_attention, patches, xy,
+                               entropy_loss)
+
+
+def attention_sampling(
+    attention: nn.Module,
+    feature: nn.Module,
+    patch_size: int | tuple[int, int] | None = None,
+    n_patches: int = 10,
+    replace: bool = False,
+    attention_regularizer: float | Callable[[Tensor], Tensor] | None = None,
+    receptive_field: int | tuple[int, int] = 0,
+) -> AttentionSampler:
+    """The reference library's entry point, under its names.
+
+    ``attention_sampling(attention, feature, ...)(x_low, x_high)`` returns an
+    :class:`AttentionResult` whose first two fields are the reference's
+    ``expected_features`` and ``attention``; the patches are ``.patches``.
+
+    Args:
+        attention: the attention net (logits, or probabilities if it ends in
+            a ``SampleSoftmax`` as in the reference's examples).
+        feature: the feature net, ``[N, C, ph, pw] -> [N, D]``.
+        patch_size: ``(ph, pw)``; ``None`` uses the low view's size.
+        n_patches: patches per image.
+        replace: sample with replacement.
+        attention_regularizer: a number is the entropy strength (the
+            reference's ``multinomial_entropy(strength)``); a callable maps
+            the attention ``[B, h', w']`` to a scalar loss term.
+        receptive_field: low pixels lost by the attention net per axis.
+
+    Returns:
+        An :class:`AttentionSampler`.
+    """
+    strength, regularizer = 0.0, None
+    if callable(attention_regularizer):
+        regularizer = attention_regularizer
+    elif attention_regularizer is not None:
+        strength = float(attention_regularizer)
+    return AttentionSampler(attention, feature, n_patches=n_patches, patch_size=patch_size,
+                            replace=replace, receptive_field=receptive_field, entropy=strength,
+                            attention_regularizer=regularizer)
+
+
+def _pair(size) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise SamplingError(f"patch_size must be a positive int or (ph, pw), got {size!r}")
+    return pair
+
+
+def _ends_with_softmax(net: nn.Module) -> bool:
+    if isinstance(net, SampleSoftmax):
+        return True
+    return isinstance(net, nn.Sequential) and len(net) > 0 and _ends_with_softmax(net[-1])
+
+
+def _as_float(patches: Tensor, like: Tensor) -> Tensor:
+    """Patches on ``like``'s device, floating point; uint8 scaled to [0, 1]."""
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    patches = patches.to(like.device, non_blocking=True)
+    if patches.dtype == torch.uint8:
+        return patches.to(dtype) / 255
+    return patches if patches.is_floating_point() else patches.to(dtype)

@@ -1,0 +1,314 @@
+"""tifffile backend: raw tiles of pyramidal TIFF, OME-TIFF and Aperio SVS.
+
+The file is parsed once with tifffile for its geometry, tile offsets and
+decoder; after that every tile is one positional read (``os.pread``, no shared
+file position, so any number of threads may read at once) and one call of
+tifffile's decoder for that page (imagecodecs underneath, which releases the
+GIL).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
+from . import _tiffmeta
+from .slide import Level, Slide
+
+# compressions whose tiles tifffile + imagecodecs decode at least as fast as
+# openslide; others (JPEG 2000, ...) are left to openslide by ``auto``
+FAST_COMPRESSIONS = {
+    1: "none", 5: "LZW", 7: "JPEG", 8: "deflate", 32946: "deflate",
+    32773: "PackBits", 50000: "zstd", 50001: "WebP",
+}
+_PHOTOMETRIC_OK = {1, 2, 6}  # minisblack, RGB, YCbCr (JPEG only)
+
+# tifffile logs (does not raise) when the IFD chain points past the end of the
+# file and then silently drops the remaining pages: treat these as corruption
+_CHAIN_ERRORS = ("invalid page offset", "invalid offset to first page", "corrupted tag list")
+
+
+class NotForTifffile(UnsupportedFormatError):
+    """A TIFF this backend does not read (``auto`` then tries openslide)."""
+
+
+class _LogCapture(logging.Handler):
+    """Collects tifffile's log messages of the thread that asked for them."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = getattr(self.local, "sink", None)
+        if sink is not None:
+            sink.append(record.getMessage())
+
+
+_capture = _LogCapture()
+_capture_installed = False
+_install_lock = threading.Lock()
+
+
+@contextmanager
+def _tifffile_messages():
+    global _capture_installed
+    with _install_lock:
+        if not _capture_installed:
+            logging.getLogger("tifffile").addHandler(_capture)
+            _capture_installed = True
+    _capture.local.sink = sink = []
+    try:
+        yield sink
+    finally:
+        _capture.local.sink = None
+
+
+@dataclass(frozen=True)
+class TiffLevel:
+    """Where one level's tiles are and how to decode them."""
+
+    level: Level
+    offsets: np.ndarray  # int64 [n_tiles], row-major (row * cols + col)
+    bytecounts: np.ndarray  # int64 [n_tiles]
+    decode: object  # tifffile's TiffPage.decode closure
+    jpegtables: bytes | None
+    samples: int
+
+
+@dataclass(frozen=True)
+class TiffLayout:
+    """Everything the backend needs, read from the file once."""
+
+    format: str
+    levels: list[TiffLevel]
+    properties: dict
+    mpp_xy: tuple[float, float] | None
+
+
+def inspect_tiff(path: str) -> TiffLayout:
+    """Parse a TIFF's pyramid, check it is complete and decodable.
+
+    Raises:
+        CorruptSlideError: not parseable, IFD chain broken, or tiles lying
+            (partly) beyond the end of the file (truncated).
+        NotForTifffile: a TIFF this backend should not read (NDPI, Philips,
+            JPEG 2000, multi-channel, non-uint8, ...).
+    """
+    import tifffile
+
+    size = os.path.getsize(path)
+    with _open_checked(path) as tif:
+        try:
+            series = tif.series
+            if not series:
+                raise CorruptSlideError(path, "TIFF holds no image")
+            kind = _vendor_kind(tif)
+            if kind is not None:
+                raise NotForTifffile(path, f"{kind} TIFF: left to openslide")
+            pages = [lv.pages[0] for lv in series[0].levels]
+            levels = [_tiff_level(path, i, page, size) for i, page in enumerate(pages)]
+            fmt, props, mpp_xy = _metadata(tif, pages[0])
+        except (CorruptSlideError, NotForTifffile):
+            raise
+        except Exception as exc:
+            raise CorruptSlideError(path, f"broken TIFF structure: {exc}") from exc
+    for prev, cur in zip(levels, levels[1:]):
+        if cur.level.width > prev.level.width or cur.level.height > prev.level.height:
+            raise NotForTifffile(path, "pyramid levels are not ordered from large to small")
+    return TiffLayout(fmt, levels, props, mpp_xy)
+
+
+@contextmanager
+def _open_checked(path: str):
+    """tifffile.TiffFile with all pages parsed; CorruptSlideError if its IFD chain is broken."""
+    import tifffile
+
+    with _tifffile_messages() as messages:
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception as exc:  # tifffile raises many types on broken input
+            raise CorruptSlideError(path, f"not a readable TIFF: {exc}") from exc
+        try:
+            try:
+                len(tif.pages)  # walks the whole IFD chain now, so breaks are logged
+            except Exception as exc:
+                raise CorruptSlideError(path, f"broken TIFF directory chain: {exc}") from exc
+            broken = [m for m in messages if any(s in m for s in _CHAIN_ERRORS)]
+            if broken:
+                raise CorruptSlideError(path, f"broken TIFF directory chain (truncated file?): {broken[0]}")
+            yield tif
+        finally:
+            tif.close()
+
+
+def tiff_damage(path: str) -> None:
+    """Raise CorruptSlideError if a TIFF's IFD chain is broken or any page's
+    tiles / strips lie beyond the end of the file (a truncated file).
+
+    Used before handing a TIFF to openslide, which would otherwise call a
+    truncated file "unsupported" or fail only at a later read.
+    """
+    size = os.path.getsize(path)
+    with _open_checked(path) as tif:
+        for page in tif.pages:
+            offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.int64)
+            counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.int64)
+            if len(offsets) and len(offsets) == len(counts):
+                lost = (counts > 0) & (offsets + counts > size)
+                if lost.any():
+                    raise CorruptSlideError(path, f"truncated: {int(lost.sum())} of {len(offsets)} tiles of "
+                                                  f"page {page.index} lie beyond the end of the file ({size} bytes)")
+
+
+def _vendor_kind(tif) -> str | None:
+    for name in ("ndpi", "philips", "scn", "bif", "qpi", "stk", "lsm", "nih", "fluoview",
+                 "mdgel", "sis", "scanimage"):
+        if getattr(tif, f"is_{name}", False):
+            return name.upper()
+    return None
+
+
+def _tiff_level(path: str, index: int, page, file_size: int) -> TiffLevel:
+    shape = page.shape  # (h, w) or (h, w, S) for contiguous samples
+    samples = page.samplesperpixel
+    if page.imagedepth != 1:
+        raise NotForTifffile(path, "volumetric (ImageDepth > 1) TIFF")
+    if page.dtype != np.uint8:
+        raise NotForTifffile(path, f"{page.dtype} samples (only uint8 RGB / grey is read)")
+    if samples not in (1, 3, 4) or (samples > 1 and page.planarconfig != 1):
+        raise NotForTifffile(path, f"{samples} samples per pixel (planar config {page.planarconfig})")
+    if page.photometric not in _PHOTOMETRIC_OK or (page.photometric == 6 and page.compression != 7):
+        raise NotForTifffile(path, f"photometric {int(page.photometric)} with compression {int(page.compression)}")
+    if int(page.compression) not in FAST_COMPRESSIONS:
+        raise NotForTifffile(path, f"compression {int(page.compression)} (openslide decodes it faster)")
+    height, width = shape[0], shape[1]
+    if page.is_tiled:
+        tw, th = page.tilewidth, page.tilelength
+    else:
+        tw, th = width, min(page.rowsperstrip or height, height)
+    level = Level(width, height, tw, th)
+    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+    counts = np.asarray(page.databytecounts, dtype=np.int64)
+    if len(offsets) != level.cols * level.rows or len(counts) != len(offsets):
+        raise CorruptSlideError(path, f"level {index} lists {len(offsets)} tiles, "
+                                      f"expected {level.cols} x {level.rows}")
+    lost = (counts > 0) & (offsets + counts > file_size)
+    if lost.any():
+        raise CorruptSlideError(path, f"truncated: {int(lost.sum())} of {len(offsets)} tiles of level "
+                                      f"{index} lie beyond the end of the file ({file_size} bytes)")
+    return TiffLevel(level, offsets, counts, page.decode, page.jpegtables, samples)
+
+
+def _metadata(tif, page0):
+    props = _tiffmeta.tiff_properties(page0)
+    mpp_xy = None
+    if tif.is_svs:
+        fmt = "aperio"
+        props.update(_tiffmeta.aperio_properties(page0.description))
+        mpp_xy = _tiffmeta.aperio_mpp(props)
+        mag = props.get("aperio.AppMag")
+        try:
+            props["openslide.objective-power"] = str(int(float(mag)))
+        except (TypeError, ValueError):
+            pass
+    elif tif.is_ome:
+        fmt = "ome-tiff"
+        mpp_xy = _tiffmeta.ome_mpp(tif.ome_metadata or "")
+    else:
+        fmt = "generic-tiff"
+    if mpp_xy is None:
+        mpp_xy = _tiffmeta.resolution_mpp(page0)
+    return fmt, props, mpp_xy
+
+
+class _PositionalFile:
+    """A read-only file read with ``os.pread``: no shared position, so thread-safe.
+
+    ``close`` waits for reads in flight, so a read never lands on a reused
+    file descriptor.
+    """
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._active = 0
+        self._cond = threading.Condition()
+        self._seek_lock = None if hasattr(os, "pread") else threading.Lock()
+
+    def pread(self, count: int, offset: int) -> bytes:
+        with self._cond:
+            if self._fd < 0:
+                raise ValueError("file is closed")
+            self._active += 1
+            fd = self._fd
+        try:
+            if self._seek_lock is None:
+                return os.pread(fd, count, offset)
+            with self._seek_lock:  # platforms without pread (Windows)
+                os.lseek(fd, offset, os.SEEK_SET)
+                return os.read(fd, count)
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            while self._active:
+                self._cond.wait()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class TiffSlide(Slide):
+    """A TIFF / OME-TIFF / SVS read tile by tile with tifffile's decoders."""
+
+    backend = "tifffile"
+
+    def __init__(self, path, layout: TiffLayout | None = None):
+        path = os.fspath(path)
+        layout = inspect_tiff(path) if layout is None else layout
+        self._tiff_levels = layout.levels
+        self._file = _PositionalFile(path)
+        super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
+                         properties=layout.properties, mpp_xy=layout.mpp_xy)
+
+    def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
+        tl = self._tiff_levels[level]
+        lv = tl.level
+        w = min(lv.tile_width, lv.width - col * lv.tile_width)
+        h = min(lv.tile_height, lv.height - row * lv.tile_height)
+        index = row * lv.cols + col
+        offset, count = int(tl.offsets[index]), int(tl.bytecounts[index])
+        if count == 0:  # sparse tile: the file stores no pixels here
+            return np.zeros((h, w, 3), np.uint8)
+        try:
+            data = self._file.pread(count, offset)
+        except ValueError:
+            raise SlideError(self.path, "the slide is closed") from None
+        except OSError as exc:
+            raise CorruptSlideError(self.path, f"cannot read level {level} tile ({col}, {row}): {exc}") from exc
+        if len(data) != count:
+            raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) is truncated: got "
+                                               f"{len(data)} of {count} bytes at offset {offset}")
+        try:
+            segment, _, _ = tl.decode(data, index, jpegtables=tl.jpegtables)
+        except Exception as exc:  # codec errors come in many types
+            raise CorruptSlideError(self.path, f"cannot decode level {level} tile ({col}, {row}): {exc}") from exc
+        pixels = segment[0, :h, :w]  # (depth, length, width, samples) -> clipped (h, w, S)
+        if pixels.shape[:2] != (h, w):
+            raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) decodes to "
+                                               f"{pixels.shape[:2]}, expected {(h, w)}")
+        if tl.samples == 1:
+            return np.repeat(pixels, 3, axis=2)
+        pixels = pixels[:, :, :3]
+        return pixels if pixels.flags.writeable else pixels.copy()
+
+    def _close(self) -> None:
+        self._file.close()

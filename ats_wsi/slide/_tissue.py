@@ -1,0 +1,36 @@
+"""Tissue detection: HSV saturation and Otsu's threshold, in numpy."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation of uint8 (..., 3) RGB as uint8 (...) in 0..255.
+
+    ``(max - min) / max`` scaled to 255; 0 where ``max == 0`` (black fill).
+    """
+    hi = rgb.max(axis=-1).astype(np.uint16)
+    lo = rgb.min(axis=-1).astype(np.uint16)
+    sat = np.zeros(hi.shape, np.uint16)
+    np.floor_divide((hi - lo) * 255, hi, out=sat, where=hi > 0)
+    return sat.astype(np.uint8)
+
+
+def otsu_threshold(values: np.ndarray) -> int:
+    """Otsu's threshold of uint8 values: the t maximising the between-class
+    variance of ``values <= t`` and ``values > t``."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 0
+    levels = np.arange(256, dtype=np.float64)
+    w0 = np.cumsum(hist)  # count at or below t
+    w1 = total - w0
+    m0 = np.cumsum(hist * levels)
+    m1 = m0[-1] - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2
+    between[~np.isfinite(between)] = -1.0
+    if between.max() < 0:  # one value only: nothing stands out
+        return int(values.max())
+    return int(np.argmax(between))
