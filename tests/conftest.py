@@ -85,7 +85,8 @@ def tissue_image(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np
         grid = rng.random((cells_y + 1, cells_x + 1), dtype=np.float32)
         return _interp_matrix(height, cells_y) @ grid @ _interp_matrix(width, cells_x).T
 
-    blob = 0.65 * smooth(max(2, height // 500), max(2, width // 500)) + 0.35 * smooth(height // 120 + 2, width // 120 + 2)
+    blob = (0.65 * smooth(max(2, height // 500), max(2, width // 500))
+            + 0.35 * smooth(height // 120 + 2, width // 120 + 2))
     tissue = blob > 0.5
     shade = smooth(height // 40 + 2, width // 40 + 2)
     cell = 6

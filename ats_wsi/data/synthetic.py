@@ -108,7 +108,8 @@ _GRID = 64  # level-0 px between nodes of the layout grid
 _TISSUE_RAGGED = 24.0  # level-0 px: how far fine noise moves the tissue border
 _SPOT_RAGGED = 6.0  # level-0 px: same for lesion / decoy borders
 _EDGE = 4.0  # level-0 px: width of a border at level 0 (at least one pixel at any level)
-_TYPE_RAMP = 0.04  # logit difference over which two benign types blend
+_TYPE_RAMP = 0.015  # logit difference over which two benign types blend
+_TYPE_NOISE = (0.02, -0.02, 0.0)  # fine noise added to each type's logit: ragged type borders
 _BENIGN = ("stroma", "cellular", "adipose")
 _TYPE_BIAS = (0.25, 0.0, -0.6)  # adipose rarer
 _CACHE_TILES = 1024  # encoded interior tiles kept per slide
@@ -210,7 +211,7 @@ def write_synthetic_slide(
     slide = SyntheticSlide(
         path=path, width=width, height=height, mpp=float(mpp), label=int(n_lesions > 0),
         lesions=[s.box for s in layout.spots if s.kind == "lesion"],
-        tissue_fraction=layout.tissue_fraction,
+        tissue_fraction=round(layout.tissue_fraction, 6),
         decoys=[s.box for s in layout.spots if s.kind == "decoy"],
         level_dimensions=level_dims, seed=int(seed),
     )
@@ -579,6 +580,14 @@ def _fibres(rng: np.random.Generator, n: int, spacing: float, length: float) -> 
     return np.tile(out, (n // m, n // m))
 
 
+def _tex_grf(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    """Periodic noise (n, n) for a texture: drawn with a period of at most 1024 px and repeated (saves memory)."""
+    m = n
+    while m > 1024 and m % 2 == 0:
+        m //= 2
+    return np.tile(_grf(rng, (m, m), sigma), (n // m, n // m))
+
+
 def _blur3(a: np.ndarray) -> np.ndarray:
     """3 x 3 box blur with edge padding (small arrays)."""
     p = np.pad(a, 1, mode="edge")
@@ -665,10 +674,17 @@ def _with_nuclei(h: np.ndarray, e: np.ndarray, nuclei: np.ndarray) -> tuple[np.n
 
 
 def _stroma(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    fibres = _fibres(rng, n, spacing=11.0, length=140.0)
-    strands = 1 / (1 + np.exp(-(2.2 * fibres - 0.2)))
-    bundles = np.clip(1.1 + 0.45 * _grf(rng, (n, n), 45.0), 0.15, 1.0)
-    e = (0.12 + 0.62 * strands * bundles + 0.04 * _grf(rng, (n, n), 3.0)).astype(np.float32)
+    """Pink wavy collagen bundles with sparse spindle nuclei."""
+    e = _fibres(rng, n, spacing=11.0, length=140.0)  # built in place below: memory, not speed
+    e *= -2.2
+    e += 0.2
+    np.exp(e, out=e)
+    e += 1
+    np.reciprocal(e, out=e)  # strands in (0, 1)
+    e *= np.clip(1.1 + 0.45 * _tex_grf(rng, n, 45.0), 0.15, 1.0)  # looser between bundles
+    e *= 0.62
+    e += 0.12
+    e += 0.04 * _tex_grf(rng, n, 3.0)
     h = np.full((n, n), 0.05, np.float32)
     stamps = _nucleus_stamps(rng, 48, radius=(2.2, 3.2), elongation=(2.8, 4.5), irregularity=0.04,
                              od=(0.75, 1.05), grain=0.15, rim=0.0, nucleolus=0.0)
@@ -678,45 +694,65 @@ def _stroma(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cellular(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    nests = _grf(rng, (n, n), 32.0)
-    in_nest = 1 / (1 + np.exp(-4 * (nests + 0.5)))
-    e = (0.22 + 0.14 * in_nest + 0.25 * (1 - in_nest) * (1 + 0.4 * _grf(rng, (n, n), 4.0))).astype(np.float32)
-    h = (0.06 + 0.08 * in_nest).astype(np.float32)
+    """Nests of round purple nuclei in pink-purple cytoplasm, with small empty lumina."""
+    in_nest = _tex_grf(rng, n, 32.0)
+    in_nest += 0.5
+    in_nest *= -4
+    np.exp(in_nest, out=in_nest)
+    in_nest += 1
+    np.reciprocal(in_nest, out=in_nest)
+    e = _tex_grf(rng, n, 4.0)
+    e *= 0.4
+    e += 1
+    e *= 0.25 * (1 - in_nest)
+    e += 0.22 + 0.14 * in_nest
+    h = 0.06 + 0.08 * in_nest
     stamps = _nucleus_stamps(rng, 64, radius=(4.6, 6.2), elongation=(1.0, 1.35), irregularity=0.05,
                              od=(0.55, 0.8), grain=0.25, rim=0.12, nucleolus=0.15)
-    ys, xs = _jittered_points(rng, n, 16.0, keep=0.05 + 0.85 * in_nest)
+    in_nest *= 0.85
+    in_nest += 0.05
+    ys, xs = _jittered_points(rng, n, 16.0, keep=in_nest)
+    del in_nest
     h, e = _with_nuclei(h, e, _paste_periodic(n, stamps, ys, xs, rng))
-    lumen = np.clip((_grf(rng, (n, n), 14.0) - 1.7) * 3, 0, 1)
-    return h * (1 - 0.9 * lumen), e * (1 - 0.9 * lumen)
+    lumen = np.clip((_tex_grf(rng, n, 14.0) - 1.7) * 3, 0, 1)
+    lumen *= -0.9
+    lumen += 1
+    h *= lumen
+    e *= lumen
+    return h, e
 
 
 def _adipose(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    half = n // 2
-    gap = _upsample2(_worley_gap(rng, half, 44.0)) * 2  # F2 - F1 distance, full-resolution px
+    """Large empty fat cells with thin pink membranes (period at most 1024 px, repeated)."""
+    m = n
+    while m > 1024 and m % 2 == 0:
+        m //= 2
+    gap = _upsample2(_worley_gap(rng, m // 2, 44.0)) * 2  # F2 - F1 distance, full-resolution px
     membrane = np.clip((3.2 - gap) / 1.6, 0, 1)
     e = (0.02 + 0.5 * membrane).astype(np.float32)
     h = (0.01 + 0.06 * membrane).astype(np.float32)
     stamps = _nucleus_stamps(rng, 16, radius=(1.8, 2.4), elongation=(2.5, 3.5), irregularity=0.03,
                              od=(0.7, 0.9), grain=0.1, rim=0.0, nucleolus=0.0)
     ys, xs = np.nonzero(membrane > 0.9)
-    pick = rng.choice(len(ys), size=min(len(ys), n * n // 40000), replace=False)
-    return _with_nuclei(h, e, _paste_periodic(n, stamps, ys[pick], xs[pick], rng))
+    pick = rng.choice(len(ys), size=min(len(ys), m * m // 40000), replace=False)
+    h, e = _with_nuclei(h, e, _paste_periodic(m, stamps, ys[pick], xs[pick], rng))
+    return np.tile(h, (n // m, n // m)), np.tile(e, (n // m, n // m))
 
 
 def _decoy(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    e = (0.16 + 0.04 * _grf(rng, (n, n), 5.0)).astype(np.float32)
-    h = (0.10 + 0.03 * _grf(rng, (n, n), 5.0)).astype(np.float32)
+    e = (0.16 + 0.04 * _tex_grf(rng, n, 5.0)).astype(np.float32)
+    h = (0.10 + 0.03 * _tex_grf(rng, n, 5.0)).astype(np.float32)
     stamps = _nucleus_stamps(rng, 48, radius=(4.4, 5.8), elongation=(1.0, 1.15), irregularity=0.03,
                              od=(1.05, 1.35), grain=0.08, rim=0.0, nucleolus=0.0)
     # patchy density, so that at low resolution the aggregate is as mottled as a lesion
-    keep = np.clip(0.72 + 0.3 * _grf(rng, (n, n), 14.0), 0, 1)
+    keep = np.clip(0.72 + 0.3 * _tex_grf(rng, n, 14.0), 0, 1)
     ys, xs = _jittered_points(rng, n, 13.0, keep=keep)
     return _with_nuclei(h, e, _paste_periodic(n, stamps, ys, xs, rng))
 
 
 def _lesion(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    e = (0.26 + 0.06 * _grf(rng, (n, n), 6.0)).astype(np.float32)
-    h = (0.18 + 0.05 * _grf(rng, (n, n), 6.0)).astype(np.float32)
+    e = (0.26 + 0.06 * _tex_grf(rng, n, 6.0)).astype(np.float32)
+    h = (0.18 + 0.05 * _tex_grf(rng, n, 6.0)).astype(np.float32)
     stamps = _nucleus_stamps(rng, 96, radius=(8.0, 12.0), elongation=(1.0, 1.5), irregularity=0.12,
                              od=(0.55, 1.05), grain=0.45, rim=0.35, nucleolus=0.7)
     ys, xs = _jittered_points(rng, n, 25.0, keep=np.full((n, n), 0.95, np.float32))
@@ -1010,24 +1046,40 @@ def _place_spot(rng, kind, distance, size_px, spots, width, height) -> _Spot | N
 # --------------------------------------------------------------------------- tiles
 
 
+def _left_node(coords, n_nodes: int):
+    """Index of the grid node left of (or at) each level-0 coordinate, clamped to 0 .. n_nodes - 2."""
+    return np.clip(np.floor(np.asarray(coords, np.float64) / _GRID), 0, n_nodes - 2).astype(np.intp)
+
+
 def _node_span(first: float, last: float, n_nodes: int) -> tuple[int, int]:
     """First and last grid node used to interpolate level-0 coordinates first..last (increasing)."""
-    lo = int(np.floor(np.clip(first / _GRID, 0, n_nodes - 1.000001)))
-    hi = int(np.floor(np.clip(last / _GRID, 0, n_nodes - 1.000001))) + 1
-    return lo, hi
+    return int(_left_node(first, n_nodes)), int(_left_node(last, n_nodes)) + 1
 
 
-def _interp_matrix(coords: np.ndarray, n_nodes: int) -> tuple[np.ndarray, int, int]:
-    """Bilinear weights float32 (len(coords), hi - lo + 1) from grid nodes lo..hi to level-0 coords."""
-    u = np.clip(coords / _GRID, 0, n_nodes - 1.000001)
-    i0 = np.floor(u).astype(int)
-    lo, hi = int(i0[0]), int(i0[-1]) + 1
-    t = (u - i0).astype(np.float32)
-    m = np.zeros((len(coords), hi - lo + 1), np.float32)
-    rows = np.arange(len(coords))
-    m[rows, i0 - lo] = 1 - t
-    m[rows, i0 - lo + 1] = t
-    return m, lo, hi
+class _Bilinear:
+    """Bilinear interpolation from grid nodes to the pixels of one tile, separable and BLAS-free.
+
+    ys, xs: level-0 coordinates of the tile's pixel rows / cols (increasing);
+    the grid has nodes every _GRID px; `rows`/`cols` are the node spans used.
+    """
+
+    def __init__(self, ys: np.ndarray, xs: np.ndarray, grid_shape: tuple[int, int]):
+        self.iy, self.ty, y0, y1 = self._axis(ys, grid_shape[0])
+        self.ix, self.tx, x0, x1 = self._axis(xs, grid_shape[1])
+        self.rows, self.cols = slice(y0, y1 + 1), slice(x0, x1 + 1)
+
+    @staticmethod
+    def _axis(coords, n_nodes):
+        i0 = _left_node(coords, n_nodes)
+        t = np.clip(np.asarray(coords, np.float64) / _GRID - i0, 0, 1).astype(np.float32)
+        lo, hi = int(i0[0]), int(i0[-1]) + 1
+        return i0 - lo, t, lo, hi
+
+    def __call__(self, grid: np.ndarray) -> np.ndarray:
+        """Values float32 (len(ys), len(xs)) of `grid` (full node grid, rows x cols)."""
+        sub = grid[self.rows, self.cols]
+        along_x = sub[:, self.ix] * (1 - self.tx) + sub[:, self.ix + 1] * self.tx
+        return along_x[self.iy] * (1 - self.ty)[:, None] + along_x[self.iy + 1] * self.ty[:, None]
 
 
 def _range_reduce(grid: np.ndarray, spans_y, spans_x, reduce) -> np.ndarray:
@@ -1074,7 +1126,7 @@ class _Renderer:
             for b in range(len(_BENIGN)):
                 if b != a:
                     margin = np.minimum(margin, _range_reduce(logits[a] - logits[b], span_y, span_x, np.min))
-            pure[margin >= _TYPE_RAMP] = a
+            pure[margin >= _TYPE_RAMP + 2 * max(map(abs, _TYPE_NOISE))] = a
         touched = np.zeros((rows, cols), bool)
         reach = t * f
         for spot in self.layout.spots:
@@ -1094,7 +1146,7 @@ class _Renderer:
                 elif plain[row, col]:
                     yield self._plain_tile(level, row, col, int(pure[row, col]))
                 else:
-                    yield self._encode(self.render(level, col, row))
+                    yield self._encode(self.render(level, col, row, int(pure[row, col])))
 
     def _plain_tile(self, level: int, row: int, col: int, kind: int) -> bytes:
         t = self.tile_size
@@ -1113,32 +1165,35 @@ class _Renderer:
         return imagecodecs.jpeg_encode(np.ascontiguousarray(tile), level=self.quality, colorspace="RGB",
                                        outcolorspace="YCBCR", subsampling=(2, 2))
 
-    def render(self, level: int, col: int, row: int) -> np.ndarray:
-        """Pixels uint8 (tile, tile, 3) of tile (col, row) at `level`, from the procedural model."""
+    def render(self, level: int, col: int, row: int, kind: int = -1) -> np.ndarray:
+        """Pixels uint8 (tile, tile, 3) of tile (col, row) at `level`, from the procedural model.
+
+        kind: the benign type that covers the whole tile, if the plan knows one, else -1.
+        """
         f, t = self.downsample**level, self.tile_size
         ys = (row * t + np.arange(t, dtype=np.float32) + 0.5) * f  # level-0 centres of the tile's pixels
         xs = (col * t + np.arange(t, dtype=np.float32) + 0.5) * f
-        my, y0, y1 = _interp_matrix(ys, self.layout.distance.shape[0])
-        mx, x0, x1 = _interp_matrix(xs, self.layout.distance.shape[1])
+        interp = _Bilinear(ys, xs, self.layout.distance.shape)
         top, left = row * t, col * t
         noise = self.noise.window(level, top, left, t, t)
         edge = max(_EDGE, f)
 
-        logits = self.layout.logits[:, y0:y1 + 1, x0:x1 + 1]
-        scores = np.stack([my @ g @ mx.T for g in logits])
-        weights = np.clip(1 - (scores.max(0) - scores) / _TYPE_RAMP, 0, 1)
-        weights /= weights.sum(0)
-        base = np.zeros((t, t, 3), np.float32)
-        for w, texture in zip(weights, self.benign):
-            if w.max() > 0:
-                base += w[..., None] * texture.window(level, top, left, t, t)
+        if kind >= 0:
+            base = self.benign[kind].window(level, top, left, t, t).astype(np.float32)
+        else:
+            scores = np.stack([interp(g) + np.float32(a) * noise for g, a in zip(self.layout.logits, _TYPE_NOISE)])
+            weights = np.clip(1 - (scores.max(0) - scores) / np.float32(_TYPE_RAMP), 0, 1)
+            weights /= weights.sum(0)
+            base = np.zeros((t, t, 3), np.float32)
+            for w, texture in zip(weights, self.benign):
+                if w.max() > 0:
+                    base += w[..., None] * texture.window(level, top, left, t, t)
 
         for spot in self.layout.spots:
             self._add_spot(base, spot, level, top, left, ys, xs, noise, edge)
 
-        distance = self.layout.distance[y0:y1 + 1, x0:x1 + 1]
-        if distance.min() <= _TISSUE_RAGGED + edge / 2:
-            tissue = np.clip(0.5 + (my @ distance @ mx.T + _TISSUE_RAGGED * noise) / edge, 0, 1)
+        if self.layout.distance[interp.rows, interp.cols].min() <= _TISSUE_RAGGED + edge / 2:
+            tissue = np.clip(0.5 + (interp(self.layout.distance) + _TISSUE_RAGGED * noise) / edge, 0, 1)
             base = self.background + tissue[..., None] * (base - self.background)
         return np.clip(np.rint(base), 0, 255).astype(np.uint8)
 

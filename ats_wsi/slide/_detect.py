@@ -54,30 +54,52 @@ def _open_dir(path: str, backend: str) -> Slide:
 
 
 def _open_tifffile(path: str, is_tiff: bool) -> Slide:
-    from ._tifffile import TiffSlide
+    from ._tifffile import NotForTifffile, TiffParseError, TiffSlide
 
     if not is_tiff:
         raise UnsupportedFormatError(path, "not a TIFF file (the tifffile backend reads TIFF, OME-TIFF and SVS)")
-    return TiffSlide(path)
+    try:
+        return TiffSlide(path)
+    except TiffParseError as exc:  # the backends' internal classes never reach users
+        raise CorruptSlideError(path, exc.reason) from None
+    except NotForTifffile as exc:
+        raise UnsupportedFormatError(path, exc.reason) from None
 
 
 def _open_openslide(path: str, is_tiff: bool) -> Slide:
     from ._openslide import OpenSlideSlide
-    from ._tifffile import tiff_damage
+    from ._tifffile import TiffParseError, tiff_damage
 
+    unparsable = None
     if is_tiff:
-        tiff_damage(path)  # openslide would call a truncated TIFF "unsupported", or fail later
-    return OpenSlideSlide(path)
+        try:
+            tiff_damage(path)  # openslide would call a truncated TIFF "unsupported", or fail later
+        except TiffParseError as exc:
+            unparsable = exc
+    try:
+        return OpenSlideSlide(path)
+    except UnsupportedFormatError:
+        if unparsable is not None:
+            raise CorruptSlideError(path, unparsable.reason) from None
+        raise
 
 
 def _auto_tiff(path: str) -> Slide:
     from ._openslide import OpenSlideSlide
-    from ._tifffile import NotForTifffile, TiffSlide, inspect_tiff, tiff_damage
+    from ._tifffile import NotForTifffile, TiffParseError, TiffSlide, inspect_tiff, tiff_damage
 
     try:
         layout = inspect_tiff(path)
+    except TiffParseError as broken:  # a TIFF-like file tifffile chokes on may still be openslide's
+        try:
+            return OpenSlideSlide(path)
+        except (UnsupportedFormatError, CorruptSlideError):
+            raise CorruptSlideError(path, broken.reason) from None
     except NotForTifffile as why:
-        tiff_damage(path)
+        try:
+            tiff_damage(path)
+        except TiffParseError:
+            pass
         try:
             return OpenSlideSlide(path)
         except UnsupportedFormatError:

@@ -37,17 +37,24 @@ class NotForTifffile(UnsupportedFormatError):
     """A TIFF this backend does not read (``auto`` then tries openslide)."""
 
 
-class _LogCapture(logging.Handler):
-    """Collects tifffile's log messages of the thread that asked for them."""
+class TiffParseError(CorruptSlideError):
+    """tifffile cannot parse the file's structure (``auto`` then tries openslide
+    before giving up); truncation is reported as a plain CorruptSlideError."""
+
+
+class _LogCapture(logging.Filter):
+    """Sees tifffile's log records (and lets them through unchanged), keeping the
+    messages of the threads that asked for them."""
 
     def __init__(self):
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.local = threading.local()
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         sink = getattr(self.local, "sink", None)
-        if sink is not None:
+        if sink is not None and record.levelno >= logging.WARNING:
             sink.append(record.getMessage())
+        return True
 
 
 _capture = _LogCapture()
@@ -60,7 +67,7 @@ def _tifffile_messages():
     global _capture_installed
     with _install_lock:
         if not _capture_installed:
-            logging.getLogger("tifffile").addHandler(_capture)
+            logging.getLogger("tifffile").addFilter(_capture)
             _capture_installed = True
     _capture.local.sink = sink = []
     try:
@@ -117,7 +124,7 @@ def inspect_tiff(path: str) -> TiffLayout:
         except (CorruptSlideError, NotForTifffile):
             raise
         except Exception as exc:
-            raise CorruptSlideError(path, f"broken TIFF structure: {exc}") from exc
+            raise TiffParseError(path, f"broken TIFF structure: {exc}") from exc
     for prev, cur in zip(levels, levels[1:]):
         if cur.level.width > prev.level.width or cur.level.height > prev.level.height:
             raise NotForTifffile(path, "pyramid levels are not ordered from large to small")
@@ -133,7 +140,7 @@ def _open_checked(path: str):
         try:
             tif = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises many types on broken input
-            raise CorruptSlideError(path, f"not a readable TIFF: {exc}") from exc
+            raise TiffParseError(path, f"not a readable TIFF: {exc}") from exc
         try:
             try:
                 len(tif.pages)  # walks the whole IFD chain now, so breaks are logged
@@ -217,6 +224,11 @@ def _metadata(tif, page0):
             props["openslide.objective-power"] = str(int(float(mag)))
         except (TypeError, ValueError):
             pass
+        for extra in tif.series[1:]:  # thumbnail, label, macro: sizes only, like openslide lists them
+            name = (extra.name or "").lower()
+            if name in ("thumbnail", "label", "macro"):
+                props[f"openslide.associated.{name}.width"] = str(extra.pages[0].imagewidth)
+                props[f"openslide.associated.{name}.height"] = str(extra.pages[0].imagelength)
     elif tif.is_ome:
         fmt = "ome-tiff"
         mpp_xy = _tiffmeta.ome_mpp(tif.ome_metadata or "")

@@ -90,8 +90,8 @@ def resolution_mpp(page) -> tuple[float, float] | None:
     """(mpp_x, mpp_y) from X/YResolution when ResolutionUnit is inch or centimetre."""
     unit = page.tags.valueof(296)
     xres, yres = _rational(page.tags.valueof(282)), _rational(page.tags.valueof(283))
-    scale = _UM_PER_RESOLUTION_UNIT.get(int(unit) if unit is not None else 2)
-    if unit is None or scale is None or not xres or not yres:
+    scale = None if unit is None else _UM_PER_RESOLUTION_UNIT.get(int(unit))
+    if scale is None or not xres or not yres:
         return None
     # libtiff holds resolutions as float32: round the same way openslide does
     return (scale / float(np.float32(xres)), scale / float(np.float32(yres)))

@@ -30,6 +30,7 @@ import math
 import operator
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,6 +54,11 @@ MAX_READ_PIXELS = 1 << 28
 """Largest region ``read_region`` / ``read_level`` return at once: 2**28 pixels
 (768 MiB of RGB). Above it they raise :class:`~ats_wsi.errors.RegionError`;
 use ``level_array`` (lazy, tiled) instead."""
+
+COMPUTED_CACHE_BYTES = 64 << 20
+"""Bytes of computed-level tiles each Slide keeps (LRU), so that a thumbnail, a
+tissue mask and a level array of a pyramid-less slide do not rebuild the same
+tiles from level 0 again."""
 
 TISSUE_DOWNSAMPLE = 32.0
 """``tissue_mask(level=None)`` works at the level nearest to this downsample
@@ -101,10 +107,12 @@ class Level:
 
     @property
     def cols(self) -> int:
+        """Tiles across the level."""
         return -(-self.width // self.tile_width)
 
     @property
     def rows(self) -> int:
+        """Tiles down the level."""
         return -(-self.height // self.tile_height)
 
 
@@ -160,6 +168,7 @@ class Slide:
 
     def __init__(self, path, *, format: str, levels: list[Level], properties: dict,
                  mpp_xy: tuple[float, float] | None):
+        """Called by the backends with the stored levels (largest first); see open_slide."""
         self.path = os.fspath(path)
         self.format = format
         stored = len(levels)
@@ -179,6 +188,7 @@ class Slide:
         self._properties = props
         self._closed = False
         self._close_lock = threading.Lock()
+        self._computed_cache = _TileCache(COMPUTED_CACHE_BYTES)
 
     # ------------------------------------------------------------ geometry
 
@@ -476,6 +486,16 @@ class Slide:
         lv = self._levels[level]
         if not lv.computed:
             return self._read_stored_tile(level, col, row)
+        key = (level, col, row)
+        tile = self._computed_cache.get(key)
+        if tile is None:
+            tile = self._compute_tile(level, col, row)
+            tile.flags.writeable = False  # shared through the cache
+            self._computed_cache.put(key, tile)
+        return tile
+
+    def _compute_tile(self, level: int, col: int, row: int) -> np.ndarray:
+        lv = self._levels[level]
         # 2 x 2 block mean of the box below; level sizes are floor(half), so it lies inside
         w = min(lv.tile_width, lv.width - col * lv.tile_width)
         h = min(lv.tile_height, lv.height - row * lv.tile_height)
@@ -529,6 +549,33 @@ class Slide:
 
     def _close(self) -> None:
         """Release the backend's handles."""
+
+
+class _TileCache:
+    """A thread-safe LRU of tiles bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            tile = self._items.get(key)
+            if tile is not None:
+                self._items.move_to_end(key)
+            return tile
+
+    def put(self, key, tile: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items or tile.nbytes > self.max_bytes:
+                return
+            self._items[key] = tile
+            self._bytes += tile.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
 
 
 class _LevelView:

@@ -173,6 +173,7 @@ class AttentionSamplingWidget(Container):
     Attributes:
         worker: the worker of the last run (None before the first), so
             scripts and tests can wait for it.
+        last_outcome: the :class:`AttentionOutcome` of the last finished run.
     """
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
@@ -199,9 +200,17 @@ class AttentionSamplingWidget(Container):
             labels=True,
         )
         self.worker = None
+        self.last_outcome: AttentionOutcome | None = None
         self._run.changed.connect(self.run)
-        for event in ("inserted", "removed", "reordered"):
-            getattr(napari_viewer.layers.events, event).connect(self._refresh_slides)
+        events = [getattr(napari_viewer.layers.events, e) for e in ("inserted", "removed", "reordered")]
+        for event in events:
+            event.connect(self._refresh_slides)
+
+        def disconnect(*_):  # a closed dock must not be called back by the viewer it left
+            for event in events:
+                event.disconnect(self._refresh_slides)
+
+        self.native.destroyed.connect(disconnect)
         self._refresh_slides()
 
     # ------------------------------------------------------------------ choices
@@ -278,12 +287,19 @@ class AttentionSamplingWidget(Container):
         self._progress.visible = False
 
     def _on_outcome(self, outcome: AttentionOutcome, slide_layer) -> None:
+        self.last_outcome = outcome
         if outcome.error is not None:
             self._status.value = "failed"
             show_error(f"Attention sampling on {slide_layer.name}: {outcome.error}")
             return
-        self.add_prediction_layers(outcome, slide_layer)
-        summary = format_prediction(outcome)
+        try:
+            self.add_prediction_layers(outcome, slide_layer)
+            summary = format_prediction(outcome)
+        except Exception as exc:  # noqa: BLE001 - a malformed prediction must not crash the UI
+            log.debug("showing the prediction failed:\n%s", traceback.format_exc())
+            self._status.value = "failed"
+            show_error(f"Attention sampling on {slide_layer.name}: showing the result failed: {type(exc).__name__}: {exc}")
+            return
         pred = outcome.prediction
         seconds = getattr(pred, "seconds", None)
         timing = f" in {seconds:.1f} s" if seconds is not None else ""

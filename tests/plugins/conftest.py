@@ -8,7 +8,6 @@ shows up as a wrong shape or position.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +148,3 @@ def huge_slide(tmp_path_factory) -> TestSlide:
     path = folder / "huge.svs"
     write_tiff_pyramid(path, levels, bigtiff=True)
     return TestSlide(path, side, side, MPP, downsamples)
-
-
-def has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from _plugin import PLUGIN
+from _napari_plugin import PLUGIN, assert_inferno_fading_in
 from ats_wsi.outputs import write_attention_zarr
 from napari_ats_wsi._reader import napari_get_attention_reader, napari_get_reader
 
@@ -119,8 +119,7 @@ def test_attention_map_lies_over_its_level0_cells(make_napari_viewer, tmp_path, 
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(path), plugin=PLUGIN)
     assert not layer.multiscale and not layer.rgb
-    assert layer.colormap.name == "inferno"
-    assert 0 < layer.opacity < 1
+    assert_inferno_fading_in(layer)
     assert tuple(layer.contrast_limits) == pytest.approx((0.01, 1.0))
     row, col = np.unravel_index(np.argmax(np.asarray(layer.data)), layer.data.shape)
     # the max cell covers level-0 pixels x in [40 + 5·96, 40 + 6·96), y in [24 + 2·64, 24 + 3·64);
@@ -162,3 +161,28 @@ def test_get_reader_is_cheap_on_a_zarr_folder_with_unrelated_attrs(tmp_path):
     assert napari_get_attention_reader(str(tmp_path / "other.zarr")) is None
     assert callable(napari_get_reader(str(tmp_path / "other.zarr")))
     assert os.path.isdir(tmp_path / "other.zarr")
+
+
+def test_ome_zarr_slide_opens_as_a_slide_not_as_an_attention_map(make_napari_viewer, tmp_path):
+    import zarr
+
+    image = np.zeros((300, 500, 3), np.uint8)  # (rows, cols, 3), non-square
+    image[..., 0] = 200
+    image[100:140, 320:380] = (90, 30, 110)
+    root = zarr.open_group(str(tmp_path / "slide.ome.zarr"), mode="w", zarr_format=2)
+    datasets = []
+    for i, d in enumerate((1, 2)):
+        level = np.ascontiguousarray(image[::d, ::d].transpose(2, 0, 1))  # (c, y, x)
+        root.create_array(str(i), shape=level.shape, chunks=(3, 128, 128), dtype="uint8")[...] = level
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1, 0.25 * d, 0.25 * d]}]})
+    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    path = str(tmp_path / "slide.ome.zarr")
+    assert napari_get_attention_reader(path) is None
+
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(path, plugin=PLUGIN)
+    assert layer.multiscale and layer.rgb and layer.metadata["ats_wsi"] == "slide"
+    assert [tuple(level.shape) for level in layer.data] == [(300, 500, 3), (150, 250, 3)]
+    np.testing.assert_allclose(layer.scale, (0.25, 0.25))
+    np.testing.assert_array_equal(np.asarray(layer.data[0][120, 350]), (90, 30, 110))

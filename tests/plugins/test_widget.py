@@ -19,7 +19,7 @@ import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 import ats_wsi.run
-from _plugin import PLUGIN
+from _napari_plugin import PLUGIN, assert_inferno_fading_in, has_display
 from ats_wsi.errors import CheckpointError
 from napari_ats_wsi._widget import AttentionSamplingWidget
 
@@ -128,6 +128,16 @@ def test_widget_lists_only_slide_layers(make_napari_viewer, lesion_slide, tmp_pa
     assert widget.slide_layers == ()
 
 
+def test_opening_a_slide_after_closing_the_widget_is_harmless(make_napari_viewer, qtbot, lesion_slide):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    viewer.window.remove_dock_widget(dock)
+    dock.deleteLater()
+    qtbot.wait(50)
+    viewer.open(str(lesion_slide.path), plugin=PLUGIN)  # the layer-list events reach no dead widget
+    assert len(viewer.layers) == 1
+
+
 def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
     make_napari_viewer, qtbot, lesion_slide, checkpoint, stand_in_run, notifications
 ):
@@ -148,7 +158,7 @@ def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
     world_y, world_x = heat.data_to_world((row, col))
     level0_x, level0_y = world_x / mpp + 0.5, world_y / mpp + 0.5  # pixel centres are at index × mpp
     assert x <= level0_x < x + w and y <= level0_y < y + h
-    assert heat.colormap.name == "inferno" and heat.blending in ("additive", "translucent")
+    assert_inferno_fading_in(heat)
     assert tuple(heat.contrast_limits) == pytest.approx((float(heat.data.min()), float(heat.data.max())))
     # cell (r, c) covers level-0 pixels c·128 .. c·128 + 127: its top-left edge is at (c·128 - 0.5) · mpp
     np.testing.assert_allclose(heat.data_to_world((row - 0.5, col - 0.5)), ((row * 128 - 0.5) * mpp, (col * 128 - 0.5) * mpp))
@@ -177,6 +187,38 @@ def _open(test_slide):
     from ats_wsi.slide import open_slide
 
     return open_slide(test_slide.path)
+
+
+def test_prediction_runs_in_a_worker_while_the_ui_stays_responsive(
+    make_napari_viewer, qtbot, lesion_slide, checkpoint, stand_in_run, monkeypatch
+):
+    import threading
+
+    release = threading.Event()
+    threads = []
+
+    def slow_predict(*args, **kwargs):
+        threads.append(threading.current_thread())
+        assert release.wait(timeout=20), "the UI thread never released the prediction"
+        return stand_in_predict_slide(*args, **kwargs)
+
+    monkeypatch.setattr(ats_wsi.run, "predict_slide", slow_predict, raising=False)
+    viewer = make_napari_viewer()
+    viewer.open(str(lesion_slide.path), plugin=PLUGIN)
+    widget = dock_widget(viewer)
+    widget._checkpoint.value = checkpoint
+    widget._n_patches.value = 4
+    widget._run.native.click()
+    first = widget.worker
+    qtbot.waitUntil(lambda: widget._status.value == "sampling attention", timeout=10_000)
+    # the event loop runs (the status label updated), Run is disabled and a second click starts nothing
+    assert widget.running and not widget._run.enabled
+    widget._run.native.click()
+    assert widget.worker is first
+    release.set()
+    qtbot.waitUntil(lambda: not widget.running and widget._run.enabled, timeout=10_000)
+    assert threads and threads[0] is not threading.main_thread()
+    assert len(viewer.layers) == 3
 
 
 def test_wrong_checkpoint_is_an_error_notification(
@@ -223,3 +265,58 @@ def test_run_without_slide_or_checkpoint_explains_what_is_missing(
     errors = [m for s, m in notifications() if s == NotificationSeverity.ERROR]
     assert len(errors) == 2 and "choose its layer" in errors[0] and "missing.pt" in errors[1]
     assert widget.worker is None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask).mean(axis=0)
+
+
+def _lesion_pixels(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (g < 80) & (r > 50) & (b > 70)
+
+
+def _slide_pink(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (r > 190) & (g > 110) & (g < 185) & (b > 150) & (r - g > 30)
+
+
+def _heat_bright(rgb: np.ndarray) -> np.ndarray:
+    """Yellow: the bright end of inferno (also blended over the dark lesion)."""
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (r > 180) & (g > 160) & (b < 175) & ((r + g) // 2 - b > 40)
+
+
+@pytest.mark.gui
+def test_screenshot_shows_heat_over_the_lesion_on_pink_tissue(
+    make_napari_viewer, qtbot, lesion_slide, checkpoint, stand_in_run, tmp_path
+):
+    if not has_display():
+        pytest.skip("no display: run under Xvfb (./scripts/test does) to render napari's canvas")
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1100, 800)
+    viewer.open(str(lesion_slide.path), plugin=PLUGIN)
+    widget = dock_widget(viewer)
+    widget._checkpoint.value = checkpoint
+    widget._n_patches.value = 4
+    run_and_wait(qtbot, widget)
+    viewer.reset_view()
+    after = viewer.screenshot(canvas_only=True, flash=False)[..., :3]
+    for layer in viewer.layers[1:]:
+        layer.visible = False
+    before = viewer.screenshot(canvas_only=True, flash=False)[..., :3]  # the slide alone, same view
+    from PIL import Image
+
+    Image.fromarray(after).save(tmp_path / "napari-attention.png")
+    assert before.any(), "the canvas rendered nothing (no OpenGL context?)"
+    lesion = _lesion_pixels(before)
+    assert lesion.sum() > 20, "the lesion is not visible on the slide layer"
+    assert not _heat_bright(before).any()
+    heat = _heat_bright(after)
+    assert heat.sum() > 20, "no inferno-bright pixels in the screenshot"
+    assert _slide_pink(after).sum() > 20 * heat.sum(), "the tissue is no longer visible under the heatmap"
+    # the heat is drawn where the lesion is on screen
+    np.testing.assert_allclose(_centroid(heat), _centroid(lesion), atol=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _plugin import PLUGIN
+from _napari_plugin import PLUGIN
 from ats_wsi.outputs import read_attention_zarr, write_attention_zarr
 from napari_ats_wsi._writer import placement_from_transform
 

@@ -85,10 +85,19 @@ def test_each_bad_input_gets_its_typed_error_naming_the_path(bad_inputs, kind, e
     path = bad_inputs[kind]
     with pytest.raises(error) as info:
         open_slide(path)
+    assert type(info.value) is error  # the public class itself, no backend-private subclass
     assert info.value.path == path
     assert path in str(info.value)
     assert isinstance(info.value, SlideError)
     assert info.value.reason  # says why
+
+
+@pytest.mark.parametrize("backend", ["tifffile", "openslide"])
+@pytest.mark.parametrize("kind", ["garbage_tiff", "truncated_vips"])
+def test_forced_backends_raise_the_public_error_classes(bad_inputs, kind, backend):
+    with pytest.raises(CorruptSlideError) as info:
+        open_slide(bad_inputs[kind], backend=backend)
+    assert type(info.value) is CorruptSlideError
 
 
 def test_missing_file_is_also_a_file_not_found_error(bad_inputs):

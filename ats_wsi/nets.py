@@ -1,0 +1,229 @@
+"""Attention and feature nets by name, so that a config of names and numbers
+(never pickled code) builds the same model again.
+
+Built in, in plain torch:
+
+- ``"attention-small"``: a few 3 × 3 convolutions ("same" padding) and a
+  1 × 1 convolution to one logit channel: ``[B, C, h, w] -> [B, 1, h', w']``
+  with ``h' = h // pool``.
+- ``"feature-small"``, ``"feature-medium"``: conv-BN-ReLU blocks, 2 × 2 max
+  pooling between blocks, global average pooling and a linear layer:
+  ``[N, C, ph, pw] -> [N, out_features]``.
+
+External backbones, imported only when asked: ``"timm:<name>"`` and
+``"torchvision:<name>"`` feature nets (``timm.create_model`` /
+``torchvision.models.get_model`` with ``num_classes=out_features``).
+
+Every net built here carries ``net.config``: ``create_*_net(**net.config)``
+builds it again.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+__all__ = [
+    "create_attention_net",
+    "create_feature_net",
+    "register_attention_net",
+    "register_feature_net",
+    "list_attention_nets",
+    "list_feature_nets",
+    "AttentionNet",
+    "FeatureNet",
+]
+
+_ATTENTION: dict[str, Callable[..., nn.Module]] = {}
+_FEATURE: dict[str, Callable[..., nn.Module]] = {}
+
+
+def _register(table: dict, name: str):
+    def decorate(builder):
+        if name in table:
+            raise ValueError(f"a net named {name!r} is already registered")
+        table[name] = builder
+        return builder
+    return decorate
+
+
+def register_attention_net(name: str):
+    """Decorator: make ``builder(in_channels=..., **kw)`` buildable by ``name``."""
+    return _register(_ATTENTION, name)
+
+
+def register_feature_net(name: str):
+    """Decorator: make ``builder(in_channels=..., out_features=..., **kw)`` buildable by ``name``."""
+    return _register(_FEATURE, name)
+
+
+def list_attention_nets() -> list[str]:
+    """Names of the registered attention nets."""
+    return sorted(_ATTENTION)
+
+
+def list_feature_nets() -> list[str]:
+    """Names of the registered feature nets (``timm:``/``torchvision:`` names come on top)."""
+    return sorted(_FEATURE)
+
+
+def create_attention_net(name: str, in_channels: int = 3, **kw) -> nn.Module:
+    """An attention net ``[B, C, h, w] -> logits [B, 1, h', w']`` by name.
+
+    Args:
+        name: a registered name (see :func:`list_attention_nets`).
+        in_channels: ``C`` of the low view.
+        **kw: numbers the builder takes (e.g. ``hidden``, ``layers``, ``pool``).
+
+    Returns:
+        The net, with ``net.config`` set and ``net.receptive_field`` (its
+        receptive field in low pixels, for tiling with a halo).
+
+    Raises:
+        ValueError: an unknown name, or an external backbone (those make
+            feature nets only).
+    """
+    if ":" in name:
+        raise ValueError(f"attention net {name!r}: external backbones serve as feature nets only; "
+                         f"attention nets: {list_attention_nets()}")
+    net = _lookup(_ATTENTION, name, "attention")(in_channels=in_channels, **kw)
+    net.config = {"name": name, "in_channels": in_channels, **kw}
+    return net
+
+
+def create_feature_net(name: str, in_channels: int = 3, out_features: int = 64, **kw) -> nn.Module:
+    """A feature net ``[N, C, ph, pw] -> [N, out_features]`` by name.
+
+    Args:
+        name: a registered name (see :func:`list_feature_nets`), or
+            ``"timm:<model>"`` / ``"torchvision:<model>"``.
+        in_channels: ``C`` of the patches.
+        out_features: ``D``.
+        **kw: numbers the builder takes (e.g. ``widths``; for timm and
+            torchvision, their own keywords such as ``pretrained``).
+
+    Returns:
+        The net, with ``net.config`` set.
+
+    Raises:
+        ValueError: an unknown name.
+        ImportError: ``timm`` or ``torchvision`` asked for but not installed.
+    """
+    library, _, model = name.partition(":")
+    if model:
+        net = _external(library, model, in_channels, out_features, kw)
+    else:
+        net = _lookup(_FEATURE, name, "feature")(in_channels=in_channels, out_features=out_features, **kw)
+    net.config = {"name": name, "in_channels": in_channels, "out_features": out_features, **kw}
+    return net
+
+
+# --------------------------------------------------------------------------
+# Built-in nets.
+
+class AttentionNet(nn.Module):
+    """3 × 3 conv-ReLU layers ("same" padding) and a 1 × 1 conv to one logit.
+
+    Args:
+        in_channels: ``C`` of the low view.
+        hidden: channels of the hidden layers.
+        layers: number of 3 × 3 convolutions.
+        pool: average pooling of the input by this factor first (1: none), so
+            the map is ``[h // pool, w // pool]``.
+
+    Forward: ``[B, C, h, w] -> [B, 1, h // pool, w // pool]`` logits.
+
+    Attributes:
+        receptive_field: the net's receptive field in low pixels,
+            ``pool · (1 + 2 · layers)``. With "same" padding the map covers
+            the whole view: pass ``receptive_field=0`` to the sampler.
+    """
+
+    def __init__(self, in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1):
+        super().__init__()
+        body: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
+        channels = in_channels
+        for _ in range(layers):
+            body += [nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(inplace=True)]
+            channels = hidden
+        body.append(nn.Conv2d(channels, 1, 1))
+        self.body = nn.Sequential(*body)
+        self.receptive_field = pool * (1 + 2 * layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class FeatureNet(nn.Module):
+    """Conv-BN-ReLU blocks, global average pooling and a linear layer.
+
+    Args:
+        in_channels: ``C`` of the patches.
+        out_features: ``D``.
+        widths: channels of each block; 2 × 2 max pooling between blocks.
+        convs: convolutions per block.
+
+    Forward: ``[N, C, ph, pw] -> [N, D]``.
+    """
+
+    def __init__(self, in_channels: int = 3, out_features: int = 64,
+                 widths: Sequence[int] = (16, 32), convs: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i, width in enumerate(widths):
+            if i:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            for _ in range(convs):
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                channels = width
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(x).mean(dim=(2, 3)))
+
+
+@register_attention_net("attention-small")
+def _attention_small(in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1):
+    return AttentionNet(in_channels, hidden=hidden, layers=layers, pool=pool)
+
+
+@register_feature_net("feature-small")
+def _feature_small(in_channels: int = 3, out_features: int = 64, widths=(16, 32)):
+    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=1)
+
+
+@register_feature_net("feature-medium")
+def _feature_medium(in_channels: int = 3, out_features: int = 128, widths=(32, 64, 128)):
+    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=2)
+
+
+# --------------------------------------------------------------------------
+
+def _lookup(table: dict, name: str, kind: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} net {name!r}; known: {sorted(table)} "
+                         f"(feature nets also take 'timm:<name>' and 'torchvision:<name>')") from None
+
+
+def _external(library: str, model: str, in_channels: int, out_features: int, kw: dict) -> nn.Module:
+    if library not in ("timm", "torchvision"):
+        raise ValueError(f"unknown backbone library {library!r} in '{library}:{model}'; "
+                         f"use 'timm:<name>' or 'torchvision:<name>'")
+    try:
+        module = importlib.import_module("timm" if library == "timm" else "torchvision.models")
+    except Exception as error:  # a broken install fails on import with all sorts of errors
+        raise ImportError(f"feature net '{library}:{model}' needs {library}, which could not be "
+                          f"imported ({type(error).__name__}: {error}); install it, e.g. "
+                          f"`pip install {library}`") from error
+    if library == "timm":
+        return module.create_model(model, in_chans=in_channels, num_classes=out_features, **kw)
+    if in_channels != 3:
+        raise ValueError(f"torchvision backbones take 3 channels, not {in_channels} ('{library}:{model}')")
+    return module.get_model(model, num_classes=out_features, **{"weights": None, **kw})
+
