@@ -96,17 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "openslide", "tifffile", "zarr"])
     p.set_defaults(func=cmd_info)
 
-    _add_run_commands(sub)
-    return parser
+    # demo / train / predict: parsed here, imported lazily (torch) when run.
+    from .run import commands
 
-
-def _add_run_commands(sub) -> None:
-    """demo / train / predict live in ats_wsi.run; registered when importable."""
-    try:
-        from .run import commands
-    except ImportError:  # pragma: no cover - run/ not built yet
-        return
     commands.register(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

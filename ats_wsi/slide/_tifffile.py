@@ -98,8 +98,12 @@ class TiffLayout:
     mpp_xy: tuple[float, float] | None
 
 
-def inspect_tiff(path: str) -> TiffLayout:
+def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
     """Parse a TIFF's pyramid, check it is complete and decodable.
+
+    ``fast_only`` (what ``auto`` asks) refuses compressions openslide decodes
+    faster (JPEG 2000); a forced tifffile backend reads whatever imagecodecs
+    can decode.
 
     Raises:
         CorruptSlideError: not parseable, IFD chain broken, or tiles lying
@@ -119,7 +123,7 @@ def inspect_tiff(path: str) -> TiffLayout:
             if kind is not None:
                 raise NotForTifffile(path, f"{kind} TIFF: left to openslide")
             pages = [lv.pages[0] for lv in series[0].levels]
-            levels = [_tiff_level(path, i, page, size) for i, page in enumerate(pages)]
+            levels = [_tiff_level(path, i, page, size, fast_only) for i, page in enumerate(pages)]
             fmt, props, mpp_xy = _metadata(tif, pages[0])
         except (CorruptSlideError, NotForTifffile):
             raise
@@ -181,7 +185,7 @@ def _vendor_kind(tif) -> str | None:
     return None
 
 
-def _tiff_level(path: str, index: int, page, file_size: int) -> TiffLevel:
+def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) -> TiffLevel:
     shape = page.shape  # (h, w) or (h, w, S) for contiguous samples
     samples = page.samplesperpixel
     if page.imagedepth != 1:
@@ -192,8 +196,11 @@ def _tiff_level(path: str, index: int, page, file_size: int) -> TiffLevel:
         raise NotForTifffile(path, f"{samples} samples per pixel (planar config {page.planarconfig})")
     if page.photometric not in _PHOTOMETRIC_OK or (page.photometric == 6 and page.compression != 7):
         raise NotForTifffile(path, f"photometric {int(page.photometric)} with compression {int(page.compression)}")
-    if int(page.compression) not in FAST_COMPRESSIONS:
-        raise NotForTifffile(path, f"compression {int(page.compression)} (openslide decodes it faster)")
+    compression = int(page.compression)
+    if fast_only and compression not in FAST_COMPRESSIONS:
+        raise NotForTifffile(path, f"compression {compression} (openslide decodes it faster)")
+    if compression != 1 and not _can_decode(compression):
+        raise NotForTifffile(path, f"compression {compression} (no decoder in imagecodecs)")
     height, width = shape[0], shape[1]
     if page.is_tiled:
         tw, th = page.tilewidth, page.tilelength
@@ -210,6 +217,16 @@ def _tiff_level(path: str, index: int, page, file_size: int) -> TiffLevel:
         raise CorruptSlideError(path, f"truncated: {int(lost.sum())} of {len(offsets)} tiles of level "
                                       f"{index} lie beyond the end of the file ({file_size} bytes)")
     return TiffLevel(level, offsets, counts, page.decode, page.jpegtables, samples)
+
+
+def _can_decode(compression: int) -> bool:
+    import tifffile
+
+    try:
+        tifffile.TIFF.DECOMPRESSORS[compression]
+    except (KeyError, ValueError, ImportError):
+        return False
+    return True
 
 
 def _metadata(tif, page0):
@@ -285,7 +302,7 @@ class TiffSlide(Slide):
 
     def __init__(self, path, layout: TiffLayout | None = None):
         path = os.fspath(path)
-        layout = inspect_tiff(path) if layout is None else layout
+        layout = inspect_tiff(path, fast_only=False) if layout is None else layout
         self._tiff_levels = layout.levels
         self._file = _PositionalFile(path)
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],

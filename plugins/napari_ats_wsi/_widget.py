@@ -65,13 +65,20 @@ class AttentionOutcome:
 
 
 def _class_names(config: Any, n_classes: int) -> tuple[str, ...]:
-    names = None
+    """Class names from what ``load_checkpoint`` returned, else "class 0", "class 1", ...
+
+    Looks for ``class_names`` (or ``classes``) at the top of the dict and in
+    its ``config`` / ``data`` sub-dicts (a checkpoint payload keeps the model
+    config under ``config``).
+    """
+    candidates = [config] if isinstance(config, dict) else []
     if isinstance(config, dict):
-        names = config.get("class_names") or config.get("classes")
-        if names is None and isinstance(config.get("data"), dict):
-            names = config["data"].get("class_names") or config["data"].get("classes")
-    if isinstance(names, (list, tuple)) and len(names) == n_classes:
-        return tuple(str(n) for n in names)
+        candidates += [config[k] for k in ("config", "data") if isinstance(config.get(k), dict)]
+    candidates += [vars(config)] if hasattr(config, "__dict__") and not isinstance(config, dict) else []
+    for candidate in candidates:
+        names = candidate.get("class_names") or candidate.get("classes")
+        if isinstance(names, (list, tuple)) and len(names) == n_classes:
+            return tuple(str(n) for n in names)
     return tuple(f"class {i}" for i in range(n_classes))
 
 
@@ -82,6 +89,17 @@ def _device() -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except Exception:  # torch missing or broken: the job reports it when it imports run
         return "cpu"
+
+
+def _config_kwarg(predict_slide, config) -> dict:
+    """``{"config": config}`` if ``predict_slide`` takes it (docs/contracts.md lists
+    it; the model also carries its own config, and an implementation may not)."""
+    import inspect
+
+    try:
+        return {"config": config} if "config" in inspect.signature(predict_slide).parameters else {}
+    except (TypeError, ValueError):  # no signature to inspect (a C function, a mock)
+        return {}
 
 
 def attention_job(
@@ -110,14 +128,21 @@ def attention_job(
             stage = STAGES[2]
             yield stage
             prediction = run.predict_slide(
-                model, slide, config=config, n_patches=n_patches, samples=samples, device=device, seed=seed
+                model, slide, n_patches=n_patches, samples=samples, device=device, seed=seed,
+                **_config_kwarg(run.predict_slide, config),
             )
         yield STAGES[3]
         n_classes = int(np.asarray(prediction.probabilities).reshape(-1).shape[0])
         return AttentionOutcome(prediction=prediction, class_names=_class_names(config, n_classes))
     except Exception as exc:  # noqa: BLE001 - every failure must become a notification
         log.debug("attention sampling failed while %s:\n%s", stage, traceback.format_exc())
-        return AttentionOutcome(error=f"{stage} failed: {type(exc).__name__}: {exc}")
+        return AttentionOutcome(error=f"{stage} failed: {type(exc).__name__}: {_first_line(str(exc))}")
+
+
+def _first_line(message: str, limit: int = 400) -> str:
+    """The first line of an error message, shortened for a notification."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def box_rectangles(boxes_xywh: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from slide_reference import ALL_SLIDES
 
@@ -31,6 +32,13 @@ def test_auto_leaves_jpeg2000_svs_to_openslide(svs_jpeg2000):
     with open_slide(svs_jpeg2000.path) as slide:
         assert slide.backend == "openslide"
         assert slide.format == "aperio"
+
+
+def test_forced_tifffile_still_decodes_jpeg2000(svs_jpeg2000):
+    with open_slide(svs_jpeg2000.path, backend="tifffile") as slide:
+        assert slide.backend == "tifffile"
+        np.testing.assert_array_equal(slide.read_region((200, 100), 0, (500, 300)),
+                                      svs_jpeg2000.levels[0][100:400, 200:700])
 
 
 def test_open_slide_accepts_pathlib_paths(tiff_pyramid_deflate):

@@ -1,0 +1,128 @@
+"""The low-resolution view of a slide that the attention network sees.
+
+Pathology models depend on the µm/px of their input, so the low view is
+defined by a downsample (or a µm/px), not by a size: a bigger slide gives a
+bigger low view at the same resolution. The view is read from the level
+nearest the wanted downsample and resampled (area) when that level is off by
+more than 1 %.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SlideError
+
+__all__ = ["LowView", "read_low_view", "tissue_mask", "mask_to_grid", "cell_size"]
+
+RESAMPLE_TOLERANCE = 0.01
+"""Relative difference between the nearest level's downsample and the wanted
+one above which the level is resampled to the exact downsample."""
+
+
+@dataclass(frozen=True)
+class LowView:
+    """A slide seen at low resolution.
+
+    Attributes:
+        image: uint8 (rows, cols, 3).
+        downsample: level-0 pixels per low pixel (x and y alike).
+        level: the pyramid level it was read from.
+        mask: bool (rows, cols), tissue (True) vs. background.
+    """
+
+    image: np.ndarray
+    downsample: float
+    level: int
+    mask: np.ndarray
+
+
+def tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """Otsu's threshold on HSV saturation of uint8 (rows, cols, 3) -> bool (rows, cols).
+
+    Falls back to "everything is tissue" when the threshold finds nothing
+    (a slide that is all tissue or all background would otherwise give an
+    empty mask and nothing could be sampled).
+    """
+    from ..slide._tissue import otsu_threshold, saturation
+
+    sat = saturation(rgb)
+    mask = sat > otsu_threshold(sat)
+    if not mask.any():
+        mask = np.ones(sat.shape, dtype=bool)
+    return mask
+
+
+def read_low_view(slide, *, downsample: float | None = None, mpp: float | None = None) -> LowView:
+    """Read the whole slide at a given downsample or µm/px.
+
+    Args:
+        slide: an open :class:`ats_wsi.slide.Slide`.
+        downsample: wanted level-0 pixels per low pixel, or
+        mpp: wanted µm per low pixel (needs the slide's mpp).
+
+    Returns:
+        :class:`LowView`; its image is ``round(w / downsample) x round(h / downsample)``.
+    """
+    if (downsample is None) == (mpp is None):
+        raise TypeError("read_low_view takes exactly one of downsample= or mpp=")
+    if mpp is not None:
+        if slide.mpp is None:
+            raise SlideError(slide.path, f"the slide has no known µm/px, so it cannot be read at {mpp} µm/px")
+        downsample = float(mpp) / slide.mpp
+    downsample = float(downsample)
+    level = slide.level_for(downsample=downsample)
+    w0, h0 = slide.dimensions
+    level_ds = float(slide.level_downsamples[level])
+    if abs(level_ds / downsample - 1.0) <= RESAMPLE_TOLERANCE:
+        image = slide.read_level(level)
+        ds = level_ds
+    else:
+        # Read a level at least as fine as wanted, then area-resample.
+        finer = [i for i, d in enumerate(slide.level_downsamples) if d <= downsample * (1 + RESAMPLE_TOLERANCE)]
+        level = max(finer) if finer else 0
+        out_w = max(1, int(round(w0 / downsample)))
+        out_h = max(1, int(round(h0 / downsample)))
+        from PIL import Image
+
+        image = np.asarray(Image.fromarray(slide.read_level(level)).resize((out_w, out_h), Image.Resampling.BOX))
+        ds = downsample
+    return LowView(image=image, downsample=ds, level=level, mask=tissue_mask(image))
+
+
+def mask_to_grid(mask: np.ndarray, map_shape: tuple[int, int], min_fraction: float = 0.0) -> np.ndarray:
+    """Pool a pixel mask of the low view onto the attention map's grid.
+
+    Args:
+        mask: bool (rows, cols) on the low view.
+        map_shape: (map_rows, map_cols) of the attention map that covers it.
+        min_fraction: a cell is kept when more than this fraction of its
+            pixels are True (0: any tissue at all).
+
+    Returns:
+        bool (map_rows, map_cols). Never all False when ``mask`` has a True
+        pixel: the cell with the most tissue is always kept.
+    """
+    rows, cols = mask.shape
+    mr, mc = map_shape
+    # Cell (i, j) covers low rows [floor(i*rows/mr), ceil((i+1)*rows/mr)).
+    r_edges = np.floor(np.arange(mr + 1) * rows / mr).astype(int)
+    c_edges = np.floor(np.arange(mc + 1) * cols / mc).astype(int)
+    csum = np.zeros((rows + 1, cols + 1), dtype=np.int64)
+    csum[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+    r0, r1 = r_edges[:-1, None], np.maximum(r_edges[1:, None], r_edges[:-1, None] + 1)
+    c0, c1 = c_edges[None, :-1], np.maximum(c_edges[None, 1:], c_edges[None, :-1] + 1)
+    r1, c1 = np.minimum(r1, rows), np.minimum(c1, cols)
+    counts = csum[r1, c1] - csum[r0, c1] - csum[r1, c0] + csum[r0, c0]
+    area = np.maximum((r1 - r0) * (c1 - c0), 1)
+    grid = counts / area > min_fraction
+    if not grid.any() and mask.any():
+        grid.flat[int(np.argmax(counts))] = True
+    return grid
+
+
+def cell_size(low_shape: tuple[int, int], map_shape: tuple[int, int], downsample: float) -> tuple[float, float]:
+    """(w, h) of one attention cell in level-0 pixels (for maps of "same" nets)."""
+    return (low_shape[1] / map_shape[1] * downsample, low_shape[0] / map_shape[0] * downsample)
+

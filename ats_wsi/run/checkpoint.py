@@ -1,0 +1,102 @@
+"""Checkpoints: weights + full config + normalisation + code version.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values only, so it
+loads with ``weights_only=True`` (no pickled code is ever executed).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..outputs import atomic_path
+from .config import ModelConfig, SlideClassifier, build_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "checkpoint_id"]
+
+FORMAT = "ats-wsi-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: SlideClassifier,
+    *,
+    epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    metrics: dict[str, Any] | None = None,
+    train_config: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically.
+
+    Args:
+        path: destination file (``.pt``).
+        model: the classifier (a DDP wrapper's ``.module`` too).
+        epoch: epochs completed.
+        optimizer: saved for ``--resume`` when given.
+        metrics: last epoch's metrics (plain numbers).
+        train_config: the training settings (plain values), for the record.
+    """
+    model = getattr(model, "module", model)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ats_wsi_version": __version__,
+        "torch_version": str(torch.__version__),
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        "train_config": dict(train_config or {}),
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict, checked; raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(path, "not an ats-wsi checkpoint (no 'format' marker)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(path, f"checkpoint format {payload['format_version']} is newer than this ats-wsi reads")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SlideClassifier, dict]:
+    """Rebuild the classifier of a checkpoint, in eval mode on ``device``.
+
+    Returns:
+        ``(model, payload)``; ``payload["config"]`` is the model config dict.
+    """
+    payload = read_checkpoint(path)
+    config = ModelConfig.from_dict(payload["config"], path=path)
+    try:
+        model = build_model(config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(path, f"weights do not fit the config ({exc})") from None
+    return model.to(device).eval(), payload
+
+
+def checkpoint_id(path: str | os.PathLike) -> str:
+    """A short content hash of a checkpoint file (identifies it in results)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]

@@ -1,0 +1,177 @@
+"""The end-to-end demo: synthetic slides -> train -> predict held-out slides -> report.
+
+Everything is real: the slides are Aperio-style JPEG TIFFs on disk, patches
+are read from them by :class:`~ats_wsi.patches.PatchReader`, the model is an
+:class:`~ats_wsi.model.AttentionSampler`, results are written by
+``predict_slides`` exactly as ``ats-wsi predict`` writes them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.manifest import read_manifest
+from ..data.synthetic import load_lesions, make_slide_set
+from .config import ModelConfig
+from .predict import PredictSettings, predict_slides
+from .train import TrainSettings, train
+
+__all__ = ["DemoSettings", "DemoReport", "run_demo", "format_report", "demo_model_config"]
+
+
+@dataclass
+class DemoSettings:
+    """The demo's knobs; the defaults are the README's run."""
+
+    out: str = "ats-wsi-demo"
+    n_slides: int = 48
+    size: tuple[int, int] = (6144, 4608)
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 2e-3
+    seed: int = 0
+    device: str = "cpu"
+    quick: bool = False
+    samples: int = 1
+
+    def __post_init__(self):
+        if self.quick:
+            self.n_slides, self.size, self.epochs = min(self.n_slides, 8), (3072, 2048), min(self.epochs, 1)
+
+
+def demo_model_config() -> ModelConfig:
+    """The small model the demo trains on CPU."""
+    return ModelConfig(
+        n_classes=2,
+        attention_net="attention-small",
+        attention_kwargs={"hidden": 8, "layers": 3, "pool": 2},
+        feature_net="feature-small",
+        feature_kwargs={"widths": [16, 32, 64]},
+        feature_dim=32,
+        n_patches=12,
+        patch_size=128,
+        patch_level=0,
+        low_downsample=16.0,
+        replace=False,
+        entropy=0.01,
+        class_names=["benign", "lesion"],
+    )
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+    accuracy: float
+    seconds_per_slide: float
+    fraction_read: float
+    patch_lesion_hit_rate: float
+    top_cell_on_lesion: float
+    overlays: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    results_dir: str = ""
+    errors: int = 0
+
+
+def _overlaps(box, lesions) -> bool:
+    x, y, w, h = box
+    return any(x < lx + lw and lx < x + w and y < ly + lh and ly < y + h for lx, ly, lw, lh in lesions)
+
+
+def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: None) -> DemoReport:
+    """Run the whole demo into ``settings.out`` and return its report."""
+    import json
+
+    from ..outputs import read_attention_zarr
+
+    out = Path(settings.out)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    log(f"[1/3] writing {settings.n_slides} synthetic slides ({settings.size[0]} x {settings.size[1]}) to {out / 'slides'}")
+    manifest = make_slide_set(out / "slides", n_slides=settings.n_slides, size=settings.size, seed=settings.seed)
+    timings["slides"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    train_settings = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                                   device=settings.device, seed=settings.seed)
+    log(f"[2/3] training for {settings.epochs} epochs (run folder {out / 'run'})")
+    run = out / "run"
+    resume = (run / "last.pt").is_file()
+    if resume:
+        log("      resuming from the last checkpoint in the run folder")
+    train(manifest, run, demo_model_config(), train_settings, resume=resume,
+          on_epoch=lambda m: log(f"      epoch {m.epoch:2d}: loss {m.train_loss:.3f}, train acc {m.train_acc:.2f}, "
+                                 f"val acc {m.val_acc:.2f} ({m.seconds:.0f} s)"))
+    timings["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    test = read_manifest(manifest, "test")
+    log(f"[3/3] predicting {len(test)} held-out slides into {out / 'results'}")
+    pred = PredictSettings(checkpoint=str(run / "best.pt"), out_dir=str(out / "results"),
+                           samples=settings.samples, device=settings.device, seed=settings.seed)
+    rows, errors = predict_slides([str(r.path) for r in test], pred)
+    timings["predict"] = time.perf_counter() - t
+
+    labels = {str(r.path): r.label for r in test}
+    correct, hits, boxes, top_hits, positives, secs, frac = 0, 0, 0, 0, 0, [], []
+    for row in rows:
+        label = labels[row["slide"]]
+        correct += int(int(row["predicted"]) == label)
+        secs.append(float(row["seconds"]))
+        frac.append(float(row["fraction_read"]))
+        if label == 1:
+            lesions = load_lesions(row["slide"])
+            done = json.loads((out / "results" / ".done" / f"{row['name']}.json").read_text())
+            for box in done["boxes_xywh"]:
+                boxes += 1
+                hits += int(_overlaps(box, lesions))
+            amap = read_attention_zarr(out / "results" / "maps" / f"{row['name']}.zarr")
+            r, c = np.unravel_index(int(np.argmax(amap.data)), amap.data.shape)
+            cx, cy = amap.cell_center_xy(int(r), int(c))
+            cw, ch = amap.cell_size_xy
+            top_hits += int(_overlaps((cx - cw / 2, cy - ch / 2, cw, ch), lesions))
+            positives += 1
+    n_train = len(read_manifest(manifest, "train"))
+    n_val = len(read_manifest(manifest, "val"))
+    return DemoReport(
+        n_train=n_train, n_val=n_val, n_test=len(test),
+        accuracy=correct / max(len(rows), 1),
+        seconds_per_slide=float(np.mean(secs)) if secs else float("nan"),
+        fraction_read=float(np.mean(frac)) if frac else float("nan"),
+        patch_lesion_hit_rate=hits / max(boxes, 1),
+        top_cell_on_lesion=top_hits / max(positives, 1),
+        overlays=sorted(str(p) for p in (out / "results" / "overlays").glob("*.png")),
+        timings=timings,
+        results_dir=str(out / "results"),
+        errors=len(errors),
+    )
+
+
+def format_report(r: DemoReport) -> str:
+    """The demo's report as the lines ``ats-wsi demo`` prints."""
+    lines = [
+        "",
+        "ats-wsi demo report",
+        "-------------------",
+        f"slides                 train {r.n_train}, val {r.n_val}, held-out test {r.n_test}",
+        f"held-out accuracy      {r.accuracy:.1%}",
+        f"seconds per slide      {r.seconds_per_slide:.2f} (prediction, incl. reading)",
+        f"pixels read            {r.fraction_read:.3%} of each slide's level-0 pixels",
+        f"patches on a lesion    {r.patch_lesion_hit_rate:.1%} of sampled patches in positive slides",
+        f"top attention on lesion {r.top_cell_on_lesion:.1%} of positive slides",
+        f"time                   slides {r.timings.get('slides', 0):.0f} s, train {r.timings.get('train', 0):.0f} s, "
+        f"predict {r.timings.get('predict', 0):.0f} s",
+        f"results                {r.results_dir}/predictions.csv (maps/*.zarr, overlays/*.png)",
+    ]
+    if r.errors:
+        lines.append(f"errors                 {r.errors} slide(s), see {r.results_dir}/errors.csv")
+    lines += ["overlays:"] + [f"  {p}" for p in r.overlays[:6]] + (["  ..."] if len(r.overlays) > 6 else [])
+    return "\n".join(lines)

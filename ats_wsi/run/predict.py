@@ -1,0 +1,395 @@
+"""Prediction: one slide in memory (:func:`predict_slide`), and a folder of
+slides to disk, resumable, with failures recorded (:func:`predict_slides`).
+
+Outputs of :func:`predict_slides` in ``out_dir``:
+
+- ``predictions.csv``: one row per finished slide (input order);
+- ``errors.csv``: one row per slide that failed, with the reason;
+- ``maps/<name>.zarr``: the full attention map as OME-Zarr aligned to the
+  slide's level-0 coordinates (see :mod:`ats_wsi.outputs`);
+- ``overlays/<name>.png``: thumbnail + heatmap + sampled boxes;
+- ``.done/<name>.json``: the finished row, written last; a re-run with the
+  same checkpoint skips slides that have it.
+
+Every file is written under a temporary name and renamed, so a run killed at
+any point leaves only complete files, and a re-run completes the rest and
+gives the same outputs as an uninterrupted run (draws are seeded per slide).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.lowview import LowView, mask_to_grid, read_low_view
+from ..outputs import (
+    render_overlay,
+    write_attention_zarr,
+    write_csv_atomic,
+    write_json_atomic,
+    write_overlay_png,
+)
+from ..patches.slide_source import SlideSource
+from ..sampling.geometry import cell_steps
+from .config import SlideClassifier
+
+__all__ = ["SlidePrediction", "predict_slide", "predict_slides", "PredictSettings", "slide_seed"]
+
+
+@dataclass
+class SlidePrediction:
+    """The result of classifying one slide.
+
+    Attributes:
+        slide: the slide's path.
+        probabilities: float [n_classes], averaged over ``samples`` samplings.
+        predicted: the arg-max class.
+        attention: float32 (rows, cols), the attention map (probabilities).
+        cell_size_xy: (w, h) of a map cell in level-0 pixels.
+        origin_xy: (x, y) level-0 corner of cell (0, 0).
+        boxes_xywh: int64 [samples · n, 4], the sampled boxes in level-0 pixels.
+        box_attention: float [samples · n], the attention of each box's cell.
+        seconds: wall time of the prediction.
+        patches_read: patches read from the slide.
+        pixels_read: level-0 pixels covered by the patches read (with repeats).
+        slide_pixels: level-0 pixels of the slide.
+        mpp: the slide's µm/px (None if unknown).
+        low_downsample: downsample of the low view.
+    """
+
+    slide: str
+    probabilities: np.ndarray
+    predicted: int
+    attention: np.ndarray
+    cell_size_xy: tuple[float, float]
+    origin_xy: tuple[float, float]
+    boxes_xywh: np.ndarray
+    box_attention: np.ndarray
+    seconds: float
+    patches_read: int
+    pixels_read: int
+    slide_pixels: int
+    mpp: float | None
+    low_downsample: float
+
+
+def slide_seed(path: str | os.PathLike, seed: int) -> int:
+    """A per-slide seed that depends on the slide's file name, not on run order."""
+    return (zlib.crc32(Path(path).name.encode()) ^ (int(seed) * 0x9E3779B1)) & 0x7FFFFFFF
+
+
+_MAP_SHAPES: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
+
+
+def attention_grid_shape(model: SlideClassifier, low_shape: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the attention map the model makes for a low view of ``low_shape``."""
+    key = (id(model.sampler.attention_net), tuple(low_shape))
+    if key not in _MAP_SHAPES:
+        net = model.sampler.attention_net
+        device = next(net.parameters()).device
+        with torch.no_grad():
+            out = model.sampler.attention_logits(torch.zeros((1, 3, *low_shape), device=device))
+        _MAP_SHAPES[key] = tuple(out.shape[-2:])
+    return _MAP_SHAPES[key]
+
+
+def low_inputs(model: SlideClassifier, view: LowView, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The low view as uint8 [1, 3, h, w] and its tissue mask on the map grid, bool [1, h', w']."""
+    x_low = torch.from_numpy(np.array(view.image, copy=True)).permute(2, 0, 1)[None].to(device)
+    grid = attention_grid_shape(model, view.image.shape[:2])
+    mask = mask_to_grid(view.mask, grid, model.config.min_tissue)
+    n = model.sampler.n_patches
+    if not model.sampler.replace and mask.sum() < n:
+        mask = np.ones_like(mask)  # too little tissue to draw n distinct cells: allow all
+    return x_low, torch.from_numpy(mask)[None].to(device)
+
+
+@torch.no_grad()
+def predict_slide(
+    model: SlideClassifier,
+    slide,
+    *,
+    samples: int = 1,
+    n_patches: int | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    deterministic: bool = False,
+    workers: int = 2,
+) -> SlidePrediction:
+    """Classify one slide.
+
+    Args:
+        model: a :class:`SlideClassifier` (see :func:`load_checkpoint`).
+        slide: an open slide or a path.
+        samples: average the class probabilities of this many samplings.
+        n_patches: patches per sampling (default: the model's).
+        device: where the model runs.
+        seed: base seed; draws are seeded per slide (:func:`slide_seed`).
+        deterministic: take the top-n cells instead of sampling.
+        workers: tile-decoding threads.
+
+    Returns:
+        :class:`SlidePrediction`.
+    """
+    from ..slide import open_slide
+
+    start = time.perf_counter()
+    own = not hasattr(slide, "read_region")
+    slide = open_slide(slide) if own else slide
+    try:
+        model.eval()
+        cfg = model.config
+        sampler = model.sampler
+        old_n = sampler.n_patches
+        if n_patches is not None:
+            sampler.n_patches = int(n_patches)
+        view = read_low_view(slide, **cfg.low_resolution())
+        x_low, mask = low_inputs(model, view, device)
+        source = SlideSource([slide], cfg.patch_level, low_downsample=view.downsample, workers=workers)
+        gen = torch.Generator(device=torch.device(device)).manual_seed(slide_seed(slide.path, seed))
+        probs, boxes, box_att = [], [], []
+        try:
+            for _ in range(max(1, int(samples))):
+                logits, res = model(x_low, source, mask, generator=gen, deterministic=deterministic)
+                probs.append(torch.softmax(logits.float(), dim=-1)[0].cpu())
+                xy0 = source.level0_xy(res.xy.cpu())[0]
+                size0 = round(cfg.patch_size * source.level_downsample(0))
+                boxes.append(torch.cat([xy0, torch.full_like(xy0, size0)], dim=-1))
+                box_att.append(res.sampled_attention[0].float().cpu())
+        finally:
+            sampler.n_patches = old_n
+            source.close()
+        attention = res.attention[0].float().cpu().numpy()
+        step_y, step_x = cell_steps(view.image.shape[:2], attention.shape, view.downsample)
+        p = torch.stack(probs).mean(0).numpy()
+        patch_px = int(round(cfg.patch_size * source.level_downsample(0))) ** 2
+        w0, h0 = slide.dimensions
+        return SlidePrediction(
+            slide=str(slide.path),
+            probabilities=p,
+            predicted=int(np.argmax(p)),
+            attention=attention,
+            cell_size_xy=(step_x, step_y),
+            origin_xy=(0.0, 0.0),
+            boxes_xywh=torch.cat(boxes).numpy().astype(np.int64),
+            box_attention=torch.cat(box_att).numpy(),
+            seconds=time.perf_counter() - start,
+            patches_read=source.patches_read,
+            pixels_read=source.patches_read * patch_px,
+            slide_pixels=int(w0) * int(h0),
+            mpp=slide.mpp,
+            low_downsample=float(view.downsample),
+        )
+    finally:
+        if own:
+            slide.close()
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@dataclass
+class PredictSettings:
+    """Settings of a batch prediction (plain values: they travel to dask workers)."""
+
+    checkpoint: str
+    out_dir: str
+    samples: int = 1
+    n_patches: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 2
+    ngff_version: str = "0.4"
+    overlay_size: int = 1024
+    checkpoint_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """A file-system-safe output name per slide: its stem, made unique when stems repeat."""
+    stems = [p.name[: -len(p.suffix)] if p.suffix else p.name for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    names = []
+    for p, s in zip(paths, stems):
+        if counts[s] > 1:
+            s = f"{s}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
+        names.append(s)
+    return names
+
+
+_MODELS: dict[tuple[str, str, str], SlideClassifier] = {}
+
+
+def _model_for(settings: PredictSettings) -> SlideClassifier:
+    """The checkpoint's model, loaded once per process (per dask worker)."""
+    from .checkpoint import load_checkpoint
+
+    key = (settings.checkpoint, settings.checkpoint_id, settings.device)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_checkpoint(settings.checkpoint, settings.device)[0]
+    return _MODELS[key]
+
+
+def prediction_fields(n_classes: int) -> list[str]:
+    return ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
+            "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+
+
+def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
+    """Predict one slide and write its map, overlay and done marker.
+
+    Runs in the calling process or on a dask worker. Returns the row for
+    ``predictions.csv``; raises on failure (the caller records it).
+    """
+    from ..slide import open_slide
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(settings.out_dir)
+    model = _model_for(settings)
+    with open_slide(path) as slide:
+        pred = predict_slide(model, slide, samples=settings.samples, n_patches=settings.n_patches,
+                             device=settings.device, seed=settings.seed,
+                             deterministic=settings.deterministic, workers=settings.workers)
+        write_attention_zarr(
+            out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
+            origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
+            metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
+                      "probabilities": [float(v) for v in pred.probabilities],
+                      "predicted": pred.predicted, "low_downsample": pred.low_downsample},
+        )
+        thumb = slide.thumbnail(settings.overlay_size)
+        thumb_ds = slide.dimensions[0] / thumb.shape[1]
+        image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
+                               origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh)
+        write_overlay_png(out / "overlays" / f"{name}.png", image)
+    row = {
+        "slide": str(path),
+        "name": name,
+        **{f"p{k}": f"{v:.6f}" for k, v in enumerate(pred.probabilities)},
+        "predicted": pred.predicted,
+        "seconds": f"{pred.seconds:.3f}",
+        "patches_read": pred.patches_read,
+        "pixels_read": pred.pixels_read,
+        "slide_pixels": pred.slide_pixels,
+        "fraction_read": f"{pred.pixels_read / pred.slide_pixels:.6f}",
+        "checkpoint": settings.checkpoint_id,
+        "boxes_xywh": pred.boxes_xywh.tolist(),
+    }
+    write_json_atomic(out / ".done" / f"{name}.json", row)
+    return row
+
+
+def _done_row(out: Path, name: str, checkpoint: str) -> dict | None:
+    marker = out / ".done" / f"{name}.json"
+    if not marker.is_file():
+        return None
+    try:
+        row = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if row.get("checkpoint") != checkpoint:
+        return None
+    if not (out / "maps" / f"{name}.zarr").is_dir() or not (out / "overlays" / f"{name}.png").is_file():
+        return None
+    return row
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove temporaries a killed run left behind (their names contain .tmp-)."""
+    import shutil
+
+    for folder in (out, out / "maps", out / "overlays", out / ".done"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def predict_slides(
+    slides: Sequence[str | os.PathLike],
+    settings: PredictSettings,
+    *,
+    executor=None,
+    progress: Callable[[str, str], None] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
+
+    Args:
+        slides: slide paths (already expanded from folders/globs).
+        settings: :class:`PredictSettings` (checkpoint_id filled in here).
+        executor: None (in process) or a ``dask.distributed.Client``.
+        progress: called as ``progress(name, status)`` per finished slide,
+            status in {"done", "skipped", "failed"}.
+
+    Returns:
+        ``(rows, errors)`` in input order; also written to predictions.csv
+        and errors.csv.
+    """
+    from .checkpoint import checkpoint_id, read_checkpoint
+
+    out = Path(settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out)
+    n_classes = int(read_checkpoint(settings.checkpoint)["config"]["n_classes"])
+    settings.checkpoint = str(Path(settings.checkpoint).resolve())
+    settings.checkpoint_id = checkpoint_id(settings.checkpoint)
+    paths = [Path(p) for p in slides]
+    names = output_names(paths)
+    rows: dict[str, dict] = {}
+    errors: dict[str, dict] = {}
+    todo = []
+    for path, name in zip(paths, names):
+        row = _done_row(out, name, settings.checkpoint_id)
+        if row is not None:
+            rows[name] = row
+            progress and progress(name, "skipped")
+        else:
+            todo.append((str(path), name))
+
+    fields = prediction_fields(n_classes)
+
+    def flush():
+        write_csv_atomic(out / "predictions.csv", [rows[n] for n in names if n in rows], fields)
+        write_csv_atomic(out / "errors.csv", [errors[n] for n in names if n in errors],
+                         ["slide", "name", "error", "message"])
+
+    def record_failure(path, name, exc):
+        errors[name] = {"slide": path, "name": name, "error": type(exc).__name__,
+                        "message": str(getattr(exc, "reason", exc)).replace("\n", " ")}
+        progress and progress(name, "failed")
+
+    if executor is None:
+        for path, name in todo:
+            try:
+                rows[name] = predict_one(path, name, settings)
+                progress and progress(name, "done")
+            except Exception as exc:  # a batch run records any failure and goes on
+                record_failure(path, name, exc)
+            flush()
+    else:
+        from distributed import as_completed
+
+        futures = {executor.submit(predict_one, path, name, settings, pure=False, key=f"ats-predict-{name}"): (path, name)
+                   for path, name in todo}
+        for fut in as_completed(list(futures)):
+            path, name = futures[fut]
+            try:
+                rows[name] = fut.result()
+                progress and progress(name, "done")
+            except Exception as exc:  # a worker's exception, re-raised here
+                record_failure(path, name, exc)
+            flush()
+    flush()
+    return [rows[n] for n in names if n in rows], [errors[n] for n in names if n in errors]

@@ -1,0 +1,276 @@
+"""Training an attention-sampling slide classifier from a manifest.
+
+One slide is one forward pass (slides differ in size; the low view keeps its
+µm/px), and a batch accumulates the gradients of ``batch_size`` slides before
+one optimiser step. Under ``torchrun`` the slides of each batch are shared
+among the processes and DDP averages their gradients, which gives the same
+update as one process with the same total batch: every slide's draws are
+seeded by (seed, epoch, slide index), whatever process runs it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.lowview import LowView, read_low_view
+from ..data.manifest import ManifestRow, read_manifest
+from ..errors import CheckpointError, ManifestError
+from ..outputs import write_csv_atomic, write_json_atomic
+from ..patches.reader import PatchReader
+from ..patches.slide_source import SlideSource
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import ModelConfig, SlideClassifier, build_model
+from .predict import low_inputs
+
+__all__ = ["TrainSettings", "train", "EpochMetrics"]
+
+
+@dataclass
+class TrainSettings:
+    """How to train (plain values; stored in every checkpoint)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 4
+    device: str = "cpu"
+    seed: int = 0
+    workers: int = 2
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    lr: float
+
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr"]
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(index) * 104_729) & 0x7FFFFFFF
+
+
+class _SlideCache:
+    """Open slides, their patch readers and low views, kept for the whole run."""
+
+    def __init__(self, config: ModelConfig, workers: int):
+        self.config, self.workers = config, workers
+        self.slides, self.readers, self.views = {}, {}, {}
+
+    def get(self, path: Path):
+        from ..slide import open_slide
+
+        key = str(path)
+        if key not in self.slides:
+            slide = open_slide(path)
+            self.slides[key] = slide
+            self.views[key] = read_low_view(slide, **self.config.low_resolution())
+            self.readers[key] = PatchReader(slide, self.config.patch_level, self.config.patch_size,
+                                            workers=self.workers, cache_bytes=16 * 2**20)
+        return self.slides[key], self.readers[key], self.views[key]
+
+    def close(self):
+        for reader in self.readers.values():
+            reader.close()
+        for slide in self.slides.values():
+            slide.close()
+
+
+def forward_slide(model, cache: _SlideCache, row: ManifestRow, generator: torch.Generator, device):
+    """One slide through the model: ``(logits [1, C], AttentionResult)``."""
+    slide, reader, view = cache.get(row.path)
+    inner = getattr(model, "module", model)
+    x_low, mask = low_inputs(inner, view, device)
+    source = SlideSource([slide], inner.config.patch_level, low_downsample=view.downsample,
+                         readers=[reader], device=device)
+    return model(x_low, source, mask, generator=generator)
+
+
+def _evaluate(model, cache, rows, seed, epoch, device) -> tuple[float, float]:
+    if not rows:
+        return float("nan"), float("nan")
+    model.eval()
+    losses, correct = [], 0
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            gen = torch.Generator(device=device).manual_seed(_item_seed(seed + 1, epoch, i))
+            logits, _ = forward_slide(model, cache, row, gen, device)
+            target = torch.tensor([row.label], device=device)
+            losses.append(F.cross_entropy(logits, target).item())
+            correct += int(logits.argmax(-1).item() == row.label)
+    return float(np.mean(losses)), correct / len(rows)
+
+
+def train(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: ModelConfig | None = None,
+    settings: TrainSettings | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> list[EpochMetrics]:
+    """Train a slide classifier; checkpoints every epoch into ``out_dir``.
+
+    Args:
+        manifest: CSV ``path,label[,split]``.
+        out_dir: gets ``checkpoints/epoch-NNN.pt``, ``last.pt``, ``best.pt``
+            (best validation accuracy, else last), ``metrics.csv``, ``config.json``.
+        config: the model (ignored on resume: the checkpoint's is used).
+        settings: :class:`TrainSettings`.
+        resume: continue from ``out_dir/last.pt``.
+        progress: show a progress bar per epoch (stderr).
+        on_epoch: called with each epoch's metrics.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs as DDP (gloo on CPU,
+    nccl on CUDA); only rank 0 writes files.
+
+    Returns:
+        The metrics of every epoch (including resumed ones).
+    """
+    import torch.distributed as dist
+
+    settings = settings or TrainSettings()
+    out = Path(out_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    device = torch.device(settings.device)
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+    train_rows = read_manifest(manifest, settings.train_split)
+    val_rows = read_manifest(manifest, settings.val_split)
+    if not train_rows:
+        raise ManifestError(f"{manifest}: no slides in split {settings.train_split!r}")
+    if distributed and settings.batch_size % world:
+        raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {world} processes")
+
+    history: list[EpochMetrics] = []
+    start_epoch = 0
+    payload = None
+    if resume:
+        last = out / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(last, "cannot resume: no last.pt in the run folder")
+        payload = read_checkpoint(last)
+        config = ModelConfig.from_dict(payload["config"], path=last)
+        start_epoch = int(payload["epoch"])
+        history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
+    config = config or ModelConfig()
+    torch.manual_seed(settings.seed)
+    model: SlideClassifier = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if payload is not None:
+        model.load_state_dict(payload["state_dict"])
+        if "optimizer" in payload:
+            optimizer.load_state_dict(payload["optimizer"])
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
+
+    cache = _SlideCache(config, settings.workers)
+    n_batches = len(train_rows) // settings.batch_size if distributed else math.ceil(len(train_rows) / settings.batch_size)
+    try:
+        for epoch in range(start_epoch, settings.epochs):
+            t0 = time.perf_counter()
+            order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_rows))
+            net.train()
+            losses, correct, seen = [], 0, 0
+            bar = _progress(n_batches, f"epoch {epoch + 1}/{settings.epochs}", progress and rank == 0)
+            for b in range(n_batches):
+                batch = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+                mine = batch[rank::world]
+                optimizer.zero_grad(set_to_none=True)
+                for j, idx in enumerate(mine):
+                    row = train_rows[idx]
+                    gen = torch.Generator(device=device).manual_seed(_item_seed(settings.seed, epoch, idx))
+                    sync = contextlib.nullcontext() if (not distributed or j == len(mine) - 1) else net.no_sync()
+                    with sync:
+                        logits, result = forward_slide(net, cache, row, gen, device)
+                        target = torch.tensor([row.label], device=device)
+                        ce = F.cross_entropy(logits, target)
+                        loss = (ce + result.entropy_loss) * (world / len(batch))
+                        loss.backward()
+                    losses.append(ce.item())
+                    correct += int(logits.argmax(-1).item() == row.label)
+                    seen += 1
+                optimizer.step()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{correct / max(seen, 1):.2f}")
+            if bar is not None:
+                bar.close()
+            train_loss, train_acc = _all_mean(losses, correct, seen, distributed)
+            val_loss, val_acc = _evaluate(model, cache, val_rows, settings.seed, epoch, device) if rank == 0 else (0.0, 0.0)
+            metrics = EpochMetrics(epoch + 1, train_loss, train_acc, val_loss, val_acc,
+                                   time.perf_counter() - t0, optimizer.param_groups[0]["lr"])
+            history.append(metrics)
+            if rank == 0:
+                _save_epoch(out, model, optimizer, metrics, history, settings)
+            if on_epoch is not None and rank == 0:
+                on_epoch(metrics)
+    finally:
+        cache.close()
+        if distributed and dist.is_initialized():
+            dist.barrier()
+    return history
+
+
+def _all_mean(losses, correct, seen, distributed) -> tuple[float, float]:
+    totals = torch.tensor([float(np.sum(losses)), float(correct), float(seen)], dtype=torch.float64)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    loss_sum, correct_sum, n = totals.tolist()
+    return loss_sum / max(n, 1), correct_sum / max(n, 1)
+
+
+def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, settings: TrainSettings) -> None:
+    train_config = {**asdict(settings), "history": [asdict(m) for m in history]}
+    ckpt = save_checkpoint(out / "checkpoints" / f"epoch-{metrics.epoch:03d}.pt", model, epoch=metrics.epoch,
+                           optimizer=optimizer, metrics=asdict(metrics), train_config=train_config)
+    import shutil
+
+    from ..outputs import atomic_path
+
+    with atomic_path(out / "last.pt") as tmp:
+        shutil.copyfile(ckpt, tmp)
+    best = max(history, key=lambda m: (m.val_acc if not math.isnan(m.val_acc) else -1.0, -m.val_loss if not math.isnan(m.val_loss) else 0.0, m.epoch))
+    if best.epoch == metrics.epoch:
+        with atomic_path(out / "best.pt") as tmp:
+            shutil.copyfile(ckpt, tmp)
+    write_csv_atomic(out / "metrics.csv", [asdict(m) for m in history], METRIC_FIELDS)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
