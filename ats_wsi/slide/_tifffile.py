@@ -111,8 +111,6 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
         NotForTifffile: a TIFF this backend should not read (NDPI, Philips,
             JPEG 2000, multi-channel, non-uint8, ...).
     """
-    import tifffile
-
     size = os.path.getsize(path)
     with _open_checked(path) as tif:
         try:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("loading checkpoint", "opening slide", "sampling attention", "done")
 
+
 def box_colormap():
     """Edge colours of sampled boxes: blue (least attention) to bright cyan (most).
 
@@ -46,7 +47,8 @@ def box_colormap():
     """
     from napari.utils.colormaps import Colormap
 
-    return Colormap([[0.15, 0.35, 1.0, 1.0], [0.0, 1.0, 0.85, 1.0]], name="ats-wsi boxes", display_name="attention (boxes)")
+    colors = [[0.15, 0.35, 1.0, 1.0], [0.0, 1.0, 0.85, 1.0]]
+    return Colormap(colors, name="ats-wsi boxes", display_name="attention (boxes)")
 
 
 @dataclass
@@ -67,16 +69,13 @@ class AttentionOutcome:
 def _class_names(config: Any, n_classes: int) -> tuple[str, ...]:
     """Class names from what ``load_checkpoint`` returned, else "class 0", "class 1", ...
 
-    Looks for ``class_names`` (or ``classes``) at the top of the dict and in
-    its ``config`` / ``data`` sub-dicts (a checkpoint payload keeps the model
-    config under ``config``).
+    Looks for ``class_names`` (or ``classes``) at the top and in the
+    ``config`` / ``data`` parts (a checkpoint payload keeps the model config
+    under ``config``).
     """
-    candidates = [config] if isinstance(config, dict) else []
-    if isinstance(config, dict):
-        candidates += [config[k] for k in ("config", "data") if isinstance(config.get(k), dict)]
-    candidates += [vars(config)] if hasattr(config, "__dict__") and not isinstance(config, dict) else []
-    for candidate in candidates:
-        names = candidate.get("class_names") or candidate.get("classes")
+    top = config if isinstance(config, dict) else getattr(config, "__dict__", {})
+    for part in (top, top.get("config"), top.get("data")):
+        names = part.get("class_names") or part.get("classes") if isinstance(part, dict) else None
         if isinstance(names, (list, tuple)) and len(names) == n_classes:
             return tuple(str(n) for n in names)
     return tuple(f"class {i}" for i in range(n_classes))
@@ -323,7 +322,8 @@ class AttentionSamplingWidget(Container):
         except Exception as exc:  # noqa: BLE001 - a malformed prediction must not crash the UI
             log.debug("showing the prediction failed:\n%s", traceback.format_exc())
             self._status.value = "failed"
-            show_error(f"Attention sampling on {slide_layer.name}: showing the result failed: {type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {_first_line(str(exc))}"
+            show_error(f"Attention sampling on {slide_layer.name}: showing the result failed: {reason}")
             return
         pred = outcome.prediction
         seconds = getattr(pred, "seconds", None)

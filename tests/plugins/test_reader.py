@@ -174,7 +174,8 @@ def test_ome_zarr_slide_opens_as_a_slide_not_as_an_attention_map(make_napari_vie
     for i, d in enumerate((1, 2)):
         level = np.ascontiguousarray(image[::d, ::d].transpose(2, 0, 1))  # (c, y, x)
         root.create_array(str(i), shape=level.shape, chunks=(3, 128, 128), dtype="uint8")[...] = level
-        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1, 0.25 * d, 0.25 * d]}]})
+        scale = {"type": "scale", "scale": [1, 0.25 * d, 0.25 * d]}
+        datasets.append({"path": str(i), "coordinateTransformations": [scale]})
     axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"]
     root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
     path = str(tmp_path / "slide.ome.zarr")

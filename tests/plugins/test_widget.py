@@ -161,7 +161,8 @@ def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
     assert_inferno_fading_in(heat)
     assert tuple(heat.contrast_limits) == pytest.approx((float(heat.data.min()), float(heat.data.max())))
     # cell (r, c) covers level-0 pixels c·128 .. c·128 + 127: its top-left edge is at (c·128 - 0.5) · mpp
-    np.testing.assert_allclose(heat.data_to_world((row - 0.5, col - 0.5)), ((row * 128 - 0.5) * mpp, (col * 128 - 0.5) * mpp))
+    corner = heat.data_to_world((row - 0.5, col - 0.5))
+    np.testing.assert_allclose(corner, ((row * 128 - 0.5) * mpp, (col * 128 - 0.5) * mpp))
 
     # n_patches boxes, in level-0 pixel coordinates, shown in µm, each on the lesion
     assert boxes.nshapes == 4 and set(boxes.shape_type) == {"rectangle"}

@@ -89,7 +89,9 @@ def test_widget_draws_the_prediction_of_a_real_checkpoint_in_place(make_napari_v
     assert "Predicted:" in widget._result.value
 
 
-def test_a_file_that_is_not_a_checkpoint_is_an_error_notification(make_napari_viewer, qtbot, slide_and_checkpoint, tmp_path):
+def test_a_file_that_is_not_a_checkpoint_is_an_error_notification(
+    make_napari_viewer, qtbot, slide_and_checkpoint, tmp_path
+):
     slide, _ = slide_and_checkpoint
     bad = tmp_path / "holiday-photo.pt"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not a torch file" * 16)

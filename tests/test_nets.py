@@ -1,0 +1,80 @@
+"""Attention and feature nets by name (ats_wsi.nets)."""
+import sys
+
+import pytest
+import torch
+
+from ats_wsi.nets import (
+    create_attention_net,
+    create_feature_net,
+    list_attention_nets,
+    list_feature_nets,
+    register_feature_net,
+)
+
+
+def test_builtin_names_are_listed():
+    assert "attention-small" in list_attention_nets()
+    assert {"feature-small", "feature-medium"} <= set(list_feature_nets())
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_attention_net_gives_one_logit_per_cell_with_same_padding(pool):
+    net = create_attention_net("attention-small", in_channels=3, pool=pool)
+    out = net(torch.rand(2, 3, 22, 17))
+    assert out.shape == (2, 1, 22 // pool, 17 // pool)
+
+
+@pytest.mark.parametrize("layers, pool", [(1, 1), (3, 1), (2, 2)])
+def test_attention_net_receptive_field_is_what_the_gradient_reaches(layers, pool):
+    torch.manual_seed(0)
+    net = create_attention_net("attention-small", in_channels=1, layers=layers, pool=pool).double()
+    x = torch.rand(1, 1, 40, 40, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows = x.grad[0, 0].abs().sum(dim=1).nonzero().flatten()
+    assert int(rows.max() - rows.min() + 1) == net.receptive_field == pool * (1 + 2 * layers)
+
+
+@pytest.mark.parametrize("name", ["feature-small", "feature-medium"])
+def test_feature_nets_map_patches_to_vectors(name):
+    net = create_feature_net(name, in_channels=1, out_features=12)
+    assert net(torch.rand(5, 1, 32, 24)).shape == (5, 12)
+    assert net(torch.rand(3, 1, 7, 9)).shape == (3, 12)  # odd sizes pool with ceil
+
+
+def test_config_of_names_and_numbers_builds_the_same_net_again():
+    net = create_feature_net("feature-small", in_channels=3, out_features=10, widths=(4, 6))
+    assert net.config == {"name": "feature-small", "in_channels": 3, "out_features": 10,
+                          "widths": (4, 6)}
+    again = create_feature_net(**net.config)
+    again.load_state_dict(net.state_dict())  # same architecture, parameter for parameter
+    attention = create_attention_net("attention-small", in_channels=1, hidden=5)
+    create_attention_net(**attention.config).load_state_dict(attention.state_dict())
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="feature-small"):
+        create_feature_net("feature-huge")
+    with pytest.raises(ValueError, match="attention-small"):
+        create_attention_net("attention-huge")
+    with pytest.raises(ValueError, match="timm"):
+        create_feature_net("keras:resnet")
+
+
+def test_external_backbones_are_feature_nets_only():
+    with pytest.raises(ValueError, match="feature nets only"):
+        create_attention_net("timm:resnet18")
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_missing_backbone_library_is_a_clear_import_error(library, monkeypatch):
+    monkeypatch.setitem(sys.modules, library, None)  # makes `import library` fail
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    with pytest.raises(ImportError, match=f"pip install {library}"):
+        create_feature_net(f"{library}:resnet18")
+
+
+def test_registering_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_feature_net("feature-small")(lambda **kw: None)
