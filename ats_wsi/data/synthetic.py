@@ -550,35 +550,43 @@ def _fibres(rng: np.random.Generator, n: int, spacing: float, length: float) -> 
     """Periodic wavy fibre field (n, n) float32, unit std.
 
     Oriented band-pass noise whose orientation varies smoothly, then warped
-    by a smooth displacement so that fibres bend. Drawn with period n/2 when
-    n > 1024 (and repeated), to save time.
+    by a smooth displacement so that fibres bend. Built one orientation at a
+    time to bound memory.
     """
-    m = n // 2 if n > 1024 and n % 2 == 0 else n
-    spectrum = np.fft.rfft2(rng.standard_normal((m, m), dtype=np.float32))
-    ky = np.fft.fftfreq(m).astype(np.float32)[:, None]
-    kx = np.fft.rfftfreq(m).astype(np.float32)[None, :]
-    angles = np.linspace(0, np.pi, 4, endpoint=False) + rng.uniform(0, np.pi / 4)
-    logits = np.stack([_grf(rng, (m, m), 70.0) for _ in angles]) * 1.5
-    weights = np.exp(logits - logits.max(0))
-    weights /= weights.sum(0)
-    out = np.zeros((m, m), np.float32)
-    for a, w in zip(angles, weights):
+    spectrum = np.fft.rfft2(rng.standard_normal((n, n), dtype=np.float32))
+    ky = np.fft.fftfreq(n).astype(np.float32)[:, None]
+    kx = np.fft.rfftfreq(n).astype(np.float32)[None, :]
+    out = np.zeros((n, n), np.float32)
+    total = np.zeros((n, n), np.float32)
+    for a in np.linspace(0, np.pi, 4, endpoint=False) + rng.uniform(0, np.pi / 4):
         k_along = kx * np.float32(np.cos(a)) + ky * np.float32(np.sin(a))
         k_across = -kx * np.float32(np.sin(a)) + ky * np.float32(np.cos(a))
         filt = np.exp(-0.5 * (k_along * length) ** 2 - 0.5 * ((np.abs(k_across) - 1 / spacing) * spacing * 1.6) ** 2)
-        band = np.fft.irfft2(spectrum * filt, s=(m, m)).astype(np.float32)
-        out += w * band / (band.std() + np.float32(1e-12))
-    rows = np.arange(m)[:, None] + np.rint(9 * _grf(rng, (m, m), 24.0)).astype(int)
-    cols = np.arange(m)[None, :] + np.rint(9 * _grf(rng, (m, m), 24.0)).astype(int)
-    out = out[rows % m, cols % m]
+        del k_along, k_across
+        band = np.fft.irfft2(spectrum * filt, s=(n, n)).astype(np.float32)
+        del filt
+        band /= band.std() + np.float32(1e-12)
+        weight = np.exp(1.5 * _grf(rng, (n, n), 70.0))  # where this orientation dominates
+        band *= weight
+        out += band
+        total += weight
+    out /= total
+    del total, band, weight
+    rows = (np.arange(n, dtype=np.int32)[:, None] + np.rint(9 * _grf(rng, (n, n), 24.0)).astype(np.int32)) % n
+    cols = (np.arange(n, dtype=np.int32)[None, :] + np.rint(9 * _grf(rng, (n, n), 24.0)).astype(np.int32)) % n
+    rows *= n
+    rows += cols
+    del cols
+    out = out.ravel()[rows]
     out /= out.std() + np.float32(1e-12)
-    return np.tile(out, (n // m, n // m))
+    return out
 
 
 def _tex_grf(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
-    """Periodic noise (n, n) for a texture: drawn with a period of at most 1024 px and repeated (saves memory)."""
+    """Periodic noise (n, n) for a texture. Fine noise (sigma < 8 px) is drawn with a period of at most
+    1024 px and repeated (saves memory; such a repeat cannot be seen); coarser noise is not."""
     m = n
-    while m > 1024 and m % 2 == 0:
+    while m > 1024 and m % 2 == 0 and sigma < 8:
         m //= 2
     return np.tile(_grf(rng, (m, m), sigma), (n // m, n // m))
 
@@ -986,24 +994,30 @@ class _Layout:
     tissue_fraction: float
 
     @classmethod
-    def make(cls, rng, width, height, mpp, n_lesions, n_decoys, lesion_size_um) -> "_Layout":
+    def make(cls, rng, width, height, mpp, n_lesions, n_decoys, lesion_size_um, attempts: int = 8) -> "_Layout":
+        """A layout with exactly n_lesions lesions and n_decoys decoys inside its tissue.
+
+        Draws new tissue until all spots fit (at most `attempts` times).
+        """
         rows, cols = height // _GRID + 2, width // _GRID + 2
-        distance, fraction = _tissue_distance(rng, width, height, rows, cols)
-        scale = 600.0 / mpp / _GRID  # benign regions ~ 0.6 mm
-        logits = np.stack([_smooth_noise(rng, (rows, cols), scale) + b for b in _TYPE_BIAS]).astype(np.float32)
         size_px = (lesion_size_um[0] / mpp, lesion_size_um[1] / mpp)
-        spots: list[_Spot] = []
-        for kind, count in (("lesion", n_lesions), ("decoy", n_decoys)):
-            for _ in range(count):
+        for _ in range(attempts):
+            distance, fraction = _tissue_distance(rng, width, height, rows, cols)
+            scale = 600.0 / mpp / _GRID  # benign regions ~ 0.6 mm, with wiggly borders
+            logits = np.stack([_smooth_noise(rng, (rows, cols), scale) + 0.3 * _smooth_noise(rng, (rows, cols), scale / 5)
+                               + bias for bias in _TYPE_BIAS]).astype(np.float32)
+            spots: list[_Spot] = []
+            for kind in ["lesion"] * n_lesions + ["decoy"] * n_decoys:
                 spot = _place_spot(rng, kind, distance, size_px, spots, width, height)
-                if spot is None and kind == "lesion":
-                    raise ValueError(
-                        f"write_synthetic_slide: cannot fit {n_lesions} lesions of {lesion_size_um} µm "
-                        f"inside the tissue of a {width} x {height} slide at {mpp} µm/px; "
-                        "use a larger slide, fewer or smaller lesions")
-                if spot is not None:
-                    spots.append(spot)
-        return cls(width, height, distance, logits, spots, fraction)
+                if spot is None:
+                    break
+                spots.append(spot)
+            else:
+                return cls(width, height, distance, logits, spots, fraction)
+        raise ValueError(
+            f"write_synthetic_slide: cannot fit {n_lesions} lesions and {n_decoys} decoys of {lesion_size_um} µm "
+            f"inside the tissue of a {width} x {height} slide at {mpp} µm/px; "
+            "use a larger slide, or fewer or smaller lesions")
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:

@@ -2,8 +2,12 @@
 
 - :class:`PatchSource`: the protocol (``scale`` and ``extract``).
 - :class:`TensorSource`: patches from an in-memory batch ``[B, C, H, W]``.
+- :class:`PatchReader`: patches of one slide level, each needed tile decoded once.
+- :class:`SlideSource`: slide files as the patch source (one PatchReader per slide).
 """
 from .base import PatchSource
+from .reader import PatchReader
+from .slide_source import SlideSource
 from .tensor import TensorSource
 
-__all__ = ["PatchSource", "TensorSource"]
+__all__ = ["PatchSource", "TensorSource", "PatchReader", "SlideSource"]

@@ -15,24 +15,35 @@ __all__ = ["SlideSource"]
 
 
 class SlideSource:
-    """Patches of a batch of slides, read from ``level`` by one PatchReader each.
+    """Patches of a batch of slides, read from ``level`` by one PatchReader per slide.
 
     Its high-resolution frame is the pixel grid of ``level``; the low image
-    the attention net sees is a level (or resampling) of downsample
-    ``low_downsample``, so ``scale = low_downsample / level_downsample`` for
-    every slide of the batch (the low images of a batch share one µm/px,
-    which is what makes them batchable).
+    the attention net sees has downsample ``low_downsample`` (level-0 pixels
+    per low pixel), so ``scale = low_downsample / level_downsample``.
+
+    Slides of one batch may differ slightly in both downsamples (a pyramid
+    level of a 99 999-pixel-wide slide is not exactly 4x smaller; a
+    :class:`~ats_wsi.data.SlideDataset` keeps a level within 1 % of the
+    wanted downsample as it is). ``scale`` then answers for slide 0 and
+    ``extract`` moves every other slide's box centres by its own ratio,
+    so each box still covers the field of its cell (box centres are linear in
+    the scale, see :func:`ats_wsi.sampling.geometry.cell_to_xy`).
 
     Args:
         slides: open slides, one per batch element.
-        level: int, or one level per slide, patches are read from.
-        low_downsample: level-0 pixels per low-image pixel (same for all).
-        readers: optional existing PatchReaders to reuse (keyed like slides);
-            their decoded-tile caches then serve repeated draws across calls.
-        workers, cache_bytes, device: passed to new PatchReaders.
+        level: int, or one level per slide, that patches are read from.
+        low_downsample: level-0 pixels per low-image pixel; one float, or one
+            per slide.
+        readers: optional existing PatchReaders to reuse (matched by slide,
+            level and patch size); their decoded-tile caches then serve
+            repeated draws across calls.
+        workers, cache_bytes: passed to the PatchReaders this source makes.
+        device: where ``extract`` puts the batch (pinned host memory and a
+            non-blocking copy for CUDA).
 
-    ``extract`` returns uint8 ``[B, n, 3, ph, pw]``; boxes reaching outside a
-    slide are filled with :data:`ats_wsi.slide.FILL_VALUE`.
+    ``extract`` returns uint8 ``[B, n, 3, ph, pw]`` (channels-last strides,
+    like :meth:`PatchReader.read`); boxes reaching outside a slide are
+    filled with :data:`ats_wsi.slide.FILL_VALUE`.
     """
 
     def __init__(
@@ -40,73 +51,133 @@ class SlideSource:
         slides: Sequence,
         level: int | Sequence[int] = 0,
         *,
-        low_downsample: float,
+        low_downsample: float | Sequence[float],
         readers: Sequence[PatchReader] | None = None,
         workers: int = 2,
         cache_bytes: int = 64 * 2**20,
         device: str | torch.device = "cpu",
     ):
         self.slides = list(slides)
-        levels = [int(level)] * len(self.slides) if np.isscalar(level) else [int(v) for v in level]
-        if len(levels) != len(self.slides):
-            raise SamplingError(f"got {len(levels)} levels for {len(self.slides)} slides")
-        self.levels = levels
-        self.low_downsample = float(low_downsample)
+        n = len(self.slides)
+        if n == 0:
+            raise SamplingError("SlideSource needs at least one slide")
+        self.levels = [int(level)] * n if np.isscalar(level) else [int(v) for v in level]
+        lows = [float(low_downsample)] * n if np.isscalar(low_downsample) else [float(v) for v in low_downsample]
+        if len(self.levels) != n or len(lows) != n:
+            raise SamplingError(f"got {len(self.levels)} levels and {len(lows)} low downsamples for {n} slides")
+        if min(lows) <= 0:
+            raise SamplingError(f"low_downsample must be positive, got {lows}")
+        self.low_downsamples = lows
         self.device = torch.device(device)
         self._workers, self._cache_bytes = workers, cache_bytes
-        self._readers: dict[tuple[int, tuple[int, int]], PatchReader] = {}
+        self._readers: dict[tuple, PatchReader] = {}
         for reader in readers or ():
-            self._readers[(id(reader.slide), reader.patch_wh)] = reader
+            self._readers[(id(reader.slide), reader.level, reader.patch_wh)] = reader
         self._owned: list[PatchReader] = []
         self.patches_read = 0
 
+    @property
+    def low_downsample(self) -> float:
+        """Slide 0's low downsample (the one ``scale`` answers for)."""
+        return self.low_downsamples[0]
+
     def level_downsample(self, b: int) -> float:
+        """Downsample of slide ``b``'s patch level."""
         return float(self.slides[b].level_downsamples[self.levels[b]])
 
+    def ratio(self, b: int) -> float:
+        """Pixels of slide ``b``'s patch level per pixel of its low image."""
+        return self.low_downsamples[b] / self.level_downsample(b)
+
     def scale(self, low_shape) -> tuple[float, float]:
-        """``low_downsample / level_downsample`` on both axes (same for every slide)."""
-        ratios = {round(self.low_downsample / self.level_downsample(b), 6) for b in range(len(self.slides))}
-        if len(ratios) != 1:
-            raise SamplingError(
-                "the slides of one batch read patches at levels of different downsamples "
-                f"({sorted(ratios)}); batch slides whose chosen levels agree, or use batch size 1"
-            )
-        s = ratios.pop()
+        """``(sy, sx)`` = ``low_downsample / level_downsample`` of slide 0, on both axes.
+
+        Args:
+            low_shape: ``(rows, cols)`` of the (padded) low batch; unused: a
+                slide's scale does not depend on the low image's size.
+        """
+        s = self.ratio(0)
         return s, s
 
     def reader(self, b: int, size_wh: tuple[int, int]) -> PatchReader:
-        """The PatchReader of slide ``b`` for patches of ``size_wh`` (made once)."""
+        """The PatchReader of slide ``b`` for patches of ``size_wh`` = (w, h) (made once)."""
         slide = self.slides[b]
-        key = (id(slide), tuple(size_wh))
+        key = (id(slide), self.levels[b], tuple(size_wh))
         reader = self._readers.get(key)
-        if reader is None or reader.level != self.levels[b]:
-            reader = PatchReader(slide, self.levels[b], size_wh, workers=self._workers,
+        if reader is None:
+            reader = PatchReader(slide, self.levels[b], tuple(size_wh), workers=self._workers,
                                  cache_bytes=self._cache_bytes, device="cpu")
             self._readers[key] = reader
             self._owned.append(reader)
         return reader
 
+    def level_xy(self, xy: Tensor, size) -> Tensor:
+        """Boxes placed with slide 0's scale -> boxes of each slide's own scale.
+
+        Args:
+            xy: long ``[B, n, 2]``, top-left ``(x, y)`` in pixels of the patch
+                level, as placed with :meth:`scale`.
+            size: ``(ph, pw)``.
+
+        Returns:
+            long ``[B, n, 2]``: the same cells' boxes for each slide's own
+            ratio (box centres scaled by ``ratio(b) / ratio(0)``; unchanged
+            where the ratios agree).
+        """
+        ph, pw = _pair(size)
+        ref = self.ratio(0)
+        out = xy.clone()
+        half = torch.tensor([pw / 2, ph / 2], dtype=torch.float64)
+        for b in range(1, xy.shape[0]):
+            factor = self.ratio(b) / ref
+            if abs(factor - 1.0) > 1e-9:
+                centre = xy[b].to(torch.float64) + half
+                out[b] = torch.floor(centre * factor - half + 0.5).long()
+        return out
+
     def level0_xy(self, xy: Tensor) -> Tensor:
-        """``xy`` long [B, n, 2] in pixels of each slide's level -> level-0 (x, y)."""
+        """``xy`` long ``[B, n, 2]`` in pixels of each slide's level -> level-0 ``(x, y)`` (round half up)."""
         return torch.stack([level_to_level0(xy[b], self.level_downsample(b)) for b in range(xy.shape[0])])
 
     def extract(self, xy: Tensor, size) -> Tensor:
-        """Patches at top-left ``xy`` (long [B, n, 2], pixels of the level), size (ph, pw)."""
-        ph, pw = (size, size) if isinstance(size, int) else tuple(size)
-        if xy.shape[0] != len(self.slides):
-            raise SamplingError(f"xy has {xy.shape[0]} batch entries for {len(self.slides)} slides")
-        xy0 = self.level0_xy(xy.detach().cpu())
-        futures = [self.reader(b, (pw, ph)).read_async(xy0[b].numpy()) for b in range(len(self.slides))]
-        batch = torch.stack([f.result() for f in futures])
-        self.patches_read += int(xy.shape[0] * xy.shape[1])
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        elif self.device != batch.device:
-            batch = batch.to(self.device)
-        return batch
+        """Patches at top-left ``xy`` of the patch level.
+
+        Args:
+            xy: long ``[B, n, 2]``, ``(x, y)`` in pixels of the patch level
+                (placed with :meth:`scale`, i.e. slide 0's ratio).
+            size: ``(ph, pw)``, or one int.
+
+        Returns:
+            uint8 ``[B, n, 3, ph, pw]`` on ``device``: patch ``[b, i]`` equals
+            ``slides[b].read_region(level0_xy(level_xy(xy))[b, i], level, (pw, ph))``.
+        """
+        ph, pw = _pair(size)
+        if xy.ndim != 3 or xy.shape[0] != len(self.slides) or xy.shape[2] != 2:
+            raise SamplingError(f"xy must be [B={len(self.slides)}, n, 2] (x, y), got {tuple(xy.shape)}")
+        xy = self.level_xy(xy.detach().to("cpu", torch.long), (ph, pw))
+        batch, n = xy.shape[:2]
+        pin = self.device.type == "cuda"
+        out = torch.empty((batch, n, ph, pw, 3), dtype=torch.uint8, pin_memory=pin)
+        buf = out.numpy()
+        for b in range(batch):
+            # level pixels go to the reader as they are: no round trip through level 0
+            self.reader(b, (pw, ph)).read_level_into(xy[b].numpy(), buf[b])
+        self.patches_read += batch * n
+        if self.device.type != "cpu":
+            out = out.to(self.device, non_blocking=pin)
+        return out.movedim(-1, -3)
 
     def close(self) -> None:
         """Stop the readers this source made (not the slides, nor readers given to it)."""
         for reader in self._owned:
             reader.close()
+        owned = {id(r) for r in self._owned}
+        self._readers = {k: r for k, r in self._readers.items() if id(r) not in owned}
         self._owned.clear()
+
+
+def _pair(size) -> tuple[int, int]:
+    if np.isscalar(size):
+        return int(size), int(size)
+    ph, pw = size
+    return int(ph), int(pw)

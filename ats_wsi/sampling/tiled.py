@@ -113,23 +113,23 @@ def receptive_field(net: nn.Module, in_channels: int = 3, *, declared: bool = Tr
     or an ``int`` / ``(ry, rx)`` size, whose stride is then measured from the
     map's shape) and ``declared`` is True, that is trusted. Otherwise the net
     is probed, on a copy in eval mode, on the CPU, in float64, on a square
-    input of ``probe_size`` pixels (doubled until the field of a central cell
-    lies inside it), for two neighbouring central cells per axis:
+    input of ``probe_size`` pixels (doubled until the fields of two
+    neighbouring central cells per axis lie inside it):
 
-    - **NaN blocks**: rows ``[0, q)`` (then ``[q, n)``) of the input are set to
-      NaN, and a binary search over ``q`` finds the first (last) row whose
-      NaN reaches the cell. NaN spreads through every product, even by a zero
-      weight or through a dead ReLU, so this measures the structural
-      dependence, independent of the weights and of the input.
-    - **gradient**: the rows where the gradient of the cell w.r.t. a random
-      positive input is non-zero. A gradient can vanish by accident (dead
-      ReLUs, zero weights) and so can only under-estimate the field; it is a
-      backstop for the rare op that drops NaN (``nan_to_num``, ``Threshold``).
+    - **gradient**: the rows (columns) where the gradient of the cell w.r.t.
+      a random positive input is non-zero. A non-zero gradient proves a
+      dependence, but a gradient can also vanish by accident (dead ReLUs,
+      zero weights), so this can only under-estimate the field.
+    - **NaN check**: the input outside those rows is set to NaN. NaN spreads
+      through every product, even by a zero weight or through a dead ReLU, so
+      if no NaN reaches the cell, the rows are the whole field (one more pass).
+    - Otherwise, **NaN blocks**: a binary search over ``q`` with rows
+      ``[0, q)`` (then ``[q, n)``) set to NaN finds the first (last) row that
+      reaches the cell: the structural dependence, whatever the weights. The
+      field is its union with the gradient's rows (the gradient covers the
+      rare op that drops NaN: ``nan_to_num``, ``nn.Threshold``).
 
-    The gradient's rows are taken when NaN outside them reaches neither cell
-    (two passes in all); otherwise the binary search runs and the field is
-    the union of the two. The stride is the shift between the two cells'
-    fields.
+    The stride is the shift between the two cells' fields.
 
     Args:
         net: ``[B, C, H, W] -> [B, K, h, w]`` or ``[B, h, w]``. Not modified.
@@ -176,7 +176,7 @@ def _probe_copy(net: nn.Module) -> nn.Module:
 
 def _stride_from_shape(net: nn.Module, in_channels: int, long: int = 4096,
                        short: int = 64) -> tuple[int, int]:
-    """``round(long / cells)`` per axis: exact for strides up to about ``√long``."""
+    """``round(long / cells)`` per axis: exact for strides below ``√(long / 2)`` (45)."""
     stride = []
     with torch.no_grad():
         for shape in ((long, short), (short, long)):
@@ -358,9 +358,9 @@ def tiled_logits(net: nn.Module, x: Tensor, tile_size: int | tuple[int, int] = D
             layers, if any, must be in eval mode when there is more than one
             tile (see the module notes).
         x: ``[B, C, H, W]``.
-        tile_size: ``T`` or ``(Ty, Tx)``: input pixels of map per tile, without
-            the halo, rounded up to a multiple of the stride. A tile reads at
-            most ``T + 2·halo`` pixels per axis.
+        tile_size: ``T`` or ``(Ty, Tx)``: the input pixels whose map cells a
+            tile computes (its valid centre), rounded up to a multiple of the
+            stride; the tile reads at most ``T + 2·halo`` pixels per axis.
         halo: input pixels added on each side of a tile (rounded up to a
             multiple of the stride); default ``field.halo``.
         checkpoint: when autograd records, recompute each tile's activations

@@ -21,6 +21,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 import ats_wsi.run
 from _napari_plugin import PLUGIN, assert_inferno_fading_in, has_display
 from ats_wsi.errors import CheckpointError
+from ats_wsi.slide import open_slide
 from napari_ats_wsi._widget import AttentionSamplingWidget
 
 WIDGET = "Attention sampling"
@@ -51,7 +52,7 @@ def stand_in_load_checkpoint(path, device="cpu"):
     return object(), {"class_names": ["normal", "tumour"]}
 
 
-def stand_in_predict_slide(model, slide, *, config, n_patches=None, samples=1, device="cpu", seed=0):
+def stand_in_predict_slide(model, slide, *, n_patches=None, samples=1, device="cpu", seed=0, **_):
     """Attention = darkness of 8 × 8-pixel cells of the lowest level; boxes on the top cells."""
     level = slide.level_count - 1
     downsample = slide.level_downsamples[level]
@@ -166,7 +167,8 @@ def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
 
     # n_patches boxes, in level-0 pixel coordinates, shown in µm, each on the lesion
     assert boxes.nshapes == 4 and set(boxes.shape_type) == {"rectangle"}
-    expected = stand_in_predict_slide(None, _open(lesion_slide), config={}, n_patches=4).boxes_xywh
+    with open_slide(lesion_slide.path) as slide:
+        expected = stand_in_predict_slide(None, slide, n_patches=4).boxes_xywh
     for verts, (bx, by, bw, bh) in zip(boxes.data, expected):
         (y0, x0), (y1, x1) = verts.min(axis=0), verts.max(axis=0)
         np.testing.assert_allclose((x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0), (bx, by, bw, bh))
@@ -182,12 +184,6 @@ def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
     infos = [m for s, m in notifications() if s == NotificationSeverity.INFO]
     assert any("Predicted: tumour" in m for m in infos), infos
     assert not [m for s, m in notifications() if s == NotificationSeverity.ERROR]
-
-
-def _open(test_slide):
-    from ats_wsi.slide import open_slide
-
-    return open_slide(test_slide.path)
 
 
 def test_prediction_runs_in_a_worker_while_the_ui_stays_responsive(

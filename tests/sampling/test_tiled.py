@@ -41,7 +41,8 @@ def one_thread():
 
 def _conv(cin, cout, k, stride=1):
     ky, kx = (k, k) if isinstance(k, int) else k
-    return nn.Conv2d(cin, cout, (ky, kx), stride=stride, padding=(ky // 2, kx // 2)), (ky, kx), stride, (ky // 2, kx // 2)
+    padding = (ky // 2, kx // 2)
+    return nn.Conv2d(cin, cout, (ky, kx), stride=stride, padding=padding), (ky, kx), stride, padding
 
 
 LAYERS = {
