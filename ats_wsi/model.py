@@ -76,9 +76,10 @@ class AttentionSampler(nn.Module):
             square; ``None`` takes the low view's ``(h, w)`` (as the reference).
         replace: draw with replacement, or without (the default: every patch
             is distinct).
-        receptive_field: low pixels per axis that the attention net loses at
-            the border ("valid" convolutions), ``int`` or ``(ry, rx)``; ``0``
-            for "same" padding, whatever the net's true receptive field.
+        receptive_field: the attention net's receptive field in low pixels
+            if its convolutions are "valid" (the map shrinks at the borders),
+            ``int`` or ``(ry, rx)``; ``0`` for "same" padding, whatever the
+            net's true receptive field (see :mod:`ats_wsi.sampling.geometry`).
         entropy: weight of the entropy regulariser; ``entropy_loss`` is
             ``−entropy × mean entropy``, so a positive weight keeps the
             attention from collapsing.
@@ -252,7 +253,8 @@ def attention_sampling(
         attention_regularizer: a number is the entropy strength (the
             reference's ``multinomial_entropy(strength)``); a callable maps
             the attention ``[B, h', w']`` to a scalar loss term.
-        receptive_field: low pixels lost by the attention net per axis.
+        receptive_field: the attention net's receptive field if its
+            convolutions are "valid", 0 for "same" padding.
 
     Returns:
         An :class:`AttentionSampler`.

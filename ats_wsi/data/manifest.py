@@ -38,7 +38,7 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Man
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
     rows: list[ManifestRow] = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheet CSVs start with a BOM
         reader = csv.DictReader(fh)
         missing = {"path", "label"} - set(reader.fieldnames or [])
         if missing:

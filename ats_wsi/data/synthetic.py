@@ -994,21 +994,25 @@ class _Layout:
     tissue_fraction: float
 
     @classmethod
-    def make(cls, rng, width, height, mpp, n_lesions, n_decoys, lesion_size_um, attempts: int = 8) -> "_Layout":
+    def make(cls, rng, width, height, mpp, n_lesions, n_decoys, lesion_size_um, attempts: int = 16) -> "_Layout":
         """A layout with exactly n_lesions lesions and n_decoys decoys inside its tissue.
 
-        Draws new tissue until all spots fit (at most `attempts` times).
+        Draws new tissue until all spots fit (at most `attempts` times); the
+        later attempts, which only small slides need, allow more tissue
+        (up to 75 %) and smaller gaps between spots.
         """
         rows, cols = height // _GRID + 2, width // _GRID + 2
         size_px = (lesion_size_um[0] / mpp, lesion_size_um[1] / mpp)
-        for _ in range(attempts):
-            distance, fraction = _tissue_distance(rng, width, height, rows, cols)
+        for attempt in range(attempts):
+            crowded = attempt >= attempts // 2
+            target = rng.uniform(0.6, 0.75) if crowded else rng.uniform(0.35, 0.55)
+            distance, fraction = _tissue_distance(rng, width, height, rows, cols, target)
             scale = 600.0 / mpp / _GRID  # benign regions ~ 0.6 mm, with wiggly borders
             logits = np.stack([_smooth_noise(rng, (rows, cols), scale) + 0.3 * _smooth_noise(rng, (rows, cols), scale / 5)
                                + bias for bias in _TYPE_BIAS]).astype(np.float32)
             spots: list[_Spot] = []
             for kind in ["lesion"] * n_lesions + ["decoy"] * n_decoys:
-                spot = _place_spot(rng, kind, distance, size_px, spots, width, height)
+                spot = _place_spot(rng, kind, distance, size_px, spots, width, height, 0.15 if crowded else 0.5)
                 if spot is None:
                     break
                 spots.append(spot)
@@ -1027,8 +1031,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return big[pad:pad + shape[0], pad:pad + shape[1]]
 
 
-def _tissue_distance(rng, width, height, rows, cols) -> tuple[np.ndarray, float]:
-    """Signed distance-like field to the tissue border on the grid, and the tissue fraction."""
+def _tissue_distance(rng, width, height, rows, cols, target: float) -> tuple[np.ndarray, float]:
+    """Signed distance-like field to the tissue border on the grid, and the tissue fraction (about `target`)."""
     y = (np.arange(rows, dtype=np.float32) * _GRID)[:, None]
     x = (np.arange(cols, dtype=np.float32) * _GRID)[None, :]
     short, area = min(width, height), math.sqrt(width * height)
@@ -1050,7 +1054,6 @@ def _tissue_distance(rng, width, height, rows, cols) -> tuple[np.ndarray, float]
     border = np.minimum(np.minimum(x, width - x), np.minimum(y, height - y))
     field -= 3 * np.clip(1 - border / (0.04 * short), 0, 1)
     inside = (y < height) & (x < width)
-    target = rng.uniform(0.35, 0.55)
     threshold = np.quantile(field[np.broadcast_to(inside, field.shape)], 1 - target)
     gy, gx = np.gradient(field, _GRID)
     slope = np.maximum(np.hypot(gy, gx), 1 / (0.25 * short))
@@ -1059,13 +1062,13 @@ def _tissue_distance(rng, width, height, rows, cols) -> tuple[np.ndarray, float]
     return distance, fraction
 
 
-def _place_spot(rng, kind, distance, size_px, spots, width, height) -> _Spot | None:
-    """A spot entirely inside tissue and apart from the others, or None after many tries."""
+def _place_spot(rng, kind, distance, size_px, spots, width, height, gap: float) -> _Spot | None:
+    """A spot entirely inside tissue, `gap` times its radius away from the others, or None after many tries."""
     rows, cols = distance.shape
-    candidates = np.flatnonzero(distance > size_px[0] / 2)
+    candidates = np.flatnonzero(distance > _TISSUE_RAGGED + _EDGE)  # (distance is under-estimated deep inside)
     if len(candidates) == 0:
         return None
-    for _ in range(300):
+    for _ in range(500):
         r0 = rng.uniform(*size_px) / 2  # mean radius; the outline harmonics add or take ~10 %
         node = int(candidates[rng.integers(len(candidates))])
         cy = (node // cols + rng.uniform(-0.5, 0.5)) * _GRID
@@ -1074,11 +1077,11 @@ def _place_spot(rng, kind, distance, size_px, spots, width, height) -> _Spot | N
         x, y, w, h = spot.box
         if x <= 0 or y <= 0 or x + w >= width or y + h >= height:
             continue
-        i0, i1 = max(0, y // _GRID - 1), min(rows, (y + h) // _GRID + 3)
-        j0, j1 = max(0, x // _GRID - 1), min(cols, (x + w) // _GRID + 3)
-        if distance[i0:i1, j0:j1].min() <= _TISSUE_RAGGED + _EDGE:
+        # the nodes that interpolate the box's pixels: all must be well inside tissue
+        if distance[y // _GRID:(y + h - 1) // _GRID + 2, x // _GRID:(x + w - 1) // _GRID + 2].min() \
+                <= _TISSUE_RAGGED + _EDGE:
             continue
-        if any(math.hypot(cx - s.cx, cy - s.cy) < spot.reach() + s.reach() + 0.5 * r0 for s in spots):
+        if any(math.hypot(cx - s.cx, cy - s.cy) < spot.reach() + s.reach() + gap * r0 for s in spots):
             continue
         return spot
     return None

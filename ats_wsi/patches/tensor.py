@@ -11,20 +11,20 @@ class TensorSource:
     """A patch source over a high-resolution batch already in memory.
 
     The patches of the whole batch come out of ONE gather; there is no Python
-    loop per patch and no padded copy of the image:
-
-    - patches inside the image are copied as runs of ``pw`` pixels: one
-      ``index_select`` over a strided view of ``x_high``'s memory (no copy)
-      takes every row of every patch, channel and batch item at once;
-    - the few patches that cross the border are gathered again with clamped
-      per-pixel index grids, and the pixels outside the image set to zero.
-      Finding them costs one small device-to-host sync on CUDA.
+    loop per patch and no padded copy of the image. Every row of every patch,
+    channel and batch item is a run of ``pw`` pixels in ``x_high``'s memory,
+    and one ``index_select`` over a strided view of that memory (no copy)
+    copies them all. Rows above or below the image are clamped to the border
+    and runs of boxes crossing the left or right border read into the
+    neighbouring row; the patches that cross the border (found with one small
+    device-to-host sync on CUDA) then get their outside pixels set to zero.
 
     The per-pixel path serves every patch when autograd must see it
     (``x_high`` requires grad and grad is enabled: the gradient of the patches
     then flows back to ``x_high``, overlapping patches accumulate, pixels
     outside the image get none), when a patch is larger than the image, or
-    when ``x_high``'s columns are not contiguous (e.g. channels-last).
+    when ``x_high``'s columns are not contiguous (e.g. channels-last); it
+    also re-reads the rare border patches whose runs would leave the storage.
 
     Any dtype (uint8 and float alike) on any device.
 
@@ -78,40 +78,68 @@ class TensorSource:
         if (x.requires_grad and torch.is_grad_enabled()) or ph > height or pw > width \
                 or x.stride(-1) != 1 or min(x.stride()) < 0:
             return _gather_grid(x, b, xy, ph, pw)
+        patches, misplaced = _gather_runs(x, xy, ph, pw)
         x0, y0 = xy[..., 0], xy[..., 1]
-        inner = torch.stack([x0.clamp(0, width - pw), y0.clamp(0, height - ph)], dim=-1)
-        patches = _gather_rows(x, inner, ph, pw)
         crossing = (x0 < 0) | (y0 < 0) | (x0 > width - pw) | (y0 > height - ph)  # [B, n]
         where = crossing.nonzero(as_tuple=True)
         if where[0].numel():
-            patches[where] = _gather_grid(x, where[0], xy[where], ph, pw)
+            border_xy = xy[where]
+            fixed = _zero_outside(patches[where], border_xy, height, width)
+            redo = misplaced[where]
+            if redo.any():
+                fixed[redo] = _gather_grid(x, where[0][redo], border_xy[redo], ph, pw)
+            patches[where] = fixed
         return patches  # [B, n, C, ph, pw]
 
 
-def _gather_rows(x: Tensor, xy: Tensor, ph: int, pw: int) -> Tensor:
-    """Gather boxes lying inside ``x`` as whole runs of ``pw`` pixels.
+def _gather_runs(x: Tensor, xy: Tensor, ph: int, pw: int) -> tuple[Tensor, Tensor]:
+    """Every patch row as one run of ``pw`` pixels, in one ``index_select``.
 
-    Each patch row is one row of a view of ``x``'s memory as overlapping runs
-    ``[offset, offset + pw)`` (stride 1 both ways, no copy), so one
-    ``index_select`` copies every row of every patch of every channel.
+    ``x``'s memory is viewed (no copy) as overlapping runs: row ``r`` of the
+    view is memory ``[r, r + pw)``. A patch row is the run starting at its
+    row's first pixel plus ``x0``; rows above or below the image are clamped
+    to the border, and ``x0`` is clamped to ``[-pw, W]``, so a run of a box
+    crossing the left or right border reads into the neighbouring row: those
+    pixels lie outside the image and the caller zeroes them. A run that would
+    start before or end after ``x``'s storage is clamped into it and its
+    patch flagged as ``misplaced`` (it can only happen at the first or last
+    row of the whole batch; the caller gathers those patches again).
 
     Args:
-        x: ``[B, C, H, W]`` with unit stride along W.
-        xy: long ``[B, n, 2]``, ``(x, y)`` top-left, each box inside the image.
-        ph, pw: patch rows and cols.
+        x: ``[B, C, H, W]`` with unit stride along W and no negative stride.
+        xy: long ``[B, n, 2]``, ``(x, y)`` top-left of each box.
+        ph, pw: patch rows and cols, ``pw <= W``.
 
     Returns:
-        ``[B, n, C, ph, pw]``, contiguous. Not differentiable.
+        patches ``[B, n, C, ph, pw]`` (contiguous, not differentiable; right
+        inside the image, unspecified outside) and misplaced bool ``[B, n]``.
     """
-    batch, channels = x.shape[:2]
+    batch, channels, height, width = x.shape
     s_b, s_c, s_h, _ = x.stride()
     span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
-    runs = x.as_strided((span - pw + 1, pw), (1, 1))  # row r = memory [r, r + pw)
-    c = torch.arange(channels, device=x.device)[:, None] * s_c  # [C, 1]
-    i = torch.arange(ph, device=x.device) * s_h  # [ph]
-    first = torch.arange(batch, device=x.device)[:, None] * s_b + xy[..., 1] * s_h + xy[..., 0]
-    offsets = first[..., None, None] + c + i  # [B, n, C, ph]
-    return runs.index_select(0, offsets.reshape(-1)).view(*offsets.shape, pw)
+    start = x.storage_offset()
+    before = min(pw, start)  # storage a run may read before x's first element
+    after = min(pw, x.untyped_storage().nbytes() // x.element_size() - start - span)
+    last = before + span + after - pw  # last valid run start
+    runs = x.as_strided((last + 1, pw), (1, 1), start - before)
+    rows = (xy[..., 1, None] + torch.arange(ph, device=x.device)).clamp(0, height - 1)  # [B, n, ph]
+    channel = torch.arange(channels, device=x.device)[:, None] * s_c  # [C, 1]
+    first = (before + torch.arange(batch, device=x.device)[:, None] * s_b
+             + xy[..., 0].clamp(-pw, width))  # [B, n]
+    offsets = first[..., None, None] + channel + rows[..., None, :] * s_h  # [B, n, C, ph]
+    misplaced = ((offsets < 0) | (offsets > last)).flatten(2).any(-1)  # [B, n]
+    patches = runs.index_select(0, offsets.clamp(0, last).reshape(-1))
+    return patches.view(*offsets.shape, pw), misplaced
+
+
+def _zero_outside(patches: Tensor, xy: Tensor, height: int, width: int) -> Tensor:
+    """``patches [..., C, ph, pw]`` at top-left ``xy [..., 2]``, zero outside the image."""
+    ph, pw = patches.shape[-2:]
+    rows = xy[..., 1, None] + torch.arange(ph, device=xy.device)  # [..., ph]
+    cols = xy[..., 0, None] + torch.arange(pw, device=xy.device)  # [..., pw]
+    inside = (((rows >= 0) & (rows < height))[..., None, :, None]
+              & ((cols >= 0) & (cols < width))[..., None, None, :])  # [..., 1, ph, pw]
+    return torch.where(inside, patches, patches.new_zeros(()))
 
 
 def _gather_grid(x: Tensor, b: Tensor, xy: Tensor, ph: int, pw: int) -> Tensor:
@@ -133,6 +161,4 @@ def _gather_grid(x: Tensor, b: Tensor, xy: Tensor, ph: int, pw: int) -> Tensor:
     patches = x[b[..., None, None, None], c,
                 rows.clamp(0, height - 1)[..., None, :, None],
                 cols.clamp(0, width - 1)[..., None, None, :]]  # [..., C, ph, pw]
-    inside = (((rows >= 0) & (rows < height))[..., None, :, None]
-              & ((cols >= 0) & (cols < width))[..., None, None, :])  # [..., 1, ph, pw]
-    return torch.where(inside, patches, patches.new_zeros(()))
+    return _zero_outside(patches, xy, height, width)

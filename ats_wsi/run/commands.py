@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="top-n cells instead of sampling")
     p.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads per slide")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch threads per slide (default: %(default)s, as on dask workers); results are "
+                        "equal bit for bit only between runs with the same value")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.4", help="OME-Zarr version of the maps")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
@@ -108,7 +112,8 @@ def cmd_train(args) -> int:
 
     train(args.manifest, args.out, config, settings, resume=args.resume, progress=not args.no_progress,
           on_epoch=report)
-    print(f"checkpoints in {Path(args.out) / 'checkpoints'}; last: {Path(args.out) / 'last.pt'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process speaks
+        print(f"checkpoints in {Path(args.out) / 'checkpoints'}; last: {Path(args.out) / 'last.pt'}")
     return 0
 
 
@@ -130,16 +135,18 @@ def _client(args):
 
 def cmd_predict(args) -> int:
     from ..cli import expand_slide_args
+    from .checkpoint import read_checkpoint
     from .predict import PredictSettings, predict_slides
 
     slides = expand_slide_args(args.slides)
     if not slides:
         print("ats-wsi predict: no slides found", file=sys.stderr)
         return 2
+    read_checkpoint(args.checkpoint)  # a bad checkpoint fails here, before a cluster is started
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,
-                               ngff_version=args.ngff)
+                               ngff_version=args.ngff, torch_threads=args.torch_threads)
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm

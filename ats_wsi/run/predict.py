@@ -14,13 +14,19 @@ Outputs of :func:`predict_slides` in ``out_dir``:
 Every file is written under a temporary name and renamed, so a run killed at
 any point leaves only complete files, and a re-run completes the rest and
 gives the same outputs as an uninterrupted run (draws are seeded per slide).
+Results are reproducible bit for bit between runs with the same checkpoint,
+settings and ``torch_threads`` (the number of threads changes the order of
+float sums in CPU kernels); in process and on dask workers alike.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+import uuid
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,19 +92,21 @@ def slide_seed(path: str | os.PathLike, seed: int) -> int:
     return (zlib.crc32(Path(path).name.encode()) ^ (int(seed) * 0x9E3779B1)) & 0x7FFFFFFF
 
 
-_MAP_SHAPES: dict[tuple[int, tuple[int, int]], tuple[int, int]] = {}
+# Keyed by the net itself (weakly), not by id(): a new net may reuse a freed one's id.
+_MAP_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attention_grid_shape(model: SlideClassifier, low_shape: tuple[int, int]) -> tuple[int, int]:
     """(rows, cols) of the attention map the model makes for a low view of ``low_shape``."""
-    key = (id(model.sampler.attention_net), tuple(low_shape))
-    if key not in _MAP_SHAPES:
-        net = model.sampler.attention_net
+    net = model.sampler.attention_net
+    shapes = _MAP_SHAPES.setdefault(net, {})
+    key = tuple(low_shape)
+    if key not in shapes:
         device = next(net.parameters()).device
         with torch.no_grad():
             out = model.sampler.attention_logits(torch.zeros((1, 3, *low_shape), device=device))
-        _MAP_SHAPES[key] = tuple(out.shape[-2:])
-    return _MAP_SHAPES[key]
+        shapes[key] = tuple(out.shape[-2:])
+    return shapes[key]
 
 
 def low_inputs(model: SlideClassifier, view: LowView, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,6 +218,7 @@ class PredictSettings:
     workers: int = 2
     ngff_version: str = "0.4"
     overlay_size: int = 1024
+    torch_threads: int = 1
     checkpoint_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -242,6 +251,17 @@ def _model_for(settings: PredictSettings) -> SlideClassifier:
     return _MODELS[key]
 
 
+def run_key(settings: PredictSettings) -> str:
+    """A short hash of what makes a slide's outputs (checkpoint and sampling settings).
+
+    A finished slide is skipped on a re-run only if its marker has the same key,
+    so a re-run with other settings never mixes old and new results.
+    """
+    parts = [settings.checkpoint_id, settings.samples, settings.n_patches, settings.seed,
+             settings.deterministic, settings.ngff_version, settings.overlay_size, settings.torch_threads]
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 def prediction_fields(n_classes: int) -> list[str]:
     return ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
             "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
@@ -255,10 +275,9 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     """
     from ..slide import open_slide
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(settings.out_dir)
     model = _model_for(settings)
-    with open_slide(path) as slide:
+    with _torch_threads(settings.torch_threads), open_slide(path) as slide:
         pred = predict_slide(model, slide, samples=settings.samples, n_patches=settings.n_patches,
                              device=settings.device, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers)
@@ -285,13 +304,27 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         "slide_pixels": pred.slide_pixels,
         "fraction_read": f"{pred.pixels_read / pred.slide_pixels:.6f}",
         "checkpoint": settings.checkpoint_id,
+        "run_key": run_key(settings),
         "boxes_xywh": pred.boxes_xywh.tolist(),
     }
     write_json_atomic(out / ".done" / f"{name}.json", row)
     return row
 
 
-def _done_row(out: Path, name: str, checkpoint: str) -> dict | None:
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run with ``n`` intra-op threads, then restore: CPU kernels sum in an order
+    that depends on it, so equal results (in process and on dask workers,
+    which default to 1 thread) need an equal count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _done_row(out: Path, name: str, checkpoint: str, key: str) -> dict | None:
     marker = out / ".done" / f"{name}.json"
     if not marker.is_file():
         return None
@@ -299,7 +332,7 @@ def _done_row(out: Path, name: str, checkpoint: str) -> dict | None:
         row = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if row.get("checkpoint") != checkpoint:
+    if row.get("checkpoint") != checkpoint or row.get("run_key") != key:
         return None
     if not (out / "maps" / f"{name}.zarr").is_dir() or not (out / "overlays" / f"{name}.png").is_file():
         return None
@@ -339,19 +372,22 @@ def predict_slides(
     """
     from .checkpoint import checkpoint_id, read_checkpoint
 
+    n_classes = int(read_checkpoint(settings.checkpoint)["config"]["n_classes"])
+    # Absolute paths: dask workers on other machines (or in other folders) get them.
+    settings.checkpoint = os.path.abspath(settings.checkpoint)
+    settings.checkpoint_id = checkpoint_id(settings.checkpoint)
+    settings.out_dir = os.path.abspath(settings.out_dir)
+    key = run_key(settings)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(out)
-    n_classes = int(read_checkpoint(settings.checkpoint)["config"]["n_classes"])
-    settings.checkpoint = str(Path(settings.checkpoint).resolve())
-    settings.checkpoint_id = checkpoint_id(settings.checkpoint)
-    paths = [Path(p) for p in slides]
+    paths = [Path(os.path.abspath(p)) for p in slides]
     names = output_names(paths)
     rows: dict[str, dict] = {}
     errors: dict[str, dict] = {}
     todo = []
     for path, name in zip(paths, names):
-        row = _done_row(out, name, settings.checkpoint_id)
+        row = _done_row(out, name, settings.checkpoint_id, key)
         if row is not None:
             rows[name] = row
             progress and progress(name, "skipped")
@@ -381,7 +417,11 @@ def predict_slides(
     else:
         from distributed import as_completed
 
-        futures = {executor.submit(predict_one, path, name, settings, pure=False, key=f"ats-predict-{name}"): (path, name)
+        # Task keys unique to this run: on a shared scheduler another run's task of
+        # the same slide name would otherwise be taken for this one.
+        run = uuid.uuid4().hex[:8]
+        futures = {executor.submit(predict_one, path, name, settings, pure=False,
+                                   key=f"ats-predict-{name}-{run}"): (path, name)
                    for path, name in todo}
         for fut in as_completed(list(futures)):
             path, name = futures[fut]

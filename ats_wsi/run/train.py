@@ -5,7 +5,9 @@ One slide is one forward pass (slides differ in size; the low view keeps its
 one optimiser step. Under ``torchrun`` the slides of each batch are shared
 among the processes and DDP averages their gradients, which gives the same
 update as one process with the same total batch: every slide's draws are
-seeded by (seed, epoch, slide index), whatever process runs it.
+seeded by (seed, epoch, slide index), whatever process runs it, and BatchNorm
+running statistics are folded in slide by slide in the batch's order on every
+process (:class:`_RunningStats`), as one process would.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.lowview import LowView, read_low_view
 from ..data.manifest import ManifestRow, read_manifest
@@ -91,6 +94,78 @@ class _SlideCache:
             reader.close()
         for slide in self.slides.values():
             slide.close()
+
+
+class _RunningStats:
+    """BatchNorm running statistics, updated slide by slide in the batch's order.
+
+    Left alone, each DDP process would fold only its own slides of a batch
+    into its BatchNorm buffers (and DDP would broadcast rank 0's), so the
+    running statistics, the validation loss and the checkpoints would differ
+    from one process running the same batches. Instead, each slide's batch
+    statistics are captured during its forward (momentum 1 makes the layer
+    store exactly them in its buffers, which are then put back), gathered
+    from every process after the batch, and folded in in the batch's order.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       and m.track_running_stats and m.running_mean is not None]
+        self.size = sum(2 * m.running_mean.numel() for m in self.layers)
+        self.captured: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def capture(self, keep: bool = True):
+        """Around one slide's forward and backward: record its statistics (if ``keep``) and
+        leave the buffers as they were."""
+        saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                 for m in self.layers]
+        for m in self.layers:
+            m.momentum = 1.0
+        try:
+            yield
+            if keep and self.layers:
+                self.captured.append(torch.cat([torch.cat([m.running_mean, m.running_var]) for m in self.layers]))
+        finally:
+            with torch.no_grad():
+                for m, (momentum, mean, var, count) in zip(self.layers, saved):
+                    m.momentum = momentum
+                    m.running_mean.copy_(mean)
+                    m.running_var.copy_(var)
+                    m.num_batches_tracked.copy_(count)
+
+    def fold(self, batch_len: int, world: int, distributed: bool) -> None:
+        """Fold the captured statistics of one batch (``batch_len`` slides) into the buffers.
+
+        Slide ``p`` of the batch ran on process ``p % world`` as its
+        ``p // world``-th slide (the batch is dealt as ``batch[rank::world]``).
+        """
+        mine, self.captured = self.captured, []
+        if not self.layers:
+            return
+        if distributed:
+            import torch.distributed as dist
+
+            ref = self.layers[0].running_mean
+            local = torch.zeros(math.ceil(batch_len / world), self.size, dtype=ref.dtype, device=ref.device)
+            if mine:
+                local[:len(mine)] = torch.stack(mine)
+            gathered = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(gathered, local)
+            ordered = [gathered[p % world][p // world] for p in range(batch_len)]
+        else:
+            ordered = mine
+        with torch.no_grad():
+            for stats in ordered:
+                offset = 0
+                for m in self.layers:
+                    c = m.running_mean.numel()
+                    m.num_batches_tracked.add_(1)
+                    f = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
+                    m.running_mean.mul_(1 - f).add_(stats[offset:offset + c], alpha=f)
+                    m.running_var.mul_(1 - f).add_(stats[offset + c:offset + 2 * c], alpha=f)
+                    offset += 2 * c
 
 
 def forward_slide(model, cache: _SlideCache, row: ManifestRow, generator: torch.Generator, device):
@@ -165,6 +240,8 @@ def train(
         raise ManifestError(f"{manifest}: no slides in split {settings.train_split!r}")
     if distributed and settings.batch_size % world:
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {world} processes")
+    if settings.batch_size < 1 or settings.epochs < 0:
+        raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {settings.batch_size} and {settings.epochs}")
 
     history: list[EpochMetrics] = []
     start_epoch = 0
@@ -178,6 +255,10 @@ def train(
         start_epoch = int(payload["epoch"])
         history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
     config = config or ModelConfig()
+    for row in train_rows + val_rows:
+        if row.label >= config.n_classes:
+            raise ManifestError(f"{manifest}: {row.path} has label {row.label}, but the model has "
+                                f"n_classes={config.n_classes} (labels 0..{config.n_classes - 1}); set --classes")
     torch.manual_seed(settings.seed)
     model: SlideClassifier = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -187,14 +268,16 @@ def train(
             optimizer.load_state_dict(payload["optimizer"])
     net = model
     if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        # Buffers (BatchNorm statistics) are kept equal by _RunningStats, not broadcast from rank 0.
+        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
 
     cache = _SlideCache(config, settings.workers)
-    n_batches = len(train_rows) // settings.batch_size if distributed else math.ceil(len(train_rows) / settings.batch_size)
+    running_stats = _RunningStats(model)
+    n_batches = math.ceil(len(train_rows) / settings.batch_size)
     try:
         for epoch in range(start_epoch, settings.epochs):
             t0 = time.perf_counter()
@@ -204,22 +287,27 @@ def train(
             bar = _progress(n_batches, f"epoch {epoch + 1}/{settings.epochs}", progress and rank == 0)
             for b in range(n_batches):
                 batch = order[b * settings.batch_size:(b + 1) * settings.batch_size]
-                mine = batch[rank::world]
+                # A short last batch may leave a process without a slide; it still has to
+                # join the gradient all-reduce, so it runs one slide with weight 0.
+                mine = [(idx, 1.0) for idx in batch[rank::world]] or [(batch[0], 0.0)]
                 optimizer.zero_grad(set_to_none=True)
-                for j, idx in enumerate(mine):
+                for j, (idx, weight) in enumerate(mine):
                     row = train_rows[idx]
                     gen = torch.Generator(device=device).manual_seed(_item_seed(settings.seed, epoch, idx))
                     sync = contextlib.nullcontext() if (not distributed or j == len(mine) - 1) else net.no_sync()
-                    with sync:
+                    # capture() restores the BatchNorm buffers only after the backward, which reads them.
+                    with sync, running_stats.capture(keep=weight > 0):
                         logits, result = forward_slide(net, cache, row, gen, device)
                         target = torch.tensor([row.label], device=device)
                         ce = F.cross_entropy(logits, target)
-                        loss = (ce + result.entropy_loss) * (world / len(batch))
+                        loss = (ce + result.entropy_loss) * (weight * world / len(batch))
                         loss.backward()
-                    losses.append(ce.item())
-                    correct += int(logits.argmax(-1).item() == row.label)
-                    seen += 1
+                    if weight:
+                        losses.append(ce.item())
+                        correct += int(logits.argmax(-1).item() == row.label)
+                        seen += 1
                 optimizer.step()
+                running_stats.fold(len(batch), world, distributed)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{correct / max(seen, 1):.2f}")

@@ -10,11 +10,12 @@ Three frames take part:
   top-left ``(x, y)`` of its box, in high-resolution pixels.
 
 ``scale = (sy, sx)`` is high-resolution pixels per low-resolution pixel. The
-map's stride over the low image is *derived* from the shapes, never assumed:
-an attention net that loses ``rf`` low pixels per axis to "valid" convolutions
-(its receptive field minus one, as the reference library counts it; ``0`` for
-"same" padding) covers ``low − rf`` pixels with ``map`` cells. Per axis, in
-high-resolution pixels::
+map's stride over the low image is *derived* from the shapes, never assumed.
+``rf`` is the attention net's receptive field in low pixels when its
+convolutions are "valid" (the map then shrinks by about ``rf`` at the
+borders), and ``0`` for "same" padding, where the map covers the whole view
+whatever the true receptive field. Per axis, in high-resolution pixels, as
+in the reference library::
 
     steps = (low − rf) · scale / map             # one cell's extent
     start = round((rf / 2) · scale + cell · steps + steps / 2 − patch / 2)
@@ -100,8 +101,8 @@ def cell_steps(low_shape, map_shape, scale, receptive_field=0) -> tuple[float, f
         map_shape: ``(map_rows, map_cols)`` of the attention map.
         scale: ``(sy, sx)`` high-resolution pixels per low-resolution pixel
             (a number means the same on both axes).
-        receptive_field: low pixels lost per axis by the attention net,
-            ``int`` or ``(ry, rx)``; ``0`` for "same" padding.
+        receptive_field: ``rf`` of the module notes, ``int`` or ``(ry, rx)``;
+            ``0`` for "same" padding.
 
     Returns:
         ``((rows − ry) · sy / map_rows, (cols − rx) · sx / map_cols)``.
@@ -120,7 +121,7 @@ def cell_to_xy(cells: Tensor, *, low_shape, map_shape, scale, patch_size,
         map_shape: ``(map_rows, map_cols)`` of the attention map.
         scale: ``(sy, sx)`` high-resolution pixels per low pixel.
         patch_size: ``(ph, pw)`` in high-resolution pixels (or one int).
-        receptive_field: ``int`` or ``(ry, rx)`` low pixels lost by the net.
+        receptive_field: ``int`` or ``(ry, rx)``, ``rf`` of the module notes.
 
     Returns:
         long ``[..., 2]``: ``(x, y)`` top-left of each box in high-resolution
@@ -222,7 +223,7 @@ def cell_to_level0_box(cells: Tensor, *, low_shape, map_shape, low_downsample: f
         map_shape: ``(map_rows, map_cols)`` of the attention map.
         low_downsample, high_downsample: the two levels' downsamples.
         patch_size: ``(ph, pw)`` in pixels of the high level.
-        receptive_field: ``int`` or ``(ry, rx)`` low pixels lost by the net.
+        receptive_field: ``int`` or ``(ry, rx)``, ``rf`` of the module notes.
 
     Returns:
         long ``[..., 4]``: ``(x0, y0, w0, h0)`` in level-0 pixels, where

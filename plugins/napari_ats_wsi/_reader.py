@@ -154,7 +154,7 @@ def slide_metadata(slide) -> dict:
     """JSON-able description of a slide for the layer's ``metadata``."""
     return {
         KIND_KEY: SLIDE_KIND,
-        "path": os.fspath(slide.path),
+        "path": os.path.abspath(os.fspath(slide.path)),  # the widget reopens it by this path
         "backend": getattr(slide, "backend", None),
         "format": getattr(slide, "format", None),
         "mpp": None if slide.mpp is None else float(slide.mpp),

@@ -79,6 +79,17 @@ def test_strided_views_are_read_without_copying_them_first(view):
     assert torch.equal(TensorSource(x).extract(xy, (9, 7)), naive_patches(x, xy, (9, 7)))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_boxes_over_the_first_and_last_pixel_of_the_batch_are_exact(dtype):
+    # a run of a box over the batch's very first (last) row that starts left
+    # of (ends right of) the image would leave the tensor's storage
+    g = torch.Generator().manual_seed(5)
+    x = make_image(g, (2, 3, 12, 16), dtype)
+    xy = torch.tensor([[[-1, 0], [-3, -2], [-5, 11], [14, 11]],
+                       [[-1, 0], [13, 8], [14, 11], [16, 12]]])
+    assert torch.equal(TensorSource(x).extract(xy, (4, 5)), naive_patches(x, xy, (4, 5)))
+
+
 def test_int_size_means_a_square_patch():
     x = torch.arange(2 * 1 * 10 * 10, dtype=torch.float32).view(2, 1, 10, 10)
     xy = torch.tensor([[[1, 2]], [[3, 4]]])

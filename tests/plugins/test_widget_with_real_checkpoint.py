@@ -2,12 +2,12 @@
 
 The checkpoint is trained here (one epoch of ``ats_wsi.run.train.train`` on
 four small synthetic slides) and run by the real ``load_checkpoint`` /
-``predict_slide``. Where the heatmap
-and the boxes land is checked against the prediction the widget received,
-exactly, through the layers' scale and translate. That a trained model's
-attention peaks on lesions is the demo's claim (issue 5); that the widget
-draws such a peak on the lesion is proven with a stand-in model in
-test_widget.py.
+``predict_slide``. Where the heatmap and the boxes land is checked against
+the prediction the widget received, exactly, through the layers' scale and
+translate. One epoch teaches the model little, so where its attention peaks
+is not asserted: that a trained model's attention peaks on lesions is the
+demo's claim (issue 5), and that the widget draws such a peak on the lesion
+is proven with a stand-in model in test_widget.py.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import ats_wsi.run
 from _napari_plugin import PLUGIN
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(ats_wsi.run, "predict_slide") or not hasattr(ats_wsi.run, "load_checkpoint"),
+    not hasattr(ats_wsi.run, "predict_slide"),
     reason="ats_wsi.run.predict_slide not written yet (issue 5); this test runs once it is",
 )
 

@@ -1,6 +1,4 @@
 """Attention cells ↔ patch boxes (ats_wsi.sampling.geometry)."""
-import itertools
-
 import numpy as np
 import pytest
 import torch

@@ -1,0 +1,79 @@
+"""Helpers of the command-line tests: run `ats-wsi`, read its CSVs, compare result folders."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(sys.executable).with_name("ats-wsi")
+ATS_WSI = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "ats_wsi.cli"]
+
+# The tiny model every test trains or predicts with (flags of `ats-wsi train`).
+MODEL_ARGS = ["--n-patches", "4", "--patch-size", "64", "--feature-dim", "8", "--low-downsample", "16"]
+TRAIN_ARGS = [*MODEL_ARGS, "--batch-size", "2", "--seed", "0", "--no-progress"]
+# `ats-wsi predict` settings shared by the reference run and every run compared with it.
+PREDICT_ARGS = ["--samples", "2", "--seed", "7", "--no-progress"]
+N_GOOD = 4  # good slides in the predict folder
+
+
+def cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``ats-wsi ARGS`` in a subprocess; text stdout/stderr captured."""
+    return subprocess.run([*ATS_WSI, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def cli_popen(*args, out_dir: Path, cwd=None) -> subprocess.Popen:
+    """Start ``ats-wsi ARGS`` without waiting; stdout/stderr go to files in ``out_dir``
+    (pipes could fill up and block a child that is left running)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stdout = open(out_dir / "stdout.txt", "w")
+    stderr = open(out_dir / "stderr.txt", "w")
+    try:
+        return subprocess.Popen([*ATS_WSI, *map(str, args)], cwd=cwd, stdout=stdout, stderr=stderr)
+    finally:
+        stdout.close()
+        stderr.close()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+# ---------------------------------------------------------------- comparing result folders
+
+
+def tree(out: Path) -> set[str]:
+    """Relative paths of every file under ``out``."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+
+
+def temporaries(out: Path) -> list[str]:
+    """Names a writer leaves only when interrupted (``.tmp-``, ``.old-``)."""
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def assert_same_results(got: Path, want: Path) -> None:
+    """Two results folders are equal file for file: maps, overlays and errors byte-equal,
+    predictions.csv and the done markers equal except the timing (``seconds``)."""
+    assert tree(got) == tree(want)
+    for rel in sorted(tree(want)):
+        a, b = (got / rel), (want / rel)
+        if rel == "predictions.csv":
+            assert without_seconds(read_csv(a)) == without_seconds(read_csv(b)), rel
+        elif rel.startswith(".done/"):
+            ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+            ja.pop("seconds"), jb.pop("seconds")
+            assert ja == jb, rel
+        else:
+            assert a.read_bytes() == b.read_bytes(), f"{rel} differs"
