@@ -1,2 +1,18 @@
-"""Datasets over slide manifests, and synthetic data (Mega-MNIST, synthetic slides)."""
+"""Datasets over slide manifests, and synthetic data (Mega-MNIST, synthetic slides).
+
+``SlideDataset``, ``SlideRef`` and ``collate_slides`` (:mod:`.datasets`) are
+imported on first use, so ``import ats_wsi.data`` does not import torch.
+"""
+import importlib as _importlib
+
 from .synthetic import SyntheticSlide, load_lesions, load_synthetic_slide, make_slide_set, write_synthetic_slide
+
+_LAZY = {"SlideDataset": ".datasets", "SlideRef": ".datasets", "collate_slides": ".datasets"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

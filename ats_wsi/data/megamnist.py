@@ -48,6 +48,10 @@ TEST_FRACTION = 0.25
 """Share of each class's source digits kept for the test split."""
 _POOL_SEED = 20190503  # fixes the train/test split of source digits, whatever the dataset seed
 _SPLITS = {"train": 0, "test": 1}
+_MAX_TRIES = 500  # per layout attempt (rejection sampling of positions)
+_MAX_RESTARTS = 200
+MIN_SIDE = 4 * DIGIT_BOX
+"""Smallest image side: five 28-px digits still fit at random without jamming."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +212,8 @@ class MegaMNIST:
             raise ValueError(f"n must be >= 0, got {n}")
         base = SETTINGS[setting]
         width, height = size if size is not None else (base.width, base.height)
-        if min(width, height) < 3 * DIGIT_BOX:
-            raise ValueError(f"image size {width} x {height} is too small for {N_DIGITS} digits of {DIGIT_BOX} px")
+        if min(width, height) < MIN_SIDE:
+            raise ValueError(f"image size {width} x {height} is too small: each side needs >= {MIN_SIDE} px")
         self.n = int(n)
         self.setting = setting
         self.seed = int(seed)
@@ -296,14 +300,21 @@ def _overlaps(xy: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 
 def _place_apart(rng: np.random.Generator, k: int, size: tuple[int, int]) -> np.ndarray:
-    """int64 [k, 2]: top-left (x, y) of k pairwise non-overlapping 28-px boxes inside ``size``."""
+    """int64 [k, 2]: top-left (x, y) of k pairwise non-overlapping 28-px boxes inside ``size``.
+
+    Rejection sampling, box by box; a layout that jams (no room left for the
+    next box) is dropped and drawn again.
+    """
     width, height = size
-    placed = np.zeros((0, 2), dtype=np.int64)
-    while len(placed) < k:
-        xy = np.stack([rng.integers(0, width - DIGIT_BOX + 1), rng.integers(0, height - DIGIT_BOX + 1)])
-        if not _overlaps(xy[None], placed)[0]:
-            placed = np.concatenate([placed, xy[None].astype(np.int64)])
-    return placed
+    for _ in range(_MAX_RESTARTS):
+        placed = np.zeros((0, 2), dtype=np.int64)
+        for _ in range(_MAX_TRIES):
+            xy = np.stack([rng.integers(0, width - DIGIT_BOX + 1), rng.integers(0, height - DIGIT_BOX + 1)])
+            if not _overlaps(xy[None], placed)[0]:
+                placed = np.concatenate([placed, xy[None].astype(np.int64)])
+                if len(placed) == k:
+                    return placed
+    raise ValueError(f"could not place {k} non-overlapping {DIGIT_BOX}-px digits in {width} x {height}")
 
 
 def _place_outside(rng: np.random.Generator, k: int, size: tuple[int, int], avoid: np.ndarray) -> np.ndarray:
@@ -313,14 +324,18 @@ def _place_outside(rng: np.random.Generator, k: int, size: tuple[int, int], avoi
     """
     width, height = size
     out = np.zeros((0, 2), dtype=np.int64)
-    while len(out) < k:
+    for _ in range(_MAX_TRIES):
+        if len(out) >= k:
+            return out[:k]
         need = k - len(out)
         xy = np.stack(
             [rng.integers(0, width - DIGIT_BOX + 1, size=need), rng.integers(0, height - DIGIT_BOX + 1, size=need)],
             axis=1,
         ).astype(np.int64)
         out = np.concatenate([out, xy[~_overlaps(xy, avoid)]])
-    return out
+    if len(out) >= k:
+        return out[:k]
+    raise ValueError(f"could not place {k} clutter boxes clear of the digits in {width} x {height}")
 
 
 def _strokes(rng: np.random.Generator, k: int) -> np.ndarray:

@@ -7,7 +7,8 @@ with a manifest, ``load_lesions`` reads back the ground truth.
 What a slide looks like
 -----------------------
 A light background (off-white, like glass) with a few irregular tissue pieces
-covering 35–55 % of the slide. Tissue is a patchwork of three benign H&E-like
+covering 35–55 % of the slide (up to 75 % on small slides that need the room
+for their spots). Tissue is a patchwork of three benign H&E-like
 types: pink fibrous *stroma* (wavy fibre bundles, sparse spindle nuclei),
 *cellular* tissue (pink-purple cytoplasm, nests of round purple nuclei, small
 lumina) and pale *adipose* tissue (empty cells with thin pink membranes).
@@ -15,7 +16,7 @@ lumina) and pale *adipose* tissue (empty cells with thin pink membranes).
 Each slide also holds a few small dark "spots" of 200–500 µm (by default),
 each entirely inside tissue:
 
-- *lesions* (positive slides only): crowded, large (18–28 px = 9–14 µm at
+- *lesions* (positive slides only): crowded, large (16–36 px = 8–18 µm at
   0.5 µm/px), pleomorphic nuclei with irregular outlines, coarse chromatin,
   a dark rim and nucleoli;
 - *decoys* (benign, in negative and positive slides alike): a dense
@@ -53,7 +54,7 @@ through ``tifffile`` from an iterator of JPEG-encoded tiles.
 - Layout: a signed distance to the tissue border, and three logits choosing
   the benign type, live on a coarse grid (one node every 64 level-0 px) built
   from random elliptical blobs with harmonic outlines plus smooth noise; they
-  are bilinearly interpolated per tile (two small matrix products). Fine
+  are bilinearly interpolated to each tile's pixels (separable gathers). Fine
   periodic noise makes tissue and spot borders ragged. Spots are analytic
   shapes (radius with a few harmonics).
 - Speed: every tile is first classified from the grid: pure background
@@ -86,7 +87,7 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -475,7 +476,7 @@ def _write_ground_truth(slide: SyntheticSlide, params: dict) -> None:
 
 
 def _is_current(path: Path, width: int, height: int, kw: dict) -> bool:
-    """True if `path` and its ground truth exist and were written by write_synthetic_slide(path, width, height, **kw)."""
+    """True if `path` and its ground truth exist, written by write_synthetic_slide(path, width, height, **kw)."""
     truth = _truth_path(path)
     if not (path.is_file() and truth.is_file()):
         return False
@@ -1008,8 +1009,9 @@ class _Layout:
             target = rng.uniform(0.6, 0.75) if crowded else rng.uniform(0.35, 0.55)
             distance, fraction = _tissue_distance(rng, width, height, rows, cols, target)
             scale = 600.0 / mpp / _GRID  # benign regions ~ 0.6 mm, with wiggly borders
-            logits = np.stack([_smooth_noise(rng, (rows, cols), scale) + 0.3 * _smooth_noise(rng, (rows, cols), scale / 5)
-                               + bias for bias in _TYPE_BIAS]).astype(np.float32)
+            logits = np.stack([_smooth_noise(rng, (rows, cols), scale)
+                               + 0.3 * _smooth_noise(rng, (rows, cols), scale / 5) + bias
+                               for bias in _TYPE_BIAS]).astype(np.float32)
             spots: list[_Spot] = []
             for kind in ["lesion"] * n_lesions + ["decoy"] * n_decoys:
                 spot = _place_spot(rng, kind, distance, size_px, spots, width, height, 0.15 if crowded else 0.5)
@@ -1215,8 +1217,8 @@ class _Renderer:
         kind: the benign type that covers the whole tile, if the plan knows one, else -1.
         """
         f, t = self.downsample**level, self.tile_size
-        ys = (row * t + np.arange(t, dtype=np.float32) + 0.5) * f  # level-0 centres of the tile's pixels
-        xs = (col * t + np.arange(t, dtype=np.float32) + 0.5) * f
+        ys = (row * t + np.arange(t) + 0.5) * f  # level-0 centres of the tile's pixels, float64
+        xs = (col * t + np.arange(t) + 0.5) * f
         interp = _Bilinear(ys, xs, self.layout.distance.shape)
         top, left = row * t, col * t
         noise = self.noise.window(level, top, left, t, t)
@@ -1225,13 +1227,7 @@ class _Renderer:
         if kind >= 0:
             base = self.textures[_BENIGN[kind]].window(level, top, left, t, t).astype(np.float32)
         else:
-            scores = np.stack([interp(g) + np.float32(a) * noise for g, a in zip(self.layout.logits, _TYPE_NOISE)])
-            weights = np.clip(1 - (scores.max(0) - scores) / np.float32(_TYPE_RAMP), 0, 1)
-            weights /= weights.sum(0)
-            base = np.zeros((t, t, 3), np.float32)
-            for w, name in zip(weights, _BENIGN):
-                if w.max() > 0:
-                    base += w[..., None] * self.textures[name].window(level, top, left, t, t)
+            base = self._mix_types(level, top, left, interp, noise)
 
         for spot in self.layout.spots:
             self._add_spot(base, spot, level, top, left, ys, xs, noise, edge)
@@ -1239,7 +1235,37 @@ class _Renderer:
         if self.layout.distance[interp.rows, interp.cols].min() <= _TISSUE_RAGGED + edge / 2:
             tissue = np.clip(0.5 + (interp(self.layout.distance) + _TISSUE_RAGGED * noise) / edge, 0, 1)
             base = self.background + tissue[..., None] * (base - self.background)
-        return np.clip(np.rint(base), 0, 255).astype(np.uint8)
+        base += 0.5  # round: every value is a convex mix of uint8 values, so in [0.5, 255.5]
+        return base.astype(np.uint8)
+
+    def _mix_types(self, level, top, left, interp: "_Bilinear", noise) -> np.ndarray:
+        """Blend of the benign textures float32 (t, t, 3) over a tile where the type changes.
+
+        Weights: each type's score (logit + its share of the fine noise) ramps
+        from 0 to 1 within _TYPE_RAMP of the best score; weights sum to 1.
+        """
+        t, ramp = self.tile_size, np.float32(_TYPE_RAMP)
+        logits = self.layout.logits[:, interp.rows, interp.cols]
+        bound = 2 * max(map(abs, _TYPE_NOISE))
+        best_low = max(g.min() for g in logits)  # the winner scores at least this (minus noise) everywhere
+        present = [a for a in range(len(_BENIGN)) if logits[a].max() + bound >= best_low - _TYPE_RAMP]
+        window = [self.textures[_BENIGN[a]].window(level, top, left, t, t) for a in present]
+        scores = [interp(self.layout.logits[a]) + np.float32(_TYPE_NOISE[a]) * noise for a in present]
+        if len(present) == 1:
+            return window[0].astype(np.float32)
+        if len(present) == 2:  # the usual border: one blend
+            u = np.clip((scores[0] - scores[1]) / ramp, -1, 1)
+            w = (1 + np.minimum(u, 0)) / (2 - np.abs(u))  # weight of the first type
+            base = window[1].astype(np.float32)
+            base += w[..., None] * (window[0] - base)
+            return base
+        best = np.maximum.reduce(scores)
+        weights = [np.clip(1 - (best - s) / ramp, 0, 1) for s in scores]
+        total = sum(weights)
+        base = np.zeros((t, t, 3), np.float32)
+        for w, image in zip(weights, window):
+            base += (w / total)[..., None] * image
+        return base
 
     def _add_spot(self, base, spot: _Spot, level, top, left, ys, xs, noise, edge) -> None:
         """Blend the spot's texture into `base` (in place) where the tile's pixels fall inside it.
@@ -1252,8 +1278,8 @@ class _Renderer:
         if len(rows) == 0 or len(cols) == 0:
             return
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        dy = (ys[r0:r1] - np.float32(spot.cy))[:, None]
-        dx = (xs[c0:c1] - np.float32(spot.cx))[None, :]
+        dy = (ys[r0:r1] - spot.cy).astype(np.float32)[:, None]
+        dx = (xs[c0:c1] - spot.cx).astype(np.float32)[None, :]
         inside = spot.radius(np.arctan2(dy, dx)) - np.hypot(dy, dx) + _SPOT_RAGGED * noise[r0:r1, c0:c1]
         mask = np.clip(0.5 + inside / edge, 0, 1)[..., None]
         texture = self.textures[spot.kind].window(level, top + r0, left + c0, r1 - r0, c1 - c0)

@@ -39,7 +39,7 @@ import torch
 from ..errors import LevelError, RegionError
 from ..slide import FILL_VALUE, level_origin
 
-__all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "plan_tiles"]
+__all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
 
 
 class TileCache:
@@ -194,6 +194,20 @@ def plan_tiles(
     return TilePlan(tiles.astype(np.int64), starts, pairs.astype(np.int64), partial.astype(np.int64))
 
 
+def empty_batch(shape: tuple[int, ...], pin: bool = False) -> torch.Tensor:
+    """An uninitialised uint8 host tensor of ``shape``; pinned when ``pin``.
+
+    Unpinned batches are numpy allocations wrapped by torch (no copy): the C
+    heap hands the same pages back batch after batch, while a fresh
+    ``torch.empty`` of a few MB is mapped anew and page-faulted on every
+    first write (measured: 12 ms against 1 ms to fill 64 patches of 256²).
+    Pinned batches come from torch's caching host allocator.
+    """
+    if pin:
+        return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+    return torch.from_numpy(np.empty(shape, dtype=np.uint8))
+
+
 class PatchReader:
     """Read fixed-size patches of one slide level into a uint8 batch tensor.
 
@@ -339,8 +353,7 @@ class PatchReader:
     def _empty(self, lead: tuple[int, ...]) -> torch.Tensor:
         """An uninitialised uint8 ``[*lead, h, w, 3]`` host tensor (pinned for CUDA)."""
         pw, ph = self.patch_wh
-        pin = self.device.type == "cuda"
-        return torch.empty((*lead, ph, pw, 3), dtype=torch.uint8, pin_memory=pin)
+        return empty_batch((*lead, ph, pw, 3), pin=self.device.type == "cuda")
 
     def _deliver(self, nhwc: torch.Tensor) -> torch.Tensor:
         """NHWC host batch -> ``[..., C, h, w]`` channels-last view on the reader's device."""

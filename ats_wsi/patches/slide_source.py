@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import SamplingError
 from ..sampling.geometry import level_to_level0
-from .reader import PatchReader
+from .reader import PatchReader, empty_batch
 
 __all__ = ["SlideSource"]
 
@@ -157,7 +157,7 @@ class SlideSource:
         xy = self.level_xy(xy.detach().to("cpu", torch.long), (ph, pw))
         batch, n = xy.shape[:2]
         pin = self.device.type == "cuda"
-        out = torch.empty((batch, n, ph, pw, 3), dtype=torch.uint8, pin_memory=pin)
+        out = empty_batch((batch, n, ph, pw, 3), pin=pin)
         buf = out.numpy()
         for b in range(batch):
             # level pixels go to the reader as they are: no round trip through level 0

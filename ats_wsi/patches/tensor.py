@@ -16,8 +16,9 @@ class TensorSource:
     and one ``index_select`` over a strided view of that memory (no copy)
     copies them all. Rows above or below the image are clamped to the border
     and runs of boxes crossing the left or right border read into the
-    neighbouring row; the patches that cross the border (found with one small
-    device-to-host sync on CUDA) then get their outside pixels set to zero.
+    neighbouring row; the pixels outside the image are then set to zero in
+    place (whole rows by index, columns only in the patches crossing the left
+    or right border). Finding those costs small device-to-host syncs on CUDA.
 
     The per-pixel path serves every patch when autograd must see it
     (``x_high`` requires grad and grad is enabled: the gradient of the patches
@@ -79,17 +80,34 @@ class TensorSource:
                 or x.stride(-1) != 1 or min(x.stride()) < 0:
             return _gather_grid(x, b, xy, ph, pw)
         patches, misplaced = _gather_runs(x, xy, ph, pw)
-        x0, y0 = xy[..., 0], xy[..., 1]
-        crossing = (x0 < 0) | (y0 < 0) | (x0 > width - pw) | (y0 > height - ph)  # [B, n]
-        where = crossing.nonzero(as_tuple=True)
-        if where[0].numel():
-            border_xy = xy[where]
-            fixed = _zero_outside(patches[where], border_xy, height, width)
-            redo = misplaced[where]
-            if redo.any():
-                fixed[redo] = _gather_grid(x, where[0][redo], border_xy[redo], ph, pw)
-            patches[where] = fixed
+        _zero_outside_(patches, xy, height, width)
+        if misplaced.any():
+            where = misplaced.nonzero(as_tuple=True)
+            patches[where] = _gather_grid(x, where[0], xy[where], ph, pw)
         return patches  # [B, n, C, ph, pw]
+
+
+def _zero_outside_(patches: Tensor, xy: Tensor, height: int, width: int) -> None:
+    """Zero, in place, the pixels of ``patches [B, n, C, ph, pw]`` outside the image.
+
+    Whole rows above or below the image are filled by row index (only they
+    are written); columns left or right of it are zeroed in the patches that
+    cross those borders only. Finding either costs a small device-to-host
+    sync on CUDA.
+    """
+    batch, n, channels, ph, pw = patches.shape
+    rows = xy[..., 1, None] + torch.arange(ph, device=xy.device)  # [B, n, ph]
+    cols = xy[..., 0, None] + torch.arange(pw, device=xy.device)  # [B, n, pw]
+    rows_out = ((rows < 0) | (rows >= height))[:, :, None, :].expand(batch, n, channels, ph)
+    out_rows = rows_out.reshape(-1).nonzero().squeeze(1)
+    if out_rows.numel():
+        patches.view(-1, pw).index_fill_(0, out_rows, 0)
+    cols_in = (cols >= 0) & (cols < width)  # [B, n, pw]
+    where = (~cols_in).any(-1).nonzero(as_tuple=True)
+    if where[0].numel():
+        crossing = patches[where]  # [k, C, ph, pw]
+        patches[where] = torch.where(cols_in[where][:, None, None, :], crossing,
+                                     crossing.new_zeros(()), out=crossing)
 
 
 def _gather_runs(x: Tensor, xy: Tensor, ph: int, pw: int) -> tuple[Tensor, Tensor]:

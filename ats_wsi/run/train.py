@@ -350,9 +350,11 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
     with atomic_path(out / "last.pt") as tmp:
         shutil.copyfile(ckpt, tmp)
     best = max(history, key=lambda m: (m.val_acc if not math.isnan(m.val_acc) else -1.0, -m.val_loss if not math.isnan(m.val_loss) else 0.0, m.epoch))
-    if best.epoch == metrics.epoch:
+    best_ckpt = out / "checkpoints" / f"epoch-{best.epoch:03d}.pt"
+    # Also when best.pt is missing (a run stopped between writing last.pt and best.pt).
+    if best.epoch == metrics.epoch or (not (out / "best.pt").is_file() and best_ckpt.is_file()):
         with atomic_path(out / "best.pt") as tmp:
-            shutil.copyfile(ckpt, tmp)
+            shutil.copyfile(best_ckpt, tmp)
     write_csv_atomic(out / "metrics.csv", [asdict(m) for m in history], METRIC_FIELDS)
 
 

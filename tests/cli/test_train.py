@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -44,12 +43,14 @@ def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epo
     assert not model.training
 
 
-def test_resume_continues_to_more_epochs_keeping_the_history(run_1_epoch, run_2_epochs, tmp_path, slide_set):
+def test_resume_continues_to_more_epochs_keeping_the_history(run_2_epochs, tmp_path, slide_set):
+    # The run folder as a run stopped after its first epoch leaves it.
     run = tmp_path / "run"
-    shutil.copytree(run_1_epoch, run)
-    first = (run / "checkpoints" / "epoch-001.pt").read_bytes()
-    before = read_csv(run / "metrics.csv")
-    assert [r["epoch"] for r in before] == ["1"]
+    (run / "checkpoints").mkdir(parents=True)
+    first = (run_2_epochs / "checkpoints" / "epoch-001.pt").read_bytes()
+    (run / "checkpoints" / "epoch-001.pt").write_bytes(first)
+    (run / "last.pt").write_bytes(first)
+    straight = read_csv(run_2_epochs / "metrics.csv")
 
     proc = cli("train", slide_set.manifest, "--out", run, "--epochs", "2", "--resume", *TRAIN_ARGS)
     assert proc.returncode == 0, explain(proc)
@@ -57,12 +58,14 @@ def test_resume_continues_to_more_epochs_keeping_the_history(run_1_epoch, run_2_
 
     rows = read_csv(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert rows[0] == before[0]  # the history is kept as it was, timing included
+    assert rows[0] == straight[0]  # epoch 1's row comes from the checkpoint's history, timing included
     assert (run / "checkpoints" / "epoch-001.pt").read_bytes() == first
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    # best.pt is written again (it was missing): the checkpoint of the best validation epoch.
+    best = max(rows, key=lambda r: (float(r["val_acc"]), -float(r["val_loss"]), int(r["epoch"])))
+    assert (run / "best.pt").read_bytes() == (run / "checkpoints" / f"epoch-00{best['epoch']}.pt").read_bytes()
 
     # Resuming gives the run that never stopped: same weights, optimizer state and draws.
-    straight = read_csv(run_2_epochs / "metrics.csv")
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert float(rows[1][key]) == pytest.approx(float(straight[1][key]), rel=1e-6, abs=1e-9), key
 
