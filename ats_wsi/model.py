@@ -14,8 +14,10 @@ One forward pass, for a batch of B images seen at low resolution:
    estimator whose gradient to the attention, carried by the probabilities
    of the drawn cells (``sampled_attention``), is unbiased.
 
-The attention is computed in one overridable method, ``attention_logits``,
-so that a subclass can evaluate it tile by tile over a large low view.
+The attention is computed in one overridable method, ``attention_logits``.
+Above ``tile_threshold`` low pixels it runs the attention net tile by tile
+with a halo of its receptive field (:mod:`ats_wsi.sampling.tiled`): the same
+logits, in memory bounded by the tile size.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 
 from .errors import SamplingError
 from .patches import PatchSource, TensorSource
-from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample
+from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, tiled
 from .sampling.geometry import cell_to_xy
 
 __all__ = ["AttentionResult", "AttentionSampler", "attention_sampling"]
@@ -91,6 +93,12 @@ class AttentionSampler(nn.Module):
             from the net: probabilities when it ends in a ``SampleSoftmax``.
         attention_regularizer: optional ``attention [B, h', w'] -> scalar``
             used for ``entropy_loss`` instead of the entropy term.
+        tile_threshold: low views of more than this many pixels (``h · w``)
+            go through the attention net in tiles; ``None`` never tiles.
+            BatchNorm layers of the attention net must then be in eval mode.
+        tile_size: side of a tile in low pixels, without its halo.
+        tile_checkpoint: when training with tiles, recompute each tile's
+            activations in the backward pass instead of keeping them all.
     """
 
     def __init__(
@@ -106,6 +114,9 @@ class AttentionSampler(nn.Module):
         *,
         use_logits: bool | None = None,
         attention_regularizer: Callable[[Tensor], Tensor] | None = None,
+        tile_threshold: int | None = tiled.DEFAULT_TILE_THRESHOLD,
+        tile_size: int = tiled.DEFAULT_TILE_SIZE,
+        tile_checkpoint: bool = True,
     ):
         super().__init__()
         if isinstance(n_patches, bool) or not isinstance(n_patches, int) or n_patches < 1:
@@ -121,6 +132,10 @@ class AttentionSampler(nn.Module):
         self.use_logits = (not _ends_with_softmax(attention_net)) if use_logits is None else bool(use_logits)
         self.attention_regularizer = attention_regularizer
         self.softmax = SampleSoftmax()
+        self.tile_threshold = tile_threshold
+        self.tile_size = tile_size
+        self.tile_checkpoint = bool(tile_checkpoint)
+        self._attention_field = None  # the attention net's ReceptiveField, probed once
 
     def extra_repr(self) -> str:
         return (f"n_patches={self.n_patches}, patch_size={self.patch_size}, replace={self.replace}, "
@@ -132,7 +147,10 @@ class AttentionSampler(nn.Module):
     def attention_logits(self, x_low: Tensor) -> Tensor:
         """The attention net's output over the whole low view.
 
-        Override to compute it differently (e.g. tile by tile with a halo).
+        Above ``tile_threshold`` pixels, computed tile by tile with a halo of
+        the net's receptive field (equal to one pass). A net ending in a
+        :class:`SampleSoftmax` is tiled without it and the softmax applied to
+        the whole map. Override to compute it differently.
 
         Args:
             x_low: ``[B, C, h, w]``.
@@ -141,7 +159,14 @@ class AttentionSampler(nn.Module):
             ``[B, 1, h', w']`` or ``[B, h', w']``: logits, or probabilities
             when ``use_logits`` is False.
         """
-        return self.attention_net(x_low)
+        if not tiled.should_tile(x_low.shape, self.tile_threshold):
+            return self.attention_net(x_low)
+        net, head = _split_softmax(self.attention_net)
+        if self._attention_field is None:
+            self._attention_field = tiled.receptive_field(net, in_channels=x_low.shape[1])
+        out = tiled.tiled_logits(net, x_low, self.tile_size, checkpoint=self.tile_checkpoint,
+                                 field=self._attention_field)
+        return out if head is None else head(out)
 
     def attention_map(self, x_low: Tensor, mask: Tensor | None = None) -> Tensor:
         """The attention distribution over the map's cells.
@@ -280,6 +305,13 @@ def _ends_with_softmax(net: nn.Module) -> bool:
     if isinstance(net, SampleSoftmax):
         return True
     return isinstance(net, nn.Sequential) and len(net) > 0 and _ends_with_softmax(net[-1])
+
+
+def _split_softmax(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """``(body, SampleSoftmax)`` for a Sequential ending in one, else ``(net, None)``."""
+    if isinstance(net, nn.Sequential) and len(net) > 1 and isinstance(net[-1], SampleSoftmax):
+        return net[:-1], net[-1]
+    return net, None
 
 
 def _as_float(patches: Tensor, like: Tensor) -> Tensor:

@@ -309,7 +309,8 @@ def render_overlay(
         attention: float (rows, cols) map over the slide.
         cell_size_xy, origin_xy: the map's placement in level-0 pixels.
         boxes_xywh: optional int [n, 4] sampled boxes (x, y, w, h) in level-0 pixels.
-        alpha: heatmap opacity.
+        alpha: opacity of the heatmap where attention is highest; it falls
+            linearly to 0 at the lowest attention, so the slide shows through.
 
     Returns:
         A ``PIL.Image.Image`` (RGB) the size of the thumbnail.
@@ -317,18 +318,22 @@ def render_overlay(
     from PIL import Image, ImageDraw
 
     th, tw = thumbnail.shape[:2]
-    heat = Image.fromarray(colorize(attention))
+    values = np.asarray(attention, dtype=np.float32)
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    t = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    heat = Image.fromarray(colorize(t, 0.0, 1.0))
+    # Opacity grows with attention, so low-attention areas show the slide.
+    opacity = Image.fromarray(np.round(t * alpha * 255).astype(np.uint8))
     # Place the map in thumbnail pixels: resize to its extent, paste at its origin.
     cw, ch = cell_size_xy[0] / thumb_downsample, cell_size_xy[1] / thumb_downsample
-    ox, oy = origin_xy[0] / thumb_downsample, origin_xy[1] / thumb_downsample
-    ext_w = max(1, int(round(attention.shape[1] * cw)))
-    ext_h = max(1, int(round(attention.shape[0] * ch)))
+    ox, oy = int(round(origin_xy[0] / thumb_downsample)), int(round(origin_xy[1] / thumb_downsample))
+    ext_w = max(1, int(round(values.shape[1] * cw)))
+    ext_h = max(1, int(round(values.shape[0] * ch)))
     layer = Image.new("RGB", (tw, th), (0, 0, 0))
-    cover = Image.new("L", (tw, th), 0)
-    layer.paste(heat.resize((ext_w, ext_h), Image.NEAREST), (int(round(ox)), int(round(oy))))
-    cover.paste(255, (int(round(ox)), int(round(oy)), int(round(ox)) + ext_w, int(round(oy)) + ext_h))
+    mask = Image.new("L", (tw, th), 0)
+    layer.paste(heat.resize((ext_w, ext_h), Image.NEAREST), (ox, oy))
+    mask.paste(opacity.resize((ext_w, ext_h), Image.NEAREST), (ox, oy))
     base = Image.fromarray(np.ascontiguousarray(thumbnail[..., :3]))
-    mask = cover.point(lambda p: int(p * alpha))
     out = Image.composite(layer, base, mask)
     if boxes_xywh is not None and len(boxes_xywh):
         draw = ImageDraw.Draw(out)

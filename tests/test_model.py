@@ -199,6 +199,39 @@ def test_minimising_the_entropy_loss_raises_the_entropy():
     assert sum((g * h).sum() for g, h in zip(loss_grad, entropy_grad)) < 0
 
 
+# -- tiled attention -------------------------------------------------------------
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_tiled_attention_equals_one_pass_with_its_gradient(pool):
+    x_low = torch.rand(2, 3, 45, 37, generator=seeded(0))
+    x_high = torch.rand(2, 3, 180, 148, generator=seeded(1))
+    maps, grads = [], []
+    for threshold in (None, 0):  # never tile, always tile
+        torch.manual_seed(0)
+        attention = create_attention_net("attention-small", in_channels=3, hidden=4, layers=2, pool=pool)
+        feature = create_feature_net("feature-small", in_channels=3, out_features=8, widths=(4,))
+        model = AttentionSampler(attention, feature, n_patches=5, patch_size=(8, 6), entropy=0.1,
+                                 tile_threshold=threshold, tile_size=16)
+        result = model(x_low, x_high, generator=seeded(2))
+        (result.features.sum() + result.entropy_loss).backward()
+        maps.append(result.attention.detach())
+        grads.append([p.grad for p in model.attention_net.parameters()])
+    torch.testing.assert_close(maps[1], maps[0], rtol=1e-5, atol=1e-7)
+    for tiled_grad, whole_grad in zip(*grads):
+        torch.testing.assert_close(tiled_grad, whole_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_tiled_attention_applies_a_final_sample_softmax_to_the_whole_map():
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    net = nn.Sequential(body, SampleSoftmax())
+    feature = create_feature_net("feature-small", in_channels=3, out_features=8, widths=(4,))
+    x_low = torch.rand(1, 3, 33, 41, generator=seeded(0))
+    tiled_model = AttentionSampler(net, feature, n_patches=3, tile_threshold=0, tile_size=8)
+    whole_model = AttentionSampler(net, feature, n_patches=3, tile_threshold=None)
+    torch.testing.assert_close(tiled_model.attention_map(x_low), whole_model.attention_map(x_low))
+
+
 # -- the attention net's output ------------------------------------------------
 
 def test_a_net_ending_in_sample_softmax_is_taken_as_probabilities():

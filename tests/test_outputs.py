@@ -120,5 +120,6 @@ def test_overlay_puts_the_hot_cell_where_it_belongs():
                                     boxes_xywh=np.array([[0, 0, 40, 40]])))
     hot = img[37, 162]  # thumbnail pixel in the middle of that cell
     cold = img[80, 20]
-    assert hot.tolist() == [252, 255, 164] and cold.tolist() == [0, 0, 4]
+    assert hot.tolist() == [252, 255, 164]  # full opacity, brightest colour
+    assert cold.tolist() == [255, 255, 255]  # zero attention: the slide shows
     assert img[0, 5].tolist() == [0, 255, 255]  # the box's top edge

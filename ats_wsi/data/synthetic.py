@@ -41,8 +41,8 @@ through ``tifffile`` from an iterator of JPEG-encoded tiles.
   FFT-filtered white noise) as haematoxylin and eosin optical densities.
   Each slide recolours them with its own stain vectors and brightness (stain
   variation between slides), flips/rotates them and shifts them by its own
-  offsets. So texture is a function of level-0 coordinates,
-  ``texture(x mod P, y mod P)``.
+  offsets (multiples of the coarsest downsample, so levels stay aligned).
+  So texture is a function of level-0 coordinates, ``texture(x mod P, y mod P)``.
 - Lower levels: the level-``k`` texture is the exact box-average of the
   level-0 texture over ``downsample**k`` pixels (the period is a multiple of
   the downsample), so fine texture looks as it would in a real downsampled
@@ -50,7 +50,8 @@ through ``tifffile`` from an iterator of JPEG-encoded tiles.
   level-``k`` pixels. A lower level is therefore rendered directly, in the
   same time per tile as level 0, and is consistent with level 0, but is not
   bit-exactly its downsample (tissue and spot edges are evaluated, not
-  averaged; edge widths are at least one level pixel).
+  averaged; edge widths are at least one level pixel). Before JPEG, level 1
+  and level 0 box-averaged by 4 differ by ~0.3 grey levels on average.
 - Layout: a signed distance to the tissue border, and three logits choosing
   the benign type, live on a coarse grid (one node every 64 level-0 px) built
   from random elliptical blobs with harmonic outlines plus smooth noise; they
@@ -62,6 +63,10 @@ through ``tifffile`` from an iterator of JPEG-encoded tiles.
   (a slice of the periodic texture, encoded once and reused: at most
   ``(P/tile_size)**2`` distinct tiles per type and level), or mixed (tissue or
   type border, spot), which is rendered with vectorised numpy and encoded.
+
+Measured (one core, CPU time; numpy 2.4, libjpeg-turbo through imagecodecs):
+10k x 10k in 2.5 s (1.3 s of it the once-per-process texture bank), 80k x 80k
+(BigTIFF, 0.9 GB) in 30 s, ~210 level-0 MPix/s; peak RSS 240 MB and 290 MB.
 
 Files
 -----
@@ -909,12 +914,14 @@ class _SlideTextures:
         benign_period, spot_period = _periods(downsample)
         self._bank = _texture_bank(benign_period, spot_period)
         lut, self.background = _stain_lut(rng)
-        self._pose = {}
-        for name in _TEXTURES:
-            period = self._bank[name].shape[0]
-            self._pose[name] = (int(rng.integers(0, 4)), bool(rng.random() < 0.5),
-                                tuple(int(v) for v in rng.integers(0, period, 2)))
-        noise_shift = tuple(int(v) for v in rng.integers(0, spot_period, 2))
+        def shift(period: int) -> tuple[int, int]:
+            # a multiple of every level's downsample (where the period allows), so levels stay aligned
+            unit = math.gcd(period, downsample ** (n_levels - 1))
+            return tuple(int(v) * unit for v in rng.integers(0, period // unit, 2))
+
+        self._pose = {name: (int(rng.integers(0, 4)), bool(rng.random() < 0.5), shift(self._bank[name].shape[0]))
+                      for name in _TEXTURES}
+        noise_shift = shift(spot_period)
         self._levels = (n_levels, downsample, tile)
         self.noise = _Texture(self._bank["noise"], noise_shift, *self._levels)
         # decoys take the lesion's mean colour, so that the two look alike at low resolution

@@ -82,7 +82,12 @@ class ModelConfig:
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel of ``[N, C, h, w]`` pixels in [0, 1]."""
+    """Pixels -> normalised float: ``(x - mean) / std`` per channel of ``[N, C, h, w]``.
+
+    uint8 input is scaled to [0, 1] first; float input is taken as already in
+    [0, 1] and keeps its dtype. Put first in a net, it lets the net take raw
+    uint8 tiles, so a big low view is converted to float one tile at a time.
+    """
 
     def __init__(self, mean, std):
         super().__init__()
@@ -90,14 +95,17 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 class SlideClassifier(nn.Module):
     """Attention sampling over a slide, then a linear head on the features.
 
-    ``forward(x_low, source, mask)`` takes the low view as uint8 or float in
-    [0, 1] ``[B, 3, h, w]`` and a patch source (a :class:`ats_wsi.patches.SlideSource`
+    ``forward(x_low, source, mask)`` takes the low view as uint8 (or float in
+    [0, 1]) ``[B, 3, h, w]``; both nets normalise their own input, so a large
+    uint8 view is only ever converted to float tile by tile and a patch source (a :class:`ats_wsi.patches.SlideSource`
     or a tensor), and returns ``(logits [B, n_classes], AttentionResult)``.
     """
 
@@ -107,9 +115,11 @@ class SlideClassifier(nn.Module):
         attention = create_attention_net(config.attention_net, in_channels=3, **config.attention_kwargs)
         feature = create_feature_net(config.feature_net, in_channels=3, out_features=config.feature_dim,
                                      **config.feature_kwargs)
-        self.normalize = Normalize(config.mean, config.std)
+        attention_in = nn.Sequential(Normalize(config.mean, config.std), attention)
+        if hasattr(attention, "receptive_field"):  # lets tiling skip the probe
+            attention_in.receptive_field = attention.receptive_field
         self.sampler = AttentionSampler(
-            attention,
+            attention_in,
             nn.Sequential(Normalize(config.mean, config.std), feature),
             n_patches=config.n_patches,
             patch_size=config.patch_size,
@@ -121,9 +131,7 @@ class SlideClassifier(nn.Module):
     def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 deterministic: bool | None = None) -> tuple[Tensor, AttentionResult]:
-        if x_low.dtype == torch.uint8:
-            x_low = x_low.float().div_(255)
-        result = self.sampler(self.normalize(x_low), source, mask, generator=generator, deterministic=deterministic)
+        result = self.sampler(x_low, source, mask, generator=generator, deterministic=deterministic)
         return self.head(result.features), result
 
 

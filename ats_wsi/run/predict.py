@@ -104,7 +104,7 @@ def attention_grid_shape(model: SlideClassifier, low_shape: tuple[int, int]) -> 
     if key not in shapes:
         device = next(net.parameters()).device
         with torch.no_grad():
-            out = model.sampler.attention_logits(torch.zeros((1, 3, *low_shape), device=device))
+            out = model.sampler.attention_logits(torch.zeros((1, 3, *low_shape), dtype=torch.uint8, device=device))
         shapes[key] = tuple(out.shape[-2:])
     return shapes[key]
 

@@ -42,7 +42,7 @@ ATTENTION_KIND = "attention"
 # opacity 0.5 darkens the whole slide, and "additive" washes out on a
 # brightfield slide, whose background is already near white.)
 HEATMAP_COLORMAP_NAME = "ats-wsi inferno"
-HEATMAP_OPACITY = 0.75
+HEATMAP_OPACITY = 0.6
 HEATMAP_BLENDING = "translucent"
 
 LayerData = tuple[Any, dict, str]

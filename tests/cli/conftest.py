@@ -103,4 +103,7 @@ def reference(checkpoint, predict_input, tmp_path_factory) -> Reference:
     """An uninterrupted, in-process ``ats-wsi predict`` of the predict folder."""
     out = tmp_path_factory.mktemp("predict") / "reference"
     proc = cli("predict", checkpoint, predict_input.folder, "--out", out, *PREDICT_ARGS)
+    # Runs are compared with it: it must have predicted every good slide.
+    done = read_csv(out / "predictions.csv") if (out / "predictions.csv").is_file() else []
+    assert len(done) == N_GOOD, explain(proc)
     return Reference(out, proc)

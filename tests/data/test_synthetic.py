@@ -128,6 +128,21 @@ def test_lesion_and_decoy_look_alike_at_low_resolution_but_not_at_level_0(positi
         assert min(very_dark[2:]) > 1.5 * max(very_dark[:2]), very_dark
 
 
+def test_lower_levels_look_like_a_downsample_of_level_0(positive):
+    """Level 1 is rendered on its own, yet matches level 0 box-averaged by 4 (JPEG and edges aside)."""
+    x, y, w, h = positive.lesions[0]
+    x0, y0 = (x + w // 2 - 512) // 4 * 4, (y + h // 2 - 512) // 4 * 4  # a lesion and the tissue around it
+    with openslide.OpenSlide(str(positive.path)) as slide:
+        high = np.asarray(slide.read_region((x0, y0), 0, (1024, 1024)).convert("RGB"), np.float64)
+        low = np.asarray(slide.read_region((x0, y0), 1, (256, 256)).convert("RGB"), np.float64)
+    reduced = high.reshape(256, 4, 256, 4, 3).mean(axis=(1, 3))
+    # per pixel, JPEG alone differs by ~6.5 on average at level 1 (rendered pixels agree to ~0.3)
+    assert np.abs(reduced - low).mean() < 10, np.abs(reduced - low).mean()
+    # 8 x 8 blocks of level 1 average the JPEG error out: stated margin 3 grey levels
+    blocks = np.abs(reduced.reshape(32, 8, 32, 8, 3).mean(axis=(1, 3)) - low.reshape(32, 8, 32, 8, 3).mean(axis=(1, 3)))
+    assert blocks.mean() < 3, blocks.mean()
+
+
 # --------------------------------------------------------------------------- tifffile, files
 
 
