@@ -163,20 +163,23 @@ class FeatureNet(nn.Module):
         out_features: ``D``.
         widths: channels of each block; 2 × 2 max pooling between blocks.
         convs: convolutions per block.
+        stem_stride: stride of the very first convolution (2 quarters the
+            cost of large patches; 1 keeps full resolution).
 
     Forward: ``[N, C, ph, pw] -> [N, D]``.
     """
 
     def __init__(self, in_channels: int = 3, out_features: int = 64,
-                 widths: Sequence[int] = (16, 32), convs: int = 1):
+                 widths: Sequence[int] = (16, 32), convs: int = 1, stem_stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for i, width in enumerate(widths):
             if i:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            for _ in range(convs):
-                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            for j in range(convs):
+                stride = stem_stride if (i == 0 and j == 0) else 1
+                layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
                            nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
                 channels = width
         self.blocks = nn.Sequential(*layers)
@@ -192,13 +195,13 @@ def _attention_small(in_channels: int = 3, hidden: int = 8, layers: int = 3, poo
 
 
 @register_feature_net("feature-small")
-def _feature_small(in_channels: int = 3, out_features: int = 64, widths=(16, 32)):
-    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=1)
+def _feature_small(in_channels: int = 3, out_features: int = 64, widths=(16, 32), stem_stride: int = 1):
+    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=1, stem_stride=stem_stride)
 
 
 @register_feature_net("feature-medium")
-def _feature_medium(in_channels: int = 3, out_features: int = 128, widths=(32, 64, 128)):
-    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=2)
+def _feature_medium(in_channels: int = 3, out_features: int = 128, widths=(32, 64, 128), stem_stride: int = 1):
+    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=2, stem_stride=stem_stride)
 
 
 # --------------------------------------------------------------------------

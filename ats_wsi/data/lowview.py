@@ -84,11 +84,44 @@ def read_low_view(slide, *, downsample: float | None = None, mpp: float | None =
         level = max(finer) if finer else 0
         out_w = max(1, int(round(w0 / downsample)))
         out_h = max(1, int(round(h0 / downsample)))
-        from PIL import Image
-
-        image = np.asarray(Image.fromarray(slide.read_level(level)).resize((out_w, out_h), Image.Resampling.BOX))
+        image = _resample_level(slide, level, (out_w, out_h))
         ds = downsample
     return LowView(image=image, downsample=ds, level=level, mask=tissue_mask(image))
+
+
+RESAMPLE_BLOCK = 512
+"""Side of the output blocks :func:`read_low_view` resamples one at a time, so
+that the finer level it reads from is never held whole."""
+
+
+def _resample_level(slide, level: int, out_wh: tuple[int, int]) -> np.ndarray:
+    """Area-resample ``level`` to ``out_wh`` block by block (bounded memory).
+
+    Output block [x0, x1) reads the level's pixels [x0 * r, x1 * r) with
+    r = level width / out width, so blocks tile the level without gaps; with
+    an integer ratio (the usual 2x or 4x pyramid step) the result equals one
+    whole-level box resample exactly.
+    """
+    from PIL import Image
+
+    from ..slide import FILL_VALUE
+
+    out_w, out_h = out_wh
+    lw, lh = slide.level_dimensions[level]
+    ds = float(slide.level_downsamples[level])
+    rx, ry = lw / out_w, lh / out_h
+    out = np.full((out_h, out_w, 3), FILL_VALUE, dtype=np.uint8)
+    for y0 in range(0, out_h, RESAMPLE_BLOCK):
+        y1 = min(out_h, y0 + RESAMPLE_BLOCK)
+        sy0, sy1 = int(round(y0 * ry)), min(lh, int(round(y1 * ry)))
+        for x0 in range(0, out_w, RESAMPLE_BLOCK):
+            x1 = min(out_w, x0 + RESAMPLE_BLOCK)
+            sx0, sx1 = int(round(x0 * rx)), min(lw, int(round(x1 * rx)))
+            if sx1 <= sx0 or sy1 <= sy0:
+                continue
+            block = slide.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level, (sx1 - sx0, sy1 - sy0))
+            out[y0:y1, x0:x1] = np.asarray(Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
+    return out
 
 
 def mask_to_grid(mask: np.ndarray, map_shape: tuple[int, int], min_fraction: float = 0.0) -> np.ndarray:

@@ -50,7 +50,7 @@ def demo_model_config() -> ModelConfig:
         attention_net="attention-small",
         attention_kwargs={"hidden": 8, "layers": 3, "pool": 2},
         feature_net="feature-small",
-        feature_kwargs={"widths": [16, 32, 64]},
+        feature_kwargs={"widths": [16, 32, 64], "stem_stride": 2},
         feature_dim=32,
         n_patches=12,
         patch_size=128,
@@ -96,7 +96,10 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
 
     t = time.perf_counter()
     log(f"[1/3] writing {settings.n_slides} synthetic slides ({settings.size[0]} x {settings.size[1]}) to {out / 'slides'}")
-    manifest = make_slide_set(out / "slides", n_slides=settings.n_slides, size=settings.size, seed=settings.seed)
+    # One dark spot per slide: a lesion in positives, a benign decoy in negatives.
+    # Both look alike at low resolution; only level-0 texture tells them apart.
+    manifest = make_slide_set(out / "slides", n_slides=settings.n_slides, size=settings.size, seed=settings.seed,
+                              n_spots=(1, 1), n_lesions=(1, 1))
     timings["slides"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -1,0 +1,77 @@
+"""The low view the attention net sees (ats_wsi.data.lowview)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from ats_wsi.data import lowview
+from ats_wsi.data.lowview import mask_to_grid, read_low_view, tissue_mask
+from ats_wsi.data.synthetic import write_synthetic_slide
+from ats_wsi.errors import SlideError
+from ats_wsi.slide import open_slide
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lowview") / "s.svs"
+    write_synthetic_slide(path, 3072, 2048, n_lesions=1, seed=3, lesion_size_um=(100, 200))
+    return path
+
+
+def test_existing_level_is_read_as_is(slide_path):
+    with open_slide(slide_path) as slide:
+        view = read_low_view(slide, downsample=4)
+        assert view.level == 1 and view.downsample == 4.0
+        np.testing.assert_array_equal(view.image, slide.read_level(1))
+        assert view.mask.shape == view.image.shape[:2] and view.mask.dtype == bool
+
+
+def test_missing_level_is_area_resampled_block_by_block(slide_path, monkeypatch):
+    monkeypatch.setattr(lowview, "RESAMPLE_BLOCK", 64)  # many blocks, odd last ones
+    with open_slide(slide_path) as slide:
+        view = read_low_view(slide, downsample=8)  # the pyramid has 1 and 4 only
+        whole = np.asarray(Image.fromarray(slide.read_level(1)).resize((384, 256), Image.Resampling.BOX))
+    assert view.level == 1 and view.downsample == 8.0
+    assert view.image.shape == (256, 384, 3)
+    np.testing.assert_array_equal(view.image, whole)
+
+
+def test_mpp_selects_the_same_view_as_its_downsample(slide_path):
+    with open_slide(slide_path) as slide:
+        by_mpp = read_low_view(slide, mpp=4.0)  # 0.5 µm/px slide -> downsample 8
+        by_ds = read_low_view(slide, downsample=8)
+    np.testing.assert_array_equal(by_mpp.image, by_ds.image)
+
+
+def test_mpp_needs_a_known_resolution(tmp_path):
+    import tifffile
+
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256))
+    with open_slide(path) as slide, pytest.raises(SlideError, match="µm/px"):
+        read_low_view(slide, mpp=8.0)
+    with open_slide(path) as slide, pytest.raises(TypeError):
+        read_low_view(slide)
+
+
+def test_tissue_mask_finds_tissue_and_never_comes_back_empty():
+    rgb = np.full((20, 30, 3), 245, np.uint8)
+    rgb[5:10, 5:20] = (200, 100, 150)  # saturated "tissue"
+    mask = tissue_mask(rgb)
+    assert mask[5:10, 5:20].all() and mask.sum() == 5 * 15
+    assert tissue_mask(np.full((4, 4, 3), 250, np.uint8)).all()  # nothing stands out: keep all
+
+
+def test_mask_to_grid_pools_each_cell_block():
+    mask = np.zeros((8, 12), bool)
+    mask[0, 0] = True  # cell (0, 0)
+    mask[6:8, 9:12] = True  # fills cell (3, 3) of a 4x4 grid (blocks of 2 x 3)
+    grid = mask_to_grid(mask, (4, 4))
+    expected = np.zeros((4, 4), bool)
+    expected[0, 0] = expected[3, 3] = True
+    np.testing.assert_array_equal(grid, expected)
+    half = mask_to_grid(mask, (4, 4), min_fraction=0.5)
+    assert half[3, 3] and not half[0, 0]
+    # a cell is always kept when there is any tissue
+    only = np.zeros((8, 12), bool)
+    only[1, 1] = True
+    assert mask_to_grid(only, (4, 4), min_fraction=0.9).sum() == 1
