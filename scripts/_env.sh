@@ -7,7 +7,7 @@ PY="$VENV/bin/python"
 # GPU users: ATS_TORCH="torch" (or a CUDA wheel spec) before running.
 TORCH_SPEC="${ATS_TORCH:-torch==2.13.0}"
 stamp="$VENV/.ats-wsi-installed"
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/_env.sh" | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/plugins/pyproject.toml" "$ROOT/scripts/_env.sh" | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
 if [ ! -x "$PY" ]; then
   echo "[ats-wsi] creating virtual environment at $VENV" >&2
   python3 -m venv "$VENV"
@@ -16,7 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[ats-wsi] installing dependencies into $VENV (about a minute)" >&2
   "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
-  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,napari,distributed]"
+  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,napari,distributed]" -e "$ROOT/plugins"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

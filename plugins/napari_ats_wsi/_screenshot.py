@@ -42,7 +42,7 @@ def take_screenshot(
     viewer = napari.Viewer(show=True)
     try:
         viewer.window.resize(*size)
-        plugin = "ats-wsi"
+        plugin = "napari-ats-wsi"
         viewer.open(str(slide), plugin=plugin)
         _, widget = viewer.window.add_plugin_dock_widget(plugin, "Attention sampling")
         widget._checkpoint.value = Path(checkpoint)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ ATS_WSI = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "ats_wsi
 # The tiny model every test trains or predicts with (flags of `ats-wsi train`).
 MODEL_ARGS = ["--n-patches", "4", "--patch-size", "64", "--feature-dim", "8", "--low-downsample", "16"]
 TRAIN_ARGS = [*MODEL_ARGS, "--batch-size", "2", "--seed", "0", "--no-progress"]
+# Training runs use one thread per process, as torchrun sets it, so that one process and
+# DDP sum floats in the same order (Adam turns the float noise of parameters whose
+# gradient is exactly zero in theory, like the bias of the last attention conv, into
+# full-size steps; see test_ddp.py).
+TRAIN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # `ats-wsi predict` settings shared by the reference run and every run compared with it.
 PREDICT_ARGS = ["--samples", "2", "--seed", "7", "--no-progress"]
 N_GOOD = 4  # good slides in the predict folder

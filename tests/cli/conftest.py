@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_helpers import N_GOOD, PREDICT_ARGS, TRAIN_ARGS, cli, explain, read_csv
+from cli_helpers import N_GOOD, PREDICT_ARGS, TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.data.synthetic import make_slide_set
 
@@ -55,9 +55,9 @@ def slide_set(tmp_path_factory) -> SlideSet:
 
 @pytest.fixture(scope="session")
 def run_2_epochs(slide_set, tmp_path_factory) -> Path:
-    """A run folder after ``ats-wsi train --epochs 2``."""
+    """A run folder after ``ats-wsi train --epochs 2`` (one thread, see ``TRAIN_ENV``)."""
     out = tmp_path_factory.mktemp("train") / "run2"
-    proc = cli("train", slide_set.manifest, "--out", out, "--epochs", "2", *TRAIN_ARGS)
+    proc = cli("train", slide_set.manifest, "--out", out, "--epochs", "2", *TRAIN_ARGS, env=TRAIN_ENV)
     assert proc.returncode == 0, explain(proc)
     return out
 

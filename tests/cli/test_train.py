@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from cli_helpers import TRAIN_ARGS, cli, explain, read_csv
+from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.run.checkpoint import load_checkpoint
 
@@ -52,7 +52,7 @@ def test_resume_continues_to_more_epochs_keeping_the_history(run_2_epochs, tmp_p
     (run / "last.pt").write_bytes(first)
     straight = read_csv(run_2_epochs / "metrics.csv")
 
-    proc = cli("train", slide_set.manifest, "--out", run, "--epochs", "2", "--resume", *TRAIN_ARGS)
+    proc = cli("train", slide_set.manifest, "--out", run, "--epochs", "2", "--resume", *TRAIN_ARGS, env=TRAIN_ENV)
     assert proc.returncode == 0, explain(proc)
     assert "epoch   2" in proc.stdout and "epoch   1" not in proc.stdout  # epoch 1 is not run again
 
