@@ -99,6 +99,8 @@ class AttentionSampler(nn.Module):
         tile_size: side of a tile in low pixels, without its halo.
         tile_checkpoint: when training with tiles, recompute each tile's
             activations in the backward pass instead of keeping them all.
+        min_tissue: fraction of a cell's pixels a pixel-resolution mask must
+            cover for the cell to be drawn (see :meth:`grid_mask`).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class AttentionSampler(nn.Module):
         tile_threshold: int | None = tiled.DEFAULT_TILE_THRESHOLD,
         tile_size: int = tiled.DEFAULT_TILE_SIZE,
         tile_checkpoint: bool = True,
+        min_tissue: float = 0.0,
     ):
         super().__init__()
         if isinstance(n_patches, bool) or not isinstance(n_patches, int) or n_patches < 1:
@@ -135,6 +138,7 @@ class AttentionSampler(nn.Module):
         self.tile_threshold = tile_threshold
         self.tile_size = tile_size
         self.tile_checkpoint = bool(tile_checkpoint)
+        self.min_tissue = float(min_tissue)
         self._attention_field = None  # the attention net's ReceptiveField, probed once
 
     def extra_repr(self) -> str:
@@ -173,25 +177,62 @@ class AttentionSampler(nn.Module):
 
         Args:
             x_low: ``[B, C, h, w]``.
-            mask: optional bool ``[B, h', w']`` (or ``[h', w']``), True where
-                a cell may be attended.
+            mask: optional bool, True where attention may go: on the map's
+                grid ``[B, h', w']`` (or ``[h', w']``), or on the low view's
+                pixels ``[B, h, w]`` (see :meth:`grid_mask`).
 
         Returns:
             ``[B, h', w']`` probabilities, each map summing to 1, 0 on masked
             cells; differentiable w.r.t. the attention net.
         """
+        return self._attention(x_low, mask)[0]
+
+    def grid_mask(self, mask: Tensor | None, map_shape: tuple[int, int]) -> Tensor | None:
+        """A mask on the attention map's grid.
+
+        A mask already of the map's shape is returned as is. A mask of
+        another shape (e.g. a tissue mask on the low view's pixels) is pooled
+        onto the grid: a cell is kept when more than ``min_tissue`` of its
+        pixels are True (any, by default). Pooled masks never starve the
+        sampler: a map left with fewer usable cells than ``n_patches``
+        (without replacement; none, with) is unmasked whole.
+
+        Args:
+            mask: bool ``[B, H, W]`` or ``[H, W]``, or None.
+            map_shape: ``(h', w')``.
+
+        Returns:
+            bool ``[B, h', w']`` (or ``[h', w']``), or None.
+        """
+        if mask is None or tuple(mask.shape[-2:]) == tuple(map_shape):
+            return mask
+        batched = mask.ndim == 3
+        m = mask if batched else mask[None]
+        # half precision: a big pixel mask costs 2 bytes a pixel while pooled
+        pooled = nn.functional.adaptive_avg_pool2d(m[:, None].to(torch.float16), tuple(map_shape))[:, 0]
+        grid = pooled > self.min_tissue
+        need = 1 if self.replace else self.n_patches
+        starved = grid.flatten(1).sum(1) < need
+        if bool(starved.any()):
+            grid[starved] = True
+        return grid if batched else grid[0]
+
+    def _attention(self, x_low: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         out = self.attention_logits(x_low)
         if out.ndim == 4 and out.shape[1] == 1:
             out = out.squeeze(1)
         if out.ndim != 3:
             raise SamplingError(f"the attention net must return [B, 1, h', w'] or [B, h', w'], "
                                 f"got {tuple(out.shape)}")
+        mask = self.grid_mask(mask, tuple(out.shape[-2:]))
+        if mask is not None:
+            mask = mask.to(out.device)
         if self.use_logits:
-            return self.softmax(out, mask)
+            return self.softmax(out, mask), mask
         if mask is None:
-            return out
-        kept = out * mask.to(out.device)
-        return kept / kept.sum(dim=(1, 2), keepdim=True)
+            return out, None
+        kept = out * mask
+        return kept / kept.sum(dim=(1, 2), keepdim=True), mask
 
     # -- one pass ----------------------------------------------------------
 
@@ -212,8 +253,9 @@ class AttentionSampler(nn.Module):
                 whose high-resolution frame covers the same field as
                 ``x_low``, or a tensor ``[B, C, H, W]`` (wrapped in a
                 :class:`~ats_wsi.patches.TensorSource`).
-            mask: optional bool ``[B, h', w']`` on the attention map's grid,
-                True where a cell may be drawn (tissue, not padding).
+            mask: optional bool, True where a cell may be drawn (tissue, not
+                padding): on the map's grid ``[B, h', w']``, or on the low
+                view's pixels ``[B, h, w]`` (pooled by :meth:`grid_mask`).
             generator: optional ``torch.Generator`` (on the attention's
                 device) for reproducible draws.
             deterministic: override the top-k choice for this call (``None``:
@@ -226,7 +268,7 @@ class AttentionSampler(nn.Module):
             source = TensorSource(source)
         if x_low.ndim != 4:
             raise SamplingError(f"x_low must be [B, C, h, w], got {tuple(x_low.shape)}")
-        attention = self.attention_map(x_low, mask)  # [B, h', w']
+        attention, mask = self._attention(x_low, mask)  # [B, h', w'], mask on the grid
         if deterministic is None:
             deterministic = self.deterministic and not self.training
         with torch.no_grad():

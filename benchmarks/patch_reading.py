@@ -257,7 +257,8 @@ def table_rows(slide_name, path, p, args, rng, floor):
     tiles_per_patch = sum(len(floor.tiles(xy, p)) for xy in batches) / n_total
     rows = []
     for name, (wall, cpu) in seconds.items():
-        ref_wall, ref_cpu = seconds["floor, tile-aligned" if name in aligned_names else "floor (decode needed tiles once)"]
+        floor_name = "floor, tile-aligned" if name in aligned_names else "floor (decode needed tiles once)"
+        ref_wall, ref_cpu = seconds[floor_name]
         rate = n_total / wall
         rows.append((slide_name, f"{p}²", name, f"{rate:,.0f}", f"{rate * p * p * 3 / 1e6:,.1f}",
                      f"{ref_openslide / wall:.2f}", f"{ref_wall / wall:.2f}", f"{n_total / cpu:,.0f}",

@@ -55,7 +55,7 @@ def ensure_slide(size: int) -> Path:
     return path
 
 
-def ensure_checkpoint(low_mpp: float) -> Path:
+def ensure_checkpoint(low_mpp: float, pool: int) -> Path:
     import torch
 
     from ats_wsi.run.checkpoint import save_checkpoint
@@ -64,8 +64,9 @@ def ensure_checkpoint(low_mpp: float) -> Path:
 
     cfg = demo_model_config()
     cfg.low_downsample, cfg.low_mpp = None, low_mpp
+    cfg.attention_kwargs = {**cfg.attention_kwargs, "pool": pool}
     torch.manual_seed(0)
-    path = DATA / f"bench_model_mpp{low_mpp:g}.pt"
+    path = DATA / f"bench_model_mpp{low_mpp:g}_pool{pool}.pt"
     save_checkpoint(path, build_model(cfg))
     return path
 
@@ -74,8 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 80_000])
     parser.add_argument("--low-mpp", type=float, default=16.0, help="µm/px of the attention net's input")
+    parser.add_argument("--pool", type=int, default=4,
+                        help="attention net pooling: cells of pool x low-mpp µm (default 4: 64 µm, one 128 px patch)")
     args = parser.parse_args()
-    ckpt = ensure_checkpoint(args.low_mpp)
+    ckpt = ensure_checkpoint(args.low_mpp, args.pool)
     rows = []
     for size in args.sizes:
         slide = ensure_slide(size)
@@ -84,7 +87,8 @@ def main() -> None:
             sys.exit(out.stderr)
         rows.append((size, json.loads(out.stdout.strip().splitlines()[-1])))
     first = rows[0][1]["peak_mb"]
-    print(f"\npredict one slide, low view at {args.low_mpp:g} µm/px (same checkpoint), fresh process each")
+    print(f"\npredict one slide, low view at {args.low_mpp:g} µm/px, attention cells of {args.pool * args.low_mpp:g} µm "
+          "(same checkpoint), fresh process each")
     print(f"{'slide':>14} {'low view':>12} {'attention map':>14} {'seconds':>8} {'peak RSS MB':>12} {'vs first':>9}")
     for size, r in rows:
         low = f"{round(size / r['low_downsample'])}²"

@@ -355,3 +355,54 @@ def train_square_classifier() -> dict:
     return {"steps": len(losses), "first_loss": sum(losses[:20]) / 20,
             "last_loss": sum(losses[-20:]) / 20, "accuracy": accuracy,
             "mean_square_mass": sum(masses) / len(masses), "min_square_mass": min(masses)}
+
+
+# -- masks given on the low view's pixels ------------------------------------
+
+def _pooling_sampler(n_patches=2, replace=False, min_tissue=0.0):
+    from torch import nn
+
+    from ats_wsi import AttentionSampler
+
+    attention = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(1, 1, 1))  # map = low / 4
+    feature = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    return AttentionSampler(attention, feature, n_patches=n_patches, patch_size=4, replace=replace,
+                            min_tissue=min_tissue)
+
+
+def test_pixel_mask_is_pooled_onto_the_attention_grid():
+    sampler = _pooling_sampler()
+    mask = torch.zeros(1, 16, 24, dtype=torch.bool)
+    mask[0, 0, 0] = True  # one pixel of cell (0, 0)
+    mask[0, 8:12, 20:24] = True  # all of cell (2, 5)
+    grid = sampler.grid_mask(mask, (4, 6))
+    expected = torch.zeros(1, 4, 6, dtype=torch.bool)
+    expected[0, 0, 0] = expected[0, 2, 5] = True
+    assert torch.equal(grid, expected)
+    half = _pooling_sampler(n_patches=1, min_tissue=0.5).grid_mask(mask, (4, 6))
+    assert half[0, 2, 5] and not half[0, 0, 0] and int(half.sum()) == 1
+    # a grid mask of the map's own shape is used as is
+    assert sampler.grid_mask(expected, (4, 6)) is expected
+
+
+def test_a_starved_pooled_mask_is_lifted_but_only_for_that_image():
+    sampler = _pooling_sampler(n_patches=3)
+    mask = torch.zeros(2, 16, 24, dtype=torch.bool)
+    mask[0, :8] = True  # image 0: 12 cells of tissue
+    mask[1, 0, 0] = True  # image 1: a single cell, fewer than n = 3
+    grid = sampler.grid_mask(mask, (4, 6))
+    assert int(grid[0].sum()) == 12 and bool(grid[1].all())
+
+
+def test_forward_never_draws_outside_a_pixel_mask():
+    torch.manual_seed(0)
+    sampler = _pooling_sampler(n_patches=4)
+    x_low = torch.rand(3, 1, 16, 24)
+    mask = torch.zeros(3, 16, 24, dtype=torch.bool)
+    mask[:, 4:12, 8:20] = True  # cells rows 1-2, cols 2-4
+    for seed in range(5):
+        res = sampler(x_low, torch.rand(3, 1, 64, 96), mask, generator=torch.Generator().manual_seed(seed))
+        rows, cols = res.positions[..., 0], res.positions[..., 1]
+        assert bool(((rows >= 1) & (rows <= 2) & (cols >= 2) & (cols <= 4)).all())
+        assert torch.allclose(res.attention.sum(dim=(1, 2)), torch.ones(3))
+        assert float(res.attention[:, 0].abs().sum()) == 0.0

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import SlideError
 
-__all__ = ["LowView", "read_low_view", "tissue_mask", "mask_to_grid", "cell_size"]
+__all__ = ["LowView", "read_low_view", "tissue_mask", "cell_size"]
 
 RESAMPLE_TOLERANCE = 0.01
 """Relative difference between the nearest level's downsample and the wanted
@@ -47,7 +47,10 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     """
     from ..slide._tissue import otsu_threshold, saturation
 
-    sat = saturation(rgb)
+    # Row blocks keep the uint16 temporaries of a big view small.
+    sat = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for r0 in range(0, rgb.shape[0], 256):
+        sat[r0:r0 + 256] = saturation(rgb[r0:r0 + 256])
     mask = sat > otsu_threshold(sat)
     if not mask.any():
         mask = np.ones(sat.shape, dtype=bool)
@@ -122,37 +125,6 @@ def _resample_level(slide, level: int, out_wh: tuple[int, int]) -> np.ndarray:
             block = slide.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level, (sx1 - sx0, sy1 - sy0))
             out[y0:y1, x0:x1] = np.asarray(Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
     return out
-
-
-def mask_to_grid(mask: np.ndarray, map_shape: tuple[int, int], min_fraction: float = 0.0) -> np.ndarray:
-    """Pool a pixel mask of the low view onto the attention map's grid.
-
-    Args:
-        mask: bool (rows, cols) on the low view.
-        map_shape: (map_rows, map_cols) of the attention map that covers it.
-        min_fraction: a cell is kept when more than this fraction of its
-            pixels are True (0: any tissue at all).
-
-    Returns:
-        bool (map_rows, map_cols). Never all False when ``mask`` has a True
-        pixel: the cell with the most tissue is always kept.
-    """
-    rows, cols = mask.shape
-    mr, mc = map_shape
-    # Cell (i, j) covers low rows [floor(i*rows/mr), ceil((i+1)*rows/mr)).
-    r_edges = np.floor(np.arange(mr + 1) * rows / mr).astype(int)
-    c_edges = np.floor(np.arange(mc + 1) * cols / mc).astype(int)
-    csum = np.zeros((rows + 1, cols + 1), dtype=np.int64)
-    csum[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
-    r0, r1 = r_edges[:-1, None], np.maximum(r_edges[1:, None], r_edges[:-1, None] + 1)
-    c0, c1 = c_edges[None, :-1], np.maximum(c_edges[None, 1:], c_edges[None, :-1] + 1)
-    r1, c1 = np.minimum(r1, rows), np.minimum(c1, cols)
-    counts = csum[r1, c1] - csum[r0, c1] - csum[r1, c0] + csum[r0, c0]
-    area = np.maximum((r1 - r0) * (c1 - c0), 1)
-    grid = counts / area > min_fraction
-    if not grid.any() and mask.any():
-        grid.flat[int(np.argmax(counts))] = True
-    return grid
 
 
 def cell_size(low_shape: tuple[int, int], map_shape: tuple[int, int], downsample: float) -> tuple[float, float]:

@@ -13,6 +13,17 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (so that a bad value is a usage error, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def register(sub) -> None:
     """Add the run commands to the ``ats-wsi`` sub-parser."""
     p = sub.add_parser("demo", help="end-to-end demo on synthetic slides (README command one)")
@@ -33,7 +44,7 @@ def register(sub) -> None:
     g.add_argument("--feature-net", help="feature net name, e.g. feature-small, feature-medium, timm:resnet18")
     g.add_argument("--feature-dim", type=int)
     g.add_argument("--classes", type=int, dest="n_classes")
-    g.add_argument("--n-patches", type=int)
+    g.add_argument("--n-patches", type=_positive_int)
     g.add_argument("--patch-size", type=int, help="patch side in pixels of --patch-level")
     g.add_argument("--patch-level", type=int)
     low = g.add_mutually_exclusive_group()
@@ -43,9 +54,9 @@ def register(sub) -> None:
                    help="sample with replacement (default: without)")
     g.add_argument("--entropy", type=float, help="entropy regulariser weight")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--epochs", type=_positive_int, default=10)
     g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--batch-size", type=_positive_int, default=4)
     g.add_argument("--device", default="cpu")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads")
@@ -57,19 +68,19 @@ def register(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("slides", nargs="+", help="slide files, folders or glob patterns")
     p.add_argument("--out", required=True, help="results folder")
-    p.add_argument("--samples", type=int, default=1, help="average K samplings per slide")
-    p.add_argument("--n-patches", type=int, help="patches per sampling (default: the checkpoint's)")
+    p.add_argument("--samples", type=_positive_int, default=1, help="average K samplings per slide")
+    p.add_argument("--n-patches", type=_positive_int, help="patches per sampling (default: the checkpoint's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="top-n cells instead of sampling")
     p.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads per slide")
-    p.add_argument("--torch-threads", type=int, default=1,
+    p.add_argument("--torch-threads", type=_positive_int, default=1,
                    help="torch threads per slide (default: %(default)s, as on dask workers); results are "
                         "equal bit for bit only between runs with the same value")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.4", help="OME-Zarr version of the maps")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
-    where.add_argument("--workers", type=int, help="start a local dask cluster with N worker processes")
+    where.add_argument("--workers", type=_positive_int, help="start a local dask cluster with N worker processes")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -100,9 +111,16 @@ def _model_config(args):
 
 
 def cmd_train(args) -> int:
+    from .config import build_model
     from .train import TrainSettings, train
 
     config = _model_config(args)
+    if not args.resume:  # (on resume the checkpoint's config is used)
+        try:
+            build_model(config)  # unknown net names or arguments fail here, with their message
+        except (ValueError, TypeError, ImportError) as exc:
+            print(f"ats-wsi train: bad model settings: {exc}", file=sys.stderr)
+            return 2
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, workers=args.io_threads)
 
@@ -135,14 +153,14 @@ def _client(args):
 
 def cmd_predict(args) -> int:
     from ..cli import expand_slide_args
-    from .checkpoint import read_checkpoint
+    from .checkpoint import load_checkpoint
     from .predict import PredictSettings, predict_slides
 
     slides = expand_slide_args(args.slides)
     if not slides:
         print("ats-wsi predict: no slides found", file=sys.stderr)
         return 2
-    read_checkpoint(args.checkpoint)  # a bad checkpoint fails here, before a cluster is started
+    load_checkpoint(args.checkpoint)  # a bad checkpoint fails here, before a cluster is started
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,

@@ -125,6 +125,7 @@ class SlideClassifier(nn.Module):
             patch_size=config.patch_size,
             replace=config.replace,
             entropy=config.entropy,
+            min_tissue=config.min_tissue,
         )
         self.head = nn.Linear(config.feature_dim, config.n_classes)
 

@@ -26,7 +26,6 @@ import json
 import os
 import time
 import uuid
-import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..data.lowview import LowView, mask_to_grid, read_low_view
+from ..data.lowview import LowView, read_low_view
+from ..errors import CheckpointError
 from ..outputs import (
     render_overlay,
     write_attention_zarr,
@@ -92,32 +92,14 @@ def slide_seed(path: str | os.PathLike, seed: int) -> int:
     return (zlib.crc32(Path(path).name.encode()) ^ (int(seed) * 0x9E3779B1)) & 0x7FFFFFFF
 
 
-# Keyed by the net itself (weakly), not by id(): a new net may reuse a freed one's id.
-_MAP_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def low_inputs(view: LowView, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The low view as uint8 [1, 3, h, w] and its tissue mask, bool [1, h, w].
 
-
-def attention_grid_shape(model: SlideClassifier, low_shape: tuple[int, int]) -> tuple[int, int]:
-    """(rows, cols) of the attention map the model makes for a low view of ``low_shape``."""
-    net = model.sampler.attention_net
-    shapes = _MAP_SHAPES.setdefault(net, {})
-    key = tuple(low_shape)
-    if key not in shapes:
-        device = next(net.parameters()).device
-        with torch.no_grad():
-            out = model.sampler.attention_logits(torch.zeros((1, 3, *low_shape), dtype=torch.uint8, device=device))
-        shapes[key] = tuple(out.shape[-2:])
-    return shapes[key]
-
-
-def low_inputs(model: SlideClassifier, view: LowView, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The low view as uint8 [1, 3, h, w] and its tissue mask on the map grid, bool [1, h', w']."""
+    The model pools the pixel mask onto its attention grid
+    (:meth:`ats_wsi.model.AttentionSampler.grid_mask`).
+    """
     x_low = torch.from_numpy(np.array(view.image, copy=True)).permute(2, 0, 1)[None].to(device)
-    grid = attention_grid_shape(model, view.image.shape[:2])
-    mask = mask_to_grid(view.mask, grid, model.config.min_tissue)
-    n = model.sampler.n_patches
-    if not model.sampler.replace and mask.sum() < n:
-        mask = np.ones_like(mask)  # too little tissue to draw n distinct cells: allow all
-    return x_low, torch.from_numpy(mask)[None].to(device)
+    return x_low, torch.from_numpy(view.mask)[None].to(device)
 
 
 @torch.no_grad()
@@ -160,7 +142,7 @@ def predict_slide(
         if n_patches is not None:
             sampler.n_patches = int(n_patches)
         view = read_low_view(slide, **cfg.low_resolution())
-        x_low, mask = low_inputs(model, view, device)
+        x_low, mask = low_inputs(view, device)
         source = SlideSource([slide], cfg.patch_level, low_downsample=view.downsample, workers=workers)
         gen = torch.Generator(device=torch.device(device)).manual_seed(slide_seed(slide.path, seed))
         probs, boxes, box_att = [], [], []
@@ -255,10 +237,12 @@ def run_key(settings: PredictSettings) -> str:
     """A short hash of what makes a slide's outputs (checkpoint and sampling settings).
 
     A finished slide is skipped on a re-run only if its marker has the same key,
-    so a re-run with other settings never mixes old and new results.
+    so a re-run with other settings never mixes old and new results. How the
+    same thing is computed (device, threads) is not part of it: that changes
+    only the last digits of floats.
     """
     parts = [settings.checkpoint_id, settings.samples, settings.n_patches, settings.seed,
-             settings.deterministic, settings.ngff_version, settings.overlay_size, settings.torch_threads]
+             settings.deterministic, settings.ngff_version, settings.overlay_size]
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -370,12 +354,16 @@ def predict_slides(
         ``(rows, errors)`` in input order; also written to predictions.csv
         and errors.csv.
     """
-    from .checkpoint import checkpoint_id, read_checkpoint
+    from .checkpoint import checkpoint_id, load_checkpoint
 
-    n_classes = int(read_checkpoint(settings.checkpoint)["config"]["n_classes"])
     # Absolute paths: dask workers on other machines (or in other folders) get them.
     settings.checkpoint = os.path.abspath(settings.checkpoint)
+    if not os.path.isfile(settings.checkpoint):
+        raise CheckpointError(settings.checkpoint, "no such checkpoint file")
     settings.checkpoint_id = checkpoint_id(settings.checkpoint)
+    # A checkpoint that does not load fails the run here, not slide by slide.
+    model = _model_for(settings) if executor is None else load_checkpoint(settings.checkpoint, "cpu")[0]
+    n_classes = int(model.config.n_classes)
     settings.out_dir = os.path.abspath(settings.out_dir)
     key = run_key(settings)
     out = Path(settings.out_dir)

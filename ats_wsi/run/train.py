@@ -172,7 +172,7 @@ def forward_slide(model, cache: _SlideCache, row: ManifestRow, generator: torch.
     """One slide through the model: ``(logits [1, C], AttentionResult)``."""
     slide, reader, view = cache.get(row.path)
     inner = getattr(model, "module", model)
-    x_low, mask = low_inputs(inner, view, device)
+    x_low, mask = low_inputs(view, device)
     source = SlideSource([slide], inner.config.patch_level, low_downsample=view.downsample,
                          readers=[reader], device=device)
     return model(x_low, source, mask, generator=generator)

@@ -58,7 +58,7 @@ __all__ = [
     "tiled_logits_from_reader",
 ]
 
-DEFAULT_TILE_SIZE = 512
+DEFAULT_TILE_SIZE = 256
 DEFAULT_TILE_THRESHOLD = 1024 * 1024  # low pixels; above this the attention is tiled
 
 ReadRegion = Callable[[int, int, int, int], np.ndarray]

@@ -16,10 +16,20 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return sat.astype(np.uint8)
 
 
+def histogram(values: np.ndarray, block: int = 1 << 20) -> np.ndarray:
+    """Counts of each uint8 value, float64 [256], in blocks (bincount widens
+    its input to int64: one block at a time keeps that copy small)."""
+    flat = values.reshape(-1)
+    hist = np.zeros(256, dtype=np.float64)
+    for start in range(0, flat.size, block):
+        hist += np.bincount(flat[start:start + block], minlength=256)
+    return hist
+
+
 def otsu_threshold(values: np.ndarray) -> int:
     """Otsu's threshold of uint8 values: the t maximising the between-class
     variance of ``values <= t`` and ``values > t``."""
-    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    hist = histogram(values)
     total = hist.sum()
     if total == 0:
         return 0

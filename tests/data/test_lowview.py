@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from ats_wsi.data import lowview
-from ats_wsi.data.lowview import mask_to_grid, read_low_view, tissue_mask
+from ats_wsi.data.lowview import read_low_view, tissue_mask
 from ats_wsi.data.synthetic import write_synthetic_slide
 from ats_wsi.errors import SlideError
 from ats_wsi.slide import open_slide
@@ -59,19 +59,3 @@ def test_tissue_mask_finds_tissue_and_never_comes_back_empty():
     mask = tissue_mask(rgb)
     assert mask[5:10, 5:20].all() and mask.sum() == 5 * 15
     assert tissue_mask(np.full((4, 4, 3), 250, np.uint8)).all()  # nothing stands out: keep all
-
-
-def test_mask_to_grid_pools_each_cell_block():
-    mask = np.zeros((8, 12), bool)
-    mask[0, 0] = True  # cell (0, 0)
-    mask[6:8, 9:12] = True  # fills cell (3, 3) of a 4x4 grid (blocks of 2 x 3)
-    grid = mask_to_grid(mask, (4, 4))
-    expected = np.zeros((4, 4), bool)
-    expected[0, 0] = expected[3, 3] = True
-    np.testing.assert_array_equal(grid, expected)
-    half = mask_to_grid(mask, (4, 4), min_fraction=0.5)
-    assert half[3, 3] and not half[0, 0]
-    # a cell is always kept when there is any tissue
-    only = np.zeros((8, 12), bool)
-    only[1, 1] = True
-    assert mask_to_grid(only, (4, 4), min_fraction=0.9).sum() == 1
