@@ -115,6 +115,11 @@ def cmd_train(args) -> int:
     from .train import TrainSettings, train
 
     config = _model_config(args)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
+    if args.batch_size % world:
+        print(f"ats-wsi train: --batch-size {args.batch_size} must be a multiple of the {world} processes "
+              f"(it is the total batch)", file=sys.stderr)
+        return 2
     if not args.resume:  # (on resume the checkpoint's config is used)
         try:
             build_model(config)  # unknown net names or arguments fail here, with their message

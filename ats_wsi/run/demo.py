@@ -31,8 +31,9 @@ class DemoSettings:
     n_slides: int = 48
     size: tuple[int, int] = (6144, 4608)
     epochs: int = 12
-    batch_size: int = 4
-    lr: float = 2e-3
+    batch_size: int = 1
+    lr: float = 3e-3
+    lesion_size_um: tuple[float, float] = (300.0, 700.0)
     seed: int = 0
     device: str = "cpu"
     quick: bool = False
@@ -99,7 +100,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
     # One dark spot per slide: a lesion in positives, a benign decoy in negatives.
     # Both look alike at low resolution; only level-0 texture tells them apart.
     manifest = make_slide_set(out / "slides", n_slides=settings.n_slides, size=settings.size, seed=settings.seed,
-                              n_spots=(1, 1), n_lesions=(1, 1))
+                              n_spots=(1, 1), n_lesions=(1, 1), lesion_size_um=settings.lesion_size_um)
     timings["slides"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -65,3 +65,11 @@ def test_train_with_a_manifest_missing_a_column_says_which(slide_set, tmp_path):
 def test_train_with_a_missing_manifest_says_so(tmp_path):
     proc = cli("train", tmp_path / "nope.csv", "--out", tmp_path / "run", *TRAIN_ARGS)
     _assert_clean_failure(proc, "ManifestError", "no such manifest file")
+
+
+def test_under_torchrun_a_batch_that_does_not_split_over_the_processes_is_a_usage_error(slide_set, tmp_path):
+    # WORLD_SIZE is what torchrun sets; the check comes before any process group is made.
+    proc = cli("train", slide_set.manifest, "--out", tmp_path / "run", *TRAIN_ARGS, "--batch-size", "3",
+               env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--batch-size 3 must be a multiple of the 2 processes" in proc.stderr

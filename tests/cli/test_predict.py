@@ -3,11 +3,12 @@ overlay PNGs, and bad slides recorded in errors.csv while the others finish."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import zarr
-from cli_helpers import N_GOOD, explain, read_csv
+from cli_helpers import N_GOOD, PREDICT_ARGS, cli, explain, read_csv
 from PIL import Image
 
 from ats_wsi.outputs import read_attention_zarr
@@ -120,10 +121,6 @@ def test_overlays_are_valid_pngs_the_shape_of_the_slide(reference, predict_input
 
 
 def test_rerun_skips_finished_slides_and_retries_failed_ones(reference, predict_input, checkpoint, tmp_path):
-    import shutil
-
-    from cli_helpers import PREDICT_ARGS, cli
-
     out = tmp_path / "again"
     shutil.copytree(reference.out, out)
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
