@@ -406,3 +406,31 @@ def test_forward_never_draws_outside_a_pixel_mask():
         assert bool(((rows >= 1) & (rows <= 2) & (cols >= 2) & (cols <= 4)).all())
         assert torch.allclose(res.attention.sum(dim=(1, 2)), torch.ones(3))
         assert float(res.attention[:, 0].abs().sum()) == 0.0
+
+
+# -- tile-aligned sampling ------------------------------------------------------
+
+def test_snap_to_grid_takes_the_grid_box_holding_the_centre():
+    from ats_wsi.model import snap_to_grid
+
+    xy = torch.tensor([[0, 0], [127, 128], [-64, 300], [-65, 383]])
+    snapped = snap_to_grid(xy, (256, 256))  # centres: 128, (255, 256), (64, 428), (63, 511)
+    assert snapped.tolist() == [[0, 0], [0, 256], [0, 256], [0, 256]]
+    assert snap_to_grid(torch.tensor([[10, 10]]), (32, 16)).tolist() == [[16, 0]]  # (w, h) = (16, 32)
+
+
+def test_tile_aligned_boxes_are_whole_grid_boxes_of_the_source():
+    torch.manual_seed(0)
+    from torch import nn
+
+    from ats_wsi import AttentionSampler
+
+    attention = nn.Conv2d(1, 1, 1)
+    feature = nn.Sequential(nn.Flatten(), nn.LazyLinear(2))
+    sampler = AttentionSampler(attention, feature, n_patches=5, patch_size=16, tile_aligned=True)
+    x_high = torch.rand(2, 1, 96, 128)
+    res = sampler(torch.rand(2, 1, 12, 16), x_high)  # one cell = 8 high px, patches of 16
+    assert bool((res.xy % 16 == 0).all())
+    for b in range(2):
+        for (x, y), patch in zip(res.xy[b].tolist(), res.patches[b]):
+            assert torch.equal(patch, x_high[b, :, y:y + 16, x:x + 16])

@@ -36,8 +36,9 @@ class ModelConfig:
         replace: sampling with replacement.
         entropy: weight of the entropy regulariser.
         min_tissue: fraction of tissue a cell needs to be drawn (0: any).
-        tile_aligned: snap patches to the high level's tile grid (see
-            :class:`ats_wsi.model.AttentionSampler`).
+        tile_aligned: snap patches to the grid of multiples of
+            ``patch_size``; with ``patch_size`` = the level's tile size each
+            patch is one stored tile (see :class:`ats_wsi.model.AttentionSampler`).
         mean, std: per-channel normalisation of pixels scaled to [0, 1].
         class_names: optional names of the labels.
     """
@@ -104,9 +105,11 @@ class SlideClassifier(nn.Module):
     """Attention sampling over a slide, then a linear head on the features.
 
     ``forward(x_low, source, mask)`` takes the low view as uint8 (or float in
-    [0, 1]) ``[B, 3, h, w]``; both nets normalise their own input, so a large
-    uint8 view is only ever converted to float tile by tile and a patch source (a :class:`ats_wsi.patches.SlideSource`
-    or a tensor), and returns ``(logits [B, n_classes], AttentionResult)``.
+    [0, 1]) ``[B, 3, h, w]``, a patch source (a
+    :class:`ats_wsi.patches.SlideSource` or a tensor) and an optional tissue
+    mask, and returns ``(logits [B, n_classes], AttentionResult)``. Both nets
+    normalise their own input, so a large uint8 view is only ever converted
+    to float tile by tile.
     """
 
     def __init__(self, config: ModelConfig):
@@ -126,6 +129,7 @@ class SlideClassifier(nn.Module):
             replace=config.replace,
             entropy=config.entropy,
             min_tissue=config.min_tissue,
+            tile_aligned=config.tile_aligned,
         )
         self.head = nn.Linear(config.feature_dim, config.n_classes)
 

@@ -29,11 +29,11 @@ class DemoSettings:
 
     out: str = "ats-wsi-demo"
     n_slides: int = 48
-    size: tuple[int, int] = (6144, 4608)
+    size: tuple[int, int] = (4096, 3072)
     epochs: int = 12
     batch_size: int = 1
     lr: float = 3e-3
-    lesion_size_um: tuple[float, float] = (300.0, 700.0)
+    lesion_size_um: tuple[float, float] = (400.0, 800.0)
     seed: int = 0
     device: str = "cpu"
     quick: bool = False
@@ -49,7 +49,7 @@ def demo_model_config() -> ModelConfig:
     return ModelConfig(
         n_classes=2,
         attention_net="attention-small",
-        attention_kwargs={"hidden": 8, "layers": 3, "pool": 2},
+        attention_kwargs={"hidden": 8, "layers": 3, "pool": 4},
         feature_net="feature-small",
         feature_kwargs={"widths": [16, 32, 64], "stem_stride": 2},
         feature_dim=32,
@@ -100,7 +100,8 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
     # One dark spot per slide: a lesion in positives, a benign decoy in negatives.
     # Both look alike at low resolution; only level-0 texture tells them apart.
     manifest = make_slide_set(out / "slides", n_slides=settings.n_slides, size=settings.size, seed=settings.seed,
-                              n_spots=(1, 1), n_lesions=(1, 1), lesion_size_um=settings.lesion_size_um)
+                              n_spots=(1, 1), n_lesions=(1, 1), lesion_size_um=settings.lesion_size_um,
+                              n_levels=3)
     timings["slides"] = time.perf_counter() - t
 
     t = time.perf_counter()
