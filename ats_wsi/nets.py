@@ -20,6 +20,7 @@ builds it again.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
@@ -165,12 +166,18 @@ class FeatureNet(nn.Module):
         convs: convolutions per block.
         stem_stride: stride of the very first convolution (2 quarters the
             cost of large patches; 1 keeps full resolution).
+        norm: "batch" (BatchNorm), "group" (GroupNorm, 8 groups or fewer) or
+            "none". BatchNorm normalises over the patches of a batch, that
+            is over the few patches sampled from one slide: their statistics
+            then differ between training and inference. "group" normalises
+            each patch on its own and is the safer choice for bags of patches.
 
     Forward: ``[N, C, ph, pw] -> [N, D]``.
     """
 
     def __init__(self, in_channels: int = 3, out_features: int = 64,
-                 widths: Sequence[int] = (16, 32), convs: int = 1, stem_stride: int = 1):
+                 widths: Sequence[int] = (16, 32), convs: int = 1, stem_stride: int = 1,
+                 norm: str = "batch"):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -179,8 +186,8 @@ class FeatureNet(nn.Module):
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             for j in range(convs):
                 stride = stem_stride if (i == 0 and j == 0) else 1
-                layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
-                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=norm == "none"),
+                           *_norm_layer(norm, width), nn.ReLU(inplace=True)]
                 channels = width
         self.blocks = nn.Sequential(*layers)
         self.head = nn.Linear(channels, out_features)
@@ -189,19 +196,31 @@ class FeatureNet(nn.Module):
         return self.head(self.blocks(x).mean(dim=(2, 3)))
 
 
+def _norm_layer(norm: str, width: int) -> list[nn.Module]:
+    if norm == "batch":
+        return [nn.BatchNorm2d(width)]
+    if norm == "group":
+        return [nn.GroupNorm(math.gcd(8, width), width)]
+    if norm == "none":
+        return []
+    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
+
+
 @register_attention_net("attention-small")
 def _attention_small(in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1):
     return AttentionNet(in_channels, hidden=hidden, layers=layers, pool=pool)
 
 
 @register_feature_net("feature-small")
-def _feature_small(in_channels: int = 3, out_features: int = 64, widths=(16, 32), stem_stride: int = 1):
-    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=1, stem_stride=stem_stride)
+def _feature_small(in_channels: int = 3, out_features: int = 64, widths=(16, 32), stem_stride: int = 1,
+                   norm: str = "batch"):
+    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=1, stem_stride=stem_stride, norm=norm)
 
 
 @register_feature_net("feature-medium")
-def _feature_medium(in_channels: int = 3, out_features: int = 128, widths=(32, 64, 128), stem_stride: int = 1):
-    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=2, stem_stride=stem_stride)
+def _feature_medium(in_channels: int = 3, out_features: int = 128, widths=(32, 64, 128), stem_stride: int = 1,
+                    norm: str = "batch"):
+    return FeatureNet(in_channels, out_features, widths=tuple(widths), convs=2, stem_stride=stem_stride, norm=norm)
 
 
 # --------------------------------------------------------------------------

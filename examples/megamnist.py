@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import sys
@@ -150,7 +149,8 @@ class FullResolutionCNN(nn.Module):
     global average pooling shrinks their evidence a hundredfold; the batch
     norm on the pooled features brings it back to unit scale (without it the
     head did not learn at all in 300 steps on 200 x 200 images; with it, 5 %
-    training error).
+    training error). Its statistics are recomputed under the final weights
+    before testing (:func:`recompute_batch_norm`).
     """
 
     def __init__(self):
@@ -221,6 +221,7 @@ def train(method: str, cfg: dict, epochs: int, n_train: int) -> tuple[nn.Module,
         history["train_error"].append(wrong / max(total, 1))
         if cfg["eval_every_epoch"] or epoch == epochs - 1:
             t = time.perf_counter()
+            recompute_batch_norm(model, train_ds, cfg)
             history["test_error_per_epoch"].append(evaluate(model, test_ds, cfg))
             eval_seconds += time.perf_counter() - t
         tqdm.write(
@@ -233,6 +234,33 @@ def train(method: str, cfg: dict, epochs: int, n_train: int) -> tuple[nn.Module,
     history["test_error"] = history["test_error_per_epoch"][-1] if epochs else None
     history["epochs"], history["n_train"] = epochs, n_train
     return model, history
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, train_ds: MegaMNIST, cfg: dict, batches: int = 16) -> None:
+    """Set batch-norm statistics from ``batches`` training batches under the final weights.
+
+    The baseline's pooled features are a large background constant plus a
+    ~1 % digit signal; the constant drifts as the weights learn, and running
+    averages taken during training then miss the signal entirely (in a test:
+    57 % test error with them, 2 % after recomputing). A no-op for models
+    without batch norm.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    device = torch.device(cfg["device"])
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    for k, (x, _) in enumerate(loader(train_ds, cfg, True, cfg["seed"] + 10_000)):
+        if k == batches:
+            break
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 @torch.no_grad()
@@ -254,27 +282,36 @@ def evaluate(model: nn.Module, test_ds: MegaMNIST, cfg: dict) -> float:
 def measure_cost(method: str, cfg: dict) -> dict:
     """Seconds and peak memory per training sample (forward + backward) of one method.
 
-    Runs in a fresh, spawned process so that one method's allocations cannot
-    hide or inflate the other's. The batch (``measure_batch`` full-resolution
-    images) is rendered and resident before measuring, for both methods.
+    Each number comes from a fresh, spawned process, so that one method's
+    allocations cannot hide or inflate the other's. The batch
+    (``measure_batch`` full-resolution images) is rendered and resident
+    before measuring, for both methods; one warm-up step runs first, so that
+    kernels loaded on first use and first-call caches are not counted.
 
-    - time: mean wall time of ``forward + loss + backward`` over ``measure_steps``
-      steps after one warm-up step, divided by the batch size;
+    - time: mean wall time of ``forward + loss + backward`` over
+      ``measure_steps`` steps, divided by the batch size;
     - memory on CPU: peak resident set size (Linux ``VmHWM``, reset through
-      ``/proc/self/clear_refs`` just before a second forward + backward) minus the
-      resident size just before it, divided by the batch size; glibc is told
-      to hand large freed blocks back to the system so that RSS follows live
-      memory; on CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
-      allocated before the step. One warm-up step runs first, so that kernels
-      loaded on first use and first-call caches are not counted.
+      ``/proc/self/clear_refs`` just before one forward + backward) minus the
+      resident size just before it, divided by the batch size. In that
+      process glibc hands every freed block over 128 KiB back to the system
+      (``MALLOC_MMAP_THRESHOLD_``), so that the resident size follows live
+      memory; this slows allocation down, hence the separate process for
+      time. On CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
+      allocated before the step.
     """
+    memory = _in_fresh_process(method, cfg, "memory",
+                               {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"})
+    timing = _in_fresh_process(method, cfg, "time", {})
+    return {**memory, **timing, "measure_batch": cfg["measure_batch"]}
+
+
+def _in_fresh_process(method: str, cfg: dict, what: str, env: dict) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    os.environ.update(env)  # a spawned child reads its environment at start-up
     try:
-        proc = ctx.Process(target=_measure_in_child, args=(method, cfg, queue))
+        proc = ctx.Process(target=_measure_in_child, args=(method, cfg, what, queue))
         proc.start()
     finally:
         for k, v in saved.items():
@@ -285,18 +322,19 @@ def measure_cost(method: str, cfg: dict) -> dict:
     result = queue.get(timeout=3600)
     proc.join()
     if "error" in result:
-        raise RuntimeError(f"measuring {method} failed: {result['error']}")
+        raise RuntimeError(f"measuring the {what} of {method} failed: {result['error']}")
     return result
 
 
-def _measure_in_child(method: str, cfg: dict, queue) -> None:
+def _measure_in_child(method: str, cfg: dict, what: str, queue) -> None:
     try:
-        queue.put(_measure(method, cfg))
+        queue.put(_measure(method, cfg, what))
     except BaseException as err:  # report to the parent instead of hanging it
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
-def _measure(method: str, cfg: dict) -> dict:
+def _measure(method: str, cfg: dict, what: str) -> dict:
+    """In a fresh process: ``{"seconds_per_sample"}`` or ``{"peak_memory_per_sample_mb", "memory_method"}``."""
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     device = torch.device(cfg["device"])
@@ -304,19 +342,27 @@ def _measure(method: str, cfg: dict) -> dict:
     train_ds, _ = make_datasets(cfg, cfg["measure_batch"])
     x = torch.stack([train_ds[i][0] for i in range(len(train_ds))]).to(device)
     y = torch.tensor([train_ds.layout(i).label for i in range(len(train_ds))], device=device)
+    batch = len(x)
 
     def step():
         logits, reg, _ = model(x)
         (F.cross_entropy(logits, y) + reg).backward()
         model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    step()  # warm-up: lazily loaded kernels and first-call caches are not per-sample memory
+    step()  # warm-up
+    if what == "time":
+        times = []
+        for _ in range(cfg["measure_steps"]):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        return {"seconds_per_sample": float(np.mean(times)) / batch}
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         step()
-        torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
         memory_method = "torch.cuda.max_memory_allocated delta"
     else:
@@ -324,22 +370,7 @@ def _measure(method: str, cfg: dict) -> dict:
         step()
         peak = _peak_rss() - before
         memory_method = "peak RSS delta (VmHWM after clear_refs)" if exact else "peak RSS delta (ru_maxrss)"
-    times = []
-    for _ in range(cfg["measure_steps"]):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    batch = len(x)
-    return {
-        "seconds_per_sample": float(np.mean(times)) / batch,
-        "peak_memory_per_sample_mb": max(peak, 0) / batch / 2**20,
-        "measure_batch": batch,
-        "memory_method": memory_method,
-    }
+    return {"peak_memory_per_sample_mb": max(peak, 0) / batch / 2**20, "memory_method": memory_method}
 
 
 def _status_kb(field: str) -> int:

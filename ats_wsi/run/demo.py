@@ -51,7 +51,7 @@ def demo_model_config() -> ModelConfig:
         attention_net="attention-small",
         attention_kwargs={"hidden": 8, "layers": 3, "pool": 4},
         feature_net="feature-small",
-        feature_kwargs={"widths": [16, 32, 64], "stem_stride": 2},
+        feature_kwargs={"widths": [16, 32, 64], "stem_stride": 2, "norm": "group"},
         feature_dim=32,
         n_patches=12,
         patch_size=128,
