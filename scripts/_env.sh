@@ -16,7 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[ats-wsi] installing dependencies into $VENV (about a minute)" >&2
   "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
-  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,napari,distributed]" -e "$ROOT/plugins"
+  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,napari,distributed,megamnist]" -e "$ROOT/plugins"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

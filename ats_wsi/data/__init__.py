@@ -7,7 +7,14 @@ import importlib as _importlib
 
 from .synthetic import SyntheticSlide, load_lesions, load_synthetic_slide, make_slide_set, write_synthetic_slide
 
-_LAZY = {"SlideDataset": ".datasets", "SlideRef": ".datasets", "collate_slides": ".datasets"}
+_LAZY = {
+    "SlideDataset": ".datasets",
+    "SlideRef": ".datasets",
+    "collate_slides": ".datasets",
+    "MegaMNIST": ".megamnist",
+    "read_manifest": ".manifest",
+    "read_low_view": ".lowview",
+}
 
 
 def __getattr__(name: str):

@@ -50,6 +50,13 @@ class TrainSettings:
     workers: int = 2
     train_split: str = "train"
     val_split: str = "val"
+    attention_lr: float | None = None
+    """Learning rate of the attention net (None: ``lr``); its own optimiser param group."""
+    schedule: str = "constant"
+    """``"constant"`` or ``"cosine"`` (per epoch, from ``lr`` down to ``min_lr_ratio * lr``)."""
+    warmup_epochs: int = 0
+    """Epochs of linear warm-up (from ``lr / (warmup_epochs + 1)``) before the schedule."""
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -261,7 +268,7 @@ def train(
                                 f"n_classes={config.n_classes} (labels 0..{config.n_classes - 1}); set --classes")
     torch.manual_seed(settings.seed)
     model: SlideClassifier = build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
     if payload is not None:
         model.load_state_dict(payload["state_dict"])
         if "optimizer" in payload:
@@ -281,6 +288,7 @@ def train(
     try:
         for epoch in range(start_epoch, settings.epochs):
             t0 = time.perf_counter()
+            _set_lr(optimizer, settings, epoch)
             order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_rows))
             net.train()
             losses, correct, seen = [], 0, 0
@@ -327,6 +335,42 @@ def train(
         if distributed and dist.is_initialized():
             dist.barrier()
     return history
+
+
+def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
+    """One param group, or two (attention net first) when ``attention_lr`` is set.
+
+    Each group carries its ``base_lr``, which :func:`_set_lr` scales per epoch.
+    """
+    if settings.attention_lr is None:
+        return [{"params": list(model.parameters()), "base_lr": settings.lr}]
+    attention = list(model.sampler.attention_net.parameters())
+    ids = {id(p) for p in attention}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "base_lr": settings.lr},
+            {"params": attention, "lr": settings.attention_lr, "base_lr": settings.attention_lr}]
+
+
+def lr_factor(settings: TrainSettings, epoch: int) -> float:
+    """The multiplier of the base learning rates in ``epoch`` (0-based)."""
+    warm = max(int(settings.warmup_epochs), 0)
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if settings.schedule == "constant":
+        return 1.0
+    if settings.schedule == "cosine":
+        span = max(settings.epochs - warm, 1)
+        t = min(max(epoch - warm, 0) / span, 1.0)
+        low = float(settings.min_lr_ratio)
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
+
+
+def _set_lr(optimizer, settings: TrainSettings, epoch: int) -> None:
+    # A function of the epoch alone, so a resumed run continues the same schedule.
+    factor = lr_factor(settings, epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("base_lr", settings.lr) * factor
 
 
 def _all_mean(losses, correct, seen, distributed) -> tuple[float, float]:
