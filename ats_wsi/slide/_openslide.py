@@ -68,12 +68,6 @@ class OpenSlideSlide(Slide):
                     self._pid = os.getpid()
         return self._osr
 
-    def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
-        lv = self._levels[level]
-        x, y = col * lv.tile_width, row * lv.tile_height
-        return self._read_stored_box(level, x, y, min(lv.tile_width, lv.width - x),
-                                     min(lv.tile_height, lv.height - y))
-
     def _read_stored_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         import openslide
 

@@ -166,12 +166,6 @@ class ZarrSlide(Slide):
                     self._open_state(self.path)
         return self._arrays[level]
 
-    def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
-        lv = self._levels[level]
-        x, y = col * lv.tile_width, row * lv.tile_height
-        return self._read_stored_box(level, x, y, min(lv.tile_width, lv.width - x),
-                                     min(lv.tile_height, lv.height - y))
-
     def _read_stored_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         arr = self._level_array(level)
         axes = self._axes

@@ -540,8 +540,15 @@ class Slide:
     """True when the backend reads an in-bounds box faster than tile by tile."""
 
     def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
-        """uint8 (rows, cols, 3) of one stored tile, clipped to the level."""
-        raise NotImplementedError
+        """uint8 (rows, cols, 3) of one stored tile, clipped to the level.
+
+        By default the tile's box read through :meth:`_read_stored_box`
+        (backends that read boxes); the tifffile backend decodes the tile.
+        """
+        lv = self._levels[level]
+        x, y = col * lv.tile_width, row * lv.tile_height
+        return self._read_stored_box(level, x, y, min(lv.tile_width, lv.width - x),
+                                     min(lv.tile_height, lv.height - y))
 
     def _read_stored_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 (h, w, 3) of a box inside a stored level (only if ``_reads_boxes``)."""
