@@ -56,6 +56,10 @@ def register(sub) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, default=10)
     g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--attention-lr", type=float, default=None,
+                   help="separate learning rate for the attention net (default: --lr)")
+    g.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule over the epochs")
     g.add_argument("--batch-size", type=_positive_int, default=4)
     g.add_argument("--device", default="cpu")
     g.add_argument("--seed", type=int, default=0)
@@ -127,7 +131,8 @@ def cmd_train(args) -> int:
             print(f"ats-wsi train: bad model settings: {exc}", file=sys.stderr)
             return 2
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
-                             seed=args.seed, workers=args.io_threads)
+                             seed=args.seed, workers=args.io_threads, attention_lr=args.attention_lr,
+                             schedule=args.schedule)
 
     def report(m):
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}  acc {m.train_acc:.3f}  "
