@@ -48,7 +48,7 @@ class DemoSettings:
 
     def __post_init__(self):
         if self.quick:
-            self.n_slides, self.size, self.epochs = min(self.n_slides, 8), (3072, 2048), min(self.epochs, 1)
+            self.n_slides, self.size, self.epochs = min(self.n_slides, 16), (3072, 2048), min(self.epochs, 2)
 
 
 def demo_model_config() -> ModelConfig:
