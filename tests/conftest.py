@@ -402,3 +402,24 @@ def slide_path(tiff_pyramid_deflate) -> str:
     return tiff_pyramid_deflate.path
 
 
+
+
+# --------------------------------------------------------------------------- the demo, once
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """README command one's job (``ats-wsi demo``) run once through its real
+    entry point; its trained checkpoint also serves the napari widget tests.
+
+    Returns ``(out_dir, stdout)``.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    exe = Path(sys.executable).with_name("ats-wsi")
+    done = subprocess.run([str(exe), "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout

@@ -1,13 +1,12 @@
 """The widget on a real, trained checkpoint, through napari.
 
-The checkpoint is trained here (one epoch of ``ats_wsi.run.train.train`` on
-four small synthetic slides) and run by the real ``load_checkpoint`` /
-``predict_slide``. Where the heatmap and the boxes land is checked against
-the prediction the widget received, exactly, through the layers' scale and
-translate. One epoch teaches the model little, so where its attention peaks
-is not asserted: that a trained model's attention peaks on lesions is the
-demo's claim (issue 5), and that the widget draws such a peak on the lesion
-is proven with a stand-in model in test_widget.py.
+The checkpoint is the one ``ats-wsi demo`` trains (the session fixture
+``demo_run``: 48 synthetic slides, a model that learns to find the one dark
+spot per slide), run by the real ``load_checkpoint`` / ``predict_slide`` on a
+held-out positive slide. Where the heatmap and the boxes land is checked
+against the prediction the widget received, exactly, through the layers'
+scale and translate, and the heatmap's maximum must lie on the slide's
+ground-truth lesion.
 """
 from __future__ import annotations
 
@@ -27,27 +26,14 @@ N_PATCHES = 6
 
 
 @pytest.fixture(scope="module")
-def slide_and_checkpoint(tmp_path_factory):
-    """A tiny labelled synthetic set, a checkpoint trained on it for one epoch, a positive slide."""
-    import csv
-    from pathlib import Path
+def slide_and_checkpoint(demo_run):
+    """The demo's best checkpoint and one of its held-out positive slides."""
+    from ats_wsi.data.manifest import read_manifest
 
-    from ats_wsi.data.synthetic import make_slide_set
-    from ats_wsi.run.config import ModelConfig
-    from ats_wsi.run.train import TrainSettings, train
-
-    folder = tmp_path_factory.mktemp("real-checkpoint")
-    manifest = make_slide_set(
-        folder / "slides", n_slides=4, size=(3072, 2048), seed=5, val_fraction=0.25, test_fraction=0.25,
-        n_lesions=(1, 1), n_spots=(1, 2), lesion_size_um=(120.0, 200.0),
-    )
-    config = ModelConfig(n_classes=2, class_names=["normal", "tumour"], n_patches=N_PATCHES, patch_size=64)
-    train(manifest, folder / "run", config, TrainSettings(epochs=1, batch_size=2, workers=1), progress=False)
-    checkpoint = folder / "run" / "last.pt"
-    assert checkpoint.is_file(), sorted(p.name for p in (folder / "run").iterdir())
-    with open(manifest, newline="") as fh:
-        positive = next(Path(row["path"]) for row in csv.DictReader(fh) if row["label"] == "1")
-    return positive, checkpoint
+    out, _ = demo_run
+    test = read_manifest(out / "slides" / "manifest.csv", "test")
+    positive = next(row.path for row in test if row.label == 1)
+    return positive, out / "run" / "best.pt"
 
 
 def _run(qtbot, viewer, slide, checkpoint):
@@ -87,6 +73,13 @@ def test_widget_draws_the_prediction_of_a_real_checkpoint_in_place(make_napari_v
         np.testing.assert_allclose((x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0), (bx, by, bw, bh))
         np.testing.assert_allclose(boxes.data_to_world((y0 + 0.5, x0 + 0.5)), (by * mpp, bx * mpp))
     assert "Predicted:" in widget._result.value
+
+    # the trained model's attention peaks on the lesion (ground truth in level-0 pixels)
+    from ats_wsi.data.synthetic import load_lesions
+
+    cx, cy = centre_xy
+    assert any(x <= cx <= x + w and y <= cy <= y + h for x, y, w, h in load_lesions(slide))
+    assert pred.predicted == 1
 
 
 def test_a_file_that_is_not_a_checkpoint_is_an_error_notification(
