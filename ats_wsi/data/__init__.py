@@ -7,6 +7,11 @@ import importlib as _importlib
 
 from .synthetic import SyntheticSlide, load_lesions, load_synthetic_slide, make_slide_set, write_synthetic_slide
 
+__all__ = [
+    "SyntheticSlide", "load_lesions", "load_synthetic_slide", "make_slide_set", "write_synthetic_slide",
+    "SlideDataset", "SlideRef", "collate_slides", "MegaMNIST", "read_manifest", "read_low_view",
+]
+
 _LAZY = {
     "SlideDataset": ".datasets",
     "SlideRef": ".datasets",

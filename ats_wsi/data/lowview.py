@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import SlideError
 
-__all__ = ["LowView", "read_low_view", "tissue_mask", "cell_size"]
+__all__ = ["LowView", "read_low_view", "tissue_mask"]
 
 RESAMPLE_TOLERANCE = 0.01
 """Relative difference between the nearest level's downsample and the wanted
@@ -125,9 +125,3 @@ def _resample_level(slide, level: int, out_wh: tuple[int, int]) -> np.ndarray:
             block = slide.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level, (sx1 - sx0, sy1 - sy0))
             out[y0:y1, x0:x1] = np.asarray(Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
     return out
-
-
-def cell_size(low_shape: tuple[int, int], map_shape: tuple[int, int], downsample: float) -> tuple[float, float]:
-    """(w, h) of one attention cell in level-0 pixels (for maps of "same" nets)."""
-    return (low_shape[1] / map_shape[1] * downsample, low_shape[0] / map_shape[0] * downsample)
-

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.lowview import LowView, read_low_view
+from ..data.lowview import read_low_view
 from ..data.manifest import ManifestRow, read_manifest
 from ..errors import CheckpointError, ManifestError
 from ..outputs import write_csv_atomic, write_json_atomic

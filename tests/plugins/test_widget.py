@@ -12,7 +12,6 @@ checkpoint.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -21,28 +20,13 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 import ats_wsi.run
 from _napari_plugin import PLUGIN, assert_inferno_fading_in, has_display
 from ats_wsi.errors import CheckpointError
+from ats_wsi.run.predict import SlidePrediction
 from ats_wsi.slide import open_slide
 from napari_ats_wsi._widget import AttentionSamplingWidget
 
 WIDGET = "Attention sampling"
 CHECKPOINT_MAGIC = b"stand-in checkpoint"
 PATCH = 128
-
-
-@dataclass
-class StandInPrediction:
-    """Fields of ``ats_wsi.run.SlidePrediction`` the widget uses."""
-
-    probabilities: np.ndarray
-    predicted: int
-    attention: np.ndarray
-    cell_size_xy: tuple[float, float]
-    origin_xy: tuple[float, float]
-    boxes_xywh: np.ndarray
-    box_attention: np.ndarray
-    seconds: float
-    patches_read: int
-    mpp: float | None
 
 
 def stand_in_load_checkpoint(path, device="cpu"):
@@ -67,10 +51,13 @@ def stand_in_predict_slide(model, slide, *, n_patches=None, samples=1, device="c
     x0 = np.round(c * cell + cell / 2 - PATCH / 2).astype(np.int64)
     y0 = np.round(r * cell + cell / 2 - PATCH / 2).astype(np.int64)
     boxes = np.stack([x0, y0, np.full_like(x0, PATCH), np.full_like(x0, PATCH)], axis=1)
-    return StandInPrediction(
-        probabilities=np.array([0.2, 0.8]), predicted=1, attention=attention.astype(np.float32),
-        cell_size_xy=(cell, cell), origin_xy=(0.0, 0.0), boxes_xywh=boxes,
-        box_attention=attention.ravel()[top], seconds=0.01, patches_read=len(top), mpp=slide.mpp,
+    w0, h0 = slide.dimensions
+    return SlidePrediction(
+        slide=str(slide.path), probabilities=np.array([0.2, 0.8]), predicted=1,
+        attention=attention.astype(np.float32), cell_size_xy=(cell, cell), origin_xy=(0.0, 0.0),
+        boxes_xywh=boxes, box_attention=attention.ravel()[top], seconds=0.01, patches_read=len(top),
+        pixels_read=len(top) * PATCH * PATCH, slide_pixels=w0 * h0, mpp=slide.mpp,
+        low_downsample=float(downsample),
     )
 
 

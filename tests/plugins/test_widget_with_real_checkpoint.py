@@ -14,13 +14,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-import ats_wsi.run
 from _napari_plugin import PLUGIN
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(ats_wsi.run, "predict_slide"),
-    reason="ats_wsi.run.predict_slide not written yet (issue 5); this test runs once it is",
-)
 
 N_PATCHES = 6
 
