@@ -242,6 +242,22 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
     return model, history
 
 
+def _save_state(model: nn.Module, path: Path) -> None:
+    """Write a state dict atomically (temp file in the same folder, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def _train_and_save(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | None, out: Path) -> dict:
+    """``--parallel`` worker: train one method in this (spawned) process, save it, return its history."""
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    model, history = train(method, cfg, epochs, n_train, init_from=init_from)
+    _save_state(model, out / f"{method}.pt")
+    return history
+
+
 @torch.no_grad()
 def recompute_batch_norm(model: nn.Module, train_ds: MegaMNIST, cfg: dict, batches: int = 16) -> None:
     """Set batch-norm statistics from ``batches`` training batches under the final weights.
@@ -578,6 +594,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--measure-batch", type=int, default=4, help="batch size of the cost measurement")
     p.add_argument("--measure-steps", type=int, default=5, help="timed steps of the cost measurement (median)")
+    p.add_argument("--parallel", action="store_true",
+                   help="train the two methods at the same time, one process each (use with --threads 1 on 2 cores)")
     p.add_argument("--eval-every-epoch", action="store_true", help="test error after every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true",
@@ -622,13 +640,28 @@ def main(argv=None) -> int:
     baseline_n_train = args.n_train if args.baseline_n_train is None else args.baseline_n_train
     args.out.mkdir(parents=True, exist_ok=True)
 
+    jobs = {
+        "attention_sampling": (args.epochs, args.n_train, args.init_from),
+        "baseline_cnn": (baseline_epochs, baseline_n_train, None),
+    }
     methods = {}
     models = {}
-    models["attention_sampling"], methods["attention_sampling"] = train(
-        "attention_sampling", cfg, args.epochs, args.n_train, init_from=args.init_from)
-    models["baseline_cnn"], methods["baseline_cnn"] = train("baseline_cnn", cfg, baseline_epochs, baseline_n_train)
-    for method, model in models.items():
-        torch.save(model.state_dict(), args.out / f"{method}.pt")
+    if args.parallel:
+        # One spawned process per method, each with cfg["threads"] torch threads:
+        # on a 2-core machine with --threads 1 both trainings share the wall time.
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(len(jobs)) as pool:
+            pending = {m: pool.apply_async(_train_and_save, (m, cfg, *job, args.out)) for m, job in jobs.items()}
+            for method, result in pending.items():
+                methods[method] = result.get()
+        for method in METHODS:
+            models[method] = build_model(method, cfg)
+            models[method].load_state_dict(torch.load(args.out / f"{method}.pt", map_location="cpu", weights_only=True))
+            models[method].to(torch.device(cfg["device"]))
+    else:
+        for method, job in jobs.items():
+            models[method], methods[method] = train(method, cfg, *job)
+            _save_state(models[method], args.out / f"{method}.pt")
     methods["attention_sampling"]["init_from"] = None if args.init_from is None else str(args.init_from)
     for method in METHODS:
         methods[method].update(measure_cost(method, cfg))

@@ -212,3 +212,25 @@ def test_quick_example_run_learns(tmp_path):
         assert cost["seconds_per_sample"] > 0 and cost["peak_memory_per_sample_mb"] >= 0
     assert (out / "megamnist.png").stat().st_size > 1000
     assert "attention sampling" in proc.stdout and "paper" in proc.stdout
+
+
+@pytest.mark.slow
+def test_parallel_training_gives_the_same_models_as_sequential(tmp_path):
+    """`--parallel` trains each method in its own process; same seed, same threads -> same numbers."""
+    tiny = ["--quick", "--epochs", "2", "--baseline-epochs", "1", "--n-train", "64", "--baseline-n-train", "32",
+            "--n-test", "16", "--measure-steps", "1", "--no-progress"]
+    histories = {}
+    for mode in ("sequential", "parallel"):
+        out = tmp_path / mode
+        extra = ["--parallel"] if mode == "parallel" else []
+        proc = subprocess.run([sys.executable, str(ROOT / "examples" / "megamnist.py"), *tiny, *extra, "--out", str(out)],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        histories[mode] = {m: (v["train_loss"], v["test_error"]) for m, v in summary["methods"].items()}
+        for method in ("attention_sampling", "baseline_cnn"):
+            assert (out / f"{method}.pt").stat().st_size > 1000
+            assert not (out / f"{method}.pt.tmp").exists()
+    assert histories["parallel"] == histories["sequential"]
+    assert len(histories["parallel"]["attention_sampling"][0]) == 2
+    assert len(histories["parallel"]["baseline_cnn"][0]) == 1
