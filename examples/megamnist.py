@@ -203,10 +203,14 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
         model.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    decay_at = sorted(cfg.get("lr_decay_at") or ())
     train_ds, test_ds = make_datasets(cfg, n_train)
-    history = {"train_loss": [], "train_error": [], "test_error_per_epoch": [], "train_seconds": 0.0}
+    history = {"train_loss": [], "train_error": [], "test_error_per_epoch": [], "lr": [], "train_seconds": 0.0}
     start, eval_seconds = time.perf_counter(), 0.0
     for epoch in range(epochs):
+        lr = cfg["lr"] * 0.1 ** sum(epoch >= e for e in decay_at)  # x0.1 from each listed epoch on (1-based: epoch e+1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         model.train()
         total, wrong, loss_sum = 0, 0, 0.0
         bar = tqdm(loader(train_ds, cfg, True, cfg["seed"] + epoch), desc=f"{METHOD_NAMES[method]} {epoch + 1}/{epochs}",
@@ -225,6 +229,7 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
             bar.set_postfix(loss=f"{loss_sum / total:.3f}", err=f"{wrong / total:.3f}")
         history["train_loss"].append(loss_sum / max(total, 1))
         history["train_error"].append(wrong / max(total, 1))
+        history["lr"].append(lr)
         if cfg["eval_every_epoch"] or epoch == epochs - 1:
             t = time.perf_counter()
             recompute_batch_norm(model, train_ds, cfg)
@@ -239,7 +244,26 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
     history["train_seconds"] = time.perf_counter() - start - eval_seconds  # rendering included, testing not
     history["test_error"] = history["test_error_per_epoch"][-1] if epochs else None
     history["epochs"], history["n_train"] = epochs, n_train
+    if epochs == 0 and init_from is not None:
+        # A model trained by an earlier run, tested here: keep that run's training record.
+        history.update(_earlier_training(method, init_from))
+        recompute_batch_norm(model, train_ds, cfg)
+        history["test_error"] = evaluate(model, test_ds, cfg)
+        tqdm.write(f"[{METHOD_NAMES[method]}] loaded {init_from}: test error {history['test_error']:.4f}", file=sys.stderr)
+    history["init_from"] = None if init_from is None else str(init_from)
     return model, history
+
+
+def _earlier_training(method: str, state_path: Path) -> dict:
+    """The training record of ``method`` in the run that wrote ``state_path`` (its ``summary.json``), if any."""
+    summary_path = Path(state_path).parent / "summary.json"
+    if not summary_path.exists():
+        return {}
+    earlier = json.loads(summary_path.read_text())["methods"].get(method, {})
+    keys = ("train_loss", "train_error", "test_error_per_epoch", "lr", "train_seconds", "epochs", "n_train")
+    record = {k: earlier[k] for k in keys if k in earlier}
+    record["trained_in"] = str(summary_path.parent)
+    return record
 
 
 def _save_state(model: nn.Module, path: Path) -> None:
@@ -287,13 +311,22 @@ def recompute_batch_norm(model: nn.Module, train_ds: MegaMNIST, cfg: dict, batch
 
 @torch.no_grad()
 def evaluate(model: nn.Module, test_ds: MegaMNIST, cfg: dict) -> float:
-    """Test error (share of wrong labels); attention sampling still samples its patches."""
+    """Test error (share of wrong labels); attention sampling still samples its patches.
+
+    The samples are drawn from a generator seeded with ``cfg["seed"]`` (the
+    training's random stream is saved and restored around it), so one model
+    gets one test error, whichever run tests it.
+    """
     model.eval()
     device = torch.device(cfg["device"])
     wrong = 0
-    for x, y in tqdm(loader(test_ds, cfg, False), desc="test", leave=False, file=sys.stderr, disable=cfg["no_progress"]):
-        logits, _, _ = model(x.to(device))
-        wrong += int((logits.argmax(1).cpu() != y).sum())
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg["seed"])
+        for x, y in tqdm(loader(test_ds, cfg, False), desc="test", leave=False, file=sys.stderr,
+                         disable=cfg["no_progress"]):
+            logits, _, _ = model(x.to(device))
+            wrong += int((logits.argmax(1).cpu() != y).sum())
     return wrong / max(len(test_ds), 1)
 
 
@@ -539,12 +572,16 @@ def _fmt(value, kind: str) -> str:
 
 def format_table(summary: dict) -> str:
     """The one table: this run and the paper, per method."""
-    rows = [("method", "test error", "time / sample", "peak memory / sample", "paper: error", "paper: time", "paper: memory")]
+    rows = [("method", "trained on", "test error", "time / sample", "peak memory / sample",
+             "paper: error", "paper: time", "paper: memory")]
     for method in METHODS:
         ours, paper = summary["methods"][method], summary["paper"][method]
+        epochs = ours.get("epochs")
         rows.append((
-            METHOD_NAMES[method],
-            _fmt(ours.get("test_error"), "error"),
+            METHOD_NAMES[method] + (" (from --init-from)" if ours.get("init_from") and not ours.get("trained_in") else ""),
+            "-" if epochs is None else f"{epochs} x {ours.get('n_train')} images"
+            + (f" ({ours['trained_in']})" if ours.get("trained_in") else ""),
+            "not trained" if epochs == 0 and ours.get("test_error") is None else _fmt(ours.get("test_error"), "error"),
             _fmt(ours.get("seconds_per_sample"), "seconds"),
             _fmt(ours.get("peak_memory_per_sample_mb"), "mb"),
             _fmt(paper["test_error"], "error"),
@@ -577,12 +614,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--setting", choices=("easy", "hard"), default="easy")
     p.add_argument("--image-size", type=int, default=None, help="square image side overriding the setting's size")
     p.add_argument("--epochs", type=int, default=40, help="attention-sampling epochs")
-    p.add_argument("--baseline-epochs", type=int, default=None, help="baseline epochs (default: --epochs)")
+    p.add_argument("--baseline-epochs", type=int, default=None,
+                   help="baseline epochs (default: --epochs); 0 measures its cost without training it")
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--baseline-n-train", type=int, default=None, help="baseline training images (default: --n-train)")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-decay-at", type=int, nargs="*", default=[],
+                   help="multiply the learning rate by 0.1 after each of these epochs (e.g. 40 50)")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--n-patches", type=int, default=10)
     p.add_argument("--patch-size", type=int, default=32)
@@ -604,6 +644,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--figure", type=Path, default=None, help="attention figure path (default: OUT/megamnist.png)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start attention sampling from this state dict (e.g. OUT/attention_sampling.pt of an easy run)")
+    p.add_argument("--baseline-init-from", type=Path, default=None,
+                   help="start the baseline from this state dict; with --baseline-epochs 0 it is only tested")
+    p.add_argument("--report", type=Path, default=None,
+                   help="only print the table of an earlier run's summary.json (and --paper-* figures), then exit")
     p.add_argument("--data-figure", type=Path, default=None,
                    help="only write a figure of one easy and one hard image to this path, then exit")
     args = p.parse_args(argv)
@@ -624,13 +668,16 @@ def main(argv=None) -> int:
         save_data_figure(args.data_figure, args.seed)
         print(f"wrote {args.data_figure}")
         return 0
+    if args.report is not None:
+        print(format_table(json.loads(args.report.read_text())))
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     probe = MegaMNIST(1, args.setting, size=None if args.image_size is None else (args.image_size,) * 2)
     cfg = {
         "setting": args.setting, "image_size": args.image_size, "width": probe.size[0], "height": probe.size[1],
         "n_noise": probe.n_noise, "n_train": args.n_train, "n_test": args.n_test, "batch_size": args.batch_size,
-        "lr": args.lr, "clip": args.clip, "n_patches": args.n_patches, "patch_size": args.patch_size,
+        "lr": args.lr, "lr_decay_at": list(args.lr_decay_at), "clip": args.clip, "n_patches": args.n_patches, "patch_size": args.patch_size,
         "downsample": args.downsample, "entropy": args.entropy, "device": args.device, "seed": args.seed,
         "workers": args.workers, "measure_batch": args.measure_batch, "measure_steps": args.measure_steps,
         "eval_every_epoch": args.eval_every_epoch, "no_progress": args.no_progress,
@@ -642,7 +689,7 @@ def main(argv=None) -> int:
 
     jobs = {
         "attention_sampling": (args.epochs, args.n_train, args.init_from),
-        "baseline_cnn": (baseline_epochs, baseline_n_train, None),
+        "baseline_cnn": (baseline_epochs, baseline_n_train, args.baseline_init_from),
     }
     methods = {}
     models = {}
@@ -662,7 +709,6 @@ def main(argv=None) -> int:
         for method, job in jobs.items():
             models[method], methods[method] = train(method, cfg, *job)
             _save_state(models[method], args.out / f"{method}.pt")
-    methods["attention_sampling"]["init_from"] = None if args.init_from is None else str(args.init_from)
     for method in METHODS:
         methods[method].update(measure_cost(method, cfg))
 

@@ -216,9 +216,12 @@ def test_quick_example_run_learns(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_training_gives_the_same_models_as_sequential(tmp_path):
-    """`--parallel` trains each method in its own process; same seed, same threads -> same numbers."""
+    """`--parallel` trains each method in its own process; same seed, same threads -> same numbers.
+
+    Also: `--lr-decay-at 1` multiplies the learning rate by 0.1 after the first epoch.
+    """
     tiny = ["--quick", "--epochs", "2", "--baseline-epochs", "1", "--n-train", "64", "--baseline-n-train", "32",
-            "--n-test", "16", "--measure-steps", "1", "--no-progress"]
+            "--n-test", "16", "--measure-steps", "1", "--no-progress", "--lr-decay-at", "1"]
     histories = {}
     for mode in ("sequential", "parallel"):
         out = tmp_path / mode
@@ -234,3 +237,20 @@ def test_parallel_training_gives_the_same_models_as_sequential(tmp_path):
     assert histories["parallel"] == histories["sequential"]
     assert len(histories["parallel"]["attention_sampling"][0]) == 2
     assert len(histories["parallel"]["baseline_cnn"][0]) == 1
+    ats = json.loads((tmp_path / "parallel" / "summary.json").read_text())["methods"]["attention_sampling"]
+    assert ats["lr"] == pytest.approx([1e-3, 1e-4])  # x0.1 after epoch 1
+
+    # --epochs 0 / --baseline-epochs 0 with saved models: tested, not trained; same test error,
+    # and the table names the run that trained them.
+    seq = tmp_path / "sequential"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "megamnist.py"), *tiny, "--epochs", "0",
+                           "--baseline-epochs", "0", "--init-from", str(seq / "attention_sampling.pt"),
+                           "--baseline-init-from", str(seq / "baseline_cnn.pt"), "--out", str(tmp_path / "again")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["methods"]
+    for method in ("attention_sampling", "baseline_cnn"):
+        assert again[method]["test_error"] == histories["sequential"][method][1]
+        assert again[method]["train_loss"] == histories["sequential"][method][0]
+        assert again[method]["trained_in"] == str(seq)
+    assert str(seq) in proc.stdout and "not trained" not in proc.stdout
