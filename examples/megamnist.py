@@ -125,7 +125,7 @@ class AttentionSamplingClassifier(nn.Module):
         entropy: strength of the entropy regulariser.
     """
 
-    def __init__(self, n_patches: int = 10, patch_size: int = 32, downsample: int = 10, entropy: float = 0.01):
+    def __init__(self, n_patches: int = 10, patch_size: int = 32, downsample: int = 10, entropy: float = 1e-4):
         super().__init__()
         self.downsample = downsample
         self.sampler = AttentionSampler(
@@ -195,6 +195,14 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
 
     ``init_from``: a state dict saved by an earlier run (``OUT/<method>.pt``)
     to start from instead of a random initialisation.
+
+    With ``cfg["n_val"] > 0``, ``n_val`` further training-split images (new
+    layouts, training digits; never test images) are a validation set: after
+    every epoch the model is tested on it, the best state is kept and
+    restored at the end (early stopping), and with ``cfg["patience"] > 0``,
+    after that many epochs without a better validation error the best state
+    is restored and the learning rate divided by 10 (at most
+    ``cfg["max_decays"]`` times; after that, training stops).
     """
     torch.manual_seed(cfg["seed"])
     device = torch.device(cfg["device"])
@@ -205,10 +213,18 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     decay_at = sorted(cfg.get("lr_decay_at") or ())
     train_ds, test_ds = make_datasets(cfg, n_train)
-    history = {"train_loss": [], "train_error": [], "test_error_per_epoch": [], "lr": [], "train_seconds": 0.0}
+    n_val, patience, max_decays = cfg.get("n_val", 0), cfg.get("patience", 0), cfg.get("max_decays", 2)
+    val_ds = None
+    if n_val > 0 and epochs > 0:
+        full = MegaMNIST(n_train + n_val, split="train", setting=cfg["setting"], seed=cfg["seed"], size=train_ds.size)
+        val_ds = torch.utils.data.Subset(full, range(n_train, n_train + n_val))
+    history = {"train_loss": [], "train_error": [], "test_error_per_epoch": [], "val_error": [], "lr": [],
+               "train_seconds": 0.0}
+    best = {"error": float("inf"), "epoch": None, "state": None}
+    plateau_decays, since_best = 0, 0
     start, eval_seconds = time.perf_counter(), 0.0
     for epoch in range(epochs):
-        lr = cfg["lr"] * 0.1 ** sum(epoch >= e for e in decay_at)  # x0.1 from each listed epoch on (1-based: epoch e+1)
+        lr = cfg["lr"] * 0.1 ** (sum(epoch >= e for e in decay_at) + plateau_decays)  # --lr-decay-at: from epoch e+1 on
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -230,26 +246,54 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
         history["train_loss"].append(loss_sum / max(total, 1))
         history["train_error"].append(wrong / max(total, 1))
         history["lr"].append(lr)
-        if cfg["eval_every_epoch"] or epoch == epochs - 1:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        note = ""
+        stop = False
+        if val_ds is not None:
+            recompute_batch_norm(model, train_ds, cfg)
+            history["val_error"].append(evaluate(model, val_ds, cfg))
+            note += f", validation error {history['val_error'][-1]:.4f}"
+            if history["val_error"][-1] < best["error"]:
+                best = {"error": history["val_error"][-1], "epoch": epoch + 1,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                since_best = 0
+            else:
+                since_best += 1
+                if patience and since_best >= patience:
+                    if plateau_decays >= max_decays:
+                        stop = True
+                        note += f" (no better for {patience} epochs: stop)"
+                    else:
+                        model.load_state_dict(best["state"])
+                        plateau_decays, since_best = plateau_decays + 1, 0
+                        note += f" (no better for {patience} epochs: back to epoch {best['epoch']}, lr / 10)"
+        if cfg["eval_every_epoch"]:
             recompute_batch_norm(model, train_ds, cfg)
             history["test_error_per_epoch"].append(evaluate(model, test_ds, cfg))
-            eval_seconds += time.perf_counter() - t
+            note += f", test error {history['test_error_per_epoch'][-1]:.4f}"
+        eval_seconds += time.perf_counter() - t
         tqdm.write(
             f"[{METHOD_NAMES[method]}] epoch {epoch + 1}/{epochs}: loss {history['train_loss'][-1]:.4f}, "
-            f"train error {history['train_error'][-1]:.4f}"
-            + (f", test error {history['test_error_per_epoch'][-1]:.4f}" if history["test_error_per_epoch"] else ""),
+            f"train error {history['train_error'][-1]:.4f}" + note,
             file=sys.stderr,
         )
+        if stop:
+            break
     history["train_seconds"] = time.perf_counter() - start - eval_seconds  # rendering included, testing not
-    history["test_error"] = history["test_error_per_epoch"][-1] if epochs else None
-    history["epochs"], history["n_train"] = epochs, n_train
+    history["epochs"], history["n_train"] = len(history["train_loss"]), n_train
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])  # early stopping: the best validation epoch
+        history["best_epoch"], history["best_val_error"] = best["epoch"], best["error"]
+    history["test_error"] = None
     if epochs == 0 and init_from is not None:
         # A model trained by an earlier run, tested here: keep that run's training record.
         history.update(_earlier_training(method, init_from))
+    if epochs > 0 or init_from is not None:
         recompute_batch_norm(model, train_ds, cfg)
         history["test_error"] = evaluate(model, test_ds, cfg)
-        tqdm.write(f"[{METHOD_NAMES[method]}] loaded {init_from}: test error {history['test_error']:.4f}", file=sys.stderr)
+        tqdm.write(f"[{METHOD_NAMES[method]}] " + (f"loaded {init_from}: " if epochs == 0 else "final model: ")
+                   + f"test error {history['test_error']:.4f}"
+                   + (f" (best validation epoch {best['epoch']})" if best["epoch"] else ""), file=sys.stderr)
     history["init_from"] = None if init_from is None else str(init_from)
     return model, history
 
@@ -260,7 +304,8 @@ def _earlier_training(method: str, state_path: Path) -> dict:
     if not summary_path.exists():
         return {}
     earlier = json.loads(summary_path.read_text())["methods"].get(method, {})
-    keys = ("train_loss", "train_error", "test_error_per_epoch", "lr", "train_seconds", "epochs", "n_train")
+    keys = ("train_loss", "train_error", "test_error_per_epoch", "val_error", "best_epoch", "best_val_error", "lr",
+            "train_seconds", "epochs", "n_train")
     record = {k: earlier[k] for k in keys if k in earlier}
     record["trained_in"] = str(summary_path.parent)
     return record
@@ -623,11 +668,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-decay-at", type=int, nargs="*", default=[],
                    help="multiply the learning rate by 0.1 after each of these epochs (e.g. 40 50)")
+    p.add_argument("--n-val", type=int, default=0,
+                   help="validation images (training split, new layouts): keep the best epoch (early stopping)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="with --n-val: after this many epochs without a better validation error, "
+                        "go back to the best state and divide the learning rate by 10")
+    p.add_argument("--max-decays", type=int, default=2, help="with --patience: stop after this many decays")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--n-patches", type=int, default=10)
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--downsample", type=int, default=10, help="the attention net sees avg_pool(image, this)")
-    p.add_argument("--entropy", type=float, default=0.01, help="entropy regulariser strength")
+    p.add_argument("--entropy", type=float, default=1e-4,
+                   help="entropy regulariser strength (the reference's megapixel-MNIST default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (rendering)")
@@ -677,7 +729,8 @@ def main(argv=None) -> int:
     cfg = {
         "setting": args.setting, "image_size": args.image_size, "width": probe.size[0], "height": probe.size[1],
         "n_noise": probe.n_noise, "n_train": args.n_train, "n_test": args.n_test, "batch_size": args.batch_size,
-        "lr": args.lr, "lr_decay_at": list(args.lr_decay_at), "clip": args.clip, "n_patches": args.n_patches, "patch_size": args.patch_size,
+        "lr": args.lr, "lr_decay_at": list(args.lr_decay_at), "n_val": args.n_val, "patience": args.patience,
+        "max_decays": args.max_decays, "clip": args.clip, "n_patches": args.n_patches, "patch_size": args.patch_size,
         "downsample": args.downsample, "entropy": args.entropy, "device": args.device, "seed": args.seed,
         "workers": args.workers, "measure_batch": args.measure_batch, "measure_steps": args.measure_steps,
         "eval_every_epoch": args.eval_every_epoch, "no_progress": args.no_progress,

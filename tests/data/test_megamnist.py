@@ -254,3 +254,31 @@ def test_parallel_training_gives_the_same_models_as_sequential(tmp_path):
         assert again[method]["train_loss"] == histories["sequential"][method][0]
         assert again[method]["trained_in"] == str(seq)
     assert str(seq) in proc.stdout and "not trained" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_validation_keeps_the_best_epoch_and_decays_on_plateau(tmp_path):
+    """--n-val/--patience: the learning rates and the kept epoch follow the documented rule."""
+    out = tmp_path / "run"
+    args = ["--quick", "--epochs", "6", "--baseline-epochs", "0", "--n-train", "64", "--n-val", "32", "--n-test", "16",
+            "--patience", "1", "--max-decays", "1", "--measure-steps", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "megamnist.py"), *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ats = json.loads((out / "summary.json").read_text())["methods"]["attention_sampling"]
+    # Replay the rule on the recorded validation errors.
+    lrs, decays, since, best, best_epoch = [], 0, 0, float("inf"), None
+    for epoch, err in enumerate(ats["val_error"], start=1):
+        lrs.append(1e-3 * 0.1 ** decays)
+        if err < best:
+            best, best_epoch, since = err, epoch, 0
+        else:
+            since += 1
+            if since >= 1:
+                if decays >= 1:
+                    break
+                decays, since = decays + 1, 0
+    assert ats["lr"] == pytest.approx(lrs)
+    assert ats["epochs"] == len(lrs) == len(ats["val_error"]) == len(ats["train_loss"])
+    assert ats["best_epoch"] == best_epoch and ats["best_val_error"] == best
+    assert 0 <= ats["test_error"] <= 1
