@@ -19,8 +19,14 @@ paper's figures, writes ``summary.json`` and a figure (image, attention map,
 sampled patches) into ``--out``. Both costs are measured in the same run, in
 a fresh process per method (see ``measure_cost``).
 
-    python examples/megamnist.py --quick                 # under a minute, for CI
-    python examples/megamnist.py --setting easy --out runs/megamnist-easy
+Attention sampling's error rises again some epochs after its attention has
+found the digits (mass leaks onto the background; docs/megamnist.md), so
+full runs keep the best epoch on validation images (``--n-val``) and divide
+the learning rate by 10 on a plateau (``--patience``).
+
+    python examples/megamnist.py --quick                 # about a minute, for CI
+    python examples/megamnist.py --setting easy --n-val 500 --patience 3 --parallel --threads 1 \
+        --baseline-epochs 3 --out runs/megamnist-easy    # the full easy run (docs/megamnist.md)
 """
 from __future__ import annotations
 
