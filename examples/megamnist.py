@@ -25,7 +25,7 @@ full runs keep the best epoch on validation images (``--n-val``) and divide
 the learning rate by 10 on a plateau (``--patience``).
 
     python examples/megamnist.py --quick                 # about a minute, for CI
-    python examples/megamnist.py --setting easy --n-val 500 --patience 3 --parallel --threads 1 \
+    python examples/megamnist.py --setting easy --n-val 500 --patience 3 --parallel --threads 1 \\
         --baseline-epochs 3 --out runs/megamnist-easy    # the full easy run (docs/megamnist.md)
 """
 from __future__ import annotations
