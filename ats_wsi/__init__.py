@@ -9,8 +9,7 @@ light (no torch) for tools that only read slides.
 """
 from __future__ import annotations
 
-import importlib
-
+from ._lazy import lazy_exports
 from .errors import (
     AtsError,
     CheckpointError,
@@ -50,13 +49,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ats_wsi' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -31,6 +31,7 @@ the learning rate by 10 on a plateau (``--patience``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -222,18 +223,17 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     decay_at = sorted(cfg.get("lr_decay_at") or ())
     train_ds, test_ds = make_datasets(cfg, n_train)
-    n_val, patience, max_decays = cfg.get("n_val", 0), cfg.get("patience", 0), cfg.get("max_decays", 2)
+    n_val = cfg.get("n_val", 0)
     val_ds = None
     if n_val > 0 and epochs > 0:
         full = MegaMNIST(n_train + n_val, split="train", setting=cfg["setting"], seed=cfg["seed"], size=train_ds.size)
         val_ds = torch.utils.data.Subset(full, range(n_train, n_train + n_val))
+    rule = _Plateau(cfg.get("patience", 0), cfg.get("max_decays", 2), cfg.get("plateau_below", 0.5))
     history = {"train_loss": [], "train_error": [], "test_error_per_epoch": [], "val_error": [], "lr": [],
                "train_seconds": 0.0}
-    best = {"error": float("inf"), "epoch": None, "state": None}
-    plateau_decays, since_best = 0, 0
     start, eval_seconds = time.perf_counter(), 0.0
     for epoch in range(epochs):
-        lr = cfg["lr"] * 0.1 ** (sum(epoch >= e for e in decay_at) + plateau_decays)  # --lr-decay-at: from epoch e+1 on
+        lr = cfg["lr"] * 0.1 ** (sum(epoch >= e for e in decay_at) + rule.decays)  # --lr-decay-at: from epoch e+1 on
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -256,27 +256,12 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
         history["train_error"].append(wrong / max(total, 1))
         history["lr"].append(lr)
         t = time.perf_counter()
-        note = ""
-        stop = False
+        note, stop = "", False
         if val_ds is not None:
             recompute_batch_norm(model, train_ds, cfg)
             history["val_error"].append(evaluate(model, val_ds, cfg))
-            note += f", validation error {history['val_error'][-1]:.4f}"
-            if history["val_error"][-1] < best["error"]:
-                best = {"error": history["val_error"][-1], "epoch": epoch + 1,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                since_best = 0
-            else:
-                # Before take-off (best still above --plateau-below) a flat validation error is expected.
-                since_best += best["error"] < cfg.get("plateau_below", 0.5)
-                if patience and since_best >= patience:
-                    if plateau_decays >= max_decays:
-                        stop = True
-                        note += f" (no better for {patience} epochs: stop)"
-                    else:
-                        model.load_state_dict(best["state"])
-                        plateau_decays, since_best = plateau_decays + 1, 0
-                        note += f" (no better for {patience} epochs: back to epoch {best['epoch']}, lr / 10)"
+            action, stop = rule.update(history["val_error"][-1], epoch + 1, model)
+            note += f", validation error {history['val_error'][-1]:.4f}{action}"
         if cfg["eval_every_epoch"]:
             recompute_batch_norm(model, train_ds, cfg)
             history["test_error_per_epoch"].append(evaluate(model, test_ds, cfg))
@@ -291,9 +276,9 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
             break
     history["train_seconds"] = time.perf_counter() - start - eval_seconds  # rendering included, testing not
     history["epochs"], history["n_train"] = len(history["train_loss"]), n_train
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])  # early stopping: the best validation epoch
-        history["best_epoch"], history["best_val_error"] = best["epoch"], best["error"]
+    if rule.best_state is not None:
+        model.load_state_dict(rule.best_state)  # early stopping: the best validation epoch
+        history["best_epoch"], history["best_val_error"] = rule.best_epoch, rule.best_error
     history["test_error"] = None
     if epochs == 0 and init_from is not None:
         # A model trained by an earlier run, tested here: keep that run's training record.
@@ -303,9 +288,35 @@ def train(method: str, cfg: dict, epochs: int, n_train: int, init_from: Path | N
         history["test_error"] = evaluate(model, test_ds, cfg)
         tqdm.write(f"[{METHOD_NAMES[method]}] " + (f"loaded {init_from}: " if epochs == 0 else "final model: ")
                    + f"test error {history['test_error']:.4f}"
-                   + (f" (best validation epoch {best['epoch']})" if best["epoch"] else ""), file=sys.stderr)
+                   + (f" (best validation epoch {rule.best_epoch})" if rule.best_epoch else ""), file=sys.stderr)
     history["init_from"] = None if init_from is None else str(init_from)
     return model, history
+
+
+class _Plateau:
+    """The validation rule of :func:`train`: keep the best state; after ``patience`` epochs
+    without a better error (counted only once the best is below ``below``), go back to it
+    with a 10x smaller learning rate, at most ``max_decays`` times, then stop."""
+
+    def __init__(self, patience: int, max_decays: int, below: float):
+        self.patience, self.max_decays, self.below = patience, max_decays, below
+        self.best_error, self.best_epoch, self.best_state = float("inf"), None, None
+        self.decays = self.since_best = 0
+
+    def update(self, error: float, epoch: int, model: nn.Module) -> tuple[str, bool]:
+        """Record one epoch's validation error; returns (what was done, for the log; stop?)."""
+        if error < self.best_error:
+            self.best_error, self.best_epoch, self.since_best = error, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return "", False
+        self.since_best += self.best_error < self.below  # before take-off a flat error is expected
+        if not self.patience or self.since_best < self.patience:
+            return "", False
+        if self.decays >= self.max_decays:
+            return f" (no better for {self.patience} epochs: stop)", True
+        model.load_state_dict(self.best_state)
+        self.decays, self.since_best = self.decays + 1, 0
+        return f" (no better for {self.patience} epochs: back to epoch {self.best_epoch}, lr / 10)", False
 
 
 def _earlier_training(method: str, state_path: Path) -> dict:
@@ -364,6 +375,15 @@ def recompute_batch_norm(model: nn.Module, train_ds: MegaMNIST, cfg: dict, batch
         m.momentum = momentum
 
 
+@contextlib.contextmanager
+def _seeded(cfg: dict):
+    """Draw from a generator seeded with ``cfg["seed"]``, leaving the training's random stream as it was."""
+    device = torch.device(cfg["device"])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg["seed"])
+        yield
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, test_ds: MegaMNIST, cfg: dict) -> float:
     """Test error (share of wrong labels); attention sampling still samples its patches.
@@ -375,9 +395,7 @@ def evaluate(model: nn.Module, test_ds: MegaMNIST, cfg: dict) -> float:
     model.eval()
     device = torch.device(cfg["device"])
     wrong = 0
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg["seed"])
+    with _seeded(cfg):
         for x, y in tqdm(loader(test_ds, cfg, False), desc="test", leave=False, file=sys.stderr,
                          disable=cfg["no_progress"]):
             logits, _, _ = model(x.to(device))
@@ -392,16 +410,14 @@ def attention_on_digits(model: "AttentionSamplingClassifier", test_ds: MegaMNIST
     - ``attention_on_digits``: mean share of the attention mass on the cells
       that overlap a digit's 28 x 28 box (the boxes cover ~2 % of an easy
       image's cells, ~0.3 % of a hard one's);
-    - ``patches_on_digits``: mean share of the sampled 32 x 32 patches that
-      hold at least half of a digit box (an overlap of 392 of its 784
-      pixels).
+    - ``patches_on_digits``: mean share of the sampled patches that hold at
+      least half of a digit box (an overlap of 392 of its 784 pixels).
     """
     model.eval()
     device = torch.device(cfg["device"])
-    ds = cfg["downsample"]
+    ds, side = cfg["downsample"], cfg["patch_size"]
     mass, hits = [], []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg["seed"])
+    with _seeded(cfg):
         for i in range(min(n, len(test_ds))):
             x, _ = test_ds[i]
             _, _, result = model(x[None].to(device))
@@ -411,13 +427,10 @@ def attention_on_digits(model: "AttentionSamplingClassifier", test_ds: MegaMNIST
             for bx, by, bw, bh in boxes:
                 covered[by // ds:-(-(by + bh) // ds), bx // ds:-(-(bx + bw) // ds)] = True
             mass.append(float(attention[covered].sum()))
-            ph, pw = cfg["patch_size"], cfg["patch_size"]
-            good = 0
-            for px, py in result.xy[0].cpu().tolist():
-                overlap = [max(0, min(px + pw, bx + bw) - max(px, bx)) * max(0, min(py + ph, by + bh) - max(py, by))
-                           for bx, by, bw, bh in boxes]
-                good += max(overlap) >= 392
-            hits.append(good / len(result.xy[0]))
+            xy = result.xy[0].cpu().numpy()[:, None, :]  # [n, 1, 2] against boxes [5, 4]
+            lo, hi = np.maximum(xy, boxes[:, :2]), np.minimum(xy + side, boxes[:, :2] + boxes[:, 2:])
+            overlap = np.clip(hi - lo, 0, None).prod(-1)  # [n, 5] pixels shared by patch and box
+            hits.append(float((overlap >= boxes[:, 2:].prod(-1) / 2).any(1).mean()))
     return {"attention_on_digits": float(np.mean(mass)), "patches_on_digits": float(np.mean(hits))}
 
 

@@ -3,8 +3,7 @@
 ``SlideDataset``, ``SlideRef`` and ``collate_slides`` (:mod:`.datasets`) are
 imported on first use, so ``import ats_wsi.data`` does not import torch.
 """
-import importlib as _importlib
-
+from .._lazy import lazy_exports
 from .synthetic import SyntheticSlide, load_lesions, load_synthetic_slide, make_slide_set, write_synthetic_slide
 
 __all__ = [
@@ -22,9 +21,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

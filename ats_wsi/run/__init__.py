@@ -4,7 +4,7 @@ The names below are imported lazily so that ``ats-wsi info`` starts fast.
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _LAZY = {
     "ModelConfig": "ats_wsi.run.config",
@@ -25,9 +25,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ats_wsi.run' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
