@@ -31,6 +31,10 @@ _LAZY = {
     "AttentionSampler": "ats_wsi.model",
     "AttentionResult": "ats_wsi.model",
     "attention_sampling": "ats_wsi.model",
+    "load_model": "ats_wsi.classifier",
+    "ModelConfig": "ats_wsi.classifier",
+    "SlideClassifier": "ats_wsi.classifier",
+    "SlidePrediction": "ats_wsi.classifier",
 }
 
 __all__ = [

@@ -67,3 +67,20 @@ class CheckpointError(AtsError):
 
 class ManifestError(AtsError, ValueError):
     """A slide manifest (CSV) is missing columns or has bad rows."""
+
+
+class GroundTruthError(AtsError, ValueError):
+    """A synthetic slide's ground-truth file (``<stem>.lesions.json``) is not one ats-wsi wrote.
+
+    Args:
+        path: the ground-truth file.
+        reason: what was wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))

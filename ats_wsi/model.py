@@ -7,7 +7,7 @@ One forward pass, for a batch of B images seen at low resolution:
 2. a spatial softmax (masked where a mask is given) makes them a
    distribution ``attention [B, h', w']`` over the map's cells;
 3. ``n`` cells are drawn from it (no gradient flows through the draw);
-4. :mod:`ats_wsi.sampling.geometry` turns the cells into patch boxes in the
+4. :func:`ats_wsi.geometry.cell_to_xy` turns the cells into patch boxes in the
    source's high-resolution frame, and the source reads only those;
 5. the feature net sees the ``B · n`` patches (uint8 scaled to [0, 1]);
 6. :func:`ats_wsi.sampling.expectation` averages the features with an
@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SamplingError
+from .geometry import cell_to_xy, rowcol_to_wh, size_wh, snap_to_grid
 from .patches import PatchSource, TensorSource
 from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, tiled
-from .sampling.geometry import cell_to_xy
+from .sampling.receptive_field import receptive_field as probe_field
 
 __all__ = ["AttentionResult", "AttentionSampler", "attention_sampling"]
 
@@ -74,14 +75,14 @@ class AttentionSampler(nn.Module):
             ``use_logits``.
         feature_net: ``patches [B·n, C, ph, pw] -> [B·n, D]``.
         n_patches: cells drawn per image.
-        patch_size: ``(ph, pw)`` in high-resolution pixels, or one int for a
-            square; ``None`` takes the low view's ``(h, w)`` (as the reference).
+        patch_size: ``(w, h)`` in high-resolution pixels, or one int for a
+            square; ``None`` takes the low view's size (as the reference).
         replace: draw with replacement, or without (the default: every patch
             is distinct).
         receptive_field: the attention net's receptive field in low pixels
             if its convolutions are "valid" (the map shrinks at the borders),
-            ``int`` or ``(ry, rx)``; ``0`` for "same" padding, whatever the
-            net's true receptive field (see :mod:`ats_wsi.sampling.geometry`).
+            ``int`` or ``(w, h)``; ``0`` for "same" padding, whatever the
+            net's true receptive field (see :mod:`ats_wsi.geometry`).
         entropy: weight of the entropy regulariser; ``entropy_loss`` is
             ``−entropy × mean entropy``, so a positive weight keeps the
             attention from collapsing.
@@ -103,7 +104,7 @@ class AttentionSampler(nn.Module):
             cover for the cell to be drawn (see :meth:`grid_mask`).
         tile_aligned: read, for each drawn cell, the patch-sized box of the
             grid of multiples of ``patch_size`` that holds the centre of the
-            cell's own box (see :func:`snap_to_grid`). With ``patch_size``
+            cell's own box (see :func:`ats_wsi.geometry.snap_to_grid`). With ``patch_size``
             equal to the slide level's tile size, every patch is exactly one
             stored tile: one decode, no assembly across tiles (about 4x
             fewer tiles decoded than for random 256² boxes). The price: a
@@ -138,7 +139,7 @@ class AttentionSampler(nn.Module):
         self.attention_net = attention_net
         self.feature_net = feature_net
         self.n_patches = n_patches
-        self.patch_size = None if patch_size is None else _pair(patch_size)
+        self.patch_size = None if patch_size is None else size_wh(patch_size, "patch_size")  # (w, h)
         self.replace = bool(replace)
         self.receptive_field = receptive_field
         self.entropy = float(entropy)
@@ -179,7 +180,7 @@ class AttentionSampler(nn.Module):
             return self.attention_net(x_low)
         net, head = _split_softmax(self.attention_net)
         if self._attention_field is None:
-            self._attention_field = tiled.receptive_field(net, in_channels=x_low.shape[1])
+            self._attention_field = probe_field(net, in_channels=x_low.shape[1])
         out = tiled.tiled_logits(net, x_low, self.tile_size, checkpoint=self.tile_checkpoint,
                                  field=self._attention_field)
         return out if head is None else head(out)
@@ -276,28 +277,67 @@ class AttentionSampler(nn.Module):
         Returns:
             :class:`AttentionResult`.
         """
-        if isinstance(source, Tensor):
-            source = TensorSource(source)
+        attention, mask = self.attend(x_low, mask)
+        return self.draw(x_low, attention, mask, source, generator=generator, deterministic=deterministic)
+
+    def attend(self, x_low: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The attention map and the mask on its grid: the first half of :meth:`forward`.
+
+        Args:
+            x_low: ``[B, C, h, w]``, the low-resolution view.
+            mask: as in :meth:`forward`.
+
+        Returns:
+            ``(attention [B, h', w'], grid mask bool [B, h', w'] or None)``,
+            to pass to :meth:`draw` (once, for many draws).
+        """
         if x_low.ndim != 4:
             raise SamplingError(f"x_low must be [B, C, h, w], got {tuple(x_low.shape)}")
-        attention, mask = self._attention(x_low, mask)  # [B, h', w'], mask on the grid
+        return self._attention(x_low, mask)
+
+    def draw(
+        self,
+        x_low: Tensor,
+        attention: Tensor,
+        mask: Tensor | None,
+        source: PatchSource | Tensor,
+        *,
+        n_patches: int | None = None,
+        generator: torch.Generator | None = None,
+        deterministic: bool | None = None,
+    ) -> AttentionResult:
+        """Draw cells from an :meth:`attend` result, read their patches, average: the second half of :meth:`forward`.
+
+        Args:
+            x_low: the ``[B, C, h, w]`` view ``attention`` was computed from.
+            attention, mask: what :meth:`attend` returned.
+            source: as in :meth:`forward`.
+            n_patches: cells drawn per image (default ``self.n_patches``).
+            generator, deterministic: as in :meth:`forward`.
+
+        Returns:
+            :class:`AttentionResult`.
+        """
+        if isinstance(source, Tensor):
+            source = TensorSource(source)
+        n = self.n_patches if n_patches is None else int(n_patches)
         if deterministic is None:
             deterministic = self.deterministic and not self.training
         with torch.no_grad():
-            positions, _ = sample(attention.detach(), self.n_patches, replace=self.replace, mask=mask,
+            positions, _ = sample(attention.detach(), n, replace=self.replace, mask=mask,
                                   generator=generator, deterministic=deterministic)
         map_rows, map_cols = attention.shape[1:]
         cell = positions[..., 0] * map_cols + positions[..., 1]  # [B, n]
         sampled_attention = attention.reshape(attention.shape[0], -1).gather(1, cell)
 
         low_shape = tuple(x_low.shape[-2:])
-        patch_size = self.patch_size or low_shape
+        patch_wh = self.patch_size or rowcol_to_wh(low_shape)
         xy = cell_to_xy(positions, low_shape=low_shape, map_shape=(map_rows, map_cols),
-                        scale=source.scale(low_shape), patch_size=patch_size,
+                        scale=source.scale(low_shape), patch_size=patch_wh,
                         receptive_field=self.receptive_field)
         if self.tile_aligned:
-            xy = snap_to_grid(xy, patch_size)
-        patches = _as_float(source.extract(xy, patch_size), x_low)  # [B, n, C, ph, pw]
+            xy = snap_to_grid(xy, patch_wh)
+        patches = _as_float(source.extract(xy, patch_wh), x_low)  # [B, n, C, h, w]
         features = self.feature_net(patches.flatten(0, 1))  # [B·n, D]
         features = features.reshape(*patches.shape[:2], *features.shape[1:])
         features = expectation(features, sampled_attention, self.replace)
@@ -328,7 +368,7 @@ def attention_sampling(
         attention: the attention net (logits, or probabilities if it ends in
             a ``SampleSoftmax`` as in the reference's examples).
         feature: the feature net, ``[N, C, ph, pw] -> [N, D]``.
-        patch_size: ``(ph, pw)``; ``None`` uses the low view's size.
+        patch_size: ``(w, h)`` or one int; ``None`` uses the low view's size.
         n_patches: patches per image.
         replace: sample with replacement.
         attention_regularizer: a number is the entropy strength (the
@@ -350,13 +390,6 @@ def attention_sampling(
                             attention_regularizer=regularizer)
 
 
-def _pair(size) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(pair) != 2 or min(pair) < 1:
-        raise SamplingError(f"patch_size must be a positive int or (ph, pw), got {size!r}")
-    return pair
-
-
 def _ends_with_softmax(net: nn.Module) -> bool:
     if isinstance(net, SampleSoftmax):
         return True
@@ -368,22 +401,6 @@ def _split_softmax(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     if isinstance(net, nn.Sequential) and len(net) > 1 and isinstance(net[-1], SampleSoftmax):
         return net[:-1], net[-1]
     return net, None
-
-
-def snap_to_grid(xy: Tensor, patch_size) -> Tensor:
-    """Move boxes onto the grid of multiples of ``patch_size``.
-
-    Args:
-        xy: long ``[..., 2]``, top-left ``(x, y)`` of boxes of ``patch_size``.
-        patch_size: ``(ph, pw)``.
-
-    Returns:
-        long ``[..., 2]``: the top-left of the grid box that holds each
-        box's centre, ``floor((xy + size / 2) / size) * size`` per axis.
-    """
-    ph, pw = _pair(patch_size)
-    size = torch.tensor([pw, ph], dtype=xy.dtype, device=xy.device)
-    return torch.div(xy + size // 2, size, rounding_mode="floor") * size
 
 
 def _as_float(patches: Tensor, like: Tensor) -> Tensor:

@@ -14,98 +14,25 @@ napari and NGFF: array index (r, c) sits at ``translation + (r, c) * scale``.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
+from .atomic import atomic_path
+
 __all__ = [
     "AttentionMap",
-    "atomic_path",
-    "write_text_atomic",
-    "write_csv_atomic",
     "write_attention_zarr",
     "read_attention_zarr",
     "colorize",
     "render_overlay",
     "write_overlay_png",
-    "write_json_atomic",
 ]
 
 NGFF_VERSIONS = ("0.4", "0.5")
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success move it onto ``path``.
-
-    Works for files and folders (a zarr store). The temporary name starts
-    with a dot and contains ``.tmp-`` so resumable runs can ignore and clean
-    leftovers of a killed process. If the body raises, the temporary is
-    removed and ``path`` is left as it was.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield tmp
-        if tmp.is_dir():
-            # A folder cannot replace a non-empty folder in one rename: move the
-            # old one aside first, then drop it once the new one is in place.
-            old = None
-            if final.exists():
-                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                _remove(old)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-    return Path(path)
-
-
-def write_csv_atomic(
-    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]
-) -> Path:
-    """Write dict rows as a CSV with a header, atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(fieldnames), extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
-    return Path(path)
 
 
 # --------------------------------------------------------------------------- OME-Zarr
@@ -145,19 +72,13 @@ class AttentionMap:
 
 
 def _transforms(cell_size_xy, origin_xy, mpp):
-    """NGFF scale/translation (y, x) for a grid of cells over level 0.
+    """NGFF scale/translation lists (y, x) for a grid of cells over level 0, in µm
+    (pixels when ``mpp`` is None): :func:`ats_wsi.geometry.cell_transform`."""
+    from .geometry import cell_transform
 
-    Level-0 pixel x covers [x, x + 1); its centre is at x + 0.5, which napari
-    (and the slide layer at scale mpp) places at physical x * mpp. A cell
-    starting at level-0 ``x0`` and ``w`` pixels wide has its centre at
-    x0 + w / 2, i.e. physically at (x0 + w / 2 - 0.5) * mpp.
-    """
     unit_size = 1.0 if mpp is None else float(mpp)
-    cw, ch = (float(v) for v in cell_size_xy)
-    ox, oy = (float(v) for v in origin_xy)
-    scale = [ch * unit_size, cw * unit_size]
-    translation = [(oy + ch / 2 - 0.5) * unit_size, (ox + cw / 2 - 0.5) * unit_size]
-    return scale, translation
+    scale, translation = cell_transform(cell_size_xy, origin_xy, (unit_size, unit_size))
+    return list(scale), list(translation)
 
 
 def write_attention_zarr(
@@ -349,8 +270,3 @@ def write_overlay_png(path: str | os.PathLike, image) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -86,7 +86,7 @@ def low_level_pixels(slide, level: int) -> int:
 def run_ats(path: str) -> dict:
     import torch
 
-    from ats_wsi.data.lowview import mask_to_grid, read_low_view
+    from ats_wsi.slide.lowview import mask_to_grid, read_low_view
     from ats_wsi.model import AttentionSampler
     from ats_wsi.patches import PatchReader, SlideSource
     from ats_wsi.slide import open_slide
@@ -113,7 +113,7 @@ def tissue_tiles(slide, view):
     """(col, row) of every level-0 tile with any tissue under it, from the low-view mask."""
     import numpy as np
 
-    from ats_wsi.data.lowview import mask_to_grid
+    from ats_wsi.slide.lowview import mask_to_grid
 
     cols, rows = slide.tile_grid(0)
     # one mask cell per level-0 tile: cell (r, c) covers the tile's low pixels
@@ -126,7 +126,7 @@ def run_dense(path: str, max_tiles: int) -> dict:
     import numpy as np
     import torch
 
-    from ats_wsi.data.lowview import read_low_view
+    from ats_wsi.slide.lowview import read_low_view
     from ats_wsi.patches import PatchReader
     from ats_wsi.slide import open_slide
 

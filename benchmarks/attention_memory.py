@@ -45,7 +45,8 @@ def run_case(name: str, size: int, hidden: int, tile: int) -> dict:
     import torch
     from torch import nn
 
-    from ats_wsi.sampling.tiled import receptive_field, tiled_logits, tiled_logits_from_reader
+    from ats_wsi.sampling.receptive_field import receptive_field
+    from ats_wsi.sampling.tiled import tiled_logits, tiled_logits_from_reader
 
     mode, how = CASES[name]
     torch.manual_seed(0)

@@ -23,8 +23,7 @@ DATA = HERE / "_data"
 CHILD = r"""
 import json, sys, time
 import torch
-from ats_wsi.run.checkpoint import load_checkpoint
-from ats_wsi.run.predict import predict_slide
+from ats_wsi.classifier import load_model
 from ats_wsi.slide import open_slide
 
 def vm_hwm_mb():
@@ -32,11 +31,11 @@ def vm_hwm_mb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 torch.set_num_threads(2)
-model, _ = load_checkpoint(sys.argv[1])
+model = load_model(sys.argv[1])
 base = vm_hwm_mb()
 t = time.perf_counter()
 with open_slide(sys.argv[2]) as slide:
-    pred = predict_slide(model, slide, samples=1)
+    pred = model.predict(slide, samples=1)
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": vm_hwm_mb(), "before_mb": base,
                   "map": list(pred.attention.shape), "low_downsample": pred.low_downsample,
                   "patches": pred.patches_read}))
@@ -58,8 +57,8 @@ def ensure_slide(size: int) -> Path:
 def ensure_checkpoint(low_mpp: float, pool: int) -> Path:
     import torch
 
-    from ats_wsi.run.checkpoint import save_checkpoint
-    from ats_wsi.run.config import build_model
+    from ats_wsi.classifier import save_checkpoint
+    from ats_wsi.classifier import build_model
     from ats_wsi.run.demo import demo_model_config
 
     cfg = demo_model_config()

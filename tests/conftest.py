@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from ats_wsi.data.synthetic import aperio_description
+
 BASE_H, BASE_W = 3000, 5000  # rows, cols of the shared image
 
 
@@ -158,11 +160,8 @@ def ome_tiff_lzw(base_image, slide_dir) -> SlideFile:
                      (512, 512), 0.5, openslide_levels=1)
 
 
-APERIO_DESCRIPTION = (
-    "Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] (240x240) JPEG/RGB Q=90"
-    "|AppMag = 20|StripeWidth = 2040|ScanScope ID = CPAPERIOCS|Filename = test"
-    "|Date = 06/01/24|Time = 12:00:00|User = ats-wsi|MPP = 0.499|Left = 25.0|Top = 18.0"
-)
+APERIO = dict(mpp=0.499, app_mag=20, tile=240, quality=90)
+"""What the tests' Aperio files say about themselves (``aperio_description`` writes the text)."""
 
 
 @pytest.fixture(scope="session")
@@ -178,10 +177,12 @@ def svs_jpeg(base_image, slide_dir) -> SlideFile:
     path = str(slide_dir / "aperio.svs")
     jpeg = dict(compression="jpeg", compressionargs={"level": 90}, photometric="rgb", metadata=None)
     with tifffile.TiffWriter(path) as tw:
-        tw.write(levels[0], tile=(240, 240), description=APERIO_DESCRIPTION.format(w=w, h=h), **jpeg)
-        tw.write(decimate(img, 8), description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> 500x300", **jpeg)
+        tw.write(levels[0], tile=(240, 240), description=aperio_description(w, h, **APERIO), **jpeg)
+        thumb = decimate(img, 8)
+        tw.write(thumb, description=aperio_description(w, h, page="thumbnail", size=thumb.shape[1::-1]), **jpeg)
         for lv in levels[1:]:
-            tw.write(lv, tile=(240, 240), description=f"Aperio Image Library v12.0.15 \r\n{w}x{h}", **jpeg)
+            tw.write(lv, tile=(240, 240), description=aperio_description(w, h, page="level", size=lv.shape[1::-1],
+                                                                          **APERIO), **jpeg)
         tw.write(decimate(img, 20)[:100, :100], subfiletype=1, description="Aperio Image Library\r\nlabel 100x100",
                  compression="lzw", photometric="rgb", metadata=None)
         tw.write(decimate(img, 10), subfiletype=9, description="Aperio Image Library\r\nmacro 400x240",
@@ -225,9 +226,10 @@ def svs_jpeg2000(base_image, slide_dir) -> SlideFile:
     path = str(slide_dir / "aperio_j2k.svs")
     with tifffile.TiffWriter(path) as tw:
         tw.write(img, tile=(240, 240), compression=33005, photometric="rgb", metadata=None,
-                 description=APERIO_DESCRIPTION.format(w=w, h=h))
-        tw.write(decimate(img, 4), photometric="rgb", metadata=None,
-                 description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> 360x240")
+                 description=aperio_description(w, h, **APERIO))
+        thumb = decimate(img, 4)
+        tw.write(thumb, photometric="rgb", metadata=None,
+                 description=aperio_description(w, h, page="thumbnail", size=thumb.shape[1::-1]))
     return SlideFile("svs_jpeg2000", path, "tifffile", "aperio", "openslide", True, [img], (240, 240), 0.499)
 
 

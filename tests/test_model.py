@@ -9,7 +9,7 @@ from ats_wsi.errors import SamplingError
 from ats_wsi.nets import create_attention_net, create_feature_net
 from ats_wsi.patches import TensorSource
 from ats_wsi.sampling import SampleSoftmax, multinomial_entropy
-from ats_wsi.sampling.geometry import cell_to_xy
+from ats_wsi.geometry import cell_to_xy
 
 LOW, HIGH = (12, 10), (48, 40)  # (rows, cols): scale 4 on both axes
 
@@ -44,7 +44,7 @@ def test_result_fields_have_the_documented_shapes(replace):
     assert torch.allclose(result.attention.sum(dim=(1, 2)), torch.ones(2))
     assert result.positions.shape == (2, 5, 2) and result.positions.dtype == torch.long
     assert result.sampled_attention.shape == (2, 5)
-    assert result.patches.shape == (2, 5, 3, 8, 6)
+    assert result.patches.shape == (2, 5, 3, 6, 8)  # patch_size (w, h) = (8, 6)
     assert result.xy.shape == (2, 5, 2) and result.xy.dtype == torch.long
     assert result.entropy_loss.shape == ()
     rows, cols = result.positions.unbind(-1)
@@ -113,6 +113,27 @@ def test_any_patch_source_sets_the_scale_of_the_boxes():
     assert size == (4, 4) and torch.equal(xy, result.xy)
     assert torch.equal(xy, cell_to_xy(result.positions, low_shape=LOW, map_shape=LOW, scale=2.0,
                                       patch_size=4))
+
+
+@pytest.mark.parametrize("patch_wh, receptive_field", [((8, 6), 0), ((6, 8), 0), ((10, 4), (2, 4))])
+def test_non_square_patches_are_width_by_height_slices_of_the_source(patch_wh, receptive_field):
+    """patch_size is (w, h): each patch is x_high[..., y:y + h, x:x + w] around its cell's block."""
+    model = make_sampler(patch_size=patch_wh, receptive_field=receptive_field, n_patches=8)
+    x_low, x_high = make_inputs()
+    result = model(x_low, x_high, generator=seeded(7))
+    w, h = patch_wh
+    assert result.patches.shape == (2, 8, 3, h, w)
+    padded = F.pad(x_high, (w, w, h, h))  # zeros outside, as the sources give
+    rx, ry = (receptive_field, receptive_field) if isinstance(receptive_field, int) else receptive_field
+    map_rows, map_cols = result.attention.shape[1:]
+    for b in range(2):
+        for (row, col), (x, y), patch in zip(result.positions[b].tolist(), result.xy[b].tolist(),
+                                             result.patches[b]):
+            assert torch.equal(patch, padded[b, :, y + h:y + 2 * h, x + w:x + 2 * w])
+            # the box's centre is its cell's centre (within rounding), per axis
+            cell_w, cell_h = 4 * (LOW[1] - rx) / map_cols, 4 * (LOW[0] - ry) / map_rows
+            assert abs(x + w / 2 - (4 * rx / 2 + (col + 0.5) * cell_w)) <= 0.5
+            assert abs(y + h / 2 - (4 * ry / 2 + (row + 0.5) * cell_h)) <= 0.5
 
 
 def test_patch_size_none_takes_the_low_view_size_as_the_reference():
@@ -409,15 +430,6 @@ def test_forward_never_draws_outside_a_pixel_mask():
 
 
 # -- tile-aligned sampling ------------------------------------------------------
-
-def test_snap_to_grid_takes_the_grid_box_holding_the_centre():
-    from ats_wsi.model import snap_to_grid
-
-    xy = torch.tensor([[0, 0], [127, 128], [-64, 300], [-65, 383]])
-    snapped = snap_to_grid(xy, (256, 256))  # centres: 128, (255, 256), (64, 428), (63, 511)
-    assert snapped.tolist() == [[0, 0], [0, 256], [0, 256], [0, 256]]
-    assert snap_to_grid(torch.tensor([[10, 10]]), (32, 16)).tolist() == [[16, 0]]  # (w, h) = (16, 32)
-
 
 def test_tile_aligned_boxes_are_whole_grid_boxes_of_the_source():
     torch.manual_seed(0)

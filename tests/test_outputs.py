@@ -1,4 +1,4 @@
-"""Atomic writers, OME-Zarr attention maps and overlays (ats_wsi.outputs)."""
+"""OME-Zarr attention maps and overlays (ats_wsi.outputs); the atomic writers are in test_atomic.py."""
 import json
 
 import numpy as np
@@ -6,45 +6,15 @@ import pytest
 import zarr
 
 from ats_wsi.outputs import (
-    atomic_path,
     colorize,
     read_attention_zarr,
     render_overlay,
     write_attention_zarr,
-    write_csv_atomic,
-    write_text_atomic,
 )
 
 
 def _leftovers(folder):
     return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-
-
-def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
-    target = tmp_path / "result.csv"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half a result")
-            raise RuntimeError("killed mid-way")
-    assert not target.exists()
-    assert _leftovers(tmp_path) == []
-
-
-def test_atomic_path_replaces_file_and_folder(tmp_path):
-    write_text_atomic(tmp_path / "a.txt", "old")
-    write_text_atomic(tmp_path / "a.txt", "new")
-    assert (tmp_path / "a.txt").read_text() == "new"
-    for content in ("first", "second"):
-        with atomic_path(tmp_path / "store.zarr") as tmp:
-            tmp.mkdir()
-            (tmp / "x").write_text(content)
-    assert (tmp_path / "store.zarr" / "x").read_text() == "second"
-    assert _leftovers(tmp_path) == []
-
-
-def test_csv_has_header_and_rows(tmp_path):
-    path = write_csv_atomic(tmp_path / "p.csv", [{"slide": "a", "p": 0.25}, {"slide": "b", "p": 1}], ["slide", "p"])
-    assert path.read_text().splitlines() == ["slide,p", "a,0.25", "b,1"]
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

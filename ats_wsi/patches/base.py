@@ -3,7 +3,7 @@
 A patch source hands :class:`~ats_wsi.model.AttentionSampler` the pixels of
 the sampled boxes and nothing else. It knows its own high-resolution frame;
 the sampler only needs the ratio of that frame to the low image (``scale``)
-to place the boxes (see :mod:`ats_wsi.sampling.geometry`).
+to place the boxes (see :func:`ats_wsi.geometry.cell_to_xy`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class PatchSource(Protocol):
         """
         ...
 
-    def extract(self, xy: Tensor, size: tuple[int, int]) -> Tensor:
+    def extract(self, xy: Tensor, size_wh: int | tuple[int, int]) -> Tensor:
         """Patches whose top-left corners are ``xy``.
 
         Args:
@@ -35,9 +35,9 @@ class PatchSource(Protocol):
                 source's own high-resolution pixels. Boxes may start at
                 negative offsets or run past the image; pixels outside the
                 image are zeros.
-            size: ``(ph, pw)``, the patch's rows and cols.
+            size_wh: ``(w, h)`` of a patch, or one int for a square.
 
         Returns:
-            ``[B, n, C, ph, pw]``, the source's dtype (uint8 for slides).
+            ``[B, n, C, h, w]``, the source's dtype (uint8 for slides).
         """
         ...

@@ -30,80 +30,17 @@ tile cache.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import LevelError, RegionError
-from ..slide import FILL_VALUE, level_origin
+from ..errors import LevelError, RegionError, SamplingError
+from ..geometry import level0_to_level, size_wh
+from ..slide import FILL_VALUE, TileCache
 
 __all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
-
-
-class TileCache:
-    """A thread-safe LRU cache of decoded tiles, bounded in bytes.
-
-    Args:
-        max_bytes: the most bytes of tiles held at once; a tile larger than
-            that is not kept. 0 keeps nothing.
-
-    A tile is charged the bytes of the buffer it keeps alive (a clipped edge
-    tile that is a view of a whole decoded tile costs the whole tile).
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> np.ndarray | None:
-        """The tile stored under ``key`` (and mark it recently used), or None."""
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key: tuple, tile: np.ndarray) -> None:
-        """Keep ``tile`` under ``key``, evicting the least recently used tiles."""
-        size = _held_bytes(tile)
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            self._items[key] = (tile, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= evicted
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held now (never above ``max_bytes``)."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: tuple) -> bool:
-        return key in self._items
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-
-
-def _held_bytes(tile: np.ndarray) -> int:
-    base = tile.base
-    return max(tile.nbytes, base.nbytes) if isinstance(base, np.ndarray) else tile.nbytes
 
 
 @dataclass
@@ -240,9 +177,10 @@ class PatchReader:
     ):
         if isinstance(level, bool) or not 0 <= int(level) < slide.level_count:
             raise LevelError(slide.path, f"level {level!r} out of range 0..{slide.level_count - 1}")
-        pw, ph = (patch_size, patch_size) if np.isscalar(patch_size) else tuple(patch_size)
-        if int(pw) <= 0 or int(ph) <= 0:
-            raise RegionError(slide.path, f"patch size must be positive, got (w, h) = {(pw, ph)}")
+        try:
+            pw, ph = size_wh(patch_size, "patch size")
+        except SamplingError as error:
+            raise RegionError(slide.path, str(error)) from None
         self.slide = slide
         self.level = int(level)
         self.patch_wh = (int(pw), int(ph))
@@ -266,7 +204,7 @@ class PatchReader:
 
     def level_origin(self, xy) -> np.ndarray:
         """Level-0 ``(x, y)`` int [n, 2] -> int64 [n, 2] top-left in pixels of the reader's level."""
-        return level_origin(np.asarray(xy, dtype=np.int64).reshape(-1, 2), self.downsample)
+        return level0_to_level(np.asarray(xy, dtype=np.int64).reshape(-1, 2), self.downsample)
 
     def read(self, xy) -> torch.Tensor:
         """Read the patches whose top-left corners are ``xy``.

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SamplingError
-from ..sampling.geometry import level_to_level0
+from ..geometry import level_to_level0, size_wh as _size_wh
 from .reader import PatchReader, empty_batch
 
 __all__ = ["SlideSource"]
@@ -27,7 +27,7 @@ class SlideSource:
     wanted downsample as it is). ``scale`` then answers for slide 0 and
     ``extract`` moves every other slide's box centres by its own ratio,
     so each box still covers the field of its cell (box centres are linear in
-    the scale, see :func:`ats_wsi.sampling.geometry.cell_to_xy`).
+    the scale, see :func:`ats_wsi.geometry.cell_to_xy`).
 
     Args:
         slides: open slides, one per batch element.
@@ -41,7 +41,7 @@ class SlideSource:
         device: where ``extract`` puts the batch (pinned host memory and a
             non-blocking copy for CUDA).
 
-    ``extract`` returns uint8 ``[B, n, 3, ph, pw]`` (channels-last strides,
+    ``extract`` returns uint8 ``[B, n, 3, h, w]`` (channels-last strides,
     like :meth:`PatchReader.read`); boxes reaching outside a slide are
     filled with :data:`ats_wsi.slide.FILL_VALUE`.
     """
@@ -111,20 +111,20 @@ class SlideSource:
             self._owned.append(reader)
         return reader
 
-    def level_xy(self, xy: Tensor, size) -> Tensor:
+    def level_xy(self, xy: Tensor, size_wh) -> Tensor:
         """Boxes placed with slide 0's scale -> boxes of each slide's own scale.
 
         Args:
             xy: long ``[B, n, 2]``, top-left ``(x, y)`` in pixels of the patch
                 level, as placed with :meth:`scale`.
-            size: ``(ph, pw)``.
+            size_wh: ``(w, h)`` of a patch, or one int.
 
         Returns:
             long ``[B, n, 2]``: the same cells' boxes for each slide's own
             ratio (box centres scaled by ``ratio(b) / ratio(0)``; unchanged
             where the ratios agree).
         """
-        ph, pw = _pair(size)
+        pw, ph = _size_wh(size_wh, "patch size")
         ref = self.ratio(0)
         out = xy.clone()
         half = torch.tensor([pw / 2, ph / 2], dtype=torch.float64)
@@ -139,22 +139,43 @@ class SlideSource:
         """``xy`` long ``[B, n, 2]`` in pixels of each slide's level -> level-0 ``(x, y)`` (round half up)."""
         return torch.stack([level_to_level0(xy[b], self.level_downsample(b)) for b in range(xy.shape[0])])
 
-    def extract(self, xy: Tensor, size) -> Tensor:
+    def boxes_level0(self, xy: Tensor, size_wh) -> Tensor:
+        """The boxes :meth:`extract` reads for ``xy``, in level-0 pixels.
+
+        Args:
+            xy: long ``[B, n, 2]``, top-left ``(x, y)`` in pixels of the patch
+                level, placed with :meth:`scale` (an ``AttentionResult.xy``).
+            size_wh: ``(w, h)`` of a patch in pixels of the patch level, or
+                one int (the sampler's ``patch_size``).
+
+        Returns:
+            int64 ``[B, n, 4]``, ``(x0, y0, w0, h0)`` in level-0 pixels of
+            each slide: ``slides[b].read_region((x0, y0), level, (w, h))``
+            reads patch ``[b, i]``; ``(w0, h0)`` is ``(w, h)`` times the
+            level's downsample, rounded half up.
+        """
+        pw, ph = _size_wh(size_wh, "patch size")
+        xy0 = self.level0_xy(self.level_xy(xy.detach().to("cpu", torch.long), (pw, ph)))
+        size0 = torch.stack([level_to_level0(torch.tensor([pw, ph]), self.level_downsample(b))
+                             for b in range(xy0.shape[0])])  # [B, 2]
+        return torch.cat([xy0, size0[:, None, :].expand_as(xy0)], dim=-1)
+
+    def extract(self, xy: Tensor, size_wh) -> Tensor:
         """Patches at top-left ``xy`` of the patch level.
 
         Args:
             xy: long ``[B, n, 2]``, ``(x, y)`` in pixels of the patch level
                 (placed with :meth:`scale`, i.e. slide 0's ratio).
-            size: ``(ph, pw)``, or one int.
+            size_wh: ``(w, h)`` of a patch, or one int.
 
         Returns:
-            uint8 ``[B, n, 3, ph, pw]`` on ``device``: patch ``[b, i]`` equals
-            ``slides[b].read_region(level0_xy(level_xy(xy))[b, i], level, (pw, ph))``.
+            uint8 ``[B, n, 3, h, w]`` on ``device``: patch ``[b, i]`` equals
+            ``slides[b].read_region(level0_xy(level_xy(xy))[b, i], level, (w, h))``.
         """
-        ph, pw = _pair(size)
+        pw, ph = _size_wh(size_wh, "patch size")
         if xy.ndim != 3 or xy.shape[0] != len(self.slides) or xy.shape[2] != 2:
             raise SamplingError(f"xy must be [B={len(self.slides)}, n, 2] (x, y), got {tuple(xy.shape)}")
-        xy = self.level_xy(xy.detach().to("cpu", torch.long), (ph, pw))
+        xy = self.level_xy(xy.detach().to("cpu", torch.long), (pw, ph))
         batch, n = xy.shape[:2]
         pin = self.device.type == "cuda"
         out = empty_batch((batch, n, ph, pw, 3), pin=pin)
@@ -174,10 +195,3 @@ class SlideSource:
         owned = {id(r) for r in self._owned}
         self._readers = {k: r for k, r in self._readers.items() if id(r) not in owned}
         self._owned.clear()
-
-
-def _pair(size) -> tuple[int, int]:
-    if np.isscalar(size):
-        return int(size), int(size)
-    ph, pw = size
-    return int(ph), int(pw)

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SamplingError
+from ..geometry import size_wh as _size_wh
 
 
 class TensorSource:
@@ -54,26 +55,24 @@ class TensorSource:
         height, width = self.x_high.shape[-2:]
         return height / rows, width / cols
 
-    def extract(self, xy: Tensor, size) -> Tensor:
+    def extract(self, xy: Tensor, size_wh) -> Tensor:
         """Patches whose top-left corners are ``xy``, zeros outside the image.
 
         Args:
             xy: integer ``[B, n, 2]``, ``(x, y)`` top-left of each box in
                 pixels of ``x_high``; may be negative or run past the image.
-            size: ``(ph, pw)`` (or one int for a square patch).
+            size_wh: ``(w, h)`` of a patch (or one int for a square).
 
         Returns:
-            ``[B, n, C, ph, pw]`` of ``x_high``'s dtype and device.
+            ``[B, n, C, h, w]`` of ``x_high``'s dtype and device.
         """
         x = self.x_high
         batch, _, height, width = x.shape
-        ph, pw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        pw, ph = _size_wh(size_wh, "patch size")
         if xy.ndim != 3 or xy.shape[0] != batch or xy.shape[2] != 2:
             raise SamplingError(f"xy must be [B={batch}, n, 2] (x, y), got {tuple(xy.shape)}")
         if xy.is_floating_point() or xy.is_complex():
             raise SamplingError(f"xy must hold integer pixels, got {xy.dtype}")
-        if ph < 1 or pw < 1:
-            raise SamplingError(f"patch size must be positive, got {(ph, pw)}")
         xy = xy.to(device=x.device, dtype=torch.long)
         b = torch.arange(batch, device=x.device)[:, None].expand(xy.shape[:2])  # [B, n]
         if (x.requires_grad and torch.is_grad_enabled()) or ph > height or pw > width \

@@ -1,5 +1,9 @@
-"""Prediction: one slide in memory (:func:`predict_slide`), and a folder of
-slides to disk, resumable, with failures recorded (:func:`predict_slides`).
+"""Batch prediction: many slides to disk, resumable, failures recorded.
+
+Each slide goes through :meth:`ats_wsi.classifier.SlideClassifier.predict`
+(the one slide path); this module only adds what a batch needs: an executor
+(in process, or a ``dask.distributed`` client), the files below, and the
+bookkeeping that makes a killed run resumable.
 
 Outputs of :func:`predict_slides` in ``out_dir``:
 
@@ -24,163 +28,19 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 
-from ..data.lowview import LowView, read_low_view
+from ..classifier import SlideClassifier, checkpoint_id, load_model
 from ..errors import CheckpointError
-from ..outputs import (
-    render_overlay,
-    write_attention_zarr,
-    write_csv_atomic,
-    write_json_atomic,
-    write_overlay_png,
-)
-from ..patches.slide_source import SlideSource
-from ..sampling.geometry import cell_steps
-from .config import SlideClassifier
+from ..atomic import write_csv_atomic, write_json_atomic
+from ..outputs import render_overlay, write_attention_zarr, write_overlay_png
 
-__all__ = ["SlidePrediction", "predict_slide", "predict_slides", "PredictSettings", "slide_seed"]
-
-
-@dataclass
-class SlidePrediction:
-    """The result of classifying one slide.
-
-    Attributes:
-        slide: the slide's path.
-        probabilities: float [n_classes], averaged over ``samples`` samplings.
-        predicted: the arg-max class.
-        attention: float32 (rows, cols), the attention map (probabilities).
-        cell_size_xy: (w, h) of a map cell in level-0 pixels.
-        origin_xy: (x, y) level-0 corner of cell (0, 0).
-        boxes_xywh: int64 [samples · n, 4], the sampled boxes in level-0 pixels.
-        box_attention: float [samples · n], the attention of each box's cell.
-        seconds: wall time of the prediction.
-        patches_read: patches read from the slide.
-        pixels_read: level-0 pixels covered by the patches read (with repeats).
-        slide_pixels: level-0 pixels of the slide.
-        mpp: the slide's µm/px (None if unknown).
-        low_downsample: downsample of the low view.
-    """
-
-    slide: str
-    probabilities: np.ndarray
-    predicted: int
-    attention: np.ndarray
-    cell_size_xy: tuple[float, float]
-    origin_xy: tuple[float, float]
-    boxes_xywh: np.ndarray
-    box_attention: np.ndarray
-    seconds: float
-    patches_read: int
-    pixels_read: int
-    slide_pixels: int
-    mpp: float | None
-    low_downsample: float
-
-
-def slide_seed(path: str | os.PathLike, seed: int) -> int:
-    """A per-slide seed that depends on the slide's file name, not on run order."""
-    return (zlib.crc32(Path(path).name.encode()) ^ (int(seed) * 0x9E3779B1)) & 0x7FFFFFFF
-
-
-def low_inputs(view: LowView, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The low view as uint8 [1, 3, h, w] and its tissue mask, bool [1, h, w].
-
-    The model pools the pixel mask onto its attention grid
-    (:meth:`ats_wsi.model.AttentionSampler.grid_mask`).
-    """
-    x_low = torch.from_numpy(np.array(view.image, copy=True)).permute(2, 0, 1)[None].to(device)
-    return x_low, torch.from_numpy(view.mask)[None].to(device)
-
-
-@torch.no_grad()
-def predict_slide(
-    model: SlideClassifier,
-    slide,
-    *,
-    samples: int = 1,
-    n_patches: int | None = None,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    deterministic: bool = False,
-    workers: int = 2,
-) -> SlidePrediction:
-    """Classify one slide.
-
-    Args:
-        model: a :class:`SlideClassifier` (see :func:`load_checkpoint`).
-        slide: an open slide or a path.
-        samples: average the class probabilities of this many samplings.
-        n_patches: patches per sampling (default: the model's).
-        device: where the model runs.
-        seed: base seed; draws are seeded per slide (:func:`slide_seed`).
-        deterministic: take the top-n cells instead of sampling.
-        workers: tile-decoding threads.
-
-    Returns:
-        :class:`SlidePrediction`.
-    """
-    from ..slide import open_slide
-
-    start = time.perf_counter()
-    own = not hasattr(slide, "read_region")
-    slide = open_slide(slide) if own else slide
-    try:
-        model.eval()
-        cfg = model.config
-        sampler = model.sampler
-        old_n = sampler.n_patches
-        if n_patches is not None:
-            sampler.n_patches = int(n_patches)
-        view = read_low_view(slide, **cfg.low_resolution())
-        x_low, mask = low_inputs(view, device)
-        source = SlideSource([slide], cfg.patch_level, low_downsample=view.downsample, workers=workers)
-        gen = torch.Generator(device=torch.device(device)).manual_seed(slide_seed(slide.path, seed))
-        probs, boxes, box_att = [], [], []
-        try:
-            for _ in range(max(1, int(samples))):
-                logits, res = model(x_low, source, mask, generator=gen, deterministic=deterministic)
-                probs.append(torch.softmax(logits.float(), dim=-1)[0].cpu())
-                xy0 = source.level0_xy(res.xy.cpu())[0]
-                size0 = round(cfg.patch_size * source.level_downsample(0))
-                boxes.append(torch.cat([xy0, torch.full_like(xy0, size0)], dim=-1))
-                box_att.append(res.sampled_attention[0].float().cpu())
-        finally:
-            sampler.n_patches = old_n
-            source.close()
-        attention = res.attention[0].float().cpu().numpy()
-        step_y, step_x = cell_steps(view.image.shape[:2], attention.shape, view.downsample)
-        p = torch.stack(probs).mean(0).numpy()
-        patch_px = int(round(cfg.patch_size * source.level_downsample(0))) ** 2
-        w0, h0 = slide.dimensions
-        return SlidePrediction(
-            slide=str(slide.path),
-            probabilities=p,
-            predicted=int(np.argmax(p)),
-            attention=attention,
-            cell_size_xy=(step_x, step_y),
-            origin_xy=(0.0, 0.0),
-            boxes_xywh=torch.cat(boxes).numpy().astype(np.int64),
-            box_attention=torch.cat(box_att).numpy(),
-            seconds=time.perf_counter() - start,
-            patches_read=source.patches_read,
-            pixels_read=source.patches_read * patch_px,
-            slide_pixels=int(w0) * int(h0),
-            mpp=slide.mpp,
-            low_downsample=float(view.downsample),
-        )
-    finally:
-        if own:
-            slide.close()
+__all__ = ["predict_slides", "PredictSettings", "output_names", "run_key"]
 
 
 # --------------------------------------------------------------------------- folders
@@ -224,12 +84,10 @@ _MODELS: dict[tuple[str, str, str], SlideClassifier] = {}
 
 def _model_for(settings: PredictSettings) -> SlideClassifier:
     """The checkpoint's model, loaded once per process (per dask worker)."""
-    from .checkpoint import load_checkpoint
-
     key = (settings.checkpoint, settings.checkpoint_id, settings.device)
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = load_checkpoint(settings.checkpoint, settings.device)[0]
+        _MODELS[key] = load_model(settings.checkpoint, settings.device)
     return _MODELS[key]
 
 
@@ -262,8 +120,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     out = Path(settings.out_dir)
     model = _model_for(settings)
     with _torch_threads(settings.torch_threads), open_slide(path) as slide:
-        pred = predict_slide(model, slide, samples=settings.samples, n_patches=settings.n_patches,
-                             device=settings.device, seed=settings.seed,
+        pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers)
         write_attention_zarr(
             out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
@@ -354,15 +211,13 @@ def predict_slides(
         ``(rows, errors)`` in input order; also written to predictions.csv
         and errors.csv.
     """
-    from .checkpoint import checkpoint_id, load_checkpoint
-
     # Absolute paths: dask workers on other machines (or in other folders) get them.
     settings.checkpoint = os.path.abspath(settings.checkpoint)
     if not os.path.isfile(settings.checkpoint):
         raise CheckpointError(settings.checkpoint, "no such checkpoint file")
     settings.checkpoint_id = checkpoint_id(settings.checkpoint)
     # A checkpoint that does not load fails the run here, not slide by slide.
-    model = _model_for(settings) if executor is None else load_checkpoint(settings.checkpoint, "cpu")[0]
+    model = _model_for(settings) if executor is None else load_model(settings.checkpoint, "cpu")
     n_classes = int(model.config.n_classes)
     settings.out_dir = os.path.abspath(settings.out_dir)
     key = run_key(settings)
@@ -394,30 +249,43 @@ def predict_slides(
                         "message": str(getattr(exc, "reason", exc)).replace("\n", " ")}
         progress and progress(name, "failed")
 
+    for path, name, outcome in _completed(todo, settings, executor):
+        if isinstance(outcome, BaseException):
+            record_failure(path, name, outcome)
+        else:
+            rows[name] = outcome
+            progress and progress(name, "done")
+        flush()
+    flush()
+    return [rows[n] for n in names if n in rows], [errors[n] for n in names if n in errors]
+
+
+def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
+               executor) -> Iterator[tuple[str, str, dict | BaseException]]:
+    """``(path, name, row or exception)`` per slide of ``todo``, as each finishes.
+
+    In process (``executor`` None) slides run one after the other in this
+    thread; on a ``dask.distributed`` client they run on its workers and come
+    back in the order they finish. A slide's failure is yielded, not raised.
+    """
     if executor is None:
         for path, name in todo:
             try:
-                rows[name] = predict_one(path, name, settings)
-                progress and progress(name, "done")
+                yield path, name, predict_one(path, name, settings)
             except Exception as exc:  # a batch run records any failure and goes on
-                record_failure(path, name, exc)
-            flush()
-    else:
-        from distributed import as_completed
+                yield path, name, exc
+        return
+    from distributed import as_completed
 
-        # Task keys unique to this run: on a shared scheduler another run's task of
-        # the same slide name would otherwise be taken for this one.
-        run = uuid.uuid4().hex[:8]
-        futures = {executor.submit(predict_one, path, name, settings, pure=False,
-                                   key=f"ats-predict-{name}-{run}"): (path, name)
-                   for path, name in todo}
-        for fut in as_completed(list(futures)):
-            path, name = futures[fut]
-            try:
-                rows[name] = fut.result()
-                progress and progress(name, "done")
-            except Exception as exc:  # a worker's exception, re-raised here
-                record_failure(path, name, exc)
-            flush()
-    flush()
-    return [rows[n] for n in names if n in rows], [errors[n] for n in names if n in errors]
+    # Task keys unique to this run: on a shared scheduler another run's task of
+    # the same slide name would otherwise be taken for this one.
+    run = uuid.uuid4().hex[:8]
+    futures = {executor.submit(predict_one, path, name, settings, pure=False,
+                               key=f"ats-predict-{name}-{run}"): (path, name)
+               for path, name in todo}
+    for future in as_completed(list(futures)):
+        path, name = futures[future]
+        try:
+            yield path, name, future.result()
+        except Exception as exc:  # a worker's exception, re-raised here
+            yield path, name, exc

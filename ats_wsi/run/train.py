@@ -24,15 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.lowview import read_low_view
+from ..classifier import ModelConfig, SlideClassifier, SlideInput, SlideInputs, build_model
+from ..classifier.checkpoint import read_checkpoint, save_checkpoint
 from ..data.manifest import ManifestRow, read_manifest
 from ..errors import CheckpointError, ManifestError
-from ..outputs import write_csv_atomic, write_json_atomic
-from ..patches.reader import PatchReader
-from ..patches.slide_source import SlideSource
-from .checkpoint import read_checkpoint, save_checkpoint
-from .config import ModelConfig, SlideClassifier, build_model
-from .predict import low_inputs
+from ..atomic import write_csv_atomic, write_json_atomic
 
 __all__ = ["TrainSettings", "train", "EpochMetrics"]
 
@@ -75,32 +71,6 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "sec
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(index) * 104_729) & 0x7FFFFFFF
-
-
-class _SlideCache:
-    """Open slides, their patch readers and low views, kept for the whole run."""
-
-    def __init__(self, config: ModelConfig, workers: int):
-        self.config, self.workers = config, workers
-        self.slides, self.readers, self.views = {}, {}, {}
-
-    def get(self, path: Path):
-        from ..slide import open_slide
-
-        key = str(path)
-        if key not in self.slides:
-            slide = open_slide(path)
-            self.slides[key] = slide
-            self.views[key] = read_low_view(slide, **self.config.low_resolution())
-            self.readers[key] = PatchReader(slide, self.config.patch_level, self.config.patch_size,
-                                            workers=self.workers, cache_bytes=16 * 2**20)
-        return self.slides[key], self.readers[key], self.views[key]
-
-    def close(self):
-        for reader in self.readers.values():
-            reader.close()
-        for slide in self.slides.values():
-            slide.close()
 
 
 class _RunningStats:
@@ -175,17 +145,13 @@ class _RunningStats:
                     offset += 2 * c
 
 
-def forward_slide(model, cache: _SlideCache, row: ManifestRow, generator: torch.Generator, device):
-    """One slide through the model: ``(logits [1, C], AttentionResult)``."""
-    slide, reader, view = cache.get(row.path)
-    inner = getattr(model, "module", model)
-    x_low, mask = low_inputs(view, device)
-    source = SlideSource([slide], inner.config.patch_level, low_downsample=view.downsample,
-                         readers=[reader], device=device)
-    return model(x_low, source, mask, generator=generator)
+def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
+    """One slide through the model (or its DDP wrapper): ``(logits [1, C], AttentionResult)``."""
+    x_low, mask = item.low_inputs(device)
+    return net(x_low, item.source(device), mask, generator=generator)
 
 
-def _evaluate(model, cache, rows, seed, epoch, device) -> tuple[float, float]:
+def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[float, float]:
     if not rows:
         return float("nan"), float("nan")
     model.eval()
@@ -193,11 +159,43 @@ def _evaluate(model, cache, rows, seed, epoch, device) -> tuple[float, float]:
     with torch.no_grad():
         for i, row in enumerate(rows):
             gen = torch.Generator(device=device).manual_seed(_item_seed(seed + 1, epoch, i))
-            logits, _ = forward_slide(model, cache, row, gen, device)
+            logits, _ = forward_slide(model, inputs[row.path], gen, device)
             target = torch.tensor([row.label], device=device)
             losses.append(F.cross_entropy(logits, target).item())
             correct += int(logits.argmax(-1).item() == row.label)
     return float(np.mean(losses)), correct / len(rows)
+
+
+@dataclass
+class _Processes:
+    """Where this process stands under ``torchrun`` (one process: world 1, rank 0)."""
+
+    world: int
+    rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def start(cls, device: str) -> _Processes:
+        """Read torchrun's environment; join the process group (gloo on CPU, nccl on CUDA)."""
+        import torch.distributed as dist
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        procs = cls(world, int(os.environ.get("RANK", "0")), torch.device(device))
+        if procs.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if procs.device.type == "cuda" else "gloo")
+        if procs.distributed and procs.device.type == "cuda":
+            procs.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return procs
+
+    def finish(self) -> None:
+        import torch.distributed as dist
+
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
 
 
 def train(
@@ -228,113 +226,128 @@ def train(
     Returns:
         The metrics of every epoch (including resumed ones).
     """
-    import torch.distributed as dist
-
     settings = settings or TrainSettings()
     out = Path(out_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    distributed = world > 1
-    device = torch.device(settings.device)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-    train_rows = read_manifest(manifest, settings.train_split)
-    val_rows = read_manifest(manifest, settings.val_split)
-    if not train_rows:
-        raise ManifestError(f"{manifest}: no slides in split {settings.train_split!r}")
-    if distributed and settings.batch_size % world:
-        raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {world} processes")
-    if settings.batch_size < 1 or settings.epochs < 0:
-        raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {settings.batch_size} and {settings.epochs}")
-
-    history: list[EpochMetrics] = []
-    start_epoch = 0
-    payload = None
-    if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(last, "cannot resume: no last.pt in the run folder")
-        payload = read_checkpoint(last)
-        config = ModelConfig.from_dict(payload["config"], path=last)
-        start_epoch = int(payload["epoch"])
-        history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
-    config = config or ModelConfig()
-    for row in train_rows + val_rows:
-        if row.label >= config.n_classes:
-            raise ManifestError(f"{manifest}: {row.path} has label {row.label}, but the model has "
-                                f"n_classes={config.n_classes} (labels 0..{config.n_classes - 1}); set --classes")
+    procs = _Processes.start(settings.device)
+    train_rows, val_rows = _read_splits(manifest, settings, procs)
+    config, payload, history = _resume_state(out, config, resume)
+    _check_labels(manifest, train_rows + val_rows, config)
     torch.manual_seed(settings.seed)
-    model: SlideClassifier = build_model(config).to(device)
+    model: SlideClassifier = build_model(config).to(procs.device)
     optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
     if payload is not None:
         model.load_state_dict(payload["state_dict"])
         if "optimizer" in payload:
             optimizer.load_state_dict(payload["optimizer"])
-    net = model
-    if distributed:
-        # Buffers (BatchNorm statistics) are kept equal by _RunningStats, not broadcast from rank 0.
-        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-
-    if rank == 0:
+    # Buffers (BatchNorm statistics) are kept equal by _RunningStats, not broadcast from rank 0.
+    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if procs.distributed else model
+    if procs.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
-
-    cache = _SlideCache(config, settings.workers)
-    running_stats = _RunningStats(model)
-    n_batches = math.ceil(len(train_rows) / settings.batch_size)
+    epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows)
+    start = 0 if payload is None else int(payload["epoch"])
     try:
-        for epoch in range(start_epoch, settings.epochs):
-            t0 = time.perf_counter()
-            _set_lr(optimizer, settings, epoch)
-            order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_rows))
-            net.train()
-            losses, correct, seen = [], 0, 0
-            bar = _progress(n_batches, f"epoch {epoch + 1}/{settings.epochs}", progress and rank == 0)
-            for b in range(n_batches):
-                batch = order[b * settings.batch_size:(b + 1) * settings.batch_size]
-                # A short last batch may leave a process without a slide; it still has to
-                # join the gradient all-reduce, so it runs one slide with weight 0.
-                mine = [(idx, 1.0) for idx in batch[rank::world]] or [(batch[0], 0.0)]
-                optimizer.zero_grad(set_to_none=True)
-                for j, (idx, weight) in enumerate(mine):
-                    row = train_rows[idx]
-                    gen = torch.Generator(device=device).manual_seed(_item_seed(settings.seed, epoch, idx))
-                    sync = contextlib.nullcontext() if (not distributed or j == len(mine) - 1) else net.no_sync()
-                    # capture() restores the BatchNorm buffers only after the backward, which reads them.
-                    with sync, running_stats.capture(keep=weight > 0):
-                        logits, result = forward_slide(net, cache, row, gen, device)
-                        target = torch.tensor([row.label], device=device)
-                        ce = F.cross_entropy(logits, target)
-                        loss = (ce + result.entropy_loss) * (weight * world / len(batch))
-                        loss.backward()
-                    if weight:
-                        losses.append(ce.item())
-                        correct += int(logits.argmax(-1).item() == row.label)
-                        seen += 1
-                optimizer.step()
-                running_stats.fold(len(batch), world, distributed)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{correct / max(seen, 1):.2f}")
-            if bar is not None:
-                bar.close()
-            train_loss, train_acc = _all_mean(losses, correct, seen, distributed)
-            val_loss, val_acc = _evaluate(model, cache, val_rows, settings.seed, epoch, device) if rank == 0 else (0.0, 0.0)
-            metrics = EpochMetrics(epoch + 1, train_loss, train_acc, val_loss, val_acc,
-                                   time.perf_counter() - t0, optimizer.param_groups[0]["lr"])
-            history.append(metrics)
-            if rank == 0:
-                _save_epoch(out, model, optimizer, metrics, history, settings)
-            if on_epoch is not None and rank == 0:
-                on_epoch(metrics)
+        with SlideInputs(config, workers=settings.workers) as inputs:
+            for index in range(start, settings.epochs):
+                t0 = time.perf_counter()
+                train_loss, train_acc = epoch.run(index, inputs, progress)
+                val_loss, val_acc = (_evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
+                                     if procs.rank == 0 else (0.0, 0.0))
+                metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
+                                       time.perf_counter() - t0, optimizer.param_groups[0]["lr"])
+                history.append(metrics)
+                if procs.rank == 0:
+                    _save_epoch(out, model, optimizer, metrics, history, settings)
+                    on_epoch is not None and on_epoch(metrics)
     finally:
-        cache.close()
-        if distributed and dist.is_initialized():
-            dist.barrier()
+        procs.finish()
     return history
+
+
+def _read_splits(manifest, settings: TrainSettings, procs: _Processes) -> tuple[list, list]:
+    train_rows = read_manifest(manifest, settings.train_split)
+    val_rows = read_manifest(manifest, settings.val_split)
+    if not train_rows:
+        raise ManifestError(f"{manifest}: no slides in split {settings.train_split!r}")
+    if procs.distributed and settings.batch_size % procs.world:
+        raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {procs.world} processes")
+    if settings.batch_size < 1 or settings.epochs < 0:
+        raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {settings.batch_size} and {settings.epochs}")
+    return train_rows, val_rows
+
+
+def _resume_state(out: Path, config: ModelConfig | None, resume: bool):
+    """``(config, payload or None, history)``: the run folder's last checkpoint when resuming."""
+    if not resume:
+        return config or ModelConfig(), None, []
+    last = out / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(last, "cannot resume: no last.pt in the run folder")
+    payload = read_checkpoint(last)
+    history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
+    return ModelConfig.from_dict(payload["config"], path=last), payload, history
+
+
+def _check_labels(manifest, rows: list[ManifestRow], config: ModelConfig) -> None:
+    for row in rows:
+        if row.label >= config.n_classes:
+            raise ManifestError(f"{manifest}: {row.path} has label {row.label}, but the model has "
+                                f"n_classes={config.n_classes} (labels 0..{config.n_classes - 1}); set --classes")
+
+
+@dataclass
+class _Epoch:
+    """One pass over the training slides: batches of slides, one optimiser step per batch."""
+
+    model: SlideClassifier
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    settings: TrainSettings
+    procs: _Processes
+    running_stats: _RunningStats
+    rows: list[ManifestRow]
+
+    def run(self, epoch: int, inputs: SlideInputs, progress: bool) -> tuple[float, float]:
+        """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
+        s = self.settings
+        _set_lr(self.optimizer, s, epoch)
+        order = np.random.default_rng([s.seed, epoch]).permutation(len(self.rows))
+        self.net.train()
+        tally = [[], 0, 0]  # losses, correct, seen
+        n_batches = math.ceil(len(self.rows) / s.batch_size)
+        bar = _progress(n_batches, f"epoch {epoch + 1}/{s.epochs}", progress and self.procs.rank == 0)
+        for b in range(n_batches):
+            self.step(epoch, order[b * s.batch_size:(b + 1) * s.batch_size], inputs, tally)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(tally[0]):.3f}", acc=f"{tally[1] / max(tally[2], 1):.2f}")
+        if bar is not None:
+            bar.close()
+        return _all_mean(*tally, self.procs.distributed)
+
+    def step(self, epoch: int, batch: np.ndarray, inputs: SlideInputs, tally: list) -> None:
+        """Accumulate the gradients of this process's slides of ``batch``; one optimiser step."""
+        world, device = self.procs.world, self.procs.device
+        # A short last batch may leave a process without a slide; it still has to
+        # join the gradient all-reduce, so it runs one slide with weight 0.
+        mine = [(idx, 1.0) for idx in batch[self.procs.rank::world]] or [(batch[0], 0.0)]
+        self.optimizer.zero_grad(set_to_none=True)
+        for j, (idx, weight) in enumerate(mine):
+            row = self.rows[idx]
+            gen = torch.Generator(device=device).manual_seed(_item_seed(self.settings.seed, epoch, idx))
+            last = not self.procs.distributed or j == len(mine) - 1
+            sync = contextlib.nullcontext() if last else self.net.no_sync()
+            # capture() restores the BatchNorm buffers only after the backward, which reads them.
+            with sync, self.running_stats.capture(keep=weight > 0):
+                logits, result = forward_slide(self.net, inputs[row.path], gen, device)
+                ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
+                ((ce + result.entropy_loss) * (weight * world / len(batch))).backward()
+            if weight:
+                tally[0].append(ce.item())
+                tally[1] += int(logits.argmax(-1).item() == row.label)
+                tally[2] += 1
+        self.optimizer.step()
+        self.running_stats.fold(len(batch), world, self.procs.distributed)
 
 
 def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
@@ -389,7 +402,7 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
                            optimizer=optimizer, metrics=asdict(metrics), train_config=train_config)
     import shutil
 
-    from ..outputs import atomic_path
+    from ..atomic import atomic_path
 
     with atomic_path(out / "last.pt") as tmp:
         shutil.copyfile(ckpt, tmp)

@@ -7,19 +7,15 @@
 - :func:`multinomial_entropy`, :func:`entropy_regularizer`: keep the
   attention from collapsing.
 - :class:`SampleSoftmax`: conv logits to a spatial probability map.
-- :mod:`geometry`: attention cells to patch boxes and back.
+- :mod:`.receptive_field`: where an attention net's cells look (declared or probed).
+- :mod:`.tiled`: the attention net over a large low view, tile by tile.
+
+Attention cells become patch boxes in :mod:`ats_wsi.geometry`.
 """
 from .distribution import sample
 from .expectation import expectation
 from .regularizers import entropy_regularizer, multinomial_entropy
 from .softmax import SampleSoftmax
-
-try:  # written in parallel by the geometry owner; keep the math importable without it
-    from . import geometry
-except ModuleNotFoundError as error:  # pragma: no cover - only while geometry.py is missing
-    if error.name != f"{__name__}.geometry":
-        raise  # a missing dependency inside geometry must not be hidden
-    geometry = None
 
 __all__ = [
     "sample",
@@ -27,5 +23,4 @@ __all__ = [
     "multinomial_entropy",
     "entropy_regularizer",
     "SampleSoftmax",
-    "geometry",
 ]

@@ -1,16 +1,18 @@
-"""Which backend reads a path, and which typed error when none does."""
+"""Which backend reads a path, and which typed error when none does.
+
+Imported by :mod:`._open` (``open_slide``); the backends are imported where
+they are needed (openslide is slow to import).
+"""
 from __future__ import annotations
 
 import os
 
 from ..errors import CorruptSlideError, SlideError, SlideNotFoundError, UnsupportedFormatError
-from .slide import BACKENDS, Slide
+from .formats import is_slide_path
+from .slide import Slide
 
+BACKENDS = ("openslide", "tifffile", "zarr")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-SLIDE_SUFFIXES = {
-    ".svs", ".tif", ".tiff", ".btf", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif",
-    ".svslide", ".dcm", ".qptiff", ".zarr",
-}
 
 
 def open_path(path, backend: str = "auto") -> Slide:
@@ -119,7 +121,7 @@ def _auto_other(path: str, head: bytes) -> Slide:
     if vendor is not None:
         return OpenSlideSlide(path)
     suffix = os.path.splitext(path)[1].lower()
-    if suffix in SLIDE_SUFFIXES:
+    if is_slide_path(path):
         raise CorruptSlideError(path, f"has a slide extension ({suffix}) but is not a slide any backend "
                                       f"reads (it starts with {head[:8]!r})")
     raise UnsupportedFormatError(path, f"unknown format (starts with {head[:8]!r}); readable are TIFF, SVS, "

@@ -13,7 +13,8 @@ import threading
 import numpy as np
 
 from ..errors import CorruptSlideError, UnsupportedFormatError
-from .slide import Level, Slide
+from ._levels import Level
+from .slide import Slide
 
 DEFAULT_TILE = 512
 """Tile size used when openslide gives no tile geometry for a level."""

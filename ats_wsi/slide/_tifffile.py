@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
 from . import _tiffmeta
-from .slide import Level, Slide
+from ._levels import Level
+from .slide import Slide
 
 # compressions whose tiles tifffile + imagecodecs decode at least as fast as
 # openslide; others (JPEG 2000, ...) are left to openslide by ``auto``

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 
-from .slide import format_double
+from ._levels import format_double
 
 # TIFF tags openslide copies into tiff.* properties
 _TIFF_STRING_TAGS = {

@@ -1,7 +1,40 @@
-"""Tissue detection: HSV saturation and Otsu's threshold, in numpy."""
+"""Tissue detection: HSV saturation and Otsu's threshold, in numpy.
+
+:func:`tissue_mask` is the one tissue mask of the package: ``Slide.tissue_mask``
+and the low view (:func:`ats_wsi.slide.lowview.read_low_view`) both call it.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+__all__ = ["otsu_threshold", "saturation", "tissue_mask"]
+
+SATURATION_ROWS = 256
+"""Rows of an image :func:`tissue_mask` converts to saturation at once, so
+that the uint16 temporaries of a big image stay small."""
+
+
+def tissue_mask(rgb: np.ndarray, *, never_empty: bool = False) -> np.ndarray:
+    """Tissue (True) vs. background: HSV saturation above its Otsu threshold.
+
+    Args:
+        rgb: uint8 (rows, cols, 3). Black fill and white glass have
+            saturation 0, so both count as background.
+        never_empty: when the threshold finds nothing (a blank or uniform
+            image), return "everything is tissue" instead of an empty mask.
+            The low view asks for this, since nothing could be sampled from an
+            empty mask; ``Slide.tissue_mask`` does not (blank glass is empty).
+
+    Returns:
+        bool (rows, cols).
+    """
+    sat = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for r0 in range(0, rgb.shape[0], SATURATION_ROWS):
+        sat[r0:r0 + SATURATION_ROWS] = saturation(rgb[r0:r0 + SATURATION_ROWS])
+    mask = sat > otsu_threshold(sat)
+    if never_empty and not mask.any():
+        mask = np.ones(sat.shape, dtype=bool)
+    return mask
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ import threading
 import numpy as np
 
 from ..errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
-from .slide import Level, Slide
+from ._levels import Level
+from .slide import Slide
 
 _UM_PER_UNIT = {
     "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "micron": 1.0,

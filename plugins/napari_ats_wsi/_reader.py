@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ats_wsi.slide.formats import SLIDE_SUFFIXES
+from ats_wsi.slide.formats import is_slide_path as _has_slide_suffix
+
 __all__ = [
     "SLIDE_SUFFIXES",
     "napari_get_reader",
@@ -28,8 +31,6 @@ __all__ = [
     "slide_layer_data",
     "attention_layer_data",
 ]
-
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".zarr")
 
 # napari layer metadata key that marks layers made by this plugin.
 KIND_KEY = "ats_wsi"
@@ -86,12 +87,13 @@ def is_attention_zarr(path: str | os.PathLike) -> bool:
 def is_slide_path(path: str | os.PathLike) -> bool:
     """True if ``path`` looks like a slide this plugin should try to open.
 
-    Files need a slide suffix; folders must be zarr groups (``*.zarr`` or any
-    folder holding zarr metadata) that are not attention maps.
+    Files need a slide suffix (:data:`ats_wsi.slide.SLIDE_SUFFIXES`, the
+    patterns ``napari.yaml`` lists); folders must be zarr groups (``*.zarr``
+    or any folder holding zarr metadata) that are not attention maps.
     """
     p = Path(path)
     if p.is_file():
-        return p.suffix.lower() in SLIDE_SUFFIXES and p.suffix.lower() != ".zarr"
+        return _has_slide_suffix(p) and p.suffix.lower() != ".zarr"
     if p.is_dir():
         return _zarr_attributes(p) is not None and not is_attention_zarr(p)
     return False

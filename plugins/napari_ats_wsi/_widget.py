@@ -1,9 +1,10 @@
 """The "Attention sampling" dock widget.
 
 Pick a slide layer (opened by this plugin's reader) and a checkpoint, set
-the number of patches and of samplings, press Run. The prediction runs in a
-napari worker thread (progress in the activity dock and in the widget); when
-it is done the widget adds
+the number of patches and of samplings, press Run. The prediction is
+``ats_wsi.classifier.load_model(checkpoint).predict(slide)``, the one slide
+path every tool uses; it runs in a napari worker thread (progress in the
+activity dock and in the widget); when it is done the widget adds
 
 - the attention heatmap, placed over the slide layer by the slide layer's own
   scale and translate (µm when the slide's mpp is known), and
@@ -14,6 +15,10 @@ and shows the predicted class and the class probabilities. Every failure
 (a wrong checkpoint, an unreadable slide, a missing model package) ends as
 one napari error notification; nothing is raised into the event loop and the
 UI stays responsive.
+
+Scripts can drive it too: ``widget.set_checkpoint(path)`` then
+``widget.run_blocking()``, which predicts in the calling thread, adds the
+same layers and returns the ``SlidePrediction`` (raising on errors).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
@@ -32,7 +37,9 @@ from ._reader import KIND_KEY, SLIDE_KIND, attention_layer_data
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["AttentionSamplingWidget", "AttentionOutcome", "attention_job", "box_rectangles"]
+    from ats_wsi.classifier import SlidePrediction
+
+__all__ = ["AttentionSamplingWidget", "AttentionOutcome", "attention_job", "box_rectangles", "predict_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +63,12 @@ class AttentionOutcome:
     """What the worker hands back to the UI thread: a prediction or an error.
 
     Attributes:
-        prediction: an ``ats_wsi.run.SlidePrediction`` (None on error).
-        class_names: one name per class, in the model's order.
+        prediction: the :class:`ats_wsi.classifier.SlidePrediction` (None on error).
         error: a one-line message for the user (None on success).
     """
 
-    prediction: Any = None
-    class_names: tuple[str, ...] = ()
+    prediction: "SlidePrediction | None" = None
     error: str | None = None
-
-
-def _class_names(config: Any, n_classes: int) -> tuple[str, ...]:
-    """Class names from what ``load_checkpoint`` returned, else "class 0", "class 1", ...
-
-    Looks for ``class_names`` (or ``classes``) at the top and in the
-    ``config`` / ``data`` parts (a checkpoint payload keeps the model config
-    under ``config``).
-    """
-    top = config if isinstance(config, dict) else getattr(config, "__dict__", {})
-    for part in (top, top.get("config"), top.get("data")):
-        names = part.get("class_names") or part.get("classes") if isinstance(part, dict) else None
-        if isinstance(names, (list, tuple)) and len(names) == n_classes:
-            return tuple(str(n) for n in names)
-    return tuple(f"class {i}" for i in range(n_classes))
 
 
 def _device() -> str:
@@ -86,25 +76,37 @@ def _device() -> str:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:  # torch missing or broken: the job reports it when it imports run
+    except Exception:  # torch missing or broken: the job reports it when it imports the classifier
         return "cpu"
 
 
-def _config_kwarg(predict_slide, config) -> dict:
-    """``{"config": config}`` if ``predict_slide`` takes it (docs/contracts.md lists
-    it; the model also carries its own config, and an implementation may not)."""
-    import inspect
+def predict_stages(
+    slide_path: str, checkpoint_path: str, n_patches: int, samples: int, seed: int = 0
+) -> Generator[str, None, "SlidePrediction"]:
+    """Load the checkpoint, open the slide, predict: yields each stage's name as it
+    starts and returns the :class:`~ats_wsi.classifier.SlidePrediction`.
 
-    try:
-        return {"config": config} if "config" in inspect.signature(predict_slide).parameters else {}
-    except (TypeError, ValueError):  # no signature to inspect (a C function, a mock)
-        return {}
+    Errors propagate as raised (``CheckpointError``, ``SlideError``, ...);
+    :func:`attention_job` turns them into a message for the UI.
+    """
+    yield STAGES[0]
+    from ats_wsi.classifier import load_model
+
+    model = load_model(checkpoint_path, device=_device())
+    yield STAGES[1]
+    from ats_wsi.slide import open_slide
+
+    with open_slide(slide_path) as slide:
+        yield STAGES[2]
+        prediction = model.predict(slide, samples=samples, n_patches=n_patches, seed=seed)
+    yield STAGES[3]
+    return prediction
 
 
 def attention_job(
     slide_path: str, checkpoint_path: str, n_patches: int, samples: int, seed: int = 0
-) -> Iterator[str]:
-    """Worker body: load the checkpoint, open the slide, predict.
+) -> Generator[str, None, AttentionOutcome]:
+    """Worker body: :func:`predict_stages`, with every error made a message.
 
     A generator (napari's GeneratorWorker): it yields the name of each stage
     as it starts, so the UI can show progress and the worker can be stopped
@@ -114,25 +116,13 @@ def attention_job(
     """
     stage = STAGES[0]
     try:
-        yield stage
-        import ats_wsi.run as run
-
-        device = _device()
-        model, config = run.load_checkpoint(checkpoint_path, device=device)
-        stage = STAGES[1]
-        yield stage
-        from ats_wsi.slide import open_slide
-
-        with open_slide(slide_path) as slide:
-            stage = STAGES[2]
+        stages = predict_stages(slide_path, checkpoint_path, n_patches, samples, seed)
+        while True:
+            try:
+                stage = next(stages)
+            except StopIteration as stop:
+                return AttentionOutcome(prediction=stop.value)
             yield stage
-            prediction = run.predict_slide(
-                model, slide, n_patches=n_patches, samples=samples, device=device, seed=seed,
-                **_config_kwarg(run.predict_slide, config),
-            )
-        yield STAGES[3]
-        n_classes = int(np.asarray(prediction.probabilities).reshape(-1).shape[0])
-        return AttentionOutcome(prediction=prediction, class_names=_class_names(config, n_classes))
     except Exception as exc:  # noqa: BLE001 - every failure must become a notification
         log.debug("attention sampling failed while %s:\n%s", stage, traceback.format_exc())
         return AttentionOutcome(error=f"{stage} failed: {type(exc).__name__}: {_first_line(str(exc))}")
@@ -166,29 +156,18 @@ def box_rectangles(boxes_xywh: np.ndarray) -> np.ndarray:
 def _heatmap_transform(
     cell_size_xy: Sequence[float], origin_xy: Sequence[float], scale_yx: np.ndarray, translate_yx: np.ndarray
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Scale and translate of a heatmap over a slide layer with the given transform.
+    """Scale and translate of a heatmap over a slide layer with the given transform
+    (:func:`ats_wsi.geometry.cell_transform`, as write_attention_zarr uses)."""
+    from ats_wsi.geometry import cell_transform
 
-    Cell (r, c) covers level-0 pixels origin + (c, r) * cell .. + cell - 1;
-    its centre, in the slide layer's data coordinates, is
-    origin + cell / 2 - 0.5 (the same convention as write_attention_zarr).
-    """
-    cw, ch = (float(v) for v in cell_size_xy)
-    ox, oy = (float(v) for v in origin_xy)
-    sy, sx = (float(v) for v in scale_yx)
-    ty, tx = (float(v) for v in translate_yx)
-    scale = (ch * sy, cw * sx)
-    translate = (ty + (oy + ch / 2 - 0.5) * sy, tx + (ox + cw / 2 - 0.5) * sx)
-    return scale, translate
+    return cell_transform(cell_size_xy, origin_xy, scale_yx, translate_yx)
 
 
-def format_prediction(outcome: AttentionOutcome) -> str:
+def format_prediction(prediction: "SlidePrediction") -> str:
     """Two lines for the widget: the predicted class and all probabilities."""
-    pred = outcome.prediction
-    probs = np.asarray(pred.probabilities, dtype=np.float64).reshape(-1)
-    k = int(pred.predicted)
-    names = outcome.class_names
-    listing = ", ".join(f"{n}: {p:.3f}" for n, p in zip(names, probs))
-    return f"Predicted: {names[k]} (p = {probs[k]:.3f})\n{listing}"
+    probs = prediction.probabilities
+    listing = ", ".join(f"{n}: {p:.3f}" for n, p in zip(prediction.class_names, probs))
+    return f"Predicted: {prediction.predicted_name} (p = {probs[prediction.predicted]:.3f})\n{listing}"
 
 
 class AttentionSamplingWidget(Container):
@@ -262,17 +241,27 @@ class AttentionSamplingWidget(Container):
     def running(self) -> bool:
         return self.worker is not None and self.worker.is_running
 
-    def run(self, _clicked=None) -> None:
-        """Start a prediction on the chosen slide layer (no-op while one runs)."""
-        if self.running:
-            return
+    def set_checkpoint(self, path: str | Path) -> None:
+        """Choose the checkpoint file (what the "checkpoint" field does)."""
+        self._checkpoint.value = Path(path)
+
+    def _inputs(self) -> tuple[Any, Path | None, str | None]:
+        """The chosen slide layer and checkpoint, and what is missing (None when nothing)."""
         layer = self._slide.value
         checkpoint = Path(self._checkpoint.value) if self._checkpoint.value else None
         if layer is None:
-            show_error("Attention sampling: open a slide with the ats-wsi reader and choose its layer first")
-            return
+            return layer, checkpoint, "open a slide with the ats-wsi reader and choose its layer first"
         if checkpoint is None or not checkpoint.is_file():
-            show_error(f"Attention sampling: checkpoint {checkpoint} is not a file")
+            return layer, checkpoint, f"checkpoint {checkpoint} is not a file"
+        return layer, checkpoint, None
+
+    def run(self, _clicked=None) -> None:
+        """Start a prediction on the chosen slide layer in a worker thread (no-op while one runs)."""
+        if self.running:
+            return
+        layer, checkpoint, missing = self._inputs()
+        if missing is not None:
+            show_error(f"Attention sampling: {missing}")
             return
         from napari.qt.threading import create_worker
 
@@ -310,6 +299,35 @@ class AttentionSamplingWidget(Container):
         self._run.enabled = True
         self._progress.visible = False
 
+    def run_blocking(self) -> "SlidePrediction":
+        """Predict on the chosen slide layer in the calling thread, add the layers, return the prediction.
+
+        For scripts and notebooks (the Run button uses a worker thread). The
+        layers, labels and :attr:`last_outcome` end as after a Run.
+
+        Raises:
+            RuntimeError: a Run is still in progress.
+            ValueError: no slide layer or no checkpoint file is chosen.
+            CheckpointError, SlideError, ...: as ``load_model`` / ``predict`` raise them.
+        """
+        if self.running:
+            raise RuntimeError("Attention sampling: a run is in progress")
+        layer, checkpoint, missing = self._inputs()
+        if missing is not None:
+            raise ValueError(missing)
+        stages = predict_stages(
+            layer.metadata["path"], str(checkpoint), int(self._n_patches.value), int(self._samples.value)
+        )
+        while True:
+            try:
+                self._status.value = next(stages)
+            except StopIteration as stop:
+                prediction = stop.value
+                break
+        self.last_outcome = AttentionOutcome(prediction=prediction)
+        self._show(prediction, layer)
+        return prediction
+
     def _on_outcome(self, outcome: AttentionOutcome, slide_layer) -> None:
         self.last_outcome = outcome
         if outcome.error is not None:
@@ -317,28 +335,27 @@ class AttentionSamplingWidget(Container):
             show_error(f"Attention sampling on {slide_layer.name}: {outcome.error}")
             return
         try:
-            self.add_prediction_layers(outcome, slide_layer)
-            summary = format_prediction(outcome)
-        except Exception as exc:  # noqa: BLE001 - a malformed prediction must not crash the UI
+            self._show(outcome.prediction, slide_layer)
+        except Exception as exc:  # noqa: BLE001 - a failure to draw must not crash the UI
             log.debug("showing the prediction failed:\n%s", traceback.format_exc())
             self._status.value = "failed"
             reason = f"{type(exc).__name__}: {_first_line(str(exc))}"
             show_error(f"Attention sampling on {slide_layer.name}: showing the result failed: {reason}")
-            return
-        pred = outcome.prediction
-        seconds = getattr(pred, "seconds", None)
-        timing = f" in {seconds:.1f} s" if seconds is not None else ""
-        self._status.value = f"{len(np.asarray(pred.boxes_xywh).reshape(-1, 4))} patches{timing}"
+
+    def _show(self, prediction: "SlidePrediction", slide_layer) -> None:
+        """Add the prediction's layers, fill in the labels and tell the user."""
+        self.add_prediction_layers(prediction, slide_layer)
+        summary = format_prediction(prediction)
+        self._status.value = f"{len(prediction.boxes_xywh)} patches in {prediction.seconds:.1f} s"
         self._result.value = summary
         show_info(f"{slide_layer.name}: {summary.splitlines()[0]}")
 
     # ------------------------------------------------------------------ layers
 
-    def add_prediction_layers(self, outcome: AttentionOutcome, slide_layer) -> tuple[Any, Any]:
-        """Add the heatmap and the sampled boxes over ``slide_layer``; return both layers."""
+    def add_prediction_layers(self, pred: "SlidePrediction", slide_layer) -> tuple[Any, Any]:
+        """Add the heatmap and the sampled boxes of ``pred`` over ``slide_layer``; return both layers."""
         from ats_wsi.outputs import AttentionMap
 
-        pred = outcome.prediction
         scale_yx = np.asarray(slide_layer.scale, dtype=np.float64)[-2:]
         translate_yx = np.asarray(slide_layer.translate, dtype=np.float64)[-2:]
         # The slide reader sets scale = mpp when the mpp is known: the map is then in µm.

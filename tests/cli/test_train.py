@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
-from ats_wsi.run.checkpoint import load_checkpoint
+from ats_wsi.classifier import load_model, read_checkpoint
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr"]
 
@@ -34,7 +34,7 @@ def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epo
         assert float(r["lr"]) == pytest.approx(1e-3)
 
     # The checkpoint rebuilds the model from its config alone, with the flags given.
-    model, payload = load_checkpoint(run / "last.pt")
+    model, payload = load_model(run / "last.pt"), read_checkpoint(run / "last.pt")
     assert payload["epoch"] == 2
     assert payload["config"]["n_patches"] == 4 and payload["config"]["patch_size"] == 64
     assert payload["config"]["feature_dim"] == 8 and payload["config"]["low_downsample"] == 16.0

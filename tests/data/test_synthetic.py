@@ -19,13 +19,15 @@ import pytest
 openslide = pytest.importorskip("openslide")
 tifffile = pytest.importorskip("tifffile")
 
-from ats_wsi.data import synthetic  # noqa: E402
 from ats_wsi.data.synthetic import (  # noqa: E402
+    _render,
+    aperio_description,
     load_lesions,
     load_synthetic_slide,
     make_slide_set,
     write_synthetic_slide,
 )
+from ats_wsi.errors import AtsError, GroundTruthError  # noqa: E402
 
 W, H = 4096, 3072
 
@@ -190,7 +192,7 @@ def test_a_failing_write_leaves_nothing_under_the_final_name(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
     calls = {"n": 0}
-    render = synthetic._Renderer.render
+    render = _render._Renderer.render
 
     def render_then_fail(self, *args, **kw):
         calls["n"] += 1
@@ -198,22 +200,49 @@ def test_a_failing_write_leaves_nothing_under_the_final_name(tmp_path, monkeypat
             raise RuntimeError("disk on fire")
         return render(self, *args, **kw)
 
-    monkeypatch.setattr(synthetic._Renderer, "render", render_then_fail)
+    monkeypatch.setattr(_render._Renderer, "render", render_then_fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_synthetic_slide(target, 2048, 2048, n_lesions=1, lesion_size_um=(100, 200))
     assert calls["n"] == 20
     assert list(tmp_path.iterdir()) == []
 
     # a failed rewrite leaves the previous complete file untouched
-    monkeypatch.setattr(synthetic._Renderer, "render", render)
+    monkeypatch.setattr(_render._Renderer, "render", render)
     write_synthetic_slide(target, 2048, 1536, seed=1, lesion_size_um=(50, 100))
     before = target.read_bytes()
     calls["n"] = 0
-    monkeypatch.setattr(synthetic._Renderer, "render", render_then_fail)
+    monkeypatch.setattr(_render._Renderer, "render", render_then_fail)
     with pytest.raises(RuntimeError):
         write_synthetic_slide(target, 2048, 1536, seed=2, lesion_size_um=(50, 100))
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.lesions.json", "broken.svs"]
+
+
+def test_a_broken_ground_truth_raises_a_typed_error_naming_the_file(tmp_path):
+    truth = tmp_path / "s.lesions.json"
+    for text in ("{not json", '{"file": "s.svs"}', '{"file": "s.svs", "width": "wide"}'):
+        truth.write_text(text)
+        with pytest.raises(GroundTruthError, match="s.lesions.json") as err:
+            load_synthetic_slide(tmp_path / "s.svs")
+        assert isinstance(err.value, AtsError) and isinstance(err.value, ValueError)
+        assert err.value.path == str(truth)
+    with pytest.raises(FileNotFoundError):
+        load_lesions(tmp_path / "other.svs")
+
+
+def test_aperio_description_is_what_openslide_parses():
+    text = aperio_description(4000, 2400, mpp=0.499, tile=240, quality=90, app_mag=20, fields={"User": "x"})
+    header, *pairs = text.split("|")
+    assert header == "Aperio Image Library v12.0.15 \r\n4000x2400 [0,0 4000x2400] (240x240) JPEG/RGB Q=90"
+    fields = dict(p.split(" = ") for p in pairs)
+    assert fields["MPP"] == "0.499" and fields["AppMag"] == "20" and fields["User"] == "x"
+    assert aperio_description(100, 80, mpp=0.25).count("|AppMag = 40|") == 1
+    assert "MPP" not in aperio_description(100, 80) and "AppMag" not in aperio_description(100, 80)
+    assert aperio_description(100, 80, tile=16, quality=70, page="level", size=(25, 20)).endswith(
+        "(16x16) -> 25x20 JPEG/RGB Q=70")
+    assert aperio_description(100, 80, page="thumbnail", size=(10, 8)).endswith("\r\n100x80 -> 10x8 - ")
+    with pytest.raises(ValueError, match="size"):
+        aperio_description(100, 80, page="level")
 
 
 # --------------------------------------------------------------------------- determinism

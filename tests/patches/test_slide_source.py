@@ -12,10 +12,10 @@ from ats_wsi.patches import PatchReader, PatchSource, SlideSource
 
 
 def read_regions(slides, levels, xy0, size) -> torch.Tensor:
-    """uint8 [B, n, 3, ph, pw] by read_region at level-0 corners xy0 [B, n, 2]."""
-    ph, pw = size
+    """uint8 [B, n, 3, h, w] by read_region at level-0 corners xy0 [B, n, 2], size = (w, h)."""
     return torch.stack([
-        torch.stack([torch.from_numpy(s.read_region(tuple(p), lv, (pw, ph))).permute(2, 0, 1) for p in xy.tolist()])
+        torch.stack([torch.from_numpy(s.read_region(tuple(p), lv, tuple(size))).permute(2, 0, 1)
+                     for p in xy.tolist()])
         for s, lv, xy in zip(slides, levels, xy0)])
 
 
@@ -32,16 +32,22 @@ def two_slides(vips_jpeg, tiff_pyramid_deflate):
 @pytest.mark.parametrize("level", [0, 1])
 def test_extract_equals_read_region_at_the_level0_corners_of_two_slides(two_slides, level):
     rng = np.random.default_rng(level)
-    size = (90, 130)  # (ph, pw)
+    size = (90, 130)  # (w, h)
     lw, lh = two_slides[1].level_dimensions[level]
     xy = torch.stack([torch.from_numpy(rng.integers(-100, lw, (2, 24))),
                       torch.from_numpy(rng.integers(-100, lh, (2, 24)))], dim=-1)  # [B, n, 2]
     source = SlideSource(two_slides, level, low_downsample=16.0, workers=2)
     assert isinstance(source, PatchSource)
     got = source.extract(xy, size)
-    assert got.shape == (2, 24, 3, 90, 130) and got.dtype == torch.uint8
+    assert got.shape == (2, 24, 3, 130, 90) and got.dtype == torch.uint8
     xy0 = source.level0_xy(source.level_xy(xy, size))
     torch.testing.assert_close(got, read_regions(two_slides, [level] * 2, xy0, size), rtol=0, atol=0)
+    boxes = source.boxes_level0(xy, size)
+    assert boxes.dtype == torch.int64 and boxes.shape == (2, 24, 4)
+    assert torch.equal(boxes[..., :2], xy0)
+    for b, slide in enumerate(two_slides):
+        ds = slide.level_downsamples[level]
+        assert boxes[b, 0, 2:].tolist() == [int(90 * ds + 0.5), int(130 * ds + 0.5)]  # (w0, h0)
     assert source.patches_read == 48
     source.close()
 
@@ -103,12 +109,14 @@ def test_attention_sampler_reads_its_patches_from_slides(two_slides):
              for s in two_slides]
     x_low = torch.stack(views).permute(0, 3, 1, 2).float() / 255  # [2, 3, 750, 1250], slide 1 padded
     sampler = AttentionSampler(create_attention_net("attention-small", pool=8),
-                               create_feature_net("feature-small", out_features=8), n_patches=6, patch_size=64)
+                               create_feature_net("feature-small", out_features=8), n_patches=6,
+                               patch_size=(64, 40))
     low_ds = two_slides[0].level_downsamples[low_level]
     source = SlideSource(two_slides, 0, low_downsample=[low_ds, two_slides[1].level_downsamples[low_level]])
     result = sampler(x_low, source)
-    assert result.features.shape == (2, 8) and result.patches.shape == (2, 6, 3, 64, 64)
-    xy0 = source.level0_xy(source.level_xy(result.xy, (64, 64)))
-    expected = read_regions(two_slides, [0, 0], xy0, (64, 64)).float() / 255
+    assert result.features.shape == (2, 8) and result.patches.shape == (2, 6, 3, 40, 64)
+    boxes = source.boxes_level0(result.xy, sampler.patch_size)  # [B, n, 4] (x0, y0, w0, h0)
+    assert (boxes[..., 2:] == torch.tensor([64, 40])).all()  # level 0: (w0, h0) = (w, h)
+    expected = read_regions(two_slides, [0, 0], boxes[..., :2], (64, 40)).float() / 255
     torch.testing.assert_close(result.patches, expected, rtol=0, atol=0)
     source.close()

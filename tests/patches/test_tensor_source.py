@@ -9,8 +9,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def naive_patches(x, xy, size):
-    """Slice each box, pasting the part inside the image into a zero patch."""
-    ph, pw = size
+    """Slice each box of ``size`` = (w, h), pasting the part inside the image into a zero patch."""
+    pw, ph = size
     batch, channels, height, width = x.shape
     out = torch.zeros(batch, xy.shape[1], channels, ph, pw, dtype=x.dtype, device=x.device)
     for b in range(batch):
@@ -25,7 +25,7 @@ def naive_patches(x, xy, size):
 
 def random_boxes(generator, batch, n, image_hw, size):
     """Top-left (x, y) [B, n, 2]: inside, across every border, and fully outside."""
-    (height, width), (ph, pw) = image_hw, size
+    (height, width), (pw, ph) = image_hw, size
     x0 = torch.randint(-2 * pw, width + pw, (batch, n), generator=generator)
     y0 = torch.randint(-2 * ph, height + ph, (batch, n), generator=generator)
     xy = torch.stack([x0, y0], dim=-1)
@@ -46,7 +46,7 @@ def make_image(generator, shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize("channels, image_hw, size", [
     (1, (37, 61), (8, 8)),  # non-square image
-    (3, (64, 45), (5, 12)),  # non-square patch
+    (3, (64, 45), (5, 12)),  # non-square patch, (w, h)
     (3, (20, 30), (1, 1)),
 ])
 def test_extract_equals_naive_slicing_with_zero_padding(device, dtype, channels, image_hw, size):
@@ -54,7 +54,7 @@ def test_extract_equals_naive_slicing_with_zero_padding(device, dtype, channels,
     x = make_image(g, (3, channels, *image_hw), dtype).to(device)
     xy = random_boxes(g, 3, 40, image_hw, size).to(device)
     patches = TensorSource(x).extract(xy, size)
-    assert patches.shape == (3, 40, channels, *size)
+    assert patches.shape == (3, 40, channels, size[1], size[0])  # [B, n, C, h, w]
     assert patches.dtype == dtype and patches.device.type == device
     assert torch.equal(patches, naive_patches(x, xy, size))
 
@@ -101,7 +101,7 @@ def test_gradient_reaches_the_image_and_skips_the_padding(device):
     g = torch.Generator().manual_seed(3)
     image = torch.rand(2, 3, 17, 23, generator=g, dtype=torch.float64)
     xy = random_boxes(g, 2, 25, (17, 23), (6, 5)).to(device)
-    weights = torch.rand(2, 25, 3, 6, 5, generator=g, dtype=torch.float64).to(device)
+    weights = torch.rand(2, 25, 3, 5, 6, generator=g, dtype=torch.float64).to(device)
 
     x = image.to(device).requires_grad_()
     (TensorSource(x).extract(xy, (6, 5)) * weights).sum().backward()

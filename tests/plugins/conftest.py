@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ats_wsi.data.synthetic import aperio_description
+
 MPP = 0.5
 TISSUE_RGB = (226, 150, 196)  # H&E-like pink
 LESION_RGB = (96, 32, 112)  # dense, dark purple
@@ -36,13 +38,6 @@ class TestSlide:
     def level_shape(self, level: int) -> tuple[int, int, int]:
         d = self.downsamples[level]
         return (self.height // d, self.width // d, 3)
-
-
-def _description(width: int, height: int, tile: int, mpp: float) -> str:
-    return (
-        f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
-        f"JPEG/RGB Q=90|AppMag = 20|MPP = {mpp}"
-    )
 
 
 def write_tiff_pyramid(
@@ -73,7 +68,7 @@ def write_tiff_pyramid(
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
         _write_level(
             tif, levels[0], tile, **common,
-            description=_description(shape0[1], shape0[0], tile, mpp),
+            description=aperio_description(shape0[1], shape0[0], mpp=mpp, tile=tile, quality=90, app_mag=20),
             resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
         )
         tif.write(thumbnail, compression="deflate", rowsperstrip=16, **common)
@@ -148,3 +143,78 @@ def huge_slide(tmp_path_factory) -> TestSlide:
     path = folder / "huge.svs"
     write_tiff_pyramid(path, levels, bigtiff=True)
     return TestSlide(path, side, side, MPP, downsamples)
+
+
+# --------------------------------------------------------------------------- a real checkpoint
+
+CLASS_NAMES = ("normal", "tumour")
+PROBABILITIES = (0.2, 0.8)
+DARKNESS_CELL = 8  # low-view pixels per attention cell (the net's average pooling)
+DARKNESS_PATCH = 64  # level-0 pixels per patch side
+
+
+def darkness_model(class_names=CLASS_NAMES):
+    """A real, tiny ``SlideClassifier`` whose weights are set by hand, not trained.
+
+    Its attention net averages the low view (1/16 of level 0) over 8 × 8-pixel
+    cells (128 level-0 pixels) and scores each cell by its darkness, steeply
+    (``4 · (6 − Σ_c normalised pixel)``: ~21 logits more for the dark lesion
+    than for pink tissue), so its attention peaks on the lesion of
+    ``lesion_slide`` and its draws land there. The head ignores the features
+    (zero weights) and its bias gives the probabilities ``PROBABILITIES``.
+    Everything else (the feature net, sampling, reading patches) is the real
+    model's, run by the real ``load_model`` / ``SlideClassifier.predict``.
+    """
+    import math
+
+    import torch
+
+    from ats_wsi.classifier import ModelConfig, build_model
+
+    config = ModelConfig(
+        n_classes=len(PROBABILITIES),
+        attention_kwargs=dict(hidden=1, layers=1, pool=DARKNESS_CELL),
+        feature_kwargs=dict(widths=(4,)),
+        feature_dim=4,
+        n_patches=4,
+        patch_size=DARKNESS_PATCH,
+        low_downsample=16.0,
+        class_names=None if class_names is None else list(class_names),
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    pool, conv, _relu, out = model.sampler.attention_net[-1].body
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, :, 1, 1] = -1.0  # centre tap only: minus the sum of the channels
+        conv.bias.fill_(6.0)  # normalised pixels lie in [-2, 2]: keeps the ReLU open
+        out.weight.fill_(4.0)
+        out.bias.zero_()
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.log(torch.tensor(PROBABILITIES)))
+    return model
+
+
+def write_darkness_checkpoint(path: Path, class_names=CLASS_NAMES) -> Path:
+    """Save :func:`darkness_model` with the real ``save_checkpoint``."""
+    from ats_wsi.classifier import save_checkpoint
+
+    return save_checkpoint(path, darkness_model(class_names))
+
+
+@dataclass(frozen=True)
+class Darkness:
+    """The darkness checkpoint and what the tests know of its predictions."""
+
+    checkpoint: Path
+    class_names: tuple[str, ...] = CLASS_NAMES
+    probabilities: tuple[float, ...] = PROBABILITIES
+    patch_size: int = DARKNESS_PATCH
+    cell_size: int = 16 * DARKNESS_CELL  # level-0 pixels per attention cell
+    write = staticmethod(write_darkness_checkpoint)  # write(path, class_names=...): another one
+
+
+@pytest.fixture(scope="session")
+def darkness(tmp_path_factory) -> Darkness:
+    """A real checkpoint of :func:`darkness_model` (see there), and its numbers."""
+    return Darkness(write_darkness_checkpoint(tmp_path_factory.mktemp("model") / "darkness.pt"))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import npe2
 
+from ats_wsi.slide import SLIDE_SUFFIXES
 from _napari_plugin import MANIFEST, MANIFEST_PATH, PLUGIN
 
-SLIDE_PATTERNS = {f"*{s}" for s in (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".zarr")}
+SLIDE_PATTERNS = {f"*{s}" for s in SLIDE_SUFFIXES}
 
 
 def test_manifest_validates_with_npe2_cli():

@@ -1,13 +1,14 @@
 """The "Attention sampling" widget, docked through napari's plugin menu.
 
-Most tests replace ``ats_wsi.run.load_checkpoint`` / ``predict_slide`` (the
-contract the widget is built on, docs/contracts.md) with a stand-in whose
-"attention" is the darkness of the slide's lowest level, computed from the
-real slide file. That pins down everything the widget owns — the worker
-thread, the layers it adds and where it puts them, the prediction label, the
-error notifications — exactly and in well under a second per run.
-test_widget_with_trained_checkpoint.py runs the same widget on a real
-checkpoint.
+Every run here is the real thing: the widget's job calls the real
+``ats_wsi.classifier.load_model`` and ``SlideClassifier.predict`` on a real
+checkpoint (the ``darkness`` fixture, conftest.py: a tiny model whose weights
+are set so its attention is the darkness of the slide, and whose
+probabilities are fixed), over the real slide fixtures. What the widget owns
+(the worker thread, the layers it adds and where it puts them, the labels,
+the error notifications) is checked against the numbers of the
+``SlidePrediction`` it received. test_widget_with_real_checkpoint.py runs the
+same widget on a trained checkpoint.
 """
 from __future__ import annotations
 
@@ -15,63 +16,20 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-import ats_wsi.run
 from _napari_plugin import PLUGIN, assert_inferno_fading_in, has_display
+from ats_wsi.classifier import SlideClassifier, SlidePrediction
 from ats_wsi.errors import CheckpointError
-from ats_wsi.run.predict import SlidePrediction
-from ats_wsi.slide import open_slide
 from napari_ats_wsi._widget import AttentionSamplingWidget
 
 WIDGET = "Attention sampling"
-CHECKPOINT_MAGIC = b"stand-in checkpoint"
-PATCH = 128
-
-
-def stand_in_load_checkpoint(path, device="cpu"):
-    with open(path, "rb") as fh:
-        if fh.read(len(CHECKPOINT_MAGIC)) != CHECKPOINT_MAGIC:
-            raise CheckpointError(path, "not an ats-wsi checkpoint")
-    return object(), {"class_names": ["normal", "tumour"]}
-
-
-def stand_in_predict_slide(model, slide, *, n_patches=None, samples=1, device="cpu", seed=0, **_):
-    """Attention = darkness of 8 × 8-pixel cells of the lowest level; boxes on the top cells."""
-    level = slide.level_count - 1
-    downsample = slide.level_downsamples[level]
-    low = slide.read_level(level).astype(np.float64)
-    k = 8
-    rows, cols = low.shape[0] // k, low.shape[1] // k
-    dark = 255.0 - low[: rows * k, : cols * k].mean(axis=-1).reshape(rows, k, cols, k).mean(axis=(1, 3))
-    attention = dark**4 / (dark**4).sum()
-    cell = k * downsample  # level-0 pixels per cell
-    top = np.argsort(attention.ravel())[::-1][:n_patches]
-    r, c = np.unravel_index(top, attention.shape)
-    x0 = np.round(c * cell + cell / 2 - PATCH / 2).astype(np.int64)
-    y0 = np.round(r * cell + cell / 2 - PATCH / 2).astype(np.int64)
-    boxes = np.stack([x0, y0, np.full_like(x0, PATCH), np.full_like(x0, PATCH)], axis=1)
-    w0, h0 = slide.dimensions
-    return SlidePrediction(
-        slide=str(slide.path), probabilities=np.array([0.2, 0.8]), predicted=1,
-        attention=attention.astype(np.float32), cell_size_xy=(cell, cell), origin_xy=(0.0, 0.0),
-        boxes_xywh=boxes, box_attention=attention.ravel()[top], seconds=0.01, patches_read=len(top),
-        pixels_read=len(top) * PATCH * PATCH, slide_pixels=w0 * h0, mpp=slide.mpp,
-        low_downsample=float(downsample),
-    )
 
 
 @pytest.fixture
-def stand_in_run(monkeypatch):
-    monkeypatch.setattr(ats_wsi.run, "load_checkpoint", stand_in_load_checkpoint, raising=False)
-    monkeypatch.setattr(ats_wsi.run, "predict_slide", stand_in_predict_slide, raising=False)
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    path = tmp_path / "model.pt"
-    path.write_bytes(CHECKPOINT_MAGIC + b"\0" * 64)
-    return path
+def checkpoint(darkness):
+    return darkness.checkpoint
 
 
 @pytest.fixture
@@ -91,10 +49,21 @@ def dock_widget(viewer) -> AttentionSamplingWidget:
     return widget
 
 
-def run_and_wait(qtbot, widget, *, timeout=30_000):
+def run_and_wait(qtbot, widget, *, timeout=60_000):
     widget._run.native.click()  # what the user does
     assert widget.worker is not None, "Run did not start a worker"
     qtbot.waitUntil(lambda: widget.worker.is_running is False and widget._run.enabled, timeout=timeout)
+
+
+def assert_boxes_are_the_predictions(boxes, pred: SlidePrediction, mpp: float) -> None:
+    """The Shapes layer holds exactly the prediction's level-0 boxes, shown in µm."""
+    expected = pred.boxes_xywh
+    assert boxes.nshapes == len(expected) and set(boxes.shape_type) == {"rectangle"}
+    for verts, (bx, by, bw, bh) in zip(boxes.data, expected):
+        (y0, x0), (y1, x1) = verts.min(axis=0), verts.max(axis=0)
+        np.testing.assert_allclose((x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0), (bx, by, bw, bh))
+        np.testing.assert_allclose(boxes.data_to_world((y0, x0)), ((by - 0.5) * mpp, (bx - 0.5) * mpp))
+    np.testing.assert_allclose(boxes.features["attention"], pred.box_attention)
 
 
 # --------------------------------------------------------------------------- tests
@@ -127,39 +96,41 @@ def test_opening_a_slide_after_closing_the_widget_is_harmless(make_napari_viewer
 
 
 def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
-    make_napari_viewer, qtbot, lesion_slide, checkpoint, stand_in_run, notifications
+    make_napari_viewer, qtbot, lesion_slide, darkness, notifications
 ):
     viewer = make_napari_viewer()
     [slide_layer] = viewer.open(str(lesion_slide.path), plugin=PLUGIN)
     widget = dock_widget(viewer)
-    widget._checkpoint.value = checkpoint
+    widget._checkpoint.value = darkness.checkpoint
     widget._n_patches.value = 4  # the lesion covers 2 × 2 cells
     run_and_wait(qtbot, widget)
 
     assert [layer.name for layer in viewer.layers] == ["lesion.svs", "lesion.svs attention", "lesion.svs patches"]
     heat, boxes = viewer.layers[1], viewer.layers[2]
+    pred = widget.last_outcome.prediction
+    assert isinstance(pred, SlidePrediction) and widget.last_outcome.error is None
     mpp = lesion_slide.mpp
     x, y, w, h = lesion_slide.lesion_xywh
 
-    # the heatmap's max, through the layer's scale/translate, lands on the lesion
+    # the heatmap is the prediction's map; its max, through the layer's scale/translate, lands on the lesion
+    np.testing.assert_array_equal(heat.data, pred.attention)
     row, col = np.unravel_index(np.argmax(heat.data), heat.data.shape)
     world_y, world_x = heat.data_to_world((row, col))
     level0_x, level0_y = world_x / mpp + 0.5, world_y / mpp + 0.5  # pixel centres are at index × mpp
     assert x <= level0_x < x + w and y <= level0_y < y + h
     assert_inferno_fading_in(heat)
     assert tuple(heat.contrast_limits) == pytest.approx((float(heat.data.min()), float(heat.data.max())))
-    # cell (r, c) covers level-0 pixels c·128 .. c·128 + 127: its top-left edge is at (c·128 - 0.5) · mpp
+    # cell (r, c) covers level-0 pixels origin + c·cw .. + cw - 1: its top-left edge is at (that - 0.5) · mpp
+    (cw, ch), (ox, oy) = pred.cell_size_xy, pred.origin_xy
+    assert (cw, ch) == (darkness.cell_size, darkness.cell_size)
     corner = heat.data_to_world((row - 0.5, col - 0.5))
-    np.testing.assert_allclose(corner, ((row * 128 - 0.5) * mpp, (col * 128 - 0.5) * mpp))
+    np.testing.assert_allclose(corner, ((oy + row * ch - 0.5) * mpp, (ox + col * cw - 0.5) * mpp))
 
-    # n_patches boxes, in level-0 pixel coordinates, shown in µm, each on the lesion
-    assert boxes.nshapes == 4 and set(boxes.shape_type) == {"rectangle"}
-    with open_slide(lesion_slide.path) as slide:
-        expected = stand_in_predict_slide(None, slide, n_patches=4).boxes_xywh
-    for verts, (bx, by, bw, bh) in zip(boxes.data, expected):
-        (y0, x0), (y1, x1) = verts.min(axis=0), verts.max(axis=0)
-        np.testing.assert_allclose((x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0), (bx, by, bw, bh))
-        np.testing.assert_allclose(boxes.data_to_world((y0, x0)), ((by - 0.5) * mpp, (bx - 0.5) * mpp))
+    # n_patches boxes: the prediction's, in level-0 pixel coordinates, shown in µm, each on the lesion
+    assert len(pred.boxes_xywh) == 4
+    assert_boxes_are_the_predictions(boxes, pred, mpp)
+    for bx, by, bw, bh in pred.boxes_xywh:
+        assert bw == bh == darkness.patch_size
         cx, cy = bx + bw / 2, by + bh / 2
         assert x <= cx < x + w and y <= cy < y + h
     np.testing.assert_allclose(boxes.scale, slide_layer.scale)
@@ -167,26 +138,31 @@ def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
     luminance = boxes.edge_color[:, :3] @ [0.2126, 0.7152, 0.0722]
     assert np.argmax(luminance) == np.argmax(boxes.features["attention"])
 
-    assert "tumour" in widget._result.value and "0.800" in widget._result.value
+    assert pred.class_names == darkness.class_names == ("normal", "tumour") and pred.predicted_name == "tumour"
+    np.testing.assert_allclose(pred.probabilities, darkness.probabilities, atol=1e-6)
+    assert widget._result.value == "Predicted: tumour (p = 0.800)\nnormal: 0.200, tumour: 0.800"
+    assert widget._status.value == f"4 patches in {pred.seconds:.1f} s"
     infos = [m for s, m in notifications() if s == NotificationSeverity.INFO]
     assert any("Predicted: tumour" in m for m in infos), infos
     assert not [m for s, m in notifications() if s == NotificationSeverity.ERROR]
 
 
 def test_prediction_runs_in_a_worker_while_the_ui_stays_responsive(
-    make_napari_viewer, qtbot, lesion_slide, checkpoint, stand_in_run, monkeypatch
+    make_napari_viewer, qtbot, lesion_slide, checkpoint, monkeypatch
 ):
     import threading
 
     release = threading.Event()
     threads = []
+    real_predict = SlideClassifier.predict
 
-    def slow_predict(*args, **kwargs):
+    def slow_predict(self, slide, **kwargs):
         threads.append(threading.current_thread())
         assert release.wait(timeout=20), "the UI thread never released the prediction"
-        return stand_in_predict_slide(*args, **kwargs)
+        return real_predict(self, slide, **kwargs)
 
-    monkeypatch.setattr(ats_wsi.run, "predict_slide", slow_predict, raising=False)
+    # raising=True: were SlideClassifier.predict renamed, this test fails instead of passing vacuously
+    monkeypatch.setattr(SlideClassifier, "predict", slow_predict, raising=True)
     viewer = make_napari_viewer()
     viewer.open(str(lesion_slide.path), plugin=PLUGIN)
     widget = dock_widget(viewer)
@@ -194,35 +170,51 @@ def test_prediction_runs_in_a_worker_while_the_ui_stays_responsive(
     widget._n_patches.value = 4
     widget._run.native.click()
     first = widget.worker
-    qtbot.waitUntil(lambda: widget._status.value == "sampling attention", timeout=10_000)
+    qtbot.waitUntil(lambda: widget._status.value == "sampling attention", timeout=30_000)
     # the event loop runs (the status label updated), Run is disabled and a second click starts nothing
     assert widget.running and not widget._run.enabled
     widget._run.native.click()
     assert widget.worker is first
     release.set()
-    qtbot.waitUntil(lambda: not widget.running and widget._run.enabled, timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.running and widget._run.enabled, timeout=30_000)
     assert threads and threads[0] is not threading.main_thread()
+    assert len(threads) == 1
     assert len(viewer.layers) == 3
+    assert isinstance(widget.last_outcome.prediction, SlidePrediction)
 
 
+def _not_a_torch_file(path):
+    path.write_bytes(b"\x00garbage" * 32)
+    return "not a readable checkpoint"
+
+
+def _a_torch_file_of_something_else(path):
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    return "not an ats-wsi checkpoint"
+
+
+@pytest.mark.parametrize("write_bad", [_not_a_torch_file, _a_torch_file_of_something_else])
 def test_wrong_checkpoint_is_an_error_notification(
-    make_napari_viewer, qtbot, lesion_slide, tmp_path, stand_in_run, notifications
+    make_napari_viewer, qtbot, lesion_slide, tmp_path, notifications, write_bad
 ):
     bad = tmp_path / "not-a-model.pt"
-    bad.write_bytes(b"\x00garbage" * 32)
+    reason = write_bad(bad)
     viewer = make_napari_viewer()
     viewer.open(str(lesion_slide.path), plugin=PLUGIN)
     widget = dock_widget(viewer)
     widget._checkpoint.value = bad
     run_and_wait(qtbot, widget)
     errors = [m for s, m in notifications() if s == NotificationSeverity.ERROR]
-    assert len(errors) == 1 and "not-a-model.pt" in errors[0] and "not an ats-wsi checkpoint" in errors[0]
+    assert len(errors) == 1, errors
+    assert "loading checkpoint failed: CheckpointError" in errors[0]
+    assert "not-a-model.pt" in errors[0] and reason in errors[0]
     assert len(viewer.layers) == 1
-    assert widget._run.enabled
+    assert widget._run.enabled and widget._status.value == "failed"
+    assert widget.last_outcome.prediction is None
 
 
 def test_unreadable_slide_is_an_error_notification(
-    make_napari_viewer, qtbot, lesion_slide, tmp_path, checkpoint, stand_in_run, notifications
+    make_napari_viewer, qtbot, lesion_slide, tmp_path, checkpoint, notifications
 ):
     copy = tmp_path / "soon-broken.svs"
     shutil.copy(lesion_slide.path, copy)
@@ -251,6 +243,42 @@ def test_run_without_slide_or_checkpoint_explains_what_is_missing(
     assert widget.worker is None
 
 
+def test_a_script_runs_the_widget_blocking_and_gets_the_prediction(make_napari_viewer, lesion_slide, checkpoint):
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    with pytest.raises(ValueError, match="choose its layer"):
+        widget.run_blocking()
+    viewer.open(str(lesion_slide.path), plugin=PLUGIN)
+    widget.set_checkpoint(checkpoint)
+    widget._n_patches.value = 3
+    widget._samples.value = 2  # the widget's settings reach predict: 2 samplings of 3 patches
+    pred = widget.run_blocking()
+
+    assert isinstance(pred, SlidePrediction) and widget.last_outcome.prediction is pred
+    assert pred.slide == str(lesion_slide.path)
+    assert pred.boxes_xywh.shape == (6, 4) and pred.patches_read == 6
+    assert [layer.name for layer in viewer.layers] == ["lesion.svs", "lesion.svs attention", "lesion.svs patches"]
+    np.testing.assert_array_equal(viewer.layers[1].data, pred.attention)
+    assert_boxes_are_the_predictions(viewer.layers[2], pred, lesion_slide.mpp)
+    assert widget._result.value.startswith("Predicted: tumour (p = 0.800)")
+
+    widget.set_checkpoint(lesion_slide.path)  # a file, but no checkpoint: the typed error, as raised
+    with pytest.raises(CheckpointError, match="lesion.svs"):
+        widget.run_blocking()
+    assert len(viewer.layers) == 3
+
+
+def test_class_names_default_to_numbered_classes(make_napari_viewer, lesion_slide, darkness, tmp_path):
+    unnamed = darkness.write(tmp_path / "unnamed.pt", class_names=None)
+    viewer = make_napari_viewer()
+    viewer.open(str(lesion_slide.path), plugin=PLUGIN)
+    widget = dock_widget(viewer)
+    widget.set_checkpoint(unnamed)
+    pred = widget.run_blocking()
+    assert pred.class_names == ("class 0", "class 1")
+    assert widget._result.value == "Predicted: class 1 (p = 0.800)\nclass 0: 0.200, class 1: 0.800"
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -276,7 +304,7 @@ def _heat_bright(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.mark.gui
 def test_screenshot_shows_heat_over_the_lesion_on_pink_tissue(
-    make_napari_viewer, qtbot, lesion_slide, checkpoint, stand_in_run, tmp_path
+    make_napari_viewer, qtbot, lesion_slide, checkpoint, tmp_path
 ):
     if not has_display():
         pytest.skip("no display: run under Xvfb (./scripts/test does) to render napari's canvas")

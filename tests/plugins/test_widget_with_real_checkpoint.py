@@ -2,8 +2,8 @@
 
 The checkpoint is the one ``ats-wsi demo`` trains (the session fixture
 ``demo_run``: 48 synthetic slides, a model that learns to find the one dark
-spot per slide), run by the real ``load_checkpoint`` / ``predict_slide`` on a
-held-out positive slide. Where the heatmap and the boxes land is checked
+spot per slide), run by the real ``ats_wsi.classifier.load_model`` /
+``SlideClassifier.predict`` on a held-out positive slide. Where the heatmap and the boxes land is checked
 against the prediction the widget received, exactly, through the layers'
 scale and translate, and the heatmap's maximum must lie on the slide's
 ground-truth lesion.
@@ -15,6 +15,7 @@ import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from _napari_plugin import PLUGIN
+from ats_wsi.classifier import SlidePrediction
 
 N_PATCHES = 6
 
@@ -50,6 +51,7 @@ def test_widget_draws_the_prediction_of_a_real_checkpoint_in_place(make_napari_v
     assert len(viewer.layers) == 3
     slide_layer, heat, boxes = viewer.layers
     pred = widget.last_outcome.prediction
+    assert isinstance(pred, SlidePrediction)
     mpp = slide_layer.metadata["mpp"]
 
     np.testing.assert_allclose(heat.data, np.asarray(pred.attention))
@@ -66,7 +68,8 @@ def test_widget_draws_the_prediction_of_a_real_checkpoint_in_place(make_napari_v
         (y0, x0), (y1, x1) = verts.min(axis=0), verts.max(axis=0)
         np.testing.assert_allclose((x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0), (bx, by, bw, bh))
         np.testing.assert_allclose(boxes.data_to_world((y0 + 0.5, x0 + 0.5)), (by * mpp, bx * mpp))
-    assert "Predicted:" in widget._result.value
+    assert widget._result.value.startswith(f"Predicted: {pred.predicted_name} (p = ")
+    assert pred.class_names == ("benign", "lesion")  # the demo's config names its classes
 
     # the trained model's attention peaks on the lesion (ground truth in level-0 pixels)
     from ats_wsi.data.synthetic import load_lesions
@@ -86,5 +89,5 @@ def test_a_file_that_is_not_a_checkpoint_is_an_error_notification(
     start = len(notification_manager.records)
     _run(qtbot, viewer, slide, bad)
     errors = [str(n.message) for n in notification_manager.records[start:] if n.severity == NotificationSeverity.ERROR]
-    assert len(errors) == 1 and "holiday-photo.pt" in errors[0]
+    assert len(errors) == 1 and "holiday-photo.pt" in errors[0] and "CheckpointError" in errors[0]
     assert len(viewer.layers) == 1

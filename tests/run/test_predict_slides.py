@@ -9,8 +9,8 @@ import torch
 
 from ats_wsi.data.synthetic import write_synthetic_slide
 from ats_wsi.errors import ManifestError
-from ats_wsi.run.checkpoint import save_checkpoint
-from ats_wsi.run.config import ModelConfig, build_model
+from ats_wsi.classifier import save_checkpoint
+from ats_wsi.classifier import ModelConfig, build_model
 from ats_wsi.run.predict import PredictSettings, predict_slides
 from ats_wsi.run.train import TrainSettings, train
 

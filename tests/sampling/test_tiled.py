@@ -1,13 +1,9 @@
-"""Tiled attention equals one pass: values, borders, gradients, reader, probe.
+"""Tiled attention equals one pass: values, borders, gradients, reader.
 
 The nets are random stacks of "same"-padded convolutions and poolings whose
-receptive field is known from the layer arithmetic (``_analytic_field``), so
-both the probe and the tiling are checked against numbers not computed by
-the code under test.
+receptive field is known from the layer arithmetic (``known_fields``).
 """
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import pytest
@@ -15,14 +11,15 @@ import torch
 from torch import nn
 
 from ats_wsi.errors import SamplingError
+from ats_wsi.sampling.receptive_field import ReceptiveField, receptive_field
 from ats_wsi.sampling.tiled import (
     DEFAULT_TILE_THRESHOLD,
-    ReceptiveField,
-    receptive_field,
+    _plan,
     should_tile,
     tiled_logits,
     tiled_logits_from_reader,
 )
+from known_fields import SEEDS, random_net
 
 ROWS, COLS = 97, 131  # odd, non-square
 
@@ -36,66 +33,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# --------------------------------------------------------------------------
-# Nets with known fields. A layer is (module, (ky, kx), stride, (py, px)).
-
-def _conv(cin, cout, k, stride=1):
-    ky, kx = (k, k) if isinstance(k, int) else k
-    padding = (ky // 2, kx // 2)
-    return nn.Conv2d(cin, cout, (ky, kx), stride=stride, padding=padding), (ky, kx), stride, padding
-
-
-LAYERS = {
-    "conv3": lambda c: _conv(c, c, 3),
-    "conv5": lambda c: _conv(c, c, 5),
-    "conv3x5": lambda c: _conv(c, c, (3, 5)),
-    "conv3-stride2": lambda c: _conv(c, c, 3, stride=2),  # map of ceil(n / 2)
-    "avgpool2": lambda c: (nn.AvgPool2d(2), (2, 2), 2, (0, 0)),  # floor(n / 2)
-    "maxpool2-ceil": lambda c: (nn.MaxPool2d(2, ceil_mode=True), (2, 2), 2, (0, 0)),
-    "maxpool3-stride2": lambda c: (nn.MaxPool2d(3, stride=2, padding=1), (3, 3), 2, (1, 1)),
-}
-STRIDED = {"conv3-stride2", "avgpool2", "maxpool2-ceil", "maxpool3-stride2"}
-
-
-def _analytic_field(layers) -> ReceptiveField:
-    size, stride, offset = [1, 1], [1, 1], [0, 0]
-    for _, kernel, layer_stride, padding in layers:
-        for axis in range(2):
-            offset[axis] -= padding[axis] * stride[axis]
-            size[axis] += (kernel[axis] - 1) * stride[axis]
-            stride[axis] *= layer_stride
-    return ReceptiveField(tuple(size), tuple(stride), tuple(offset))
-
-
-def random_net(seed: int, channels: int = 4, out_channels: int = 1, batchnorm: bool = False):
-    """A random "same"-padded conv net and its receptive field, computed by hand."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    names = [rng.choice(sorted(LAYERS)) for _ in range(rng.randint(2, 4))]
-    while sum(name in STRIDED for name in names) > 2:
-        names.remove(next(name for name in names if name in STRIDED))
-    layers = [_conv(3, channels, 3)] + [LAYERS[name](channels) for name in names]
-    modules = []
-    for module, *_ in layers:
-        modules.append(module)
-        if isinstance(module, nn.Conv2d):
-            if batchnorm:
-                modules.append(_random_batchnorm(channels))
-            modules.append(nn.ReLU())
-    modules.append(nn.Conv2d(channels, out_channels, 1))
-    return nn.Sequential(*modules), _analytic_field(layers)
-
-
-def _random_batchnorm(channels: int) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(channels)
-    bn.running_mean.uniform_(-0.5, 0.5)
-    bn.running_var.uniform_(0.5, 2.0)
-    nn.init.uniform_(bn.weight, 0.5, 1.5)
-    nn.init.uniform_(bn.bias, -0.5, 0.5)
-    return bn.eval()
-
-
-SEEDS = range(8)
 
 
 @pytest.fixture(scope="module")
@@ -111,86 +48,6 @@ def assert_same_map(tiled, whole):
     assert tiled.shape == whole.shape
     scale = whole.abs().max().item() or 1.0
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5 * scale)
-
-
-# --------------------------------------------------------------------------
-# The receptive-field probe.
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_probe_finds_the_analytic_field_of_random_nets(nets, seed):
-    _, analytic, probed = nets[seed]
-    assert probed == analytic
-
-
-@pytest.mark.parametrize("builder, size, stride, offset", [
-    (lambda: nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(3)]), (7, 7), (1, 1), (-3, -3)),
-    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1)),
-     (7, 7), (2, 2), (-3, -3)),
-    (lambda: nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 1, 3, padding=1)), (6, 6), (2, 2), (-2, -2)),
-    (lambda: nn.Conv2d(3, 1, (3, 5), padding=(1, 2)), (3, 5), (1, 1), (-1, -2)),
-    (lambda: nn.Sequential(nn.AvgPool2d((2, 4)), nn.Conv2d(3, 1, 5, padding=2)), (10, 20), (2, 4), (-4, -8)),
-])
-def test_probe_finds_known_fields(builder, size, stride, offset):
-    assert receptive_field(builder()) == ReceptiveField(size, stride, offset)
-
-
-def test_probe_sees_through_dead_relus_and_zero_weights():
-    # every hidden unit dead and the last layer zero: the gradient is 0 everywhere
-    net = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
-    nn.init.constant_(net[0].bias, -1e6)
-    nn.init.zeros_(net[2].weight)
-    assert receptive_field(net) == ReceptiveField((7, 7), (1, 1), (-3, -3))
-
-
-def test_probe_grows_past_a_field_wider_than_its_first_input():
-    net = nn.Sequential(nn.AvgPool2d(4), *[nn.Conv2d(3, 3, 5, padding=2) for _ in range(5)])
-    assert receptive_field(net, probe_size=32) == ReceptiveField((84, 84), (4, 4), (-40, -40))
-
-
-def test_probe_refuses_a_net_that_is_not_local():
-    class GlobalContrast(nn.Module):
-        def forward(self, x):
-            return x - x.mean(dim=(2, 3), keepdim=True)
-
-    with pytest.raises(SamplingError, match="not local"):
-        receptive_field(nn.Sequential(nn.Conv2d(3, 1, 3, padding=1), GlobalContrast()),
-                        max_probe_size=128)
-
-
-def test_declared_field_is_trusted_and_its_stride_measured():
-    net = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 1, 3, padding=1))
-    net.receptive_field = 9
-    assert receptive_field(net) == ReceptiveField((9, 9), (2, 2), None)
-    assert receptive_field(net, declared=False) == ReceptiveField((6, 6), (2, 2), (-2, -2))
-    net.receptive_field = ReceptiveField((5, 3), (2, 2), (-2, -1))
-    assert receptive_field(net) is net.receptive_field
-
-
-def test_probe_leaves_the_net_untouched():
-    net, _ = random_net(0, batchnorm=True)
-    net.train()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    receptive_field(net)
-    assert net.training
-    for key, value in net.state_dict().items():
-        assert torch.equal(value, before[key]), key
-
-
-def test_probe_agrees_with_the_attention_net_s_declared_field():
-    nets = pytest.importorskip("ats_wsi.nets")
-    for pool, layers in ((1, 3), (2, 3), (4, 2)):
-        net = nets.AttentionNet(3, hidden=4, layers=layers, pool=pool)
-        probed = receptive_field(net, declared=False)
-        assert probed.size == (net.receptive_field,) * 2
-        assert probed.stride == (pool, pool)
-
-
-def test_halo_is_the_field_rounded_up_to_the_stride():
-    assert ReceptiveField((7, 7), (1, 1), (-3, -3)).halo == (7, 7)
-    assert ReceptiveField((7, 6), (2, 4), (-3, -2)).halo == (8, 8)
-    assert ReceptiveField((5, 5), (2, 2), None).halo == (6, 6)
-    # a field far off-centre needs more than its size on one side
-    assert ReceptiveField((3, 3), (1, 1), (-10, 0)).halo == (10, 3)
 
 
 # --------------------------------------------------------------------------
@@ -236,6 +93,13 @@ def test_tiled_logits_keep_a_net_s_three_axis_output():
         whole = net(x)
         assert whole.ndim == 3
         assert_same_map(tiled_logits(net, x, 30), whole)
+
+
+def test_tile_size_and_halo_are_width_by_height():
+    field = ReceptiveField((3, 3), (1, 1), (-1, -1))
+    rows, cols = _plan((ROWS, COLS), (COLS, 16), (0, 2), field)  # (w, h): whole rows, 16 high
+    assert len(cols) == 1 and len(rows) == -(-ROWS // 16)
+    assert rows[1].start == 16 - 2 and cols[0].start == 0  # a halo of h = 2 above the second strip
 
 
 def test_a_halo_smaller_than_the_field_changes_the_map():
@@ -356,10 +220,10 @@ def test_reader_variant_equals_the_tensor_one(nets, seed, tile_size):
     assert_same_map(read, tiled)
     assert_same_map(read, whole)
     assert not read.requires_grad
-    tile = (tile_size, tile_size) if isinstance(tile_size, int) else tile_size
-    for rows, cols in reads:  # never more than one tile and its halo
-        assert rows <= tile[0] + 2 * halo[0] + field.stride[0]
-        assert cols <= tile[1] + 2 * halo[1] + field.stride[1]
+    tile_w, tile_h = (tile_size, tile_size) if isinstance(tile_size, int) else tile_size
+    for rows, cols in reads:  # never more than one tile and its halo (halo and stride per (rows, cols))
+        assert rows <= tile_h + 2 * halo[0] + field.stride[0]
+        assert cols <= tile_w + 2 * halo[1] + field.stride[1]
 
 
 def test_reader_variant_applies_the_given_normalisation(nets):

@@ -1,10 +1,9 @@
-"""The low view the attention net sees (ats_wsi.data.lowview)."""
+"""The low view the attention net sees (ats_wsi.slide.lowview) and its tissue mask."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from ats_wsi.data import lowview
-from ats_wsi.data.lowview import read_low_view, tissue_mask
+from ats_wsi.slide import lowview, read_low_view, tissue_mask
 from ats_wsi.data.synthetic import write_synthetic_slide
 from ats_wsi.errors import SlideError
 from ats_wsi.slide import open_slide
@@ -56,6 +55,6 @@ def test_mpp_needs_a_known_resolution(tmp_path):
 def test_tissue_mask_finds_tissue_and_never_comes_back_empty():
     rgb = np.full((20, 30, 3), 245, np.uint8)
     rgb[5:10, 5:20] = (200, 100, 150)  # saturated "tissue"
-    mask = tissue_mask(rgb)
+    mask = tissue_mask(rgb, never_empty=True)
     assert mask[5:10, 5:20].all() and mask.sum() == 5 * 15
-    assert tissue_mask(np.full((4, 4, 3), 250, np.uint8)).all()  # nothing stands out: keep all
+    assert tissue_mask(np.full((4, 4, 3), 250, np.uint8), never_empty=True).all()  # nothing stands out: keep all

@@ -4,7 +4,8 @@ Pathology models depend on the µm/px of their input, so the low view is
 defined by a downsample (or a µm/px), not by a size: a bigger slide gives a
 bigger low view at the same resolution. The view is read from the level
 nearest the wanted downsample and resampled (area) when that level is off by
-more than 1 %.
+more than 1 %. Its tissue mask is :func:`ats_wsi.slide.tissue_mask` with
+``never_empty=True`` (an empty mask would leave nothing to sample).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SlideError
+from ._tissue import tissue_mask
+from .slide import FILL_VALUE
 
-__all__ = ["LowView", "read_low_view", "tissue_mask"]
+__all__ = ["LowView", "read_low_view"]
 
 RESAMPLE_TOLERANCE = 0.01
 """Relative difference between the nearest level's downsample and the wanted
@@ -29,32 +32,14 @@ class LowView:
         image: uint8 (rows, cols, 3).
         downsample: level-0 pixels per low pixel (x and y alike).
         level: the pyramid level it was read from.
-        mask: bool (rows, cols), tissue (True) vs. background.
+        mask: bool (rows, cols), tissue (True) vs. background; all True when
+            no tissue stands out.
     """
 
     image: np.ndarray
     downsample: float
     level: int
     mask: np.ndarray
-
-
-def tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """Otsu's threshold on HSV saturation of uint8 (rows, cols, 3) -> bool (rows, cols).
-
-    Falls back to "everything is tissue" when the threshold finds nothing
-    (a slide that is all tissue or all background would otherwise give an
-    empty mask and nothing could be sampled).
-    """
-    from ..slide._tissue import otsu_threshold, saturation
-
-    # Row blocks keep the uint16 temporaries of a big view small.
-    sat = np.empty(rgb.shape[:2], dtype=np.uint8)
-    for r0 in range(0, rgb.shape[0], 256):
-        sat[r0:r0 + 256] = saturation(rgb[r0:r0 + 256])
-    mask = sat > otsu_threshold(sat)
-    if not mask.any():
-        mask = np.ones(sat.shape, dtype=bool)
-    return mask
 
 
 def read_low_view(slide, *, downsample: float | None = None, mpp: float | None = None) -> LowView:
@@ -89,7 +74,7 @@ def read_low_view(slide, *, downsample: float | None = None, mpp: float | None =
         out_h = max(1, int(round(h0 / downsample)))
         image = _resample_level(slide, level, (out_w, out_h))
         ds = downsample
-    return LowView(image=image, downsample=ds, level=level, mask=tissue_mask(image))
+    return LowView(image=image, downsample=ds, level=level, mask=tissue_mask(image, never_empty=True))
 
 
 RESAMPLE_BLOCK = 512
@@ -106,8 +91,6 @@ def _resample_level(slide, level: int, out_wh: tuple[int, int]) -> np.ndarray:
     whole-level box resample exactly.
     """
     from PIL import Image
-
-    from ..slide import FILL_VALUE
 
     out_w, out_h = out_wh
     lw, lh = slide.level_dimensions[level]

@@ -14,10 +14,11 @@ import torch
 
 from .. import __version__
 from ..errors import CheckpointError
-from ..outputs import atomic_path
-from .config import ModelConfig, SlideClassifier, build_model
+from ..atomic import atomic_path
+from .config import ModelConfig
+from .network import SlideClassifier, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "checkpoint_id"]
+__all__ = ["save_checkpoint", "load_model", "read_checkpoint", "checkpoint_id"]
 
 FORMAT = "ats-wsi-checkpoint"
 FORMAT_VERSION = 1
@@ -77,11 +78,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SlideClassifier, dict]:
-    """Rebuild the classifier of a checkpoint, in eval mode on ``device``.
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SlideClassifier:
+    """The classifier of a checkpoint, in eval mode on ``device``.
 
-    Returns:
-        ``(model, payload)``; ``payload["config"]`` is the model config dict.
+    Raises:
+        CheckpointError: the file is missing, is not an ats-wsi checkpoint, or
+            its weights do not fit its config.
     """
     payload = read_checkpoint(path)
     config = ModelConfig.from_dict(payload["config"], path=path)
@@ -90,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.load_state_dict(payload["state_dict"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(path, f"weights do not fit the config ({exc})") from None
-    return model.to(device).eval(), payload
+    return model.to(device).eval()
 
 
 def checkpoint_id(path: str | os.PathLike) -> str:

@@ -1,0 +1,77 @@
+"""The model config: every name and number needed to rebuild a slide classifier.
+
+A checkpoint stores this config (never pickled code); :func:`build_model`
+turns the same config into the same network again.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CheckpointError
+
+__all__ = ["ModelConfig"]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a slide classifier.
+
+    Attributes:
+        n_classes: number of slide labels (0 .. n_classes - 1).
+        attention_net, attention_kwargs: name and arguments in ``ats_wsi.nets``.
+        feature_net, feature_kwargs: likewise (``"timm:<name>"`` works when installed).
+        feature_dim: D, the feature vector per patch.
+        n_patches: patches drawn per slide.
+        patch_size: side of a square patch, in pixels of ``patch_level``.
+        patch_level: pyramid level patches are read from (0: full resolution).
+        low_downsample / low_mpp: resolution of the attention net's input
+            (exactly one is set; µm/px is what pathology models should use).
+        replace: sampling with replacement.
+        entropy: weight of the entropy regulariser.
+        min_tissue: fraction of tissue a cell needs to be drawn (0: any).
+        tile_aligned: snap patches to the grid of multiples of
+            ``patch_size``; with ``patch_size`` = the level's tile size each
+            patch is one stored tile (see :class:`ats_wsi.model.AttentionSampler`).
+        mean, std: per-channel normalisation of pixels scaled to [0, 1].
+        class_names: optional names of the labels.
+    """
+
+    n_classes: int = 2
+    attention_net: str = "attention-small"
+    attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    feature_net: str = "feature-small"
+    feature_kwargs: dict[str, Any] = field(default_factory=dict)
+    feature_dim: int = 64
+    n_patches: int = 16
+    patch_size: int = 128
+    patch_level: int = 0
+    low_downsample: float | None = 16.0
+    low_mpp: float | None = None
+    replace: bool = False
+    entropy: float = 0.01
+    min_tissue: float = 0.0
+    tile_aligned: bool = False
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    class_names: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path=None) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(path, f"unknown model config keys {unknown} (made by a newer ats-wsi?)")
+        cfg = cls(**data)
+        cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
+        return cfg
+
+    def low_resolution(self) -> dict[str, float]:
+        """``{"downsample": ...}`` or ``{"mpp": ...}`` for :func:`ats_wsi.slide.read_low_view`."""
+        if (self.low_downsample is None) == (self.low_mpp is None):
+            raise ValueError("set exactly one of low_downsample and low_mpp")
+        return {"mpp": self.low_mpp} if self.low_mpp is not None else {"downsample": self.low_downsample}

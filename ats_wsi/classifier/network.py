@@ -1,0 +1,175 @@
+"""The slide classifier: attention sampling over a slide, then a linear head.
+
+:meth:`SlideClassifier.predict` is the one path from a slide to a
+prediction; ``ats-wsi predict``, the demo and the napari widget call it, and
+training feeds the same :class:`~ats_wsi.classifier.inputs.SlideInput` to
+:meth:`SlideClassifier.forward`.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..model import AttentionResult, AttentionSampler
+from ..geometry import cell_grid_level0
+from ..nets import create_attention_net, create_feature_net
+from .config import ModelConfig
+from .inputs import SlideInput
+from .prediction import SlidePrediction, slide_seed
+
+__all__ = ["Normalize", "SlideClassifier", "build_model"]
+
+
+class Normalize(nn.Module):
+    """Pixels -> normalised float: ``(x - mean) / std`` per channel of ``[N, C, h, w]``.
+
+    uint8 input is scaled to [0, 1] first; float input is taken as already in
+    [0, 1] and keeps its dtype. Put first in a net, it lets the net take raw
+    uint8 tiles, so a big low view is converted to float one tile at a time.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class SlideClassifier(nn.Module):
+    """Attention sampling over a slide, then a linear head on the features.
+
+    ``forward(x_low, source, mask)`` takes the low view as uint8 (or float in
+    [0, 1]) ``[B, 3, h, w]``, a patch source (a
+    :class:`ats_wsi.patches.SlideSource` or a tensor) and an optional tissue
+    mask, and returns ``(logits [B, n_classes], AttentionResult)``. Both nets
+    normalise their own input, so a large uint8 view is only ever converted
+    to float tile by tile.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        attention = create_attention_net(config.attention_net, in_channels=3, **config.attention_kwargs)
+        feature = create_feature_net(config.feature_net, in_channels=3, out_features=config.feature_dim,
+                                     **config.feature_kwargs)
+        attention_in = nn.Sequential(Normalize(config.mean, config.std), attention)
+        if hasattr(attention, "receptive_field"):  # lets tiling skip the probe
+            attention_in.receptive_field = attention.receptive_field
+        self.sampler = AttentionSampler(
+            attention_in,
+            nn.Sequential(Normalize(config.mean, config.std), feature),
+            n_patches=config.n_patches,
+            patch_size=config.patch_size,
+            replace=config.replace,
+            entropy=config.entropy,
+            min_tissue=config.min_tissue,
+            tile_aligned=config.tile_aligned,
+        )
+        self.head = nn.Linear(config.feature_dim, config.n_classes)
+
+    def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
+                generator: torch.Generator | None = None,
+                deterministic: bool | None = None) -> tuple[Tensor, AttentionResult]:
+        result = self.sampler(x_low, source, mask, generator=generator, deterministic=deterministic)
+        return self.head(result.features), result
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The config's class names, else ``("class 0", "class 1", ...)``."""
+        names = self.config.class_names
+        if names and len(names) == self.config.n_classes:
+            return tuple(str(n) for n in names)
+        return tuple(f"class {k}" for k in range(self.config.n_classes))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def predict(
+        self,
+        slide,
+        *,
+        samples: int = 1,
+        n_patches: int | None = None,
+        seed: int = 0,
+        deterministic: bool = False,
+        workers: int = 2,
+    ) -> SlidePrediction:
+        """Classify one slide: the low view, the attention map once, ``samples`` draws.
+
+        Args:
+            slide: a path, an open slide (left open) or a :class:`SlideInput`.
+            samples: average the class probabilities of this many draws from
+                the one attention map.
+            n_patches: patches per draw (default: the config's).
+            seed: base seed; draws are seeded per slide (:func:`slide_seed`).
+            deterministic: take the top-n cells instead of sampling.
+            workers: tile-decoding threads (when a path or slide is given).
+
+        Returns:
+            :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
+        """
+        start = time.perf_counter()
+        self.eval()
+        given = isinstance(slide, SlideInput)
+        item = slide if given else SlideInput(slide, self.config, workers=workers)
+        try:
+            return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
+                                 seed=seed, deterministic=deterministic)
+        finally:
+            if not given:
+                item.close()
+
+    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic):
+        device = self.device
+        x_low, mask = item.low_inputs(device)
+        source = item.source(device)
+        generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
+        attention, grid_mask = self.sampler.attend(x_low, mask)
+        probs, boxes, box_attention = [], [], []
+        for _ in range(samples):
+            result = self.sampler.draw(x_low, attention, grid_mask, source, n_patches=n_patches,
+                                       generator=generator, deterministic=deterministic)
+            probs.append(torch.softmax(self.head(result.features).float(), dim=-1)[0].cpu())
+            boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
+            box_attention.append(result.sampled_attention[0].float().cpu())
+        p = torch.stack(probs).mean(0).numpy()
+        boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
+        attention_np = attention[0].float().cpu().numpy()
+        cell_wh, origin_xy = cell_grid_level0(low_shape=item.view.image.shape[:2], map_shape=attention_np.shape,
+                                              low_downsample=item.view.downsample,
+                                              receptive_field=self.sampler.receptive_field)
+        w0, h0 = item.slide.dimensions
+        return SlidePrediction(
+            slide=str(item.path),
+            probabilities=p,
+            predicted=int(np.argmax(p)),
+            class_names=self.class_names,
+            attention=attention_np,
+            cell_size_xy=cell_wh,
+            origin_xy=origin_xy,
+            boxes_xywh=boxes_xywh,
+            box_attention=torch.cat(box_attention).numpy(),
+            seconds=time.perf_counter() - start,
+            patches_read=source.patches_read,
+            pixels_read=int((boxes_xywh[:, 2] * boxes_xywh[:, 3]).sum()),
+            slide_pixels=int(w0) * int(h0),
+            mpp=item.slide.mpp,
+            low_downsample=float(item.view.downsample),
+        )
+
+
+def build_model(config: ModelConfig | dict) -> SlideClassifier:
+    """A fresh :class:`SlideClassifier` from a config (or its dict)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return SlideClassifier(config)

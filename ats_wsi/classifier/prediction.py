@@ -1,0 +1,66 @@
+"""What :meth:`SlideClassifier.predict` returns for one slide, and its seed."""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SlidePrediction", "slide_seed"]
+
+
+@dataclass
+class SlidePrediction:
+    """The result of classifying one slide.
+
+    Attributes:
+        slide: the slide's path.
+        probabilities: float64 [n_classes], averaged over ``samples`` samplings.
+        predicted: the arg-max class (an index into ``class_names``).
+        class_names: one name per class (``"class 0"``, ... when the model has none).
+        attention: float32 [rows, cols], the attention map (probabilities summing to 1).
+        cell_size_xy: (w, h) of a map cell in level-0 pixels.
+        origin_xy: (x, y) level-0 corner of cell (0, 0).
+        boxes_xywh: int64 [samples · n, 4], the sampled patches as level-0
+            (x, y, w, h), in draw order, sampling after sampling.
+        box_attention: float32 [samples · n], the attention of each box's cell.
+        seconds: wall time of the prediction, reading included.
+        patches_read: patches read from the slide.
+        pixels_read: level-0 pixels covered by the patches read (with repeats).
+        slide_pixels: level-0 pixels of the slide.
+        mpp: the slide's µm/px (None if unknown).
+        low_downsample: level-0 pixels per pixel of the low view.
+    """
+
+    slide: str
+    probabilities: np.ndarray
+    predicted: int
+    class_names: tuple[str, ...]
+    attention: np.ndarray
+    cell_size_xy: tuple[float, float]
+    origin_xy: tuple[float, float]
+    boxes_xywh: np.ndarray
+    box_attention: np.ndarray
+    seconds: float
+    patches_read: int
+    pixels_read: int
+    slide_pixels: int
+    mpp: float | None
+    low_downsample: float
+
+    @property
+    def predicted_name(self) -> str:
+        """The name of the predicted class."""
+        return self.class_names[self.predicted]
+
+    @property
+    def fraction_read(self) -> float:
+        """Level-0 pixels read over the slide's level-0 pixels."""
+        return self.pixels_read / max(self.slide_pixels, 1)
+
+
+def slide_seed(path: str | os.PathLike, seed: int) -> int:
+    """A per-slide seed that depends on the slide's file name, not on run order."""
+    return (zlib.crc32(Path(path).name.encode()) ^ (int(seed) * 0x9E3779B1)) & 0x7FFFFFFF

@@ -1,0 +1,142 @@
+"""The house rules of docs/architecture.md, checked on the source: imports point down,
+no import circle, no file over ~500 lines, argparse and printing only in the CLI."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ats_wsi"
+
+# Floors, lowest first. A module may import its own floor's packages and those below.
+FLOORS = [
+    {"errors", "_lazy", "atomic", "geometry"},
+    {"slide"},
+    {"sampling", "patches"},
+    {"model", "nets"},
+    {"classifier", "outputs", "data"},
+    {"run"},
+    {"cli"},
+]
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+MAX_LINES = 500
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """ats_wsi modules imported anywhere in the file (function-level imports too)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("ats_wsi"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("ats_wsi"):
+                continue
+            for alias in node.names:  # `from . import x` may name a module
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _floor(module: str) -> int | None:
+    parts = module.split(".")
+    return FLOOR.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_every_room_has_a_floor():
+    rooms = {m.split(".")[1] for m in MODULES if "." in m}
+    assert rooms <= set(FLOOR), f"rooms without a floor in this test: {sorted(rooms - set(FLOOR))}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down(name):
+    mine = _floor(name)
+    if mine is None:  # ats_wsi/__init__.py: lazy re-exports of the public names
+        return
+    upward = sorted(m for m in GRAPH[name] if (_floor(m) or 0) > mine)
+    assert not upward, f"{name} (floor {mine}) imports upward: {upward}"
+
+
+def test_no_import_circle():
+    seen, on_path, cycles = set(), [], []
+
+    def visit(node):
+        if node in on_path:
+            cycles.append(on_path[on_path.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        on_path.append(node)
+        for nxt in sorted(GRAPH[node]):
+            # a package's __init__ re-exporting its own modules is not a circle
+            if nxt.startswith(node + ".") or node.startswith(nxt + ".") and _is_reexport(nxt, node):
+                continue
+            visit(nxt)
+        on_path.pop()
+
+    for name in sorted(GRAPH):
+        visit(name)
+    assert not cycles, f"import circles: {cycles[:5]}"
+
+
+def _is_reexport(package: str, module: str) -> bool:
+    return MODULES[package].name == "__init__.py"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_file_over_the_limit(name):
+    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines (limit {MAX_LINES})"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_only_the_cli_parses_argv_prints_or_exits(name):
+    if name.startswith("ats_wsi.cli"):
+        return
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            if "argparse" in names:
+                bad.append(f"line {node.lineno}: imports argparse")
+        elif isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name) and f.id in ("print", "exit"):
+                bad.append(f"line {node.lineno}: calls {f.id}()")
+            if isinstance(f, ast.Attribute) and f.attr == "exit" and getattr(f.value, "id", "") == "sys":
+                bad.append(f"line {node.lineno}: calls sys.exit()")
+        elif isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if getattr(exc, "id", "") == "SystemExit":
+                bad.append(f"line {node.lineno}: raises SystemExit")
+    assert not bad, f"{MODULES[name]}: " + "; ".join(bad)
+
+
+def test_the_graph_sees_imports_inside_functions():
+    # cli.predict imports run.predict and classifier inside run(): the rules above must see them
+    assert {"ats_wsi.run.predict", "ats_wsi.classifier"} <= GRAPH["ats_wsi.cli.predict"]
+    assert "ats_wsi.classifier" in GRAPH["ats_wsi.run.predict"]
