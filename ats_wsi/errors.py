@@ -49,6 +49,11 @@ class RegionError(SlideError, ValueError):
     """A region or size that cannot be read (negative size, too large, ...)."""
 
 
+class DerivedLevelError(RegionError):
+    """A read of a computed level (a slide stored without a pyramid) would decode
+    more level-0 pixels than ``ats_wsi.slide.MAX_DERIVED_PIXELS`` allows."""
+
+
 class SamplingError(AtsError, ValueError):
     """Attention or sampling arguments that would give a wrong sample."""
 
@@ -69,6 +74,23 @@ class ManifestError(AtsError, ValueError):
     """A slide manifest (CSV) is missing columns or has bad rows."""
 
 
+class ConfigError(AtsError, ValueError):
+    """A model config given by a user (``--config`` JSON, flags) has an unknown key or a bad value.
+
+    Args:
+        path: where the config came from (a file, or ``None``).
+        reason: which key and why.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
 class GroundTruthError(AtsError, ValueError):
     """A synthetic slide's ground-truth file (``<stem>.lesions.json``) is not one ats-wsi wrote.
 
@@ -84,3 +106,13 @@ class GroundTruthError(AtsError, ValueError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.reason))
+
+
+class ResolutionError(SlideError, ValueError):
+    """A physical resolution (µm/px) cannot be read from a slide.
+
+    Raised when a read in µm/px (or magnification) meets a slide without a
+    known resolution (no mpp in its metadata and none given), or asks for a
+    resolution finer than the slide's level 0 without ``upsample=True``. The
+    message names the slide and both resolutions.
+    """

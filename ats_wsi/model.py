@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .errors import SamplingError
 from .geometry import cell_to_xy, rowcol_to_wh, size_wh, snap_to_grid
 from .patches import PatchSource, TensorSource
-from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, tiled
+from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, streamed, tiled
 from .sampling.receptive_field import receptive_field as probe_field
 
 __all__ = ["AttentionResult", "AttentionSampler", "attention_sampling"]
@@ -221,22 +221,22 @@ class AttentionSampler(nn.Module):
             return mask
         batched = mask.ndim == 3
         m = mask if batched else mask[None]
-        # half precision: a big pixel mask costs 2 bytes a pixel while pooled
-        pooled = nn.functional.adaptive_avg_pool2d(m[:, None].to(torch.float16), tuple(map_shape))[:, 0]
-        grid = pooled > self.min_tissue
+        # counted over each cell's bin, one block of map rows at a time (no float copy of the pixels)
+        grid = torch.stack([streamed.pool_mask(lambda r, c, h, w, mb=mb: mb[r:r + h, c:c + w], mb.shape,
+                                               map_shape, self.min_tissue) for mb in m])
+        grid = self._unstarve(grid)
+        return grid if batched else grid[0]
+
+    def _unstarve(self, grid: Tensor) -> Tensor:
+        """Unmask whole any map of ``grid [B, h', w']`` left with too few cells to draw from."""
         need = 1 if self.replace else self.n_patches
         starved = grid.flatten(1).sum(1) < need
         if bool(starved.any()):
             grid[starved] = True
-        return grid if batched else grid[0]
+        return grid
 
     def _attention(self, x_low: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        out = self.attention_logits(x_low)
-        if out.ndim == 4 and out.shape[1] == 1:
-            out = out.squeeze(1)
-        if out.ndim != 3:
-            raise SamplingError(f"the attention net must return [B, 1, h', w'] or [B, h', w'], "
-                                f"got {tuple(out.shape)}")
+        out = _check_map(self.attention_logits(x_low))
         mask = self.grid_mask(mask, tuple(out.shape[-2:]))
         if mask is not None:
             mask = mask.to(out.device)
@@ -293,6 +293,8 @@ class AttentionSampler(nn.Module):
         """
         if x_low.ndim != 4:
             raise SamplingError(f"x_low must be [B, C, h, w], got {tuple(x_low.shape)}")
+        if x_low.shape[0] == 0:
+            raise SamplingError("x_low is an empty batch (B = 0): there is nothing to attend to")
         return self._attention(x_low, mask)
 
     def draw(
@@ -318,31 +320,103 @@ class AttentionSampler(nn.Module):
         Returns:
             :class:`AttentionResult`.
         """
+        return self._draw(tuple(x_low.shape[-2:]), x_low, attention, mask, source, n_patches,
+                          generator, deterministic, blocks=False)
+
+    @torch.no_grad()
+    def attend_streamed(self, read_region: tiled.ReadRegion, shape: tuple[int, int], *,
+                        tissue=None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`attend` at inference, for a low view read tile by tile and never held whole.
+
+        The attention net runs over tiles read with a halo
+        (:func:`~ats_wsi.sampling.tiled.tiled_logits_from_reader`); the
+        mask, softmax and (in :meth:`draw_streamed`) the draws and the
+        entropy work on blocks of the map (:mod:`ats_wsi.sampling.streamed`):
+        what stays is the float map itself and its bool mask.
+
+        Args:
+            read_region: ``(row0, col0, rows, cols) -> uint8 [rows, cols, C]``
+                of the low view (e.g. :meth:`ats_wsi.slide.lowview.LowViewReader.read`).
+            shape: ``(rows, cols)`` of the low view.
+            tissue: optional pixel tissue mask learnt in the same pass: an
+                object with ``add(rgb)`` (fed each pixel once) and
+                ``mask(rgb) -> bool`` (e.g.
+                :class:`ats_wsi.slide.lowview.TissueThreshold`); pooled onto
+                the grid like a pixel mask by :meth:`grid_mask`, reading the
+                view a second time.
+
+        Returns:
+            ``(attention [1, h', w'], grid mask bool [1, h', w'] or None)``
+            for :meth:`draw_streamed`; equal to :meth:`attend` of the whole
+            view and its pixel mask up to float rounding.
+        """
+        net, head = _split_softmax(self.attention_net)
+        if self._attention_field is None:
+            self._attention_field = probe_field(net, in_channels=3)
+        on_tile = None if tissue is None else (lambda pixels, rows, cols: tissue.add(pixels[rows, cols]))
+        out = tiled.tiled_logits_from_reader(net, read_region, shape, max(self.tile_size, 512),
+                                             field=self._attention_field, on_tile=on_tile)
+        out = _check_map(out if head is None else head(out))
+        mask = None
+        if tissue is not None:
+            mask = streamed.pool_mask(lambda r, c, h, w: tissue.mask(read_region(r, c, h, w)), shape,
+                                      tuple(out.shape[-2:]), self.min_tissue, device=out.device)
+            mask = self._unstarve(mask[None])
+        if self.use_logits:
+            return streamed.softmax_(out.contiguous(), mask, smoothing=self.softmax.smoothing,
+                                     temperature=self.softmax.temperature), mask
+        if mask is None:
+            return out, None
+        kept = out * mask
+        return kept.div_(kept.sum(dim=(1, 2), keepdim=True)), mask
+
+    def draw_streamed(self, low_shape: tuple[int, int], attention: Tensor, mask: Tensor | None,
+                      source: PatchSource, *, n_patches: int | None = None,
+                      generator: torch.Generator | None = None,
+                      deterministic: bool | None = None) -> AttentionResult:
+        """:meth:`draw` from an :meth:`attend_streamed` result: draws and entropy by blocks of the map.
+
+        Args:
+            low_shape: ``(rows, cols)`` of the low view.
+            attention, mask: what :meth:`attend_streamed` returned.
+            source, n_patches, generator, deterministic: as in :meth:`draw`.
+
+        Returns:
+            :class:`AttentionResult`, the same draws as :meth:`draw` for the
+            same CPU generator (see :mod:`ats_wsi.sampling.streamed`).
+        """
+        return self._draw(tuple(low_shape), attention, attention, mask, source, n_patches,
+                          generator, deterministic, blocks=True)
+
+    def _draw(self, low_shape, like: Tensor, attention: Tensor, mask, source, n_patches, generator,
+              deterministic, *, blocks: bool) -> AttentionResult:
         if isinstance(source, Tensor):
             source = TensorSource(source)
         n = self.n_patches if n_patches is None else int(n_patches)
         if deterministic is None:
             deterministic = self.deterministic and not self.training
         with torch.no_grad():
-            positions, _ = sample(attention.detach(), n, replace=self.replace, mask=mask,
-                                  generator=generator, deterministic=deterministic)
+            draw = streamed.sample_blocks if blocks else sample
+            positions, _ = draw(attention.detach(), n, replace=self.replace, mask=mask,
+                                generator=generator, deterministic=deterministic)
         map_rows, map_cols = attention.shape[1:]
         cell = positions[..., 0] * map_cols + positions[..., 1]  # [B, n]
         sampled_attention = attention.reshape(attention.shape[0], -1).gather(1, cell)
 
-        low_shape = tuple(x_low.shape[-2:])
         patch_wh = self.patch_size or rowcol_to_wh(low_shape)
         xy = cell_to_xy(positions, low_shape=low_shape, map_shape=(map_rows, map_cols),
                         scale=source.scale(low_shape), patch_size=patch_wh,
                         receptive_field=self.receptive_field)
         if self.tile_aligned:
             xy = snap_to_grid(xy, patch_wh)
-        patches = _as_float(source.extract(xy, patch_wh), x_low)  # [B, n, C, h, w]
+        patches = _as_float(source.extract(xy, patch_wh), like)  # [B, n, C, h, w]
         features = self.feature_net(patches.flatten(0, 1))  # [B·n, D]
         features = features.reshape(*patches.shape[:2], *features.shape[1:])
         features = expectation(features, sampled_attention, self.replace)
         if self.attention_regularizer is not None:
             entropy_loss = self.attention_regularizer(attention)
+        elif blocks:
+            entropy_loss = streamed.entropy_loss(attention, self.entropy)
         else:
             entropy_loss = entropy_regularizer(attention, self.entropy)
         return AttentionResult(features, attention, positions, sampled_attention, patches, xy,
@@ -388,6 +462,16 @@ def attention_sampling(
     return AttentionSampler(attention, feature, n_patches=n_patches, patch_size=patch_size,
                             replace=replace, receptive_field=receptive_field, entropy=strength,
                             attention_regularizer=regularizer)
+
+
+def _check_map(out: Tensor) -> Tensor:
+    """The attention net's output as ``[B, h', w']``."""
+    if out.ndim == 4 and out.shape[1] == 1:
+        out = out.squeeze(1)
+    if out.ndim != 3:
+        raise SamplingError(f"the attention net must return [B, 1, h', w'] or [B, h', w'], "
+                            f"got {tuple(out.shape)}")
+    return out
 
 
 def _ends_with_softmax(net: nn.Module) -> bool:

@@ -16,6 +16,7 @@ zarr (OME-Zarr 0.4 on zarr v2, 0.5 on zarr v3, a plain group of levels).
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -395,6 +396,110 @@ def _garbled_copy(src: str, dst: str) -> str:
     with open(dst, "wb") as f:
         f.write(bytes(data))
     return dst
+
+
+# ---------------------------------------------------------------- ICC profiles, libvips SVS, single level
+# (the openslide-surface tests: tests/slide/test_openslide_compat.py)
+
+
+def swapped_primaries_icc() -> bytes:
+    """An RGB matrix/TRC ICC profile whose red and green primaries are swapped
+    (PIL's sRGB profile with its ``rXYZ`` and ``gXYZ`` tags exchanged), so that
+    converting it to sRGB visibly changes colours."""
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", data[128:132])[0]
+    tags = {}
+    for k in range(count):
+        sig, offset, size = struct.unpack(">4sII", data[132 + 12 * k: 144 + 12 * k])
+        tags[sig] = (offset, size)
+    (ro, rs), (go, gs) = tags[b"rXYZ"], tags[b"gXYZ"]
+    red, green = bytes(data[ro:ro + rs]), bytes(data[go:go + gs])
+    data[ro:ro + rs], data[go:go + gs] = green, red
+    data[84:100] = bytes(16)  # profile ID: "not computed"
+    return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def icc_bytes() -> bytes:
+    return swapped_primaries_icc()
+
+
+@pytest.fixture(scope="session")
+def svs_icc(base_image, slide_dir, icc_bytes) -> SlideFile:
+    """tifffile Aperio SVS with an ICC profile on level 0 and (named the same) on the
+    thumbnail: 2000 x 1200, JPEG, 240 tiles, levels 1 and 4, thumbnail, label and macro."""
+    import tifffile
+
+    img = np.ascontiguousarray(base_image[0][600:1800, 1500:3500])
+    levels = [img, decimate(img, 4)]
+    h, w = img.shape[:2]
+    path = str(slide_dir / "aperio_icc.svs")
+    jpeg = dict(compression="jpeg", compressionargs={"level": 90}, photometric="rgb", metadata=None)
+    named = {"ICC Profile": "Swapped RGB"}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(240, 240), iccprofile=icc_bytes,
+                 description=aperio_description(w, h, fields=named, **APERIO), **jpeg)
+        thumb = decimate(img, 8)
+        tw.write(thumb, iccprofile=icc_bytes, **jpeg,
+                 description=aperio_description(w, h, page="thumbnail", size=thumb.shape[1::-1])
+                 + "|ICC Profile = Swapped RGB")
+        tw.write(levels[1], tile=(240, 240), **jpeg,
+                 description=aperio_description(w, h, page="level", size=levels[1].shape[1::-1], **APERIO))
+        tw.write(decimate(img, 12)[:80, :90], subfiletype=1, description="Aperio Image Library\r\nlabel 90x80",
+                 compression="lzw", photometric="rgb", metadata=None)
+        tw.write(decimate(img, 10), subfiletype=9, description="Aperio Image Library\r\nmacro", **jpeg)
+    return SlideFile("svs_icc", path, "tifffile", "aperio", "tifffile", False, levels, (240, 240), 0.499,
+                     extra={"icc": icc_bytes})
+
+
+@pytest.fixture(scope="session")
+def tiff_icc(base_image, slide_dir, icc_bytes) -> SlideFile:
+    """tifffile generic pyramidal TIFF with an ICC profile: 1500 x 1000, deflate, 256 tiles, 3 levels."""
+    import tifffile
+
+    img = np.ascontiguousarray(base_image[0][1000:2000, 500:2000])
+    levels = [img, decimate(img, 2), decimate(img, 4)]
+    path = str(slide_dir / "pyramid_icc.tif")
+    with tifffile.TiffWriter(path) as tw:
+        for k, lv in enumerate(levels):
+            tw.write(lv, tile=(256, 256), compression="deflate", photometric="rgb", metadata=None,
+                     subfiletype=1 if k else 0, iccprofile=icc_bytes if k == 0 else None)
+    return SlideFile("tiff_icc", path, "tifffile", "generic-tiff", "tifffile", True, levels, (256, 256), None,
+                     extra={"icc": icc_bytes})
+
+
+@pytest.fixture(scope="session")
+def vips_svs(base_image, slide_dir) -> SlideFile:
+    """libvips-written Aperio SVS (an Aperio ImageDescription on a libvips JPEG pyramid):
+    3000 x 2000, Q90, 240 tiles, MPP 0.499."""
+    import pyvips
+
+    img = np.ascontiguousarray(base_image[0][500:2500, 1000:4000])
+    h, w = img.shape[:2]
+    vimg = pyvips.Image.new_from_array(img, interpretation="srgb").copy()
+    vimg.set_type(pyvips.GValue.gstr_type, "image-description", aperio_description(w, h, **APERIO))
+    path = str(slide_dir / "vips_aperio.svs")
+    vimg.tiffsave(path, tile=True, pyramid=True, compression="jpeg", Q=90, tile_width=240, tile_height=240)
+    return SlideFile("vips_svs", path, "pyvips", "aperio", "tifffile", False, [img], (240, 240), 0.499)
+
+
+@pytest.fixture(scope="session")
+def vips_flat_icc(base_image, slide_dir, icc_bytes, tmp_path_factory) -> SlideFile:
+    """libvips single-level tiled TIFF (no pyramid) with an ICC profile: 3000 x 1900, deflate, 256 tiles.
+    ats-wsi computes levels for it; openslide reports the one stored level."""
+    import pyvips
+
+    img = np.ascontiguousarray(base_image[0][1100:3000, 2000:5000])
+    icc_file = tmp_path_factory.mktemp("icc") / "swapped.icc"
+    icc_file.write_bytes(icc_bytes)
+    path = str(slide_dir / "vips_flat_icc.tif")
+    pyvips.Image.new_from_array(img, interpretation="srgb").tiffsave(
+        path, tile=True, pyramid=False, compression="deflate", tile_width=256, tile_height=256,
+        profile=str(icc_file))
+    return SlideFile("vips_flat_icc", path, "pyvips", "generic-tiff", "tifffile", True, [img], (256, 256), None,
+                     extra={"icc": icc_bytes})
 
 
 @pytest.fixture(scope="session")

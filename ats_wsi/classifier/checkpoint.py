@@ -70,12 +70,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(path, f"not a readable checkpoint ({_short_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not an ats-wsi checkpoint (no 'format' marker)")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(path, f"checkpoint format {payload['format_version']} is newer than this ats-wsi reads")
     return payload
+
+
+def _short_reason(exc: Exception) -> str:
+    """One line of why torch.load failed (not its paragraph about ``weights_only``)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+        detail = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+        return "not a torch file of tensors and plain values" + (f": {detail}" if detail else "")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:200]}" if first else f"{type(exc).__name__}: empty or cut short"
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SlideClassifier:
@@ -86,11 +97,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
             its weights do not fit its config.
     """
     payload = read_checkpoint(path)
-    config = ModelConfig.from_dict(payload["config"], path=path)
+    try:
+        config = ModelConfig.from_dict(payload["config"], path=path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a config of the wrong types: TypeError, ValueError, ...
+        raise CheckpointError(path, f"its model config is not valid ({type(exc).__name__}: {exc})") from None
     try:
         model = build_model(config)
+    except Exception as exc:  # noqa: BLE001 - a config that loads but cannot build (bad kwargs, missing timm, ...)
+        raise CheckpointError(path, f"its model config does not build a model ({type(exc).__name__}: {exc})") \
+            from None
+    try:
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(path, f"weights do not fit the config ({exc})") from None
     return model.to(device).eval()
 

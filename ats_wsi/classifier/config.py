@@ -24,8 +24,16 @@ class ModelConfig:
         feature_net, feature_kwargs: likewise (``"timm:<name>"`` works when installed).
         feature_dim: D, the feature vector per patch.
         n_patches: patches drawn per slide.
-        patch_size: side of a square patch, in pixels of ``patch_level``.
-        patch_level: pyramid level patches are read from (0: full resolution).
+        patch_size: side of a square patch, in pixels of ``patch_level``
+            (of ``patch_mpp`` when that is set).
+        patch_level: pyramid level patches are read from (0: full resolution);
+            ignored when ``patch_mpp`` is set.
+        patch_mpp: µm/px patches are read at from any slide (``None``: by
+            ``patch_level``); the slide's own levels only decide how (see
+            :class:`ats_wsi.patches.PatchReader`). A model trained at 0.5
+            µm/px reads 0.5 µm/px from a 0.25 µm/px scan.
+        mpp_tolerance: relative tolerance of ``patch_mpp`` (0.05: 0.2527
+            µm/px is read as 0.25).
         low_downsample / low_mpp: resolution of the attention net's input
             (exactly one is set; µm/px is what pathology models should use).
         replace: sampling with replacement.
@@ -47,6 +55,8 @@ class ModelConfig:
     n_patches: int = 16
     patch_size: int = 128
     patch_level: int = 0
+    patch_mpp: float | None = None
+    mpp_tolerance: float = 0.05
     low_downsample: float | None = 16.0
     low_mpp: float | None = None
     replace: bool = False
@@ -69,6 +79,18 @@ class ModelConfig:
         cfg = cls(**data)
         cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
         return cfg
+
+    @classmethod
+    def from_user(cls, data: Any, source=None) -> ModelConfig:
+        """A config a person wrote (``--config`` JSON with flags applied): every
+        problem is a :class:`~ats_wsi.errors.ConfigError` naming the key and why.
+
+        ``low_mpp`` given without ``low_downsample`` replaces the default
+        downsample (the two are alternatives); both given is an error.
+        """
+        from ._config_check import check_user_config
+
+        return cls.from_dict(check_user_config(cls, data, source))
 
     def low_resolution(self) -> dict[str, float]:
         """``{"downsample": ...}`` or ``{"mpp": ...}`` for :func:`ats_wsi.slide.read_low_view`."""

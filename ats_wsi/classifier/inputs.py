@@ -5,6 +5,10 @@ once: the low view and its tissue mask (as tensors) and a
 :class:`~ats_wsi.patches.PatchReader` at the config's patch level, whose tile
 cache then serves every later draw. Prediction opens one per slide; training
 keeps one per slide of the manifest for the whole run (:class:`SlideInputs`).
+
+With ``config.patch_mpp`` set, the reader reads at that µm/px (whatever the
+slide's levels) and the source maps its cells to level-0 boxes of
+``patch_size x patch_mpp / slide.mpp`` pixels.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 
 from ..patches import PatchReader, SlideSource
 from ..slide import open_slide
-from ..slide.lowview import LowView, read_low_view
+from ..slide.lowview import LowView, LowViewReader, read_low_view
 from .config import ModelConfig
 
 __all__ = ["SlideInput", "SlideInputs"]
@@ -31,21 +35,40 @@ class SlideInput:
         config: the model config (low-view resolution, patch level and size).
         workers: tile-decoding threads of the patch reader.
         cache_bytes: decoded-tile cache of the patch reader.
+        mpp: the slide's level-0 µm/px, overriding its metadata (a manifest's
+            ``mpp`` column, ``--mpp``); sets ``slide.mpp`` on a given slide.
 
     Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, slide, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 64 * 2**20):
+    def __init__(self, slide, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 64 * 2**20,
+                 mpp: float | None = None):
         self._own = not hasattr(slide, "read_region")
-        self.slide = open_slide(slide) if self._own else slide
+        self.slide = open_slide(slide, mpp=mpp) if self._own else slide
         try:
+            if mpp is not None and not self._own:
+                self.slide.mpp = mpp
             self.config = config
-            self.view: LowView = read_low_view(self.slide, **config.low_resolution())
-            self.reader = PatchReader(self.slide, config.patch_level, config.patch_size,
-                                      workers=workers, cache_bytes=cache_bytes)
+            self.low = LowViewReader(self.slide, **config.low_resolution())  # read tile by tile by predict
+            self._view: LowView | None = None
+            if config.patch_mpp is not None:
+                self.reader = PatchReader(self.slide, patch_size=config.patch_size, mpp=config.patch_mpp,
+                                          mpp_tolerance=config.mpp_tolerance, workers=workers,
+                                          cache_bytes=cache_bytes)
+            else:
+                self.reader = PatchReader(self.slide, config.patch_level, config.patch_size,
+                                          workers=workers, cache_bytes=cache_bytes)
         except BaseException:
             self.close()
             raise
+
+    @property
+    def view(self) -> LowView:
+        """The whole low view and its tissue mask, read on first use (training;
+        :meth:`SlideClassifier.predict` reads :attr:`low` tile by tile instead)."""
+        if self._view is None:
+            self._view = read_low_view(self.slide, **self.config.low_resolution())
+        return self._view
 
     @property
     def path(self) -> Path:
@@ -63,8 +86,9 @@ class SlideInput:
 
     def source(self, device: str | torch.device = "cpu") -> SlideSource:
         """A patch source over this slide for one forward pass (shares the reader and its cache)."""
-        return SlideSource([self.slide], self.config.patch_level, low_downsample=self.view.downsample,
-                           readers=[self.reader], device=device)
+        return SlideSource([self.slide], self.config.patch_level, low_downsample=self.low.downsample,
+                           readers=[self.reader], device=device, mpp=self.config.patch_mpp,
+                           mpp_tolerance=self.config.mpp_tolerance)
 
     def close(self) -> None:
         """Stop the reader's threads; close the slide if it was opened here."""
@@ -85,17 +109,21 @@ class SlideInputs:
     """:class:`SlideInput` per slide path, opened on first use and kept until :meth:`close`.
 
     Training reads the same slides every epoch: their low views and decoded
-    tiles are made once for the whole run.
+    tiles are made once for the whole run. ``mpp`` maps slide paths to a
+    µm/px that overrides their metadata (a manifest's ``mpp`` column).
     """
 
-    def __init__(self, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 16 * 2**20):
+    def __init__(self, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 16 * 2**20,
+                 mpp: dict[str, float] | None = None):
         self.config, self.workers, self.cache_bytes = config, workers, cache_bytes
+        self.mpp = {str(k): float(v) for k, v in (mpp or {}).items() if v is not None}
         self._inputs: dict[str, SlideInput] = {}
 
     def __getitem__(self, path: str | os.PathLike) -> SlideInput:
         key = str(path)
         if key not in self._inputs:
-            self._inputs[key] = SlideInput(key, self.config, workers=self.workers, cache_bytes=self.cache_bytes)
+            self._inputs[key] = SlideInput(key, self.config, workers=self.workers, cache_bytes=self.cache_bytes,
+                                           mpp=self.mpp.get(key))
         return self._inputs[key]
 
     def close(self) -> None:

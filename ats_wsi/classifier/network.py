@@ -8,6 +8,7 @@ training feeds the same :class:`~ats_wsi.classifier.inputs.SlideInput` to
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from ..model import AttentionResult, AttentionSampler
 from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
+from ..slide.lowview import TissueThreshold
 from .config import ModelConfig
 from .inputs import SlideInput
 from .prediction import SlidePrediction, slide_seed
@@ -103,6 +105,7 @@ class SlideClassifier(nn.Module):
         seed: int = 0,
         deterministic: bool = False,
         workers: int = 2,
+        stream: bool = True,
     ) -> SlidePrediction:
         """Classify one slide: the low view, the attention map once, ``samples`` draws.
 
@@ -114,6 +117,12 @@ class SlideClassifier(nn.Module):
             seed: base seed; draws are seeded per slide (:func:`slide_seed`).
             deterministic: take the top-n cells instead of sampling.
             workers: tile-decoding threads (when a path or slide is given).
+            stream: read the low view tile by tile and work on the attention
+                map in blocks (:meth:`AttentionSampler.attend_streamed`), so
+                that memory does not grow with the slide; ``False`` holds the
+                whole low view (the training path). Both give the same draws
+                for the same seed on CPU, and probabilities equal up to float
+                rounding.
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
@@ -124,29 +133,35 @@ class SlideClassifier(nn.Module):
         item = slide if given else SlideInput(slide, self.config, workers=workers)
         try:
             return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
-                                 seed=seed, deterministic=deterministic)
+                                 seed=seed, deterministic=deterministic, stream=stream)
         finally:
             if not given:
                 item.close()
 
-    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic):
+    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic, stream):
         device = self.device
-        x_low, mask = item.low_inputs(device)
         source = item.source(device)
         generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
-        attention, grid_mask = self.sampler.attend(x_low, mask)
+        if stream:
+            attention, grid_mask = self.sampler.attend_streamed(item.low.read, item.low.shape,
+                                                                tissue=TissueThreshold())
+            draw = partial(self.sampler.draw_streamed, item.low.shape)
+        else:
+            x_low, mask = item.low_inputs(device)
+            attention, grid_mask = self.sampler.attend(x_low, mask)
+            draw = partial(self.sampler.draw, x_low)
         probs, boxes, box_attention = [], [], []
         for _ in range(samples):
-            result = self.sampler.draw(x_low, attention, grid_mask, source, n_patches=n_patches,
-                                       generator=generator, deterministic=deterministic)
+            result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
+                          deterministic=deterministic)
             probs.append(torch.softmax(self.head(result.features).float(), dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
         p = torch.stack(probs).mean(0).numpy()
         boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
         attention_np = attention[0].float().cpu().numpy()
-        cell_wh, origin_xy = cell_grid_level0(low_shape=item.view.image.shape[:2], map_shape=attention_np.shape,
-                                              low_downsample=item.view.downsample,
+        cell_wh, origin_xy = cell_grid_level0(low_shape=item.low.shape, map_shape=attention_np.shape,
+                                              low_downsample=item.low.downsample,
                                               receptive_field=self.sampler.receptive_field)
         w0, h0 = item.slide.dimensions
         return SlidePrediction(
@@ -164,7 +179,7 @@ class SlideClassifier(nn.Module):
             pixels_read=int((boxes_xywh[:, 2] * boxes_xywh[:, 3]).sum()),
             slide_pixels=int(w0) * int(h0),
             mpp=item.slide.mpp,
-            low_downsample=float(item.view.downsample),
+            low_downsample=float(item.low.downsample),
         )
 
 

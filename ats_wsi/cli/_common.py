@@ -6,7 +6,16 @@ import sys
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows each option's default and keeps descriptions as written."""
+    """``--help`` shows each option's default and keeps descriptions as written.
+
+    An option whose default is None (a flag that is off, or one whose default
+    comes from elsewhere and says so in its help) shows none.
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:
@@ -36,7 +45,9 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=None)
+    from ..run.cohort import bar_width
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, **bar_width())
 
 
 def check_device(command: str, device: str) -> str | None:
@@ -53,6 +64,105 @@ def check_device(command: str, device: str) -> str | None:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         return f"ats-wsi {command}: --device mps asked for, but MPS is not available here"
     return None
+
+
+def classes(text: str):
+    """argparse type of ``--classes``: a number of classes (``3``) or their names (``normal,tumor``)."""
+    text = text.strip()
+    if text.isdigit():
+        value = int(text)
+        if value < 2:
+            raise argparse.ArgumentTypeError(f"a classifier needs >= 2 classes, got {value}")
+        return value
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of classes nor >= 2 comma-separated names")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a class twice")
+    return names
+
+
+def floats(n: int):
+    """argparse type: ``n`` comma-separated numbers (``0.5,0.5,0.5``)."""
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != n:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {n} comma-separated numbers")
+        return values
+    return parse
+
+
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object (``'{"hidden": 8}'``)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object {{...}}")
+    return value
+
+
+class LibraryLog:
+    """Library warnings (tifffile's log, Python warnings, ats_wsi's own) go to ``path``, not
+    the terminal where progress bars are drawn. The file is made on the first record.
+
+    Use as a context manager; ``count`` is the number of records written.
+    """
+
+    LOGGERS = ("tifffile", "ats_wsi", "py.warnings", "zarr", "numcodecs", "distributed")
+
+    def __init__(self, path):
+        import logging
+        from pathlib import Path
+
+        self.path, self.count = Path(path), 0
+        outer = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                try:
+                    outer.path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(outer.path, "a", encoding="utf-8") as fh:
+                        fh.write(f"{record.levelname.lower()} {record.name}: {record.getMessage()}\n")
+                    outer.count += 1
+                except OSError:
+                    pass
+
+        self.handler = _Handler(logging.INFO)
+
+    def __enter__(self):
+        import logging
+
+        logging.captureWarnings(True)
+        self._saved = []
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved.append((logger, logger.propagate, logger.level))
+            logger.addHandler(self.handler)
+            logger.propagate = False
+            if name.startswith("ats_wsi") and logger.level == logging.NOTSET:
+                logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        for logger, propagate, level in self._saved:
+            logger.removeHandler(self.handler)
+            logger.propagate, logger.level = propagate, level
+        logging.captureWarnings(False)
+
+    def summary(self, command: str) -> str | None:
+        """A line for stderr when anything was logged."""
+        if not self.count:
+            return None
+        return f"ats-wsi {command}: {self.count} warning(s) logged to {self.path}"
 
 
 def error(message: str) -> int:

@@ -13,8 +13,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="ats-wsi-demo", help="folder for slides, run and results")
     p.add_argument("--slides", type=int, default=48, help="number of synthetic slides")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's preset)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the slides, the model and the draws")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, mps")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (not accurate)")
     p.set_defaults(func=run)
 

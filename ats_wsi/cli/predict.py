@@ -5,21 +5,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import HelpFormatter, check_device, error, positive_int, progress_bar
+from ._common import HelpFormatter, LibraryLog, check_device, error, format_table, positive_int, progress_bar
 
 
 def register(sub) -> None:
     """Add ``predict`` to the ``ats-wsi`` sub-parsers."""
     p = sub.add_parser("predict", help="classify slides with a checkpoint; maps, overlays, CSVs",
                        formatter_class=HelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("slides", nargs="+", help="slide files, folders or glob patterns")
+    p.add_argument("checkpoint", help="a checkpoint of `ats-wsi train` (best.pt, last.pt, ...)")
+    p.add_argument("slides", nargs="+", help="slide files, folders, glob patterns, or a manifest (.csv/.tsv with "
+                                             "a path column; with labels, metrics are computed)")
     p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--split", help="only the manifest's rows of this split (train, val, test; default: all)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000,
+                   help="bootstrap resamples of the 95%% intervals in metrics.json (seed 0)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="average K samplings per slide (one attention map, K draws)")
     p.add_argument("--n-patches", type=positive_int, help="patches per sampling (default: the checkpoint's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (per slide)")
     p.add_argument("--deterministic", action="store_true", help="top-n cells instead of sampling")
     p.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads per slide")
     p.add_argument("--torch-threads", type=positive_int, default=1,
@@ -29,8 +33,72 @@ def register(sub) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     where.add_argument("--workers", type=positive_int, help="start a local dask cluster with N worker processes")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
+    _register_resolution(p)
     p.set_defaults(func=run)
+
+
+def _register_resolution(p) -> None:
+    """The slides' µm/px where their files store none (issue 16)."""
+    g = p.add_argument_group("resolution")
+    g.add_argument("--mpp", type=float, help="level-0 µm/px of the slides, overriding their metadata (for files "
+                                             "without one; a checkpoint trained at --patch-mpp needs it)")
+
+
+def _slides_and_labels(args, model) -> tuple[list, list | None]:
+    """Slides of the inputs, in order, and their labels (None without a manifest)."""
+    from ..data.manifest import is_manifest, read_cohort
+    from ..errors import ManifestError
+    from ..slide import find_slides
+
+    slides, labels, seen = [], [], set()
+    for item in args.slides:
+        if is_manifest(item):
+            names = model.config.class_names
+            cohort = read_cohort(item, classes=names, require_labels=False)
+            if cohort.class_names and not names:
+                raise ManifestError(f"{item}: labels are class names {cohort.class_names}, but the checkpoint "
+                                    f"has none; write its labels as class indices 0..{model.config.n_classes - 1}")
+            found = [(r.path, r.label) for r in cohort.split(args.split)]
+            for r in cohort.split(args.split):
+                if r.label is not None and r.label >= model.config.n_classes:
+                    raise ManifestError(f"{item}:{r.line}: label {r.label}, but the checkpoint has "
+                                        f"{model.config.n_classes} classes")
+        else:
+            found = [(p, None) for p in find_slides([item])]
+        for path, label in found:
+            if str(path) not in seen:
+                seen.add(str(path))
+                slides.append(path)
+                labels.append(label)
+    has_manifest = any(is_manifest(a) for a in args.slides)
+    return slides, (labels if has_manifest else None)
+
+
+def _report_metrics(args, rows, errors, config) -> None:
+    """metrics.json and the table of them."""
+    from ..run.cohort import write_prediction_metrics
+
+    out = Path(args.out)
+    m = write_prediction_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
+                                 seed=0, extra={"failed": len(errors), "split": args.split,
+                                                "checkpoint": str(args.checkpoint)})
+    b = m["bootstrap"]
+    print(f"\nmetrics of {m['n']} labelled slide(s) -> {out / 'metrics.json'} (95% intervals: "
+          f"{b['resamples']} bootstrap resamples, seed {b['seed']})")
+
+    def num(v):
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    table = [[label, num(m[key]["value"]), f"[{num(m[key]['ci_low'])}, {num(m[key]['ci_high'])}]"]
+             for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                                ("roc_auc", f"ROC AUC ({m['roc_auc_kind']})"))]
+    print(format_table(table, ["metric", "value", "95% CI"]))
+    names = m["class_names"]
+    print("\nconfusion matrix (rows: true class, columns: predicted)")
+    print(format_table([[n, *map(str, r)] for n, r in zip(names, m["confusion_matrix"])], ["", *names]))
+    if errors:
+        print(f"({len(errors)} slide(s) failed and are not counted)")
 
 
 def _client(args):
@@ -49,20 +117,33 @@ def _client(args):
 def run(args: argparse.Namespace) -> int:
     """Predict every slide; exit 1 if any failed (listed on stderr and in errors.csv)."""
     from ..classifier import load_model
+    from ..data.manifest import is_manifest, normalise_split
     from ..run.predict import PredictSettings, predict_slides
-    from ..slide import find_slides
 
     bad = check_device("predict", args.device)
     if bad:
         return error(bad)
-    slides = find_slides(args.slides)
+    manifests = [a for a in args.slides if is_manifest(a)]
+    if args.split is not None:
+        if not manifests:
+            return error("ats-wsi predict: --split selects rows of a manifest, and no manifest (.csv/.tsv) was given")
+        try:
+            normalise_split(args.split)
+        except ValueError as exc:
+            return error(f"ats-wsi predict: --split: {exc}")
+    # A bad checkpoint fails here, before a cluster is started (its class names read the manifests).
+    model = load_model(args.checkpoint) if manifests else None
+    slides, labels = _slides_and_labels(args, model)
     if not slides:
-        return error("ats-wsi predict: no slides found")
-    load_model(args.checkpoint)  # a bad checkpoint fails here, before a cluster is started
+        return error("ats-wsi predict: no slides found" + (f" in split {args.split!r}" if args.split else ""))
+    if args.mpp is not None and not 0 < args.mpp < float("inf"):
+        return error(f"ats-wsi predict: --mpp must be a number > 0, got {args.mpp}")
+    if model is None:
+        model = load_model(args.checkpoint)
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,
-                               ngff_version=args.ngff, torch_threads=args.torch_threads)
+                               ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp)
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 
     def progress(name, status):
@@ -70,15 +151,20 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix_str(f"{name}: {status}")
 
+    out = Path(args.out)
     client, cluster = _client(args)
     try:
-        rows, errors = predict_slides(slides, settings, executor=client, progress=progress)
+        with LibraryLog(out / "predict.log") as log:
+            rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels)
     finally:
         for thing in (bar, client, cluster):
             if thing is not None:
                 thing.close()
-    out = Path(args.out)
     print(f"{len(rows)} slide(s) predicted -> {out / 'predictions.csv'}")
+    if log.summary("predict"):
+        print(log.summary("predict"), file=sys.stderr)
+    if labels is not None and any(v is not None for v in labels):
+        _report_metrics(args, rows, errors, model.config)
     if errors:
         print(f"{len(errors)} slide(s) failed -> {out / 'errors.csv'}", file=sys.stderr)
         for e in errors:

@@ -4,70 +4,145 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
-from ._common import HelpFormatter, check_device, error, positive_int
+from ._common import HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int
 
-_CONFIG_FLAGS = ("attention_net", "feature_net", "feature_dim", "n_classes", "n_patches", "patch_size",
-                 "patch_level", "replace", "entropy")
+_CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
+                 "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std")
+# ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
+FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes"}
 
 
 def register(sub) -> None:
     """Add ``train`` to the ``ats-wsi`` sub-parsers."""
     p = sub.add_parser("train", help="train an attention-sampling slide classifier", formatter_class=HelpFormatter)
-    p.add_argument("manifest", help="CSV with columns path,label[,split]")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv")
-    p.add_argument("--config", help="JSON file of model settings (flags below override it)")
-    g = p.add_argument_group("model (default: the config file's, else ModelConfig's)")
-    g.add_argument("--attention-net", help="attention net name (ats_wsi.nets), default attention-small")
-    g.add_argument("--feature-net", help="feature net name, e.g. feature-small, feature-medium, timm:resnet18")
-    g.add_argument("--feature-dim", type=int)
-    g.add_argument("--classes", type=int, dest="n_classes")
-    g.add_argument("--n-patches", type=positive_int)
-    g.add_argument("--patch-size", type=int, help="patch side in pixels of --patch-level")
-    g.add_argument("--patch-level", type=int)
+    from ..classifier import ModelConfig
+
+    d = ModelConfig()
+    p.add_argument("manifest", help="CSV or TSV with a header: path, label (integers or class names), "
+                                    "optional split (train/val/test), slide_id, mpp; see docs/cli.md")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv, config.json, train.log")
+    p.add_argument("--config", help="JSON file of model settings, the keys of ModelConfig (flags below override it)")
+    g = p.add_argument_group("model (each flag overrides --config; the defaults shown are ModelConfig's)")
+    g.add_argument("--attention-net", help=f"attention net name in ats_wsi.nets (default: {d.attention_net})")
+    g.add_argument("--attention-kwargs", type=json_object, help="attention net arguments as JSON (default: {})")
+    g.add_argument("--feature-net", help=f"feature net name: feature-small, feature-medium, timm:resnet18, ... "
+                                         f"(default: {d.feature_net})")
+    g.add_argument("--feature-kwargs", type=json_object, help="feature net arguments as JSON (default: {})")
+    g.add_argument("--feature-dim", type=positive_int, help=f"features per patch (default: {d.feature_dim})")
+    g.add_argument("--classes", type=classes, dest="classes", metavar="N|NAME,NAME,...",
+                   help="the number of classes (labels 0..N-1), or the class names in label order (labels "
+                        "written as names are then numbered in this order; default: the manifest's names "
+                        f"sorted, or {d.n_classes} classes for integer labels)")
+    g.add_argument("--n-patches", type=positive_int, help=f"patches drawn per slide (default: {d.n_patches})")
+    g.add_argument("--patch-size", type=int, help="patch side in pixels of --patch-level (or at --patch-mpp) "
+                                                     f"(default: {d.patch_size})")
+    g.add_argument("--patch-level", type=int, help=f"pyramid level patches are read from (default: {d.patch_level})")
     low = g.add_mutually_exclusive_group()
-    low.add_argument("--low-downsample", type=float, help="attention input resolution as a downsample")
-    low.add_argument("--low-mpp", type=float, help="attention input resolution in µm/px")
+    low.add_argument("--low-downsample", type=float,
+                     help=f"attention input resolution as a downsample (default: {d.low_downsample:g})")
+    low.add_argument("--low-mpp", type=float, help="attention input resolution in µm/px (instead of a downsample)")
     g.add_argument("--replace", action=argparse.BooleanOptionalAction, default=None,
                    help="sample with replacement (default: without)")
-    g.add_argument("--entropy", type=float, help="entropy regulariser weight")
+    g.add_argument("--entropy", type=float, help=f"entropy regulariser weight (default: {d.entropy:g})")
+    g.add_argument("--min-tissue", type=float, help="fraction of tissue a low-view cell needs to be drawn "
+                                                    f"(the tissue threshold; default: {d.min_tissue:g})")
+    g.add_argument("--tile-aligned", action=argparse.BooleanOptionalAction, default=None,
+                   help="snap patches to the grid of multiples of --patch-size (default: no)")
+    g.add_argument("--mean", type=floats(3), metavar="R,G,B",
+                   help=f"pixel normalisation mean (default: {','.join(f'{v:g}' for v in d.mean)})")
+    g.add_argument("--std", type=floats(3), metavar="R,G,B",
+                   help=f"pixel normalisation std (default: {','.join(f'{v:g}' for v in d.std)})")
+    _register_resolution(p)
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=10)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (in all, with --resume)")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
     g.add_argument("--attention-lr", type=float, default=None,
                    help="separate learning rate for the attention net (default: --lr)")
     g.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
                    help="learning-rate schedule over the epochs")
-    g.add_argument("--batch-size", type=positive_int, default=4)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=positive_int, default=4,
+                   help="slides per optimiser step (the total over processes under torchrun)")
+    g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    g.add_argument("--seed", type=int, default=0, help="seed of the model, the order and the draws")
     g.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads")
+    g.add_argument("--open-threads", type=positive_int, default=4,
+                   help="threads that open and check every slide before the first epoch")
+    g.add_argument("--skip-unreadable", action="store_true",
+                   help="train on the slides that open and list the others in OUT/skipped.csv "
+                        "(default: list them all and stop)")
+    g.add_argument("--select", choices=["accuracy", "auc", "loss"], default="accuracy",
+                   help="the validation number best.pt is chosen by (ties: lower loss, then later epoch)")
+    g.add_argument("--class-weights", choices=["none", "balanced"], default="none",
+                   help="balanced: weight each slide's loss by n / (classes x slides of its class)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     p.set_defaults(func=run)
+
+
+def _register_resolution(p) -> None:
+    """Patches at a physical resolution (issue 16): --patch-mpp / --patch-magnification, --mpp-tolerance."""
+    g = p.add_argument_group("patch resolution (instead of --patch-level; stored in the checkpoint)")
+    res = g.add_mutually_exclusive_group()
+    res.add_argument("--patch-mpp", type=float,
+                     help="read patches at this µm/px from every slide (--patch-size is then in pixels at it)")
+    res.add_argument("--patch-magnification", type=float,
+                     help="the same as an objective magnification: µm/px = 10 / magnification (20 -> 0.5)")
+    g.add_argument("--mpp-tolerance", type=float, help="relative tolerance of --patch-mpp (default 0.05)")
+
+
+def _apply_resolution(args: argparse.Namespace, base: dict) -> None:
+    """Put --patch-mpp / --patch-magnification / --mpp-tolerance into the config dict."""
+    mpp = getattr(args, "patch_mpp", None)
+    magnification = getattr(args, "patch_magnification", None)
+    for flag, value in (("--patch-mpp", mpp), ("--patch-magnification", magnification)):
+        if value is not None and not 0 < value < float("inf"):
+            raise SystemExit(f"ats-wsi train: {flag} must be a number > 0, got {value}")
+    if magnification is not None:
+        mpp = 10.0 / magnification
+    if mpp is not None:
+        if args.patch_level is not None:
+            raise SystemExit("ats-wsi train: give --patch-level or --patch-mpp/--patch-magnification, not both")
+        base["patch_mpp"] = mpp
+    elif args.patch_level is not None:
+        base["patch_mpp"] = None  # an explicit level replaces a config file's µm/px
+    if getattr(args, "mpp_tolerance", None) is not None:
+        if not 0 <= args.mpp_tolerance < 1:
+            raise SystemExit(f"ats-wsi train: --mpp-tolerance must be in [0, 1), got {args.mpp_tolerance}")
+        base["mpp_tolerance"] = args.mpp_tolerance
 
 
 def model_config(args: argparse.Namespace):
     """The ModelConfig of ``--config`` with the model flags applied over it."""
     from ..classifier import ModelConfig
+    from ..errors import ConfigError
 
     base = {}
     if args.config:
         try:
             base = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"ats-wsi train: cannot read --config {args.config}: {exc}")
-        base = base.get("model", base)
+            raise ConfigError(args.config, f"cannot read it as JSON ({exc})") from None
+        if isinstance(base, dict) and isinstance(base.get("model"), dict):  # a run's config.json
+            base = base["model"]
+    if not isinstance(base, dict):
+        raise ConfigError(args.config, f"a model config must be a JSON object, got {type(base).__name__}")
     for key in _CONFIG_FLAGS:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
+    if isinstance(args.classes, int):
+        base.update(n_classes=args.classes, class_names=None)
+    elif args.classes is not None:
+        base.update(n_classes=len(args.classes), class_names=list(args.classes))
     if args.low_downsample is not None:
         base.update(low_downsample=args.low_downsample, low_mpp=None)
     if args.low_mpp is not None:
         base.update(low_mpp=args.low_mpp, low_downsample=None)
-    return ModelConfig.from_dict(base)
+    _apply_resolution(args, base)
+    return ModelConfig.from_user(base, source=args.config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,10 +150,21 @@ def run(args: argparse.Namespace) -> int:
     from ..classifier import build_model
     from ..run.train import TrainSettings, train
 
+    from ..data.manifest import read_cohort
+    from ..errors import ConfigError
+
     bad = check_device("train", args.device)
     if bad:
         return error(bad)
-    config = model_config(args)
+    try:
+        config = model_config(args)
+    except ConfigError as exc:
+        return error(f"ats-wsi train: bad model settings: {exc}")
+    if not args.resume:
+        cohort = read_cohort(args.manifest, classes=config.class_names)  # a bad manifest fails here
+        if isinstance(args.classes, int) and cohort.class_names and args.classes != len(cohort.class_names):
+            return error(f"ats-wsi train: --classes {args.classes}, but the manifest's labels are "
+                         f"{len(cohort.class_names)} class names {cohort.class_names}")
     world = int(os.environ.get("WORLD_SIZE", "1"))  # processes under torchrun
     if args.batch_size % world:
         return error(f"ats-wsi train: --batch-size {args.batch_size} must be a multiple of the {world} "
@@ -90,16 +176,31 @@ def run(args: argparse.Namespace) -> int:
             return error(f"ats-wsi train: bad model settings: {exc}")
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, workers=args.io_threads, attention_lr=args.attention_lr,
-                             schedule=args.schedule)
+                             schedule=args.schedule, select=args.select,
+                             class_weights=None if args.class_weights == "none" else args.class_weights,
+                             skip_unreadable=args.skip_unreadable, open_threads=args.open_threads)
 
     def report(m):
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}  acc {m.train_acc:.3f}  "
-              f"val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.3f}  {m.seconds:.1f}s", flush=True)
+              f"val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.3f}  val_auc {m.val_auc:.3f}  {m.seconds:.1f}s",
+              flush=True)
 
-    train(args.manifest, args.out, config, settings, resume=args.resume, progress=not args.no_progress,
-          on_epoch=report)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process speaks
-        print(f"checkpoints in {Path(args.out) / 'checkpoints'}; last: {Path(args.out) / 'last.pt'}")
+    out, speaks = Path(args.out), int(os.environ.get("RANK", "0")) == 0  # under torchrun, one process speaks
+    with LibraryLog(out / "train.log") as log:
+        try:
+            train(args.manifest, out, config, settings, resume=args.resume, progress=not args.no_progress,
+                  on_epoch=report)
+        finally:
+            if speaks and log.summary("train"):
+                print(log.summary("train"), file=sys.stderr)
+    if speaks:
+        skipped = out / "skipped.csv"
+        if skipped.is_file():
+            n = sum(1 for _ in skipped.open(encoding="utf-8")) - 1
+            if n:
+                print(f"{n} unreadable slide(s) skipped -> {skipped}")
+        print(f"checkpoints in {out / 'checkpoints'}; last: {out / 'last.pt'}; best ({args.select}): "
+              f"{out / 'best.pt'}")
     return 0
 
 

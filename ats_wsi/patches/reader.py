@@ -26,6 +26,17 @@ and ``.contiguous()`` makes a plain NCHW copy for code that needs one.
 
 Nothing here ever materialises a whole level: memory is the batch plus the
 tile cache.
+
+Physical resolution: ``PatchReader(slide, patch_size=224, mpp=0.5)`` reads
+patches at 0.5 µm/px from any slide whose µm/px is known. It decodes the
+coarsest stored level at least as fine as that (within ``mpp_tolerance``,
+:func:`ats_wsi.slide.resolution.resolution_plan`), assembles for each patch
+the region of that level it covers (``factor`` times the patch, same three
+steps, each tile still decoded once per batch) and reduces it
+(:mod:`._resample`): the exact 2 x 2 mean of level 0 for 0.25 -> 0.5 µm/px
+(integers, rounded half up), an area filter with fractional weights for
+other ratios. The regions are the only extra memory: ``n x factor² x patch``
+bytes during a read.
 """
 from __future__ import annotations
 
@@ -39,6 +50,8 @@ import torch
 from ..errors import LevelError, RegionError, SamplingError
 from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
+from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
+from ._resample import area_weights, block_mean, region_size, resample_area
 
 __all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
 
@@ -52,12 +65,15 @@ class ReaderStats:
         tiles_decoded: ``slide.read_tile`` calls.
         cache_hits: needed tiles served by the tile cache instead.
         batches: calls of :meth:`PatchReader.read` (and SlideSource reads).
+        pixels_read: pixels of the tiles decoded, counted at the level they
+            were decoded from (cache hits not counted): what a read cost.
     """
 
     patches: int = 0
     tiles_decoded: int = 0
     cache_hits: int = 0
     batches: int = 0
+    pixels_read: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,32 @@ def plan_tiles(
     return TilePlan(tiles.astype(np.int64), starts, pairs.astype(np.int64), partial.astype(np.int64))
 
 
+def corners(xy, path=None) -> np.ndarray:
+    """Patch corners ``(x, y)`` as a new int64 ``[n, 2]`` array, or RegionError.
+
+    Integers pass, and floats that are whole numbers; fractions, NaN, inf,
+    strings or a shape that is not ``[n, 2]`` are refused rather than
+    truncated or read as black patches.
+    """
+    if isinstance(xy, torch.Tensor):
+        xy = xy.detach().cpu().numpy()
+    try:
+        arr = np.asarray(xy)
+    except (TypeError, ValueError):
+        arr = np.asarray(None)
+    if arr.size == 0:
+        return np.zeros((0, 2), np.int64)
+    if arr.dtype.kind not in "iuf" or arr.ndim < 1 or arr.shape[-1] != 2:
+        raise RegionError(path, f"patch corners must be numbers shaped [n, 2] (x, y), got "
+                                f"{arr.dtype} {tuple(arr.shape)}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.floor(arr)).any() or (np.abs(arr) >= 2.0 ** 62).any():
+            raise RegionError(path, "patch corners must be whole numbers of pixels (no fractions, NaN or inf)")
+    elif arr.dtype.kind == "u" and arr.size and arr.max() >= 2 ** 63:
+        raise RegionError(path, "patch corners out of range")
+    return arr.astype(np.int64).reshape(-1, 2)
+
+
 def empty_batch(shape: tuple[int, ...], pin: bool = False) -> torch.Tensor:
     """An uninitialised uint8 host tensor of ``shape``; pinned when ``pin``.
 
@@ -147,12 +189,21 @@ def empty_batch(shape: tuple[int, ...], pin: bool = False) -> torch.Tensor:
 
 
 class PatchReader:
-    """Read fixed-size patches of one slide level into a uint8 batch tensor.
+    """Read fixed-size patches of one slide level, or at a physical resolution, into a uint8 batch tensor.
 
     Args:
         slide: an open :class:`ats_wsi.slide.Slide` (any backend).
-        level: the pyramid level patches are read from.
-        patch_size: int or ``(w, h)``, in pixels of ``level``.
+        level: the pyramid level patches are read from (default 0); not
+            with ``mpp``.
+        patch_size: int or ``(w, h)``, in pixels of ``level``, or at ``mpp``.
+        mpp: read patches at this µm/px instead of a level (needs the
+            slide's µm/px: its metadata, ``open_slide(path, mpp=...)`` or
+            ``slide.mpp = ...``); see the module docstring.
+        mpp_tolerance: relative tolerance of ``mpp`` (default 5 %): a
+            level within it is read as it is, a ratio within it of an
+            integer is an exact block mean.
+        upsample: allow ``mpp`` finer than level 0 (else
+            :class:`~ats_wsi.errors.ResolutionError`).
         workers: threads decoding tiles, the calling thread included
             (1: everything in the calling thread, no hand-off at all).
         cache_bytes: bound of the decoded-tile LRU cache (0 disables it).
@@ -163,20 +214,40 @@ class PatchReader:
     and returns exactly what ``read_region(xy[i], level, patch_size)`` would,
     for every i, as ``uint8 [n, C, h, w]`` (channels-last strides, see the
     module docstring). One reader may be used by several threads at once.
+
+    With ``mpp``, patch ``i`` is the region of ``read_region(xy[i], level,
+    region_wh)`` reduced by ``factor`` (``level``, ``factor``, ``region_wh``
+    are attributes; ``downsample`` is level-0 pixels per output pixel, so a
+    patch covers ``patch_size x downsample`` level-0 pixels).
     """
 
     def __init__(
         self,
         slide,
-        level: int = 0,
+        level: int | None = None,
         patch_size: int | tuple[int, int] = 256,
         *,
+        mpp: float | None = None,
+        mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+        upsample: bool = False,
         workers: int = 2,
         cache_bytes: int = 64 * 2**20,
         device: str | torch.device = "cpu",
     ):
-        if isinstance(level, bool) or not 0 <= int(level) < slide.level_count:
-            raise LevelError(slide.path, f"level {level!r} out of range 0..{slide.level_count - 1}")
+        self.mpp: float | None = None
+        self.resolution: ResolutionPlan | None = None
+        if mpp is not None:
+            if level is not None:
+                raise TypeError("PatchReader takes a level or an mpp, not both")
+            self.resolution = resolution_plan(slide, mpp, tolerance=mpp_tolerance, upsample=upsample)
+            self.mpp = self.resolution.mpp
+            level = self.resolution.level
+        elif level is None:
+            level = 0
+        pyramid = slide.pyramid  # stored levels, then computed ones (Slide.pyramid)
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) \
+                or not 0 <= int(level) < len(pyramid):
+            raise LevelError(slide.path, f"level must be an int in 0..{len(pyramid) - 1}, got {level!r}")
         try:
             pw, ph = size_wh(patch_size, "patch size")
         except SamplingError as error:
@@ -184,8 +255,13 @@ class PatchReader:
         self.slide = slide
         self.level = int(level)
         self.patch_wh = (int(pw), int(ph))
-        self.downsample = float(slide.level_downsamples[self.level])
-        self.level_wh = tuple(int(v) for v in slide.level_dimensions[self.level])
+        self.level_downsample = float(pyramid[self.level].downsample)
+        self.downsample = self.level_downsample if self.resolution is None else self.resolution.downsample
+        self.factor = 1.0 if self.resolution is None else self.resolution.factor
+        self.region_wh = region_size(self.patch_wh, self.factor)
+        self._weights = None if float(self.factor).is_integer() else (
+            area_weights(self.patch_wh[0], self.factor), area_weights(self.patch_wh[1], self.factor))
+        self.level_wh = (int(pyramid[self.level].width), int(pyramid[self.level].height))
         self.tile_wh = tuple(int(v) for v in slide.tile_size(self.level))
         self.device = torch.device(device)
         self.workers = max(1, int(workers))
@@ -197,14 +273,15 @@ class PatchReader:
         self._batch_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"PatchReader({self.slide.path!r}, level={self.level}, patch_wh={self.patch_wh}, "
+        at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
+        return (f"PatchReader({self.slide.path!r}, {at}level={self.level}, patch_wh={self.patch_wh}, "
                 f"tile_wh={self.tile_wh}, workers={self.workers}, cache_bytes={self.cache.max_bytes})")
 
     # ------------------------------------------------------------------ API
 
     def level_origin(self, xy) -> np.ndarray:
         """Level-0 ``(x, y)`` int [n, 2] -> int64 [n, 2] top-left in pixels of the reader's level."""
-        return level0_to_level(np.asarray(xy, dtype=np.int64).reshape(-1, 2), self.downsample)
+        return level0_to_level(corners(xy, self.slide.path), self.level_downsample)
 
     def read(self, xy) -> torch.Tensor:
         """Read the patches whose top-left corners are ``xy``.
@@ -216,7 +293,8 @@ class PatchReader:
         Returns:
             uint8 ``[n, C, h, w]`` (C = 3, ``(w, h) = patch_size``) on the
             reader's device, channels-last strides. Patch ``i`` equals
-            ``slide.read_region(xy[i], level, patch_size)`` transposed to CHW.
+            ``slide.read_region(xy[i], level, patch_size)`` transposed to CHW
+            (with ``mpp``: that of ``region_wh``, reduced by ``factor``).
 
         Raises:
             whatever ``slide.read_tile`` raises (e.g. ``CorruptSlideError``
@@ -237,7 +315,7 @@ class PatchReader:
         """
         if isinstance(xy, torch.Tensor):
             xy = xy.detach().cpu().numpy()
-        xy = np.array(xy, dtype=np.int64, copy=True)
+        xy = corners(xy, self.slide.path)  # checked (and copied) now, in the caller's thread
         with self._batch_lock:
             if self._batch_pool is None:
                 self._batch_pool = ThreadPoolExecutor(1, thread_name_prefix="ats-batch")
@@ -248,6 +326,8 @@ class PatchReader:
 
         The primitive under :meth:`read` and :class:`~ats_wsi.patches.SlideSource`
         (which already holds level pixels and fills one slot of a larger batch).
+        With ``mpp``, ``level`` is the level decoded: each patch is the
+        ``region_wh`` region there, reduced by ``factor``.
 
         Args:
             origin_xy: int [n, 2], top-left ``(x, y)`` in pixels of ``level``.
@@ -260,10 +340,15 @@ class PatchReader:
         pw, ph = self.patch_wh
         if out.shape != (len(origin_xy), ph, pw, 3):
             raise ValueError(f"out must be [{len(origin_xy)}, {ph}, {pw}, 3], got {out.shape}")
-        plan = plan_tiles(origin_xy, self.patch_wh, self.tile_wh, self.level_wh)
+        plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
+        region = out if self.factor == 1 else np.empty((len(origin_xy), *self.region_wh[::-1], 3), np.uint8)
         for i in plan.partial.tolist():
-            out[i] = FILL_VALUE
-        self._run(plan, out)
+            region[i] = FILL_VALUE
+        self._run(plan, region)
+        if self._weights is not None:
+            resample_area(region, *self._weights, out)
+        elif self.factor != 1:
+            block_mean(region, int(self.factor), out)
         with self._stats_lock:
             self.stats.patches += len(origin_xy)
             self.stats.batches += 1
@@ -320,7 +405,7 @@ class PatchReader:
 
     def _drain(self, jobs, tiles, starts, pairs, out: np.ndarray, failed: list) -> None:
         """Take tiles from ``jobs`` until none is left (or one failed); decode and paste each."""
-        decoded = hits = 0
+        decoded = hits = pixels = 0
         level, cache = self.level, self.cache
         use_cache = cache.max_bytes > 0
         read_tile = self.slide.read_tile
@@ -333,6 +418,7 @@ class PatchReader:
                 if tile is None:
                     tile = read_tile(level, col, row)
                     decoded += 1
+                    pixels += tile.shape[0] * tile.shape[1]
                     if use_cache:
                         cache.put((level, col, row), tile)
                 else:
@@ -345,3 +431,4 @@ class PatchReader:
             with self._stats_lock:
                 self.stats.tiles_decoded += decoded
                 self.stats.cache_hits += hits
+                self.stats.pixels_read += pixels

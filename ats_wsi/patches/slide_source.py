@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..errors import SamplingError
 from ..geometry import level_to_level0, size_wh as _size_wh
+from ..slide.resolution import DEFAULT_MPP_TOLERANCE, resolution_plan
 from .reader import PatchReader, empty_batch
 
 __all__ = ["SlideSource"]
@@ -29,9 +30,19 @@ class SlideSource:
     so each box still covers the field of its cell (box centres are linear in
     the scale, see :func:`ats_wsi.geometry.cell_to_xy`).
 
+    At a physical resolution (``mpp`` given, ``level`` ignored), the
+    high-resolution frame of slide ``b`` is its pixel grid at ``mpp`` µm/px:
+    ``level_downsample(b)`` is then the *effective* downsample, level-0
+    pixels per patch pixel as read (``mpp / slide.mpp``, snapped within the
+    tolerance, :func:`~ats_wsi.slide.resolution.resolution_plan`), and every
+    formula below holds with it: a box of ``patch_size`` covers
+    ``patch_size x level_downsample(b)`` level-0 pixels.
+
     Args:
         slides: open slides, one per batch element.
         level: int, or one level per slide, that patches are read from.
+        mpp, mpp_tolerance, upsample: read patches at ``mpp`` µm/px instead
+            (see :class:`PatchReader`).
         low_downsample: level-0 pixels per low-image pixel; one float, or one
             per slide.
         readers: optional existing PatchReaders to reuse (matched by slide,
@@ -56,11 +67,22 @@ class SlideSource:
         workers: int = 2,
         cache_bytes: int = 64 * 2**20,
         device: str | torch.device = "cpu",
+        mpp: float | None = None,
+        mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
+        upsample: bool = False,
     ):
         self.slides = list(slides)
         n = len(self.slides)
         if n == 0:
             raise SamplingError("SlideSource needs at least one slide")
+        self.mpp = None if mpp is None else float(mpp)
+        self._mpp_args = dict(mpp_tolerance=mpp_tolerance, upsample=upsample)
+        given = {id(r.slide): r.resolution for r in readers or () if r.mpp is not None and r.mpp == self.mpp}
+        self.resolutions = None if mpp is None else [
+            given.get(id(s)) or resolution_plan(s, mpp, tolerance=mpp_tolerance, upsample=upsample)
+            for s in self.slides]
+        if self.resolutions is not None:
+            level = [r.level for r in self.resolutions]
         self.levels = [int(level)] * n if np.isscalar(level) else [int(v) for v in level]
         lows = [float(low_downsample)] * n if np.isscalar(low_downsample) else [float(v) for v in low_downsample]
         if len(self.levels) != n or len(lows) != n:
@@ -72,7 +94,7 @@ class SlideSource:
         self._workers, self._cache_bytes = workers, cache_bytes
         self._readers: dict[tuple, PatchReader] = {}
         for reader in readers or ():
-            self._readers[(id(reader.slide), reader.level, reader.patch_wh)] = reader
+            self._readers[(id(reader.slide), reader.level, reader.patch_wh, reader.mpp)] = reader
         self._owned: list[PatchReader] = []
         self.patches_read = 0
 
@@ -82,8 +104,10 @@ class SlideSource:
         return self.low_downsamples[0]
 
     def level_downsample(self, b: int) -> float:
-        """Downsample of slide ``b``'s patch level."""
-        return float(self.slides[b].level_downsamples[self.levels[b]])
+        """Downsample of slide ``b``'s patch level (with ``mpp``: level-0 pixels per patch pixel as read)."""
+        if self.resolutions is not None:
+            return float(self.resolutions[b].downsample)
+        return float(self.slides[b].pyramid[self.levels[b]].downsample)
 
     def ratio(self, b: int) -> float:
         """Pixels of slide ``b``'s patch level per pixel of its low image."""
@@ -102,8 +126,11 @@ class SlideSource:
     def reader(self, b: int, size_wh: tuple[int, int]) -> PatchReader:
         """The PatchReader of slide ``b`` for patches of ``size_wh`` = (w, h) (made once)."""
         slide = self.slides[b]
-        key = (id(slide), self.levels[b], tuple(size_wh))
+        key = (id(slide), self.levels[b], tuple(size_wh), self.mpp)
         reader = self._readers.get(key)
+        if reader is None and self.mpp is not None:
+            reader = PatchReader(slide, patch_size=tuple(size_wh), mpp=self.mpp, workers=self._workers,
+                                 cache_bytes=self._cache_bytes, device="cpu", **self._mpp_args)
         if reader is None:
             reader = PatchReader(slide, self.levels[b], tuple(size_wh), workers=self._workers,
                                  cache_bytes=self._cache_bytes, device="cpu")
@@ -181,8 +208,12 @@ class SlideSource:
         out = empty_batch((batch, n, ph, pw, 3), pin=pin)
         buf = out.numpy()
         for b in range(batch):
-            # level pixels go to the reader as they are: no round trip through level 0
-            self.reader(b, (pw, ph)).read_level_into(xy[b].numpy(), buf[b])
+            reader = self.reader(b, (pw, ph))
+            if self.mpp is None:  # level pixels go to the reader as they are: no round trip through level 0
+                reader.read_level_into(xy[b].numpy(), buf[b])
+            else:  # patch-frame pixels -> level 0 (what boxes_level0 reports) -> the level decoded
+                xy0 = level_to_level0(xy[b], self.level_downsample(b))
+                reader.read_level_into(reader.level_origin(xy0.numpy()), buf[b])
         self.patches_read += batch * n
         if self.device.type != "cpu":
             out = out.to(self.device, non_blocking=pin)

@@ -102,8 +102,6 @@ def _overlaps(box, lesions) -> bool:
 
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: None) -> DemoReport:
     """Run the whole demo into ``settings.out`` and return its report."""
-    from ..outputs import read_attention_zarr
-
     out = Path(settings.out)
     timings: dict[str, float] = {}
 
@@ -138,37 +136,46 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
     rows, errors = predict_slides([str(r.path) for r in test], pred)
     timings["predict"] = time.perf_counter() - t
 
-    labels = {str(r.path): r.label for r in test}
+    n_train = len(read_manifest(manifest, "train"))
+    n_val = len(read_manifest(manifest, "val"))
+    return DemoReport(
+        n_train=n_train, n_val=n_val, n_test=len(test),
+        overlays=sorted(str(p) for p in (out / "results" / "overlays").glob("*.png")),
+        timings=timings,
+        results_dir=str(out / "results"),
+        errors=len(errors),
+        **_score(rows, {str(r.path): r.label for r in test}, out / "results"),
+    )
+
+
+def _score(rows: list[dict], labels: dict[str, int], results: Path) -> dict[str, float]:
+    """Accuracy, cost and where the attention went, from ``predict_slides``' rows and maps."""
+    from ..outputs import read_attention_zarr
+
     correct, hits, boxes, top_hits, positives, secs, frac = 0, 0, 0, 0, 0, [], []
     for row in rows:
         label = labels[row["slide"]]
         correct += int(int(row["predicted"]) == label)
         secs.append(float(row["seconds"]))
         frac.append(float(row["fraction_read"]))
-        if label == 1:
-            lesions = load_lesions(row["slide"])
-            for box in row["boxes_xywh"]:
-                boxes += 1
-                hits += int(_overlaps(box, lesions))
-            amap = read_attention_zarr(out / "results" / "maps" / f"{row['name']}.zarr")
-            r, c = np.unravel_index(int(np.argmax(amap.data)), amap.data.shape)
-            cx, cy = amap.cell_center_xy(int(r), int(c))
-            cw, ch = amap.cell_size_xy
-            top_hits += int(_overlaps((cx - cw / 2, cy - ch / 2, cw, ch), lesions))
-            positives += 1
-    n_train = len(read_manifest(manifest, "train"))
-    n_val = len(read_manifest(manifest, "val"))
-    return DemoReport(
-        n_train=n_train, n_val=n_val, n_test=len(test),
+        if label != 1:
+            continue
+        lesions = load_lesions(row["slide"])
+        for box in row["boxes_xywh"]:
+            boxes += 1
+            hits += int(_overlaps(box, lesions))
+        amap = read_attention_zarr(results / "maps" / f"{row['name']}.zarr")
+        r, c = np.unravel_index(int(np.argmax(amap.data)), amap.data.shape)
+        cx, cy = amap.cell_center_xy(int(r), int(c))
+        cw, ch = amap.cell_size_xy
+        top_hits += int(_overlaps((cx - cw / 2, cy - ch / 2, cw, ch), lesions))
+        positives += 1
+    return dict(
         accuracy=correct / max(len(rows), 1),
         seconds_per_slide=float(np.mean(secs)) if secs else float("nan"),
         fraction_read=float(np.mean(frac)) if frac else float("nan"),
         patch_lesion_hit_rate=hits / max(boxes, 1),
         top_cell_on_lesion=top_hits / max(positives, 1),
-        overlays=sorted(str(p) for p in (out / "results" / "overlays").glob("*.png")),
-        timings=timings,
-        results_dir=str(out / "results"),
-        errors=len(errors),
     )
 
 

@@ -63,6 +63,8 @@ class PredictSettings:
     torch_threads: int = 1
     checkpoint_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    mpp: float | None = None
+    """Level-0 µm/px given for every slide, overriding its metadata (``--mpp``)."""
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -101,12 +103,36 @@ def run_key(settings: PredictSettings) -> str:
     """
     parts = [settings.checkpoint_id, settings.samples, settings.n_patches, settings.seed,
              settings.deterministic, settings.ngff_version, settings.overlay_size]
+    if settings.mpp is not None:  # (absent otherwise: keys of earlier runs stay valid)
+        parts.append(["mpp", settings.mpp])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def prediction_fields(n_classes: int) -> list[str]:
-    return ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
-            "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
+                      labelled: bool = False) -> list[str]:
+    """Columns of ``predictions.csv``. After the columns of every run come, for a
+    checkpoint with class names, ``p_<name>`` per class and ``predicted_class``;
+    for slides given with labels (a manifest), ``label`` (and ``label_class``)."""
+    fields = ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
+              "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+    if class_names:
+        fields += [f"p_{n}" for n in class_names] + ["predicted_class"]
+    if labelled:
+        fields += ["label"] + (["label_class"] if class_names else [])
+    return fields
+
+
+def _labelled(row: dict, class_names: Sequence[str] | None, label: int | None, labelled: bool) -> dict:
+    """``row`` with the class-name columns and the label (see :func:`prediction_fields`)."""
+    row = dict(row)
+    if class_names:
+        row.update({f"p_{n}": row[f"p{k}"] for k, n in enumerate(class_names)})
+        row["predicted_class"] = class_names[int(row["predicted"])]
+    if labelled:
+        row["label"] = "" if label is None else int(label)
+        if class_names:
+            row["label_class"] = "" if label is None else class_names[int(label)]
+    return row
 
 
 def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
@@ -119,7 +145,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
 
     out = Path(settings.out_dir)
     model = _model_for(settings)
-    with _torch_threads(settings.torch_threads), open_slide(path) as slide:
+    with _torch_threads(settings.torch_threads), open_slide(path, mpp=settings.mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers)
         write_attention_zarr(
@@ -197,6 +223,7 @@ def predict_slides(
     *,
     executor=None,
     progress: Callable[[str, str], None] | None = None,
+    labels: Sequence[int | None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
 
@@ -206,6 +233,8 @@ def predict_slides(
         executor: None (in process) or a ``dask.distributed.Client``.
         progress: called as ``progress(name, status)`` per finished slide,
             status in {"done", "skipped", "failed"}.
+        labels: the class index of each slide (None: unknown), written beside
+            its prediction (``label``; see :func:`prediction_fields`).
 
     Returns:
         ``(rows, errors)`` in input order; also written to predictions.csv
@@ -237,10 +266,17 @@ def predict_slides(
         else:
             todo.append((str(path), name))
 
-    fields = prediction_fields(n_classes)
+    if labels is not None and len(labels) != len(slides):
+        raise ValueError(f"{len(labels)} labels for {len(slides)} slides")
+    class_names = list(model.config.class_names) if model.config.class_names else None
+    label_of = dict(zip(names, labels)) if labels is not None else {}
+    fields = prediction_fields(n_classes, class_names, labels is not None)
+
+    def final(name):
+        return _labelled(rows[name], class_names, label_of.get(name), labels is not None)
 
     def flush():
-        write_csv_atomic(out / "predictions.csv", [rows[n] for n in names if n in rows], fields)
+        write_csv_atomic(out / "predictions.csv", [final(n) for n in names if n in rows], fields)
         write_csv_atomic(out / "errors.csv", [errors[n] for n in names if n in errors],
                          ["slide", "name", "error", "message"])
 
@@ -257,7 +293,7 @@ def predict_slides(
             progress and progress(name, "done")
         flush()
     flush()
-    return [rows[n] for n in names if n in rows], [errors[n] for n in names if n in errors]
+    return [final(n) for n in names if n in rows], [errors[n] for n in names if n in errors]
 
 
 def _completed(todo: list[tuple[str, str]], settings: PredictSettings,

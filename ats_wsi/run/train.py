@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,9 +26,11 @@ from torch import nn
 
 from ..classifier import ModelConfig, SlideClassifier, SlideInput, SlideInputs, build_model
 from ..classifier.checkpoint import read_checkpoint, save_checkpoint
-from ..data.manifest import ManifestRow, read_manifest
+from ..data.manifest import ManifestRow, read_cohort
 from ..errors import CheckpointError, ManifestError
 from ..atomic import write_csv_atomic, write_json_atomic
+from ..metrics import roc_auc
+from .cohort import SELECT, bar_width, best_epoch, class_weights, open_slides
 
 __all__ = ["TrainSettings", "train", "EpochMetrics"]
 
@@ -53,6 +55,14 @@ class TrainSettings:
     warmup_epochs: int = 0
     """Epochs of linear warm-up (from ``lr / (warmup_epochs + 1)``) before the schedule."""
     min_lr_ratio: float = 0.0
+    select: str = "accuracy"
+    """What ``best.pt`` is chosen by: validation ``"accuracy"``, ``"auc"`` or ``"loss"``."""
+    class_weights: str | None = None
+    """``"balanced"``: weight each slide's loss by ``n / (K * n_class)`` of the training slides."""
+    skip_unreadable: bool = False
+    """Train on the readable slides and list the others in ``skipped.csv`` (else: fail, naming them all)."""
+    open_threads: int = 4
+    """Threads that open the slides (and read their low views) before the first epoch."""
 
 
 @dataclass
@@ -64,9 +74,11 @@ class EpochMetrics:
     val_acc: float
     seconds: float
     lr: float
+    val_auc: float = float("nan")
+    """ROC AUC of the validation slides (one-vs-rest macro for > 2 classes; NaN with one class)."""
 
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr"]
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
@@ -151,11 +163,12 @@ def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
     return net(x_low, item.source(device), mask, generator=generator)
 
 
-def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[float, float]:
+def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[float, float, float]:
+    """Validation loss, accuracy and ROC AUC."""
     if not rows:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     model.eval()
-    losses, correct = [], 0
+    losses, correct, probs = [], 0, []
     with torch.no_grad():
         for i, row in enumerate(rows):
             gen = torch.Generator(device=device).manual_seed(_item_seed(seed + 1, epoch, i))
@@ -163,7 +176,9 @@ def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[fl
             target = torch.tensor([row.label], device=device)
             losses.append(F.cross_entropy(logits, target).item())
             correct += int(logits.argmax(-1).item() == row.label)
-    return float(np.mean(losses)), correct / len(rows)
+            probs.append(torch.softmax(logits.double(), -1)[0].cpu().numpy())
+    auc = roc_auc([r.label for r in rows], np.stack(probs))
+    return float(np.mean(losses)), correct / len(rows), auc
 
 
 @dataclass
@@ -211,9 +226,15 @@ def train(
     """Train a slide classifier; checkpoints every epoch into ``out_dir``.
 
     Args:
-        manifest: CSV ``path,label[,split]``.
+        manifest: CSV or TSV of ``path,label[,split,slide_id,mpp]``
+            (:mod:`ats_wsi.data.manifest`); labels written as names become the
+            config's ``class_names`` (sorted, unless the config names them).
         out_dir: gets ``checkpoints/epoch-NNN.pt``, ``last.pt``, ``best.pt``
-            (best validation accuracy, else last), ``metrics.csv``, ``config.json``.
+            (best by ``settings.select``; the last without a val split),
+            ``metrics.csv``, ``config.json`` and, when slides were skipped,
+            ``skipped.csv``. Every slide is opened before the first epoch:
+            unreadable ones raise :class:`~ats_wsi.run.cohort.UnreadableSlides`
+            naming them all, or with ``settings.skip_unreadable`` are skipped.
         config: the model (ignored on resume: the checkpoint's is used).
         settings: :class:`TrainSettings`.
         resume: continue from ``out_dir/last.pt``.
@@ -229,32 +250,40 @@ def train(
     settings = settings or TrainSettings()
     out = Path(out_dir)
     procs = _Processes.start(settings.device)
-    train_rows, val_rows = _read_splits(manifest, settings, procs)
+    if settings.select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {settings.select!r}")
     config, payload, history = _resume_state(out, config, resume)
+    train_rows, val_rows, config = _read_splits(manifest, settings, procs, config)
     _check_labels(manifest, train_rows + val_rows, config)
-    torch.manual_seed(settings.seed)
-    model: SlideClassifier = build_model(config).to(procs.device)
-    optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
-    if payload is not None:
-        model.load_state_dict(payload["state_dict"])
-        if "optimizer" in payload:
-            optimizer.load_state_dict(payload["optimizer"])
-    # Buffers (BatchNorm statistics) are kept equal by _RunningStats, not broadcast from rank 0.
-    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if procs.distributed else model
-    if procs.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
-    epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows)
-    start = 0 if payload is None else int(payload["epoch"])
     try:
-        with SlideInputs(config, workers=settings.workers) as inputs:
+        given_mpp = {str(r.path): r.mpp for r in train_rows + val_rows if getattr(r, "mpp", None) is not None}
+        with SlideInputs(config, workers=settings.workers, mpp=given_mpp) as inputs:
+            # Every slide is opened (in parallel) before the first epoch; they stay open.
+            train_rows, val_rows = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
+                                               rank=procs.rank, progress=progress)
+            torch.manual_seed(settings.seed)
+            model: SlideClassifier = build_model(config).to(procs.device)
+            optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr,
+                                          weight_decay=settings.weight_decay)
+            if payload is not None:
+                model.load_state_dict(payload["state_dict"])
+                if "optimizer" in payload:
+                    optimizer.load_state_dict(payload["optimizer"])
+            # Buffers (BatchNorm statistics) are kept equal by _RunningStats, not broadcast from rank 0.
+            net = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+                   if procs.distributed else model)
+            if procs.rank == 0:
+                write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
+            epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows,
+                           class_weights(train_rows, config.n_classes, settings.class_weights))
+            start = 0 if payload is None else int(payload["epoch"])
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
                 train_loss, train_acc = epoch.run(index, inputs, progress)
-                val_loss, val_acc = (_evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
-                                     if procs.rank == 0 else (0.0, 0.0))
+                val_loss, val_acc, val_auc = (_evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
+                                              if procs.rank == 0 else (0.0, 0.0, 0.0))
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
-                                       time.perf_counter() - t0, optimizer.param_groups[0]["lr"])
+                                       time.perf_counter() - t0, optimizer.param_groups[0]["lr"], val_auc)
                 history.append(metrics)
                 if procs.rank == 0:
                     _save_epoch(out, model, optimizer, metrics, history, settings)
@@ -264,16 +293,20 @@ def train(
     return history
 
 
-def _read_splits(manifest, settings: TrainSettings, procs: _Processes) -> tuple[list, list]:
-    train_rows = read_manifest(manifest, settings.train_split)
-    val_rows = read_manifest(manifest, settings.val_split)
+def _read_splits(manifest, settings: TrainSettings, procs: _Processes,
+                 config: ModelConfig) -> tuple[list, list, ModelConfig]:
+    """Train and val rows, and the config with the manifest's class names (labels written as names)."""
+    cohort = read_cohort(manifest, classes=config.class_names)
+    if cohort.class_names is not None and config.class_names is None:
+        config = replace(config, class_names=list(cohort.class_names), n_classes=len(cohort.class_names))
+    train_rows, val_rows = cohort.split(settings.train_split), cohort.split(settings.val_split)
     if not train_rows:
         raise ManifestError(f"{manifest}: no slides in split {settings.train_split!r}")
     if procs.distributed and settings.batch_size % procs.world:
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {procs.world} processes")
     if settings.batch_size < 1 or settings.epochs < 0:
         raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {settings.batch_size} and {settings.epochs}")
-    return train_rows, val_rows
+    return train_rows, val_rows, config
 
 
 def _resume_state(out: Path, config: ModelConfig | None, resume: bool):
@@ -306,6 +339,7 @@ class _Epoch:
     procs: _Processes
     running_stats: _RunningStats
     rows: list[ManifestRow]
+    class_weight: list[float] | None = None
 
     def run(self, epoch: int, inputs: SlideInputs, progress: bool) -> tuple[float, float]:
         """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
@@ -341,7 +375,8 @@ class _Epoch:
             with sync, self.running_stats.capture(keep=weight > 0):
                 logits, result = forward_slide(self.net, inputs[row.path], gen, device)
                 ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
-                ((ce + result.entropy_loss) * (weight * world / len(batch))).backward()
+                loss = ce if self.class_weight is None else ce * self.class_weight[row.label]
+                ((loss + result.entropy_loss) * (weight * world / len(batch))).backward()
             if weight:
                 tally[0].append(ce.item())
                 tally[1] += int(logits.argmax(-1).item() == row.label)
@@ -406,7 +441,7 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
 
     with atomic_path(out / "last.pt") as tmp:
         shutil.copyfile(ckpt, tmp)
-    best = max(history, key=lambda m: (m.val_acc if not math.isnan(m.val_acc) else -1.0, -m.val_loss if not math.isnan(m.val_loss) else 0.0, m.epoch))
+    best = best_epoch(history, settings.select)
     best_ckpt = out / "checkpoints" / f"epoch-{best.epoch:03d}.pt"
     # Also when best.pt is missing (a run stopped between writing last.pt and best.pt).
     if best.epoch == metrics.epoch or (not (out / "best.pt").is_file() and best_ckpt.is_file()):
@@ -421,4 +456,4 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     # disable=None: no bar when stderr is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, **bar_width())

@@ -26,6 +26,11 @@ __all__ = ["sample"]
 # among themselves once the positive mass is exhausted.
 _ZERO_OFFSET = 1.0e4
 
+MAX_DRAWS = 1 << 24
+"""Most cells drawn per map in one call (16.7 M): above it the draws' own
+arrays (indices, positions, probabilities: ~40 bytes a draw) run to
+gigabytes, and a caller asking for them has a bug, not a sample."""
+
 
 def sample(
     attention: torch.Tensor,
@@ -70,7 +75,7 @@ def sample(
             than ``max(1e-4, sqrt(eps))`` of their dtype; a mask of the wrong
             shape or type; a map that is fully masked or has no probability on
             its unmasked cells; without replacement (or deterministic), more
-            draws than unmasked cells.
+            draws than unmasked cells; more than :data:`MAX_DRAWS` draws.
 
     Unmasked cells of probability exactly 0 are drawn without replacement only
     when a map has fewer than ``n`` cells of positive probability; they then
@@ -103,6 +108,9 @@ def _check_n(n) -> None:
         raise SamplingError(f"n must be an int, got {type(n).__name__}")
     if n < 1:
         raise SamplingError(f"n must be at least 1, got {n}")
+    if n > MAX_DRAWS:
+        raise SamplingError(f"n = {n} draws per map is more than MAX_DRAWS ({MAX_DRAWS}); "
+                            f"the draws alone would need {40 * n / 2**30:.3g} GiB")
 
 
 def _check_attention(attention: torch.Tensor, logits: bool) -> tuple[int, ...]:

@@ -34,6 +34,11 @@ def expectation(features: torch.Tensor, sampled_attention: torch.Tensor, replace
             the draw: the without-replacement estimator relies on the
             sequential-sampling order of the draws.
 
+    Raises:
+        SamplingError: not tensors, not floating point, shapes that do not
+            match, an empty batch or no samples, NaN, inf or negative
+            sampled attention (a probability).
+
     Returns:
         ``[B, ...]`` (features' trailing shape and dtype): the estimate, with
         unbiased gradients to ``features`` and ``sampled_attention``.
@@ -147,6 +152,12 @@ def _check_inputs(features: torch.Tensor, sampled_attention: torch.Tensor) -> No
         )
     if sampled_attention.shape[1] == 0:
         raise SamplingError("expectation over 0 samples")
+    if sampled_attention.shape[0] == 0:
+        raise SamplingError("expectation over an empty batch (0 maps)")
+    values = sampled_attention.detach()
+    if not bool(((values >= 0) & (values < float("inf"))).all()):  # NaN fails both: one check, one sync
+        raise SamplingError("sampled_attention must hold finite probabilities >= 0 (got NaN, inf or a "
+                            "negative value); pass the second output of sample()")
     if features.device != sampled_attention.device:
         raise SamplingError(
             f"features on {features.device} but sampled_attention on {sampled_attention.device}"

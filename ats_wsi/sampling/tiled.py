@@ -93,6 +93,7 @@ class _Span(NamedTuple):
     stop: int    # one past its last input pixel
     keep: slice  # the cells of the tile's own map that are its own
     cell: int    # where they go in the whole map
+    own: slice = slice(None)  # the tile's own input pixels, relative to start (tiles' own pixels partition the axis)
 
 
 def _plan_axis(size: int, tile: int, halo: int, stride: int) -> list[_Span]:
@@ -105,7 +106,8 @@ def _plan_axis(size: int, tile: int, halo: int, stride: int) -> list[_Span]:
         stop = size if last_tile else min(size, first + tile + halo)
         # start is 0 or a multiple of the stride: the tile's map is the whole map, shifted
         keep = slice((first - start) // stride, None if last_tile else (first + tile - start) // stride)
-        spans.append(_Span(start, stop, keep, first // stride))
+        own = slice(first - start, (size if last_tile else first + tile) - start)
+        spans.append(_Span(start, stop, keep, first // stride, own))
     return spans
 
 
@@ -180,7 +182,8 @@ def tiled_logits_from_reader(net: nn.Module, read_region: ReadRegion, shape: tup
                              halo: int | tuple[int, int] | None = None,
                              normalize: Callable[[Tensor], Tensor] | None = None, *,
                              field: ReceptiveField | None = None, in_channels: int = 3,
-                             device: torch.device | str | None = None) -> Tensor:
+                             device: torch.device | str | None = None,
+                             on_tile: Callable[[np.ndarray, slice, slice], None] | None = None) -> Tensor:
     """The attention net over an image read tile by tile, for inference.
 
     The image is never held whole: each tile (plus its halo) is read as
@@ -198,6 +201,11 @@ def tiled_logits_from_reader(net: nn.Module, read_region: ReadRegion, shape: tup
             on ``device``; default ``x / 255`` in the net's dtype.
         in_channels: ``C``, for probing the receptive field.
         device: where to run; default the net's parameters' device.
+        on_tile: called as ``on_tile(pixels, own_rows, own_cols)`` with each
+            tile's uint8 ``[rows, cols, C]`` pixels as read (halo included)
+            and the slices of them that are the tile's own: over all tiles,
+            the own pixels are each pixel of the image once (e.g. for a
+            histogram of the whole image in the same pass).
 
     Returns:
         ``[1, K, h, w]`` (or ``[1, h, w]``), equal to ``net(x[None])`` for
@@ -219,7 +227,7 @@ def tiled_logits_from_reader(net: nn.Module, read_region: ReadRegion, shape: tup
     out = None
     with torch.no_grad():
         for row_span, col_span in order:
-            pixels = _read(read_region, row_span, col_span, (rows, cols), device)
+            pixels = _read(read_region, row_span, col_span, (rows, cols), device, on_tile)
             kept = _keep(net(normalize(pixels)), row_span, col_span)
             if out is None:
                 map_shape = (row_span.cell + kept.shape[-2], col_span.cell + kept.shape[-1])
@@ -229,7 +237,7 @@ def tiled_logits_from_reader(net: nn.Module, read_region: ReadRegion, shape: tup
     return out
 
 
-def _read(read_region: ReadRegion, rows: _Span, cols: _Span, shape, device) -> Tensor:
+def _read(read_region: ReadRegion, rows: _Span, cols: _Span, shape, device, on_tile=None) -> Tensor:
     """uint8 ``[1, C, rows, cols]`` of one tile, on ``device``."""
     size = (rows.stop - rows.start, cols.stop - cols.start)
     pixels = np.asarray(read_region(rows.start, cols.start, *size))
@@ -237,8 +245,10 @@ def _read(read_region: ReadRegion, rows: _Span, cols: _Span, shape, device) -> T
         raise SamplingError(f"read_region({rows.start}, {cols.start}, {size[0]}, {size[1]}) on an "
                             f"image of {shape} returned shape {pixels.shape}, "
                             f"expected ({size[0]}, {size[1]}, C)")
-    tile = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
-    return tile.permute(2, 0, 1).unsqueeze(0)
+    if on_tile is not None:
+        on_tile(pixels, rows.own, cols.own)
+    tile = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # channels first: a fast float cast
+    return tile.to(device).unsqueeze(0)
 
 
 def _device_dtype(net: nn.Module, device):

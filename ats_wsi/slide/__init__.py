@@ -1,7 +1,8 @@
 """The lazy tile pyramid: ``open_slide`` and ``Slide``, and what is read from it.
 
 - :func:`open_slide` (:mod:`._open`) -> :class:`Slide` (:mod:`.slide`, the
-  whole public surface of a slide);
+  whole public surface of a slide; openslide's associated images, colour
+  profile and thumbnail in :mod:`._surface`); :func:`detect_format`;
 - :data:`SLIDE_SUFFIXES`, :func:`is_slide_path`, :func:`find_slides`
   (:mod:`.formats`): which names are slides;
 - :func:`tissue_mask` (:mod:`._tissue`): the one tissue mask;
@@ -14,12 +15,13 @@ This package never imports torch.
 from ._cache import TileCache
 from ._levels import level_origin
 from ._open import open_slide
+from ._surface import detect_format
 from ._tissue import tissue_mask
 from .formats import SLIDE_SUFFIXES, find_slides, is_slide_path
 from .lowview import LowView, read_low_view
 from .slide import FILL_VALUE, MAX_READ_PIXELS, TISSUE_DOWNSAMPLE, Slide
 
 __all__ = [
-    "FILL_VALUE", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide", "level_origin", "open_slide",
+    "FILL_VALUE", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide", "detect_format", "level_origin", "open_slide",
     "SLIDE_SUFFIXES", "find_slides", "is_slide_path", "tissue_mask", "LowView", "read_low_view", "TileCache",
 ]

@@ -5,12 +5,37 @@ Used by a Slide for the tiles of its computed levels and by
 """
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["TileCache", "held_bytes"]
+__all__ = ["TileCache", "held_bytes", "reset_after_fork"]
+
+_fork_children: weakref.WeakSet = weakref.WeakSet()
+
+
+def reset_after_fork(obj) -> None:
+    """Call ``obj._after_fork()`` in every child forked while ``obj`` lives.
+
+    A forked child inherits each lock in the state it had at the fork: one
+    held by another thread of the parent (a tile being cached, a read in
+    flight) stays held for ever in the child, whose next read then hangs
+    (DataLoader workers of a dataset of open slides). ``_after_fork`` makes
+    such locks new.
+    """
+    _fork_children.add(obj)
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_fork_children):
+        obj._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def held_bytes(tile: np.ndarray) -> int:
@@ -46,6 +71,10 @@ class TileCache:
         self.max_bytes = int(max_bytes)
         self._items: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> np.ndarray | None:

@@ -6,6 +6,7 @@ they are needed (openslide is slow to import).
 from __future__ import annotations
 
 import os
+import stat
 
 from ..errors import CorruptSlideError, SlideError, SlideNotFoundError, UnsupportedFormatError
 from .formats import is_slide_path
@@ -20,18 +21,23 @@ def open_path(path, backend: str = "auto") -> Slide:
     if backend not in ("auto", *BACKENDS):
         raise ValueError(f"unknown backend {backend!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise SlideNotFoundError(path, "no such file or directory")
-    if os.path.isdir(path):
+    mode = _file_mode(path)
+    if stat.S_ISDIR(mode):
         return _open_dir(path, backend)
     if backend == "zarr":
         raise UnsupportedFormatError(path, "the zarr backend reads zarr directories, and this is a file")
     try:
         size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(16)
+        # O_NONBLOCK: should the path have been swapped for a FIFO since the check, open does not wait
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsupportedFormatError(path, "is not a regular file (it changed while being opened)")
+            head = os.pread(fd, 16, 0) if hasattr(os, "pread") else os.read(fd, 16)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise SlideError(path, f"cannot read the file: {exc}") from exc
+        raise SlideError(path, f"cannot read the file: {exc.strerror or type(exc).__name__}") from None
     if size == 0:
         raise CorruptSlideError(path, "the file is empty (0 bytes)")
     is_tiff = head[:4] in TIFF_MAGIC
@@ -42,6 +48,29 @@ def open_path(path, backend: str = "auto") -> Slide:
     if is_tiff:
         return _auto_tiff(path)
     return _auto_other(path, head)
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _file_mode(path: str) -> int:
+    """``st_mode`` of ``path`` (links followed), checked to be a regular file or a directory.
+
+    Checked before anything opens the path: opening a FIFO blocks until a
+    writer comes, and reading a device may never end.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SlideNotFoundError(path, "no such file or directory") from None
+    except OSError as exc:
+        raise SlideError(path, f"cannot look at the file: {exc.strerror or type(exc).__name__}") from None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return mode
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    raise UnsupportedFormatError(path, f"is {what}, not a slide file or directory (only regular files "
+                                       f"and directories are opened)")
 
 
 def _open_dir(path: str, backend: str) -> Slide:
@@ -104,7 +133,15 @@ def _auto_tiff(path: str) -> Slide:
             pass
         try:
             return OpenSlideSlide(path)
-        except UnsupportedFormatError:
+        except (UnsupportedFormatError, CorruptSlideError) as openslide_error:
+            # a TIFF left to openslide for speed (JPEG 2000, ...) that openslide cannot read
+            # (a generic TIFF rather than an Aperio one) is still read by tifffile when it can
+            try:
+                return TiffSlide(path)
+            except (NotForTifffile, TiffParseError):
+                pass
+            if isinstance(openslide_error, CorruptSlideError):
+                raise CorruptSlideError(path, f"{why.reason}, and {openslide_error.reason}") from None
             raise UnsupportedFormatError(path, f"{why.reason}, and openslide cannot read it") from None
     return TiffSlide(path, layout)
 
@@ -121,8 +158,10 @@ def _auto_other(path: str, head: bytes) -> Slide:
     if vendor is not None:
         return OpenSlideSlide(path)
     suffix = os.path.splitext(path)[1].lower()
+    # the messages never quote the file's bytes: they end up in terminals and errors.csv
     if is_slide_path(path):
         raise CorruptSlideError(path, f"has a slide extension ({suffix}) but is not a slide any backend "
-                                      f"reads (it starts with {head[:8]!r})")
-    raise UnsupportedFormatError(path, f"unknown format (starts with {head[:8]!r}); readable are TIFF, SVS, "
-                                       f"OME-TIFF, what openslide reads, and OME-Zarr directories")
+                                      f"reads (no TIFF header, and not a format openslide recognises)")
+    raise UnsupportedFormatError(path, "unknown format (no TIFF header, and not a format openslide "
+                                       "recognises); readable are TIFF, SVS, OME-TIFF, what openslide reads, "
+                                       "and OME-Zarr directories")

@@ -126,11 +126,14 @@ class ComputedTiles:
     def __init__(self, max_bytes: int):
         self.cache = TileCache(max_bytes)
 
-    def tile(self, read_box, levels, level: int, col: int, row: int) -> np.ndarray:
+    def tile(self, read_box, levels, level: int, col: int, row: int, cost=None, fill: int = 0) -> np.ndarray:
         """uint8 (rows, cols, 3) of computed ``level``'s tile (col, row), read-only.
 
         ``read_box(level, x, y, w, h) -> uint8 (h, w, 3)`` reads the level
         below (the slide's own box reader; not kept, so no reference cycle).
+        ``cost(level, x, y, w, h)``, when given, is the number of level-0
+        pixels holding data under a box of ``level``: a tile over none (tiles
+        stored empty) is ``fill`` at once, without reading the levels below.
         """
         key = (level, col, row)
         tile = self.cache.get(key)
@@ -139,8 +142,11 @@ class ComputedTiles:
             # the box below; level sizes are floor(half), so it lies inside
             w = min(lv.tile_width, lv.width - col * lv.tile_width)
             h = min(lv.tile_height, lv.height - row * lv.tile_height)
-            tile = half_mean(read_box(level - 1, 2 * col * lv.tile_width, 2 * row * lv.tile_height,
-                                       2 * w, 2 * h))
+            if cost is not None and cost(level, col * lv.tile_width, row * lv.tile_height, w, h) == 0:
+                tile = np.full((h, w, 3), fill, np.uint8)
+            else:
+                tile = half_mean(read_box(level - 1, 2 * col * lv.tile_width, 2 * row * lv.tile_height,
+                                          2 * w, 2 * h))
             tile.flags.writeable = False  # shared through the cache
             self.cache.put(key, tile)
         return tile
@@ -158,17 +164,18 @@ def level_properties(levels) -> dict[str, str]:
     return props
 
 
-def openslide_properties(properties: dict, stored: int, levels, vendor: str,
+def openslide_properties(properties: dict, stored_levels, vendor: str,
                          mpp_xy: tuple[float, float] | None) -> dict[str, str]:
     """A backend's ``properties`` as strings, completed with openslide's names.
 
-    The ``openslide.level*`` entries are (re)written when levels were computed
-    (``len(levels) != stored``) or the backend gave none; ``openslide.vendor``
-    and ``openslide.mpp-x/-y`` are added when missing.
+    The ``openslide.level*`` entries describe ``stored_levels`` only (as
+    openslide's do; computed levels never appear in them) and are written
+    when the backend gave none; ``openslide.vendor`` and
+    ``openslide.mpp-x/-y`` are added when missing.
     """
     props = {str(k): str(v) for k, v in properties.items()}
-    if len(levels) != stored or "openslide.level-count" not in props:
-        props.update(level_properties(levels))
+    if "openslide.level-count" not in props:
+        props.update(level_properties(stored_levels))
     props.setdefault("openslide.vendor", vendor)
     if mpp_xy is not None:
         props.setdefault("openslide.mpp-x", format_double(mpp_xy[0]))

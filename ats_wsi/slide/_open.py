@@ -13,7 +13,7 @@ from .slide import Slide
 __all__ = ["open_slide"]
 
 
-def open_slide(path, backend: str = "auto") -> Slide:
+def open_slide(path, backend: str = "auto", *, mpp: float | None = None, srgb: bool = False) -> Slide:
     """Open a whole-slide image.
 
     Args:
@@ -24,6 +24,12 @@ def open_slide(path, backend: str = "auto") -> Slide:
             (JPEG, deflate, LZW, zstd, WebP, uncompressed; generic TIFF, OME-TIFF,
             SVS), openslide for the rest (NDPI, MRXS, JPEG 2000 SVS, Philips,
             ...), zarr for directories. ``slide.backend`` says which was used.
+        mpp: the slide's level-0 µm/px, overriding its metadata (for files that
+            store none, or a wrong one); ``None``: from the metadata. See the
+            ``Slide.mpp`` setter.
+        srgb: convert every read from the slide's ICC profile
+            (``slide.color_profile``) to sRGB; a slide without a profile is
+            read as stored. Off by default, like openslide.
 
     Returns:
         a :class:`Slide`.
@@ -37,7 +43,16 @@ def open_slide(path, backend: str = "auto") -> Slide:
         UnsupportedFormatError: no backend reads this file.
         ValueError: an unknown backend name.
     """
-    return open_path(path, backend)
+    slide = open_path(path, backend)
+    try:
+        if mpp is not None:
+            slide.mpp = mpp
+        if srgb:
+            slide._convert_to_srgb()
+    except BaseException:
+        slide.close()
+        raise
+    return slide
 
 
 Slide._opener = staticmethod(open_slide)  # a pickled Slide reopens by path and backend

@@ -88,6 +88,16 @@ class OpenSlideSlide(Slide):
             rgb = np.ascontiguousarray(rgb)
         return rgb
 
+    def _associated_names(self) -> tuple[str, ...]:
+        return tuple(self._handle().associated_images)
+
+    def _read_associated(self, name: str):
+        return self._handle().associated_images[name]
+
+    def _icc_bytes(self) -> bytes | None:
+        profile = self._handle().color_profile
+        return None if profile is None else profile.tobytes()
+
     def _close(self) -> None:
         if self._pid == os.getpid():
             self._osr.close()

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
-from . import _tiffmeta
+from . import _tiffextras, _tiffmeta
+from ._cache import reset_after_fork
+from ._jpeg import JpegDataError, decode_tile
 from ._levels import Level
 from .slide import Slide
 
@@ -31,7 +34,8 @@ _PHOTOMETRIC_OK = {1, 2, 6}  # minisblack, RGB, YCbCr (JPEG only)
 
 # tifffile logs (does not raise) when the IFD chain points past the end of the
 # file and then silently drops the remaining pages: treat these as corruption
-_CHAIN_ERRORS = ("invalid page offset", "invalid offset to first page", "corrupted tag list")
+_CHAIN_ERRORS = ("invalid page offset", "invalid offset to first page", "corrupted tag list",
+                 "invalid circular reference")  # a loop in the chain: the pages after it are lost
 
 
 class NotForTifffile(UnsupportedFormatError):
@@ -41,6 +45,16 @@ class NotForTifffile(UnsupportedFormatError):
 class TiffParseError(CorruptSlideError):
     """tifffile cannot parse the file's structure (``auto`` then tries openslide
     before giving up); truncation is reported as a plain CorruptSlideError."""
+
+
+_BYTES_REPR = re.compile(r"""b(['"]).*?(?<!\\)\1""")
+
+
+def _describe(exc: BaseException) -> str:
+    """A third-party exception in words, with any quoted bytes taken out (they
+    may be the file's content) and cut to 300 characters."""
+    text = _BYTES_REPR.sub("<bytes>", str(exc)) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 class _LogCapture(logging.Filter):
@@ -61,6 +75,15 @@ class _LogCapture(logging.Filter):
 _capture = _LogCapture()
 _capture_installed = False
 _install_lock = threading.Lock()
+
+
+def _new_install_lock() -> None:
+    global _install_lock
+    _install_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_install_lock)
 
 
 @contextmanager
@@ -87,6 +110,9 @@ class TiffLevel:
     decode: object  # tifffile's TiffPage.decode closure
     jpegtables: bytes | None
     samples: int
+    compression: int = 1
+    photometric: int = 2
+    jfif: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,8 @@ class TiffLayout:
     levels: list[TiffLevel]
     properties: dict
     mpp_xy: tuple[float, float] | None
+    associated: dict = field(default_factory=dict)  # name -> (page index, ICC bytes or None)
+    icc: bytes | None = None  # level 0's ICC profile
 
 
 def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
@@ -122,16 +150,19 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
             if kind is not None:
                 raise NotForTifffile(path, f"{kind} TIFF: left to openslide")
             pages = [lv.pages[0] for lv in series[0].levels]
+            if tif.is_svs:  # openslide's rule: every tiled page is a level (also in libvips-written SVS)
+                pages = _tiffextras.aperio_levels(tif)
             levels = [_tiff_level(path, i, page, size, fast_only) for i, page in enumerate(pages)]
             fmt, props, mpp_xy = _metadata(tif, pages[0])
+            associated, icc = _openslide_extras(path, tif, fmt, pages[0], props)
         except (CorruptSlideError, NotForTifffile):
             raise
         except Exception as exc:
-            raise TiffParseError(path, f"broken TIFF structure: {exc}") from exc
+            raise TiffParseError(path, f"broken TIFF structure: {_describe(exc)}") from exc
     for prev, cur in zip(levels, levels[1:]):
         if cur.level.width > prev.level.width or cur.level.height > prev.level.height:
             raise NotForTifffile(path, "pyramid levels are not ordered from large to small")
-    return TiffLayout(fmt, levels, props, mpp_xy)
+    return TiffLayout(fmt, levels, props, mpp_xy, associated, icc)
 
 
 @contextmanager
@@ -143,12 +174,12 @@ def _open_checked(path: str):
         try:
             tif = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises many types on broken input
-            raise TiffParseError(path, f"not a readable TIFF: {exc}") from exc
+            raise TiffParseError(path, f"not a readable TIFF: {_describe(exc)}") from exc
         try:
             try:
                 len(tif.pages)  # walks the whole IFD chain now, so breaks are logged
             except Exception as exc:
-                raise CorruptSlideError(path, f"broken TIFF directory chain: {exc}") from exc
+                raise CorruptSlideError(path, f"broken TIFF directory chain: {_describe(exc)}") from exc
             broken = [m for m in messages if any(s in m for s in _CHAIN_ERRORS)]
             if broken:
                 raise CorruptSlideError(path, f"broken TIFF directory chain (truncated file?): {broken[0]}")
@@ -167,8 +198,7 @@ def tiff_damage(path: str) -> None:
     size = os.path.getsize(path)
     with _open_checked(path) as tif:
         for page in tif.pages:
-            offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.int64)
-            counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.int64)
+            offsets, counts = _tile_table(path, f"page {page.index}", page, size)
             if len(offsets) and len(offsets) == len(counts):
                 lost = (counts > 0) & (offsets + counts > size)
                 if lost.any():
@@ -206,8 +236,7 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
     else:
         tw, th = width, min(page.rowsperstrip or height, height)
     level = Level(width, height, tw, th)
-    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-    counts = np.asarray(page.databytecounts, dtype=np.int64)
+    offsets, counts = _tile_table(path, f"level {index}", page, file_size)
     if len(offsets) != level.cols * level.rows or len(counts) != len(offsets):
         raise CorruptSlideError(path, f"level {index} lists {len(offsets)} tiles, "
                                       f"expected {level.cols} x {level.rows}")
@@ -215,7 +244,28 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
     if lost.any():
         raise CorruptSlideError(path, f"truncated: {int(lost.sum())} of {len(offsets)} tiles of level "
                                       f"{index} lie beyond the end of the file ({file_size} bytes)")
-    return TiffLevel(level, offsets, counts, page.decode, page.jpegtables, samples)
+    return TiffLevel(level, offsets, counts, page.decode, page.jpegtables, samples, compression,
+                     int(page.photometric), bool(getattr(page, "is_jfif", False)))
+
+
+def _tile_table(path: str, what: str, page, file_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A page's tile offsets and byte counts as int64, checked to fit the file.
+
+    BigTIFF stores them as unsigned 64-bit numbers: a value of 2**63 or more
+    (or any past the end of the file) is corruption, not an overflow.
+    """
+    offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64).ravel()
+    counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64).ravel()
+    limit = np.uint64(file_size)
+    if len(offsets) == len(counts):
+        bad = ((offsets > limit) | (counts > limit)) & (counts > 0)  # an empty tile's offset means nothing
+    else:  # the caller reports the mismatch
+        bad = offsets > limit
+    if bad.any():
+        raise CorruptSlideError(path, f"{int(bad.sum())} of {len(offsets)} tiles of {what} have an offset or "
+                                      f"byte count past the end of the file ({file_size} bytes): "
+                                      f"truncated or corrupt")
+    return offsets.astype(np.int64), counts.astype(np.int64)
 
 
 def _can_decode(compression: int) -> bool:
@@ -240,11 +290,6 @@ def _metadata(tif, page0):
             props["openslide.objective-power"] = str(int(float(mag)))
         except (TypeError, ValueError):
             pass
-        for extra in tif.series[1:]:  # thumbnail, label, macro: sizes only, like openslide lists them
-            name = (extra.name or "").lower()
-            if name in ("thumbnail", "label", "macro"):
-                props[f"openslide.associated.{name}.width"] = str(extra.pages[0].imagewidth)
-                props[f"openslide.associated.{name}.height"] = str(extra.pages[0].imagelength)
     elif tif.is_ome:
         fmt = "ome-tiff"
         mpp_xy = _tiffmeta.ome_mpp(tif.ome_metadata or "")
@@ -253,6 +298,22 @@ def _metadata(tif, page0):
     if mpp_xy is None:
         mpp_xy = _tiffmeta.resolution_mpp(page0)
     return fmt, props, mpp_xy
+
+
+def _openslide_extras(path: str, tif, fmt: str, page0, props: dict):
+    """Add openslide's quickhash-1, icc-size and associated-image properties to
+    ``props``; return (associated images, level 0's ICC profile)."""
+    vendor = "aperio" if fmt == "aperio" else "generic-tiff"  # openslide reads OME-TIFF as generic
+    props["openslide.vendor"] = vendor
+    quickhash = _tiffextras.quickhash1(path, tif, vendor)
+    if quickhash is not None:
+        props["openslide.quickhash-1"] = quickhash
+    icc = _tiffextras.icc_profile(page0)
+    if icc is not None:
+        props["openslide.icc-size"] = str(len(icc))
+    associated = _tiffextras.aperio_associated(tif) if vendor == "aperio" else {}
+    props.update(_tiffextras.associated_properties(tif, associated))
+    return associated, icc
 
 
 class _PositionalFile:
@@ -267,6 +328,12 @@ class _PositionalFile:
         self._active = 0
         self._cond = threading.Condition()
         self._seek_lock = None if hasattr(os, "pread") else threading.Lock()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:  # reads in flight in the parent's threads do not exist here
+        self._active = 0
+        self._cond = threading.Condition()
+        self._seek_lock = None if self._seek_lock is None else threading.Lock()
 
     def pread(self, count: int, offset: int) -> bytes:
         with self._cond:
@@ -303,6 +370,8 @@ class TiffSlide(Slide):
         path = os.fspath(path)
         layout = inspect_tiff(path, fast_only=False) if layout is None else layout
         self._tiff_levels = layout.levels
+        self._associated = layout.associated
+        self._icc = layout.icc
         self._file = _PositionalFile(path)
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
                          properties=layout.properties, mpp_xy=layout.mpp_xy)
@@ -325,11 +394,20 @@ class TiffSlide(Slide):
         if len(data) != count:
             raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) is truncated: got "
                                                f"{len(data)} of {count} bytes at offset {offset}")
-        try:
-            segment, _, _ = tl.decode(data, index, jpegtables=tl.jpegtables)
-        except Exception as exc:  # codec errors come in many types
-            raise CorruptSlideError(self.path, f"cannot decode level {level} tile ({col}, {row}): {exc}") from exc
-        pixels = segment[0, :h, :w]  # (depth, length, width, samples) -> clipped (h, w, S)
+        if tl.compression == 7 and tl.samples in (1, 3):  # JPEG: libjpeg's warnings are errors
+            try:
+                pixels = decode_tile(data, tl.jpegtables, photometric=tl.photometric, samples=tl.samples,
+                                     jfif=tl.jfif)[:h, :w]
+            except JpegDataError as exc:
+                raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) has broken JPEG data "
+                                                   f"({exc})") from None
+        else:
+            try:
+                segment, _, _ = tl.decode(data, index, jpegtables=tl.jpegtables)
+            except Exception as exc:  # codec errors come in many types
+                raise CorruptSlideError(self.path, f"cannot decode level {level} tile ({col}, {row}): "
+                                                   f"{exc}") from exc
+            pixels = segment[0, :h, :w]  # (depth, length, width, samples) -> clipped (h, w, S)
         if pixels.shape[:2] != (h, w):
             raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) decodes to "
                                                f"{pixels.shape[:2]}, expected {(h, w)}")
@@ -337,6 +415,40 @@ class TiffSlide(Slide):
             return np.repeat(pixels, 3, axis=2)
         pixels = pixels[:, :, :3]
         return pixels if pixels.flags.writeable else pixels.copy()
+
+    def _associated_names(self) -> tuple[str, ...]:
+        return tuple(self._associated)
+
+    def _read_associated(self, name: str):
+        from ._surface import rgba_image
+
+        index, icc = self._associated[name]
+        try:
+            pixels = _tiffextras.read_page(self.path, index)
+        except Exception as exc:  # codec errors come in many types
+            raise CorruptSlideError(self.path, f"cannot decode associated image {name!r}: {exc}") from exc
+        return rgba_image(pixels, icc)
+
+    def _icc_bytes(self) -> bytes | None:
+        return self._icc
+
+    def _stored_data_pixels(self, x0: int, y0: int, x1: int, y1: int) -> int:
+        """Level-0 pixels under the box in tiles that hold data (byte count > 0),
+        counted in whole tiles, from a summed-area table of the tile grid."""
+        table = self._data_table
+        if table is None:
+            lv = self._tiff_levels[0].level
+            grid = (self._tiff_levels[0].bytecounts > 0).reshape(lv.rows, lv.cols)
+            table = np.zeros((lv.rows + 1, lv.cols + 1), np.int64)
+            table[1:, 1:] = grid.cumsum(0).cumsum(1)
+            self._data_table = table
+        lv = self._tiff_levels[0].level
+        c0, r0 = x0 // lv.tile_width, y0 // lv.tile_height
+        c1, r1 = -(-x1 // lv.tile_width), -(-y1 // lv.tile_height)
+        tiles = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+        return int(tiles) * lv.tile_width * lv.tile_height
+
+    _data_table = None
 
     def _close(self) -> None:
         self._file.close()

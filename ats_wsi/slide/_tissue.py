@@ -62,7 +62,13 @@ def histogram(values: np.ndarray, block: int = 1 << 20) -> np.ndarray:
 def otsu_threshold(values: np.ndarray) -> int:
     """Otsu's threshold of uint8 values: the t maximising the between-class
     variance of ``values <= t`` and ``values > t``."""
-    hist = histogram(values)
+    return otsu_threshold_of_histogram(histogram(values))
+
+
+def otsu_threshold_of_histogram(hist: np.ndarray) -> int:
+    """:func:`otsu_threshold` of the values whose counts are ``hist`` [256]
+    (so that an image read region by region needs only its histogram)."""
+    hist = np.asarray(hist, dtype=np.float64)
     total = hist.sum()
     if total == 0:
         return 0
@@ -75,5 +81,5 @@ def otsu_threshold(values: np.ndarray) -> int:
         between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2
     between[~np.isfinite(between)] = -1.0
     if between.max() < 0:  # one value only: nothing stands out
-        return int(values.max())
+        return int(np.flatnonzero(hist).max())
     return int(np.argmax(between))

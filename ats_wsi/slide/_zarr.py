@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
 from ._levels import Level
+from ._ngff import check_levels, validate_multiscale
 from .slide import Slide
 
 _UM_PER_UNIT = {
@@ -123,8 +124,8 @@ class ZarrSlide(Slide):
         else:
             attrs = node.attrs.asdict()
             multiscales, fmt = _multiscales(attrs)
-            if multiscales:
-                ms = multiscales[0]
+            if multiscales is not None:
+                ms = validate_multiscale(path, multiscales, lambda name: node[name].ndim)
                 try:
                     arrays = [node[d["path"]] for d in ms["datasets"]]
                 except Exception as exc:
@@ -147,6 +148,7 @@ class ZarrSlide(Slide):
         iy, ix = axes.index("y"), axes.index("x")
         self._zlevels = [Level(int(a.shape[ix]), int(a.shape[iy]), int(a.chunks[ix]), int(a.chunks[iy]))
                          for a in arrays]
+        check_levels(path, [(lv.width, lv.height) for lv in self._zlevels])
         self._format, self._zprops, self._zmpp = fmt, props, mpp
 
     @staticmethod
@@ -154,6 +156,8 @@ class ZarrSlide(Slide):
         if not {"x", "y"} <= set(axes) or len(axes) != arrays[0].ndim:
             raise UnsupportedFormatError(path, f"cannot tell the y and x axes of arrays shaped {arrays[0].shape}")
         for a in arrays:
+            if a.ndim != len(axes):
+                raise CorruptSlideError(path, f"levels of {arrays[0].ndim} and of {a.ndim} dimensions")
             if a.dtype != np.uint8:
                 raise UnsupportedFormatError(path, f"zarr arrays of {a.dtype} (only uint8 RGB / grey is read)")
             channels = a.shape[axes.index("c")] if "c" in axes else 1

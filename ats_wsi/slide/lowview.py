@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SlideError
-from ._tissue import tissue_mask
-from .slide import FILL_VALUE
+from ._tissue import histogram, otsu_threshold_of_histogram, saturation, tissue_mask
 
-__all__ = ["LowView", "read_low_view"]
+__all__ = ["LowView", "LowViewReader", "TissueThreshold", "read_low_view"]
 
 RESAMPLE_TOLERANCE = 0.01
 """Relative difference between the nearest level's downsample and the wanted
@@ -51,30 +50,21 @@ def read_low_view(slide, *, downsample: float | None = None, mpp: float | None =
         mpp: wanted µm per low pixel (needs the slide's mpp).
 
     Returns:
-        :class:`LowView`; its image is ``round(w / downsample) x round(h / downsample)``.
+        :class:`LowView`; its image is ``round(w / downsample) x round(h / downsample)``,
+        the same pixels as :meth:`LowViewReader.read` gives region by region.
     """
-    if (downsample is None) == (mpp is None):
-        raise TypeError("read_low_view takes exactly one of downsample= or mpp=")
-    if mpp is not None:
-        if slide.mpp is None:
-            raise SlideError(slide.path, f"the slide has no known µm/px, so it cannot be read at {mpp} µm/px")
-        downsample = float(mpp) / slide.mpp
-    downsample = float(downsample)
-    level = slide.level_for(downsample=downsample)
-    w0, h0 = slide.dimensions
-    level_ds = float(slide.level_downsamples[level])
-    if abs(level_ds / downsample - 1.0) <= RESAMPLE_TOLERANCE:
-        image = slide.read_level(level)
-        ds = level_ds
+    reader = LowViewReader(slide, downsample=downsample, mpp=mpp)
+    if reader.resampled:
+        rows, cols = reader.shape
+        image = np.empty((rows, cols, 3), dtype=np.uint8)
+        for r0 in range(0, rows, RESAMPLE_BLOCK):
+            for c0 in range(0, cols, RESAMPLE_BLOCK):
+                r1, c1 = min(rows, r0 + RESAMPLE_BLOCK), min(cols, c0 + RESAMPLE_BLOCK)
+                image[r0:r1, c0:c1] = reader.read(r0, c0, r1 - r0, c1 - c0)
     else:
-        # Read a level at least as fine as wanted, then area-resample.
-        finer = [i for i, d in enumerate(slide.level_downsamples) if d <= downsample * (1 + RESAMPLE_TOLERANCE)]
-        level = max(finer) if finer else 0
-        out_w = max(1, int(round(w0 / downsample)))
-        out_h = max(1, int(round(h0 / downsample)))
-        image = _resample_level(slide, level, (out_w, out_h))
-        ds = downsample
-    return LowView(image=image, downsample=ds, level=level, mask=tissue_mask(image, never_empty=True))
+        image = slide.read_level(reader.level)
+    return LowView(image=image, downsample=reader.downsample, level=reader.level,
+                   mask=tissue_mask(image, never_empty=True))
 
 
 RESAMPLE_BLOCK = 512
@@ -82,29 +72,130 @@ RESAMPLE_BLOCK = 512
 that the finer level it reads from is never held whole."""
 
 
-def _resample_level(slide, level: int, out_wh: tuple[int, int]) -> np.ndarray:
-    """Area-resample ``level`` to ``out_wh`` block by block (bounded memory).
+class LowViewReader:
+    """The low view of :func:`read_low_view`, read region by region (never whole).
 
-    Output block [x0, x1) reads the level's pixels [x0 * r, x1 * r) with
-    r = level width / out width, so blocks tile the level without gaps; with
-    an integer ratio (the usual 2x or 4x pyramid step) the result equals one
-    whole-level box resample exactly.
+    Args: as :func:`read_low_view`.
+
+    Attributes:
+        shape: ``(rows, cols)`` of the whole low view.
+        downsample: level-0 pixels per low pixel.
+        level: the pyramid level read.
+        resampled: whether that level is area-resampled (no level within
+            1 % of the wanted downsample).
+
+    :meth:`read` of any region equals the same region of
+    ``read_low_view(...).image``: a stored level is read as is; a resampled
+    one is an area mean whose weights depend on the output pixel only (for an
+    integer level-to-view ratio, PIL's box filter on the aligned source box;
+    otherwise the exact fractional-coverage mean), so regions need no
+    context and tiles stitch exactly.
     """
-    from PIL import Image
 
-    out_w, out_h = out_wh
-    lw, lh = slide.level_dimensions[level]
-    ds = float(slide.level_downsamples[level])
-    rx, ry = lw / out_w, lh / out_h
-    out = np.full((out_h, out_w, 3), FILL_VALUE, dtype=np.uint8)
-    for y0 in range(0, out_h, RESAMPLE_BLOCK):
-        y1 = min(out_h, y0 + RESAMPLE_BLOCK)
-        sy0, sy1 = int(round(y0 * ry)), min(lh, int(round(y1 * ry)))
-        for x0 in range(0, out_w, RESAMPLE_BLOCK):
-            x1 = min(out_w, x0 + RESAMPLE_BLOCK)
-            sx0, sx1 = int(round(x0 * rx)), min(lw, int(round(x1 * rx)))
-            if sx1 <= sx0 or sy1 <= sy0:
-                continue
-            block = slide.read_region((int(round(sx0 * ds)), int(round(sy0 * ds))), level, (sx1 - sx0, sy1 - sy0))
-            out[y0:y1, x0:x1] = np.asarray(Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
-    return out
+    def __init__(self, slide, *, downsample: float | None = None, mpp: float | None = None):
+        if (downsample is None) == (mpp is None):
+            raise TypeError("read_low_view takes exactly one of downsample= or mpp=")
+        if mpp is not None:
+            if slide.mpp is None:
+                raise SlideError(slide.path, f"the slide has no known µm/px, so it cannot be read at {mpp} µm/px")
+            downsample = float(mpp) / slide.mpp
+        downsample = float(downsample)
+        self.slide = slide
+        pyramid = slide.pyramid  # computed levels included: a single-level slide is never read whole
+        level = slide.level_for(downsample=downsample)
+        level_ds = float(pyramid[level].downsample)
+        self.resampled = abs(level_ds / downsample - 1.0) > RESAMPLE_TOLERANCE
+        if not self.resampled:
+            self.level, self.downsample = level, level_ds
+            self.shape = (int(pyramid[level].height), int(pyramid[level].width))
+            return
+        # read a level at least as fine as wanted, then area-resample
+        finer = [i for i, lv in enumerate(pyramid) if lv.downsample <= downsample * (1 + RESAMPLE_TOLERANCE)]
+        self.level = max(finer) if finer else 0
+        self.downsample = downsample
+        w0, h0 = slide.dimensions
+        self.shape = (max(1, int(round(h0 / downsample))), max(1, int(round(w0 / downsample))))
+        self._level_wh = (int(pyramid[self.level].width), int(pyramid[self.level].height))
+
+    def read(self, row0: int, col0: int, rows: int, cols: int) -> np.ndarray:
+        """uint8 ``(rows, cols, 3)`` of the low view at ``(row0, col0)``, inside :attr:`shape`."""
+        if not (0 <= row0 and 0 <= col0 and row0 + rows <= self.shape[0] and col0 + cols <= self.shape[1]):
+            raise SlideError(self.slide.path, f"low-view region rows [{row0}, {row0 + rows}), cols "
+                                              f"[{col0}, {col0 + cols}) is outside the view of {self.shape}")
+        ds = float(self.slide.pyramid[self.level].downsample)
+        if not self.resampled:
+            return self._read_level(row0, col0, rows, cols, ds)
+        (lw, lh), (out_rows, out_cols) = self._level_wh, self.shape
+        ry, rx = lh / out_rows, lw / out_cols
+        if ry == int(ry) and rx == int(rx):  # integer ratio: PIL's box filter on the aligned box
+            from PIL import Image
+
+            ry, rx = int(ry), int(rx)
+            block = self._read_level(row0 * ry, col0 * rx, rows * ry, cols * rx, ds)
+            return np.asarray(Image.fromarray(block).resize((cols, rows), Image.Resampling.BOX))
+        y0, y1, iy, wy = _area_taps(row0, rows, ry, lh)
+        x0, x1, ix, wx = _area_taps(col0, cols, rx, lw)
+        block = self._read_level(y0, x0, y1 - y0, x1 - x0, ds)
+        tall = sum(wy[:, k, None, None] * block[iy[:, k]] for k in range(wy.shape[1]))  # rows first
+        out = sum(wx[None, :, k, None] * tall[:, ix[:, k]] for k in range(wx.shape[1]))
+        return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+    def _read_level(self, y: int, x: int, h: int, w: int, ds: float) -> np.ndarray:
+        """Pixels of :attr:`level` at level pixels ``(x, y)``: ``round(x · ds)`` maps back exactly."""
+        return self.slide.read_region((int(round(x * ds)), int(round(y * ds))), self.level, (int(w), int(h)))
+
+
+def _area_taps(start: int, count: int, ratio: float, src_len: int):
+    """Output pixels ``start .. start + count - 1`` of an area resample along one axis.
+
+    Output ``j`` is the mean of source ``[j · ratio, (j + 1) · ratio)``
+    (clipped to the level), each source pixel weighted by how much of it lies
+    inside. Returns the source span ``[s0, s1)`` and, per output pixel, its
+    taps: indices into the span ``int [count, K]`` and weights
+    ``float32 [count, K]`` (K = ceil(ratio) + 1; unused taps weigh 0).
+    """
+    lo = np.arange(start, start + count, dtype=np.float64) * ratio
+    hi = np.minimum(lo + ratio, src_len)
+    s0, s1 = int(np.floor(lo[0])), min(src_len, int(np.ceil(hi[-1])))
+    taps = np.floor(lo)[:, None] + np.arange(int(np.ceil(ratio)) + 1)[None]  # source pixel of each tap
+    cover = np.clip(np.minimum(hi[:, None], taps + 1) - np.maximum(lo[:, None], taps), 0, None)
+    weights = (cover / cover.sum(axis=1, keepdims=True)).astype(np.float32)
+    index = np.clip(taps - s0, 0, s1 - s0 - 1).astype(np.intp)
+    return s0, s1, index, weights
+
+
+class TissueThreshold:
+    """The low view's tissue mask (:func:`~ats_wsi.slide.tissue_mask`,
+    ``never_empty=True``) for a view read region by region.
+
+    :meth:`add` each pixel once (regions that tile the view), then
+    :meth:`mask` of any region equals that region of the whole view's mask:
+    Otsu's threshold needs only the histogram of the saturation.
+    """
+
+    def __init__(self):
+        self.hist = np.zeros(256, dtype=np.float64)
+        self._threshold: int | None = None
+
+    def add(self, rgb: np.ndarray) -> None:
+        """Count the saturation of uint8 ``(rows, cols, 3)`` pixels."""
+        self.hist += histogram(saturation(rgb))
+        self._threshold = None
+
+    @property
+    def threshold(self) -> int:
+        """Otsu's threshold of the saturation of the pixels added so far."""
+        if self._threshold is None:
+            self._threshold = otsu_threshold_of_histogram(self.hist)
+        return self._threshold
+
+    @property
+    def everywhere(self) -> bool:
+        """True when no pixel stands out, so the mask is all tissue (``never_empty``)."""
+        return not self.hist[self.threshold + 1:].any()
+
+    def mask(self, rgb: np.ndarray) -> np.ndarray:
+        """bool ``(rows, cols)``: tissue in uint8 ``(rows, cols, 3)`` pixels."""
+        if self.everywhere:
+            return np.ones(rgb.shape[:2], dtype=bool)
+        return saturation(rgb) > self.threshold

@@ -18,10 +18,17 @@ Conventions every backend shares:
   of a level (nearest pixel; see :func:`level_origin`). Openslide instead
   resamples by the fractional remainder; at coordinates that are multiples of
   the downsample both agree exactly.
-- A slide stored without a pyramid (a single level) gets *computed* levels:
-  level ``k`` is the 2 x 2 block mean of level ``k - 1`` (uint8, rounded half
-  up, an odd last row or column dropped), made lazily tile by tile
-  (:mod:`._levels`).
+- Openslide's attributes (``level_count``, ``level_dimensions``,
+  ``level_downsamples``, ``get_best_level_for_downsample``, the
+  ``openslide.level*`` properties) describe the levels *stored* in the file,
+  exactly as openslide reports them.
+- A slide stored without a pyramid (a single level) also gets *computed*
+  levels: level ``k`` is the 2 x 2 block mean of level ``k - 1`` (uint8,
+  rounded half up, an odd last row or column dropped), made lazily tile by
+  tile (:mod:`._levels`). They are offered only through :attr:`Slide.pyramid`
+  (what napari and the low view use): the stored levels first, then the
+  computed ones, so every read method accepts a pyramid index and a stored
+  level keeps openslide's number.
 """
 from __future__ import annotations
 
@@ -32,12 +39,14 @@ import threading
 import numpy as np
 
 from ..errors import LevelError, RegionError, SlideError
+from ._checks import MAX_DERIVED_PIXELS, check_derive_cost, derived_cost, int_pair, positive_number
 from ._levels import (
     ComputedTiles, Level, best_level_for_downsample, complete_levels, level_origin, nearest_level,
     openslide_properties, paste_tiles, thumbnail_geometry,
 )
+from ._surface import OpenSlideSurface
 
-__all__ = ["FILL_VALUE", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide"]
+__all__ = ["FILL_VALUE", "MAX_DERIVED_PIXELS", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide"]
 
 FILL_VALUE = 0
 """Value of every channel of a pixel outside the slide (``read_region``,
@@ -63,14 +72,16 @@ def _as_int(value, what: str, path) -> int:
         raise RegionError(path, f"{what} must be an integer, got {value!r}") from None
 
 
-class Slide:
+class Slide(OpenSlideSurface):
     """A whole-slide image as a lazy pyramid of tiled levels.
 
     Do not instantiate directly: use :func:`open_slide`. The openslide names
     (``dimensions``, ``level_count``, ``level_dimensions``, ``level_downsamples``,
-    ``properties``, ``get_best_level_for_downsample``, ``read_region``) mean
-    what they mean in openslide-python, except that pixels come back as
-    ``numpy uint8 (h, w, 3)`` RGB instead of a PIL RGBA image.
+    ``properties``, ``associated_images``, ``color_profile``, ``get_thumbnail``,
+    ``detect_format``, ``get_best_level_for_downsample``, ``read_region``) mean
+    what they mean in openslide-python, except that ``read_region`` gives
+    ``numpy uint8 (h, w, 3)`` RGB instead of a PIL RGBA image. Levels a file
+    lacks are computed and offered through :attr:`pyramid` only.
 
     Every read method is thread-safe: many threads may read one Slide at once.
     A Slide pickles as its path and backend and reopens in the other process
@@ -92,8 +103,10 @@ class Slide:
         self.path = os.fspath(path)
         self.format = format
         self._levels = complete_levels(levels)
+        self._stored = len(levels)
         self._mpp_xy = None if mpp_xy is None else (float(mpp_xy[0]), float(mpp_xy[1]))
-        self._properties = openslide_properties(properties, len(levels), self._levels, format, self._mpp_xy)
+        self._properties = openslide_properties(properties, self._levels[:self._stored], format, self._mpp_xy)
+        self._srgb = None  # an ImageCms transform to sRGB once open_slide(srgb=True) asked for it
         self._closed = False
         self._close_lock = threading.Lock()
         self._computed = ComputedTiles(COMPUTED_CACHE_BYTES)
@@ -108,19 +121,35 @@ class Slide:
 
     @property
     def level_count(self) -> int:
-        """Number of levels, computed ones included."""
-        return len(self._levels)
+        """Number of levels stored in the file (openslide's; computed levels are in :attr:`pyramid`)."""
+        return self._stored
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        """(width, height) of each level, level 0 first."""
-        return tuple((lv.width, lv.height) for lv in self._levels)
+        """(width, height) of each stored level, level 0 first."""
+        return tuple((lv.width, lv.height) for lv in self._levels[:self._stored])
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
-        """Downsample of each level w.r.t. level 0 (openslide's rule: the mean
-        of ``w0 / w`` and ``h0 / h``)."""
-        return tuple(lv.downsample for lv in self._levels)
+        """Downsample of each stored level w.r.t. level 0 (openslide's rule: the
+        mean of ``w0 / w`` and ``h0 / h``)."""
+        return tuple(lv.downsample for lv in self._levels[:self._stored])
+
+    @property
+    def pyramid(self) -> tuple[Level, ...]:
+        """Every level a read can use: the stored levels, then computed ones.
+
+        A slide stored with a single level gets computed 2x levels (block
+        means, made lazily; :mod:`._levels`) until one fits in a tile, so a
+        viewer or the low view never has to read level 0 whole. Each entry is
+        a :class:`~ats_wsi.slide._levels.Level` (``width``, ``height``,
+        ``tile_width``, ``tile_height``, ``downsample``, ``computed``); index
+        ``k`` is the ``level`` argument of ``read_region``, ``read_tile``,
+        ``read_level``, ``level_array``, ``tile_size`` and ``tile_grid``, and
+        ``level_for`` chooses among them. ``pyramid[:level_count]`` are the
+        stored levels that openslide's attributes describe.
+        """
+        return self._levels
 
     @property
     def properties(self) -> dict[str, str]:
@@ -129,10 +158,12 @@ class Slide:
         Always ``openslide.vendor``, ``openslide.level-count`` and
         ``openslide.level[i].width/height/downsample/tile-width/tile-height``;
         ``openslide.mpp-x/-y`` when known; from TIFF files also ``tiff.*``,
-        ``openslide.comment`` and, for Aperio, ``aperio.*`` and
-        ``openslide.objective-power``. The openslide backend returns
-        openslide's own dictionary. ``openslide.quickhash-1`` is only
-        present on the openslide backend.
+        ``openslide.comment``, ``openslide.quickhash-1`` (computed as
+        openslide does; absent, as there, when the smallest level holds over
+        5 MiB) and ``openslide.icc-size``, and for Aperio ``aperio.*``,
+        ``openslide.objective-power`` and ``openslide.associated.*``. The
+        openslide backend returns openslide's own dictionary. Only stored
+        levels are described (see :attr:`pyramid`).
         """
         return dict(self._properties)
 
@@ -153,32 +184,36 @@ class Slide:
             return None
         return (self._mpp_xy[0] + self._mpp_xy[1]) / 2.0
 
+    @mpp.setter
+    def mpp(self, value: float) -> None:
+        """Give the slide's level-0 µm/px (both axes), overriding its metadata.
+
+        For slides whose files store no resolution (or a wrong one); reads in
+        µm/px (``PatchReader(mpp=...)``, ``read_low_view(mpp=...)``) then use
+        it, ``properties`` says it as ``openslide.mpp-x/-y``, and a pickled
+        slide keeps it. ``open_slide(path, mpp=...)`` does the same.
+        """
+        from ..errors import ResolutionError
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not (v > 0 and v < float("inf")):
+            raise ResolutionError(self.path, f"mpp must be a number > 0, got {value!r}")
+        self._mpp_xy = (v, v)
+        self._mpp_given = v
+        self._properties["openslide.mpp-x"] = self._properties["openslide.mpp-y"] = "%.17g" % v
+
+    @property
+    def mpp_given(self) -> bool:
+        """True when the µm/px was given (``open_slide(mpp=)``, ``slide.mpp = ...``), not read from the file."""
+        return getattr(self, "_mpp_given", None) is not None
+
     def get_best_level_for_downsample(self, downsample: float) -> int:
         """The level openslide would pick for ``downsample``: the coarsest
-        level whose downsample is not larger than it (level 0 below 1)."""
-        return best_level_for_downsample(self._levels, downsample)
-
-    def level_for(self, downsample: float | None = None, mpp: float | None = None) -> int:
-        """The level nearest to a downsample or to a resolution.
-
-        Args:
-            downsample: wanted downsample w.r.t. level 0 (> 0), or
-            mpp: wanted µm per pixel (> 0); needs ``self.mpp``.
-
-        Returns:
-            the level whose downsample is nearest on a log scale (the finer
-            one on a tie).
-        """
-        if (downsample is None) == (mpp is None):
-            raise TypeError("level_for takes exactly one of downsample= or mpp=")
-        if mpp is not None:
-            if self.mpp is None:
-                raise SlideError(self.path, "the slide has no known resolution (mpp), so no level can be chosen by mpp")
-            downsample = float(mpp) / self.mpp
-        downsample = float(downsample)
-        if not downsample > 0:
-            raise ValueError(f"downsample must be > 0, got {downsample}")
-        return nearest_level(self._levels, downsample)
+        stored level whose downsample is not larger than it (level 0 below 1)."""
+        return best_level_for_downsample(self._levels[:self._stored], downsample)
 
     def tile_size(self, level: int) -> tuple[int, int]:
         """(width, height) of one tile of ``level``; edge tiles are clipped."""
@@ -218,6 +253,7 @@ class Slide:
             raise RegionError(self.path, f"tile ({col}, {row}) is outside level {level}'s "
                                          f"grid of {lv.cols} x {lv.rows} tiles")
         self._check_open()
+        check_derive_cost(self, level, col * lv.tile_width, row * lv.tile_height, lv.tile_width, lv.tile_height)
         return self._tile(level, col, row)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
@@ -234,8 +270,8 @@ class Slide:
             ``floor(x / downsample + 0.5)``.
         """
         lv = self._level(level)
-        x, y = (_as_int(v, "location", self.path) for v in location)
-        w, h = (_as_int(v, "size", self.path) for v in size)
+        x, y = int_pair(location, "location", self.path)
+        w, h = int_pair(size, "size", self.path)
         if w < 0 or h < 0:
             raise RegionError(self.path, f"region size must not be negative, got (w, h) = ({w}, {h})")
         if w * h > MAX_READ_PIXELS:
@@ -243,6 +279,7 @@ class Slide:
                                          f"({MAX_READ_PIXELS}); use level_array() for large reads")
         self._check_open()
         lx, ly = level_origin((x, y), lv.downsample).tolist()
+        check_derive_cost(self, level, lx, ly, w, h)  # computed levels: bounded work
         return self._read_box(level, lx, ly, w, h)
 
     def read_level(self, level: int, max_pixels: int = MAX_READ_PIXELS) -> np.ndarray:
@@ -250,64 +287,17 @@ class Slide:
 
         Refuses (:class:`~ats_wsi.errors.RegionError`) when the level has more
         than ``max_pixels`` pixels (default :data:`MAX_READ_PIXELS`): use
-        :meth:`level_array` for those. Computed levels are evaluated tile by
-        tile with dask threads.
+        :meth:`level_array` for those. Computed levels are made tile by tile
+        in the calling thread (no thread pool a forked process could inherit
+        locked), within :data:`MAX_DERIVED_PIXELS`.
         """
         lv = self._level(level)
         if lv.width * lv.height > max_pixels:
             raise RegionError(self.path, f"level {level} has {lv.width} x {lv.height} pixels, "
                                          f"more than max_pixels={max_pixels}; use level_array()")
         self._check_open()
-        if lv.computed:
-            return np.ascontiguousarray(self.level_array(level).compute(scheduler="threads"))
+        check_derive_cost(self, level, 0, 0, lv.width, lv.height)
         return self._read_box(level, 0, 0, lv.width, lv.height)
-
-    def level_array(self, level: int):
-        """A level as a lazy ``dask.array`` uint8 (height, width, 3), one chunk per tile.
-
-        Nothing is read until computed; each chunk is one :meth:`read_tile`.
-        The array pickles with the slide (it reopens by path in workers).
-        """
-        from ._array import level_array
-
-        return level_array(self, level)
-
-    def thumbnail(self, max_size: int | tuple[int, int] = 512) -> np.ndarray:
-        """The whole slide, shrunk to fit in ``max_size``.
-
-        Args:
-            max_size: largest (width, height) in pixels, or one int for both.
-
-        Returns:
-            uint8 (rows, cols, 3), aspect ratio kept, never larger than level 0.
-            Read from the coarsest level at least as large as the result (so
-            never level 0 of a pyramid), then area-resampled.
-        """
-        level, (out_w, out_h) = thumbnail_geometry(self._levels, max_size)
-        img = self.read_level(level)
-        if img.shape[:2] == (out_h, out_w):
-            return img
-        from PIL import Image
-
-        return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.BOX))
-
-    def tissue_mask(self, level: int | None = None) -> np.ndarray:
-        """Foreground (tissue) mask by Otsu's threshold on HSV saturation.
-
-        Args:
-            level: level to threshold; None picks ``level_for(downsample=
-                TISSUE_DOWNSAMPLE)`` (nearest to 32x, the coarsest level if the
-                pyramid stops above it).
-
-        Returns:
-            bool (rows, cols) of that level: True where saturation is above
-            the Otsu threshold. Black fill and white glass have saturation 0.
-        """
-        from ._tissue import tissue_mask
-
-        if level is None:
-            level = self.level_for(downsample=TISSUE_DOWNSAMPLE)
-        return tissue_mask(self.read_level(level))
 
     # ------------------------------------------------------------ lifetime
 
@@ -328,12 +318,22 @@ class Slide:
     """``open_slide``, set by :mod:`._open`: this module must not import it."""
 
     def __reduce__(self):
-        return (Slide._opener, (self.path, self.backend))
+        state = {"mpp": getattr(self, "_mpp_given", None), "srgb": self.srgb}
+        if state == {"mpp": None, "srgb": False}:
+            return (Slide._opener, (self.path, self.backend))
+        return (Slide._opener, (self.path, self.backend), state)
+
+    def __setstate__(self, state: dict) -> None:  # a given mpp and sRGB travel with a pickled slide
+        if state.get("mpp") is not None:
+            self.mpp = state["mpp"]
+        if state.get("srgb"):
+            self._convert_to_srgb()
 
     def __repr__(self) -> str:
         w, h = self.dimensions
-        return (f"<Slide {self.backend}:{self.format} {self.path!r} {w}x{h}, "
-                f"{self.level_count} levels{', closed' if self._closed else ''}>")
+        computed = len(self._levels) - self._stored
+        return (f"<Slide {self.backend}:{self.format} {self.path!r} {w}x{h}, {self.level_count} levels"
+                f"{f' (+{computed} computed)' if computed else ''}{', closed' if self._closed else ''}>")
 
     # ------------------------------------------------------------ internals
 
@@ -354,8 +354,9 @@ class Slide:
 
     def _tile(self, level: int, col: int, row: int) -> np.ndarray:
         if self._levels[level].computed:
-            return self._computed.tile(self._read_box, self._levels, level, col, row)
-        return self._read_stored_tile(level, col, row)
+            return self._computed.tile(self._read_box, self._levels, level, col, row,
+                                       lambda *box: derived_cost(self, *box), FILL_VALUE)
+        return self._colour(self._read_stored_tile(level, col, row))
 
     def _read_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 (h, w, 3) of ``level`` at level pixels (x, y); outside = FILL_VALUE."""
@@ -365,12 +366,12 @@ class Slide:
         inside = x0 < x1 and y0 < y1
         if inside and not lv.computed and self._reads_boxes:
             if (x0, y0, x1, y1) == (x, y, x + w, y + h):
-                return self._read_stored_box(level, x, y, w, h)
+                return self._colour(self._read_stored_box(level, x, y, w, h))
         out = np.zeros((h, w, 3), np.uint8) if FILL_VALUE == 0 else np.full((h, w, 3), FILL_VALUE, np.uint8)
         if not inside:
             return out
         if not lv.computed and self._reads_boxes:
-            out[y0 - y:y1 - y, x0 - x:x1 - x] = self._read_stored_box(level, x0, y0, x1 - x0, y1 - y0)
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = self._colour(self._read_stored_box(level, x0, y0, x1 - x0, y1 - y0))
             return out
         paste_tiles(out, (x, y), (x0, y0, x1, y1), lv, lambda col, row: self._tile(level, col, row))
         return out
@@ -394,6 +395,11 @@ class Slide:
     def _read_stored_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 (h, w, 3) of a box inside a stored level (only if ``_reads_boxes``)."""
         raise NotImplementedError
+
+    def _stored_data_pixels(self, x0: int, y0: int, x1: int, y1: int) -> int:
+        """Level-0 pixels of ``[x0, x1) x [y0, y1)`` the file stores data for (the
+        box; tifffile leaves out tiles stored empty, which read as FILL_VALUE)."""
+        return (x1 - x0) * (y1 - y0)
 
     def _close(self) -> None:
         """Release the backend's handles."""

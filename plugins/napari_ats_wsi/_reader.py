@@ -130,12 +130,14 @@ def slide_layer_data(slide) -> LayerData:
 
     Returns:
         ``(levels, add_kwargs, "image")`` where ``levels`` is the list of
-        per-level dask arrays (rows, cols, 3) uint8, from level 0 down. Nothing
+        per-level dask arrays (rows, cols, 3) uint8, from level 0 down: every
+        level of ``slide.pyramid``, so a file stored without a pyramid gets
+        its computed levels and napari never draws level 0 whole. Nothing
         is read: napari fetches the tiles it displays. ``scale`` is µm per
         level-0 pixel (y, x) when the slide's mpp is known, else 1 (pixels);
         napari derives the scale of the other levels from their shapes.
     """
-    levels = [slide.level_array(i) for i in range(slide.level_count)]
+    levels = [slide.level_array(i) for i in range(len(slide.pyramid))]
     kwargs: dict[str, Any] = {
         "name": Path(slide.path).name,
         "multiscale": True,
@@ -163,6 +165,7 @@ def slide_metadata(slide) -> dict:
         "dimensions": [int(v) for v in slide.dimensions],
         "level_dimensions": [[int(w), int(h)] for w, h in slide.level_dimensions],
         "level_downsamples": [float(d) for d in slide.level_downsamples],
+        "pyramid_dimensions": [[int(lv.width), int(lv.height)] for lv in slide.pyramid],
         "properties": {str(k): str(v) for k, v in dict(slide.properties).items()},
     }
 

@@ -56,8 +56,9 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 
 def tree(out: Path) -> set[str]:
-    """Relative paths of every file under ``out``."""
-    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    """Relative paths of every result file under ``out`` (not the log of library warnings,
+    ``predict.log``: which warnings a run meets depends on where it ran)."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.suffix != ".log"}
 
 
 def temporaries(out: Path) -> list[str]:

@@ -1,0 +1,94 @@
+"""Checks of a model config a person wrote: unknown keys, value types, the low-view pair.
+
+Types are read from :class:`~ats_wsi.classifier.ModelConfig`'s annotations,
+so a field added there is checked here without more code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from ..errors import ConfigError
+
+POSITIVE = {"n_classes", "feature_dim", "n_patches", "patch_size"}
+PAIRS = (("low_mpp", "low_downsample"),)
+"""(a, b): setting ``a`` without ``b`` clears ``b``'s default; setting both is an error."""
+
+
+def _kind(value: Any, annotation: str) -> str | None:
+    """None if ``value`` fits the annotation, else what was expected."""
+    options = [a.strip() for a in str(annotation).split("|")]
+    if value is None:
+        return None if "None" in options else "a value (not null)"
+    wanted = []
+    for opt in options:
+        if opt == "None":
+            continue
+        if opt == "bool":
+            if isinstance(value, bool):
+                return None
+            wanted.append("true or false")
+        elif opt == "int":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return None
+            wanted.append("an integer")
+        elif opt == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return None
+            wanted.append("a number")
+        elif opt == "str":
+            if isinstance(value, str):
+                return None
+            wanted.append("a string")
+        elif opt.startswith("dict"):
+            if isinstance(value, dict):
+                return None
+            wanted.append("an object {...}")
+        elif opt.startswith("tuple[float"):
+            n = opt.count("float")
+            if isinstance(value, (list, tuple)) and len(value) == n and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                return None
+            wanted.append(f"a list of {n} numbers")
+        elif opt.startswith("list[str"):
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return None
+            wanted.append("a list of strings")
+        else:  # an annotation this check does not know: let the dataclass take it
+            return None
+    return " or ".join(wanted)
+
+
+def check_user_config(cls, data: Any, source=None) -> dict[str, Any]:
+    """``data`` checked and completed for ``cls.from_dict``; raises :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, f"a model config must be a JSON object of settings, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    problems = []
+    for key in data:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            problems.append(f"unknown key {key!r}{hint}; the keys are {sorted(fields)}")
+            continue
+        wrong = _kind(data[key], fields[key].type)
+        if wrong:
+            problems.append(f"key {key!r}: expected {wrong}, got {data[key]!r}")
+        elif key in POSITIVE and data[key] < 1:
+            problems.append(f"key {key!r}: must be >= 1, got {data[key]!r}")
+    if problems:
+        raise ConfigError(source, "; ".join(problems))
+    out = dict(data)
+    for a, b in PAIRS:
+        if out.get(a) is not None and out.get(b) is not None:
+            raise ConfigError(source, f"keys {a!r} and {b!r} are alternatives: set only one "
+                                      f"(got {a}={out[a]!r}, {b}={out[b]!r})")
+        if out.get(a) is not None:
+            out[b] = None
+    if out.get("class_names") is not None and "n_classes" in out and len(out["class_names"]) != out["n_classes"]:
+        raise ConfigError(source, f"key 'class_names' has {len(out['class_names'])} names but "
+                                  f"'n_classes' is {out['n_classes']}")
+    if out.get("class_names") is not None:
+        out["n_classes"] = len(out["class_names"])
+    return out

@@ -1,0 +1,266 @@
+"""What a cohort run needs around the loops: the slide check before training, class
+weights, the choice of ``best.pt``, and metrics of predictions against labels.
+
+- :func:`check_slides` opens every slide of a manifest (and reads its low
+  view) in parallel before the first epoch; the slides stay open for training.
+  All unreadable rows are reported together (:class:`UnreadableSlides`), or
+  skipped and listed in ``skipped.csv``.
+- :func:`class_weights`: ``"balanced"`` weights ``n / (K * n_k)``.
+- :func:`best_epoch`: the epoch ``best.pt`` is, by validation AUC, accuracy
+  or loss.
+- :func:`prediction_metrics`: accuracy, balanced accuracy, ROC AUC and the
+  confusion matrix of ``predict_slides``' rows, with bootstrap intervals
+  (:mod:`ats_wsi.metrics`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..atomic import write_csv_atomic
+from ..data.manifest import ManifestRow
+from ..errors import ManifestError
+from ..metrics import evaluate
+
+__all__ = ["UnreadableSlides", "check_slides", "open_slides", "write_skipped", "class_weights", "best_epoch",
+           "SELECT", "prediction_metrics", "write_prediction_metrics", "SKIPPED_FIELDS",
+           "bar_width"]
+
+SELECT = ("accuracy", "auc", "loss")
+_log = logging.getLogger("ats_wsi.train")
+SKIPPED_FIELDS = ["line", "path", "split", "label", "reason"]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A manifest row whose slide could not be opened, and why."""
+
+    row: ManifestRow
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.row.line, "path": str(self.row.path), "split": self.row.split,
+                "label": self.row.class_name or self.row.label, "reason": self.reason}
+
+
+class UnreadableSlides(ManifestError):
+    """Slides of a manifest that cannot be read: all of them, each with its line and reason."""
+
+    def __init__(self, manifest, bad: Sequence[Unreadable], total: int):
+        self.manifest, self.bad, self.total = manifest, list(bad), total
+        lines = [f"  line {u.row.line}: {u.row.path}: {u.reason}" for u in self.bad]
+        super().__init__(f"{manifest}: {len(self.bad)} of {total} slide(s) cannot be read "
+                         f"(--skip-unreadable trains on the others):\n" + "\n".join(lines))
+
+    def __reduce__(self):
+        return (type(self), (self.manifest, self.bad, self.total))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {text}"
+
+
+class _PerThread(logging.Handler):
+    """Collects library log records (tifffile's warnings) per thread while slides are checked."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.slide: dict[int, str] = {}
+        self.records: dict[str, list[str]] = {}
+
+    def emit(self, record):
+        key = self.slide.get(threading.get_ident())
+        if key is not None:
+            self.records.setdefault(key, []).append(record.getMessage())
+
+
+@contextmanager
+def _capture(logger_names=("tifffile",)):
+    handler = _PerThread()
+    loggers = [logging.getLogger(n) for n in logger_names]
+    saved = [(lg.propagate, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False  # not to the terminal, inside a progress bar
+    try:
+        yield handler
+    finally:
+        for lg, (propagate, _) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.propagate = propagate
+
+
+def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4,
+                 progress: bool = False) -> tuple[list[Unreadable], dict[str, list[str]]]:
+    """Open every slide of ``rows`` through ``inputs`` (a :class:`~ats_wsi.classifier.SlideInputs`).
+
+    Each slide is opened and its low view and tissue mask read, in
+    ``threads`` threads; what opened stays open in ``inputs`` for training.
+
+    Returns:
+        ``(unreadable rows, {slide path: [library warnings]})``; the warnings
+        (tifffile's) are collected per slide instead of being printed.
+    """
+    paths = list(dict.fromkeys(str(r.path) for r in rows))  # one open per distinct slide
+    failed: dict[str, str] = {}
+    bar = _bar(len(paths), "checking slides", "slide", progress)
+
+    with _capture() as handler:
+        def open_one(path: str) -> None:
+            handler.slide[threading.get_ident()] = path
+            try:
+                inputs[path]
+            except Exception as exc:  # any failure of a slide is reported with its row
+                failed[path] = _reason(exc)
+            finally:
+                handler.slide.pop(threading.get_ident(), None)
+
+        with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+            for _ in pool.map(open_one, paths):
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    bad = [Unreadable(r, failed[str(r.path)]) for r in rows if str(r.path) in failed]
+    return bad, handler.records
+
+
+def write_skipped(out: Path, bad: Sequence[Unreadable]) -> Path:
+    """``out/skipped.csv``: line, path, split, label and reason of each skipped row."""
+    return write_csv_atomic(Path(out) / "skipped.csv", [u.as_dict() for u in bad], SKIPPED_FIELDS)
+
+
+def open_slides(manifest, out: Path, train_rows: list[ManifestRow], val_rows: list[ManifestRow], inputs,
+                settings, *, rank: int = 0, progress: bool = False) -> tuple[list, list]:
+    """Open every slide of training (:func:`check_slides`) before the first epoch.
+
+    Unreadable rows raise :class:`UnreadableSlides` naming them all, or with
+    ``settings.skip_unreadable`` are dropped and listed in ``out/skipped.csv``.
+    Creates the run folder (rank 0). Returns the readable train and val rows.
+    """
+    rows = list(train_rows) + list(val_rows)
+    bad, warned = check_slides(rows, inputs, threads=settings.open_threads, progress=progress and rank == 0)
+    for path, messages in warned.items():
+        _log.warning("%s: %d reader warning(s) while opening, first: %s", path, len(messages), messages[0])
+    if bad and not settings.skip_unreadable:
+        raise UnreadableSlides(manifest, bad, len(rows))
+    if rank == 0:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        if bad or (Path(out) / "skipped.csv").exists():
+            write_skipped(out, bad)
+    unreadable = {str(u.row.path) for u in bad}
+    train_rows = [r for r in train_rows if str(r.path) not in unreadable]
+    val_rows = [r for r in val_rows if str(r.path) not in unreadable]
+    if not train_rows:
+        raise ManifestError(f"{manifest}: none of the slides in split {settings.train_split!r} can be read")
+    for u in bad:
+        _log.warning("skipped line %d: %s: %s", u.row.line, u.row.path, u.reason)
+    return train_rows, val_rows
+
+
+def class_weights(rows: Sequence[ManifestRow], n_classes: int, mode: str | None) -> list[float] | None:
+    """Loss weight per class: None (all 1), or ``"balanced"``: ``n / (K * n_k)``
+    over the training rows (as scikit-learn's ``class_weight="balanced"``; a
+    class without training slides gets 1)."""
+    if mode is None or mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weights must be None or 'balanced', got {mode!r}")
+    counts = np.bincount([r.label for r in rows], minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    k = int(present.sum())
+    return [float(len(rows) / (k * c)) if c else 1.0 for c in counts]
+
+
+def best_epoch(history: Sequence, select: str = "accuracy"):
+    """The epoch (of ``history``, EpochMetrics) that ``best.pt`` copies.
+
+    ``accuracy``: highest validation accuracy, then lowest loss; ``auc``:
+    highest validation AUC, then lowest loss; ``loss``: lowest validation
+    loss. Later epochs win ties; without validation numbers (NaN) the last
+    epoch is best.
+    """
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+
+    def key(m):
+        neg_loss = -m.val_loss if not math.isnan(m.val_loss) else 0.0
+        if select == "loss":
+            return neg_loss, m.epoch
+        score = m.val_acc if select == "accuracy" else getattr(m, "val_auc", float("nan"))
+        return (-1.0 if math.isnan(score) else score), neg_loss, m.epoch
+
+    return max(history, key=key)
+
+
+def prediction_metrics(rows: Sequence[dict], n_classes: int, class_names: Sequence[str] | None = None, *,
+                       resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Metrics of ``predict_slides`` rows that have a ``label``.
+
+    The probabilities are the ``p0 .. p{K-1}`` cells as written to
+    ``predictions.csv`` (so anyone recomputing them from the file gets the same
+    numbers); the predicted class is the ``predicted`` cell.
+    """
+    labelled = [r for r in rows if r.get("label") not in (None, "")]
+    labels = [int(r["label"]) for r in labelled]
+    probs = np.array([[float(r[f"p{k}"]) for k in range(n_classes)] for r in labelled],
+                     dtype=np.float64).reshape(len(labelled), n_classes)
+    predicted = [int(r["predicted"]) for r in labelled]
+    out = evaluate(labels, probs, predicted=predicted, class_names=class_names, resamples=resamples, seed=seed)
+    out["n_unlabelled"] = len(rows) - len(labelled)
+    return out
+
+
+def write_prediction_metrics(out: Path, rows: Sequence[dict], n_classes: int,
+                             class_names: Sequence[str] | None = None, *, resamples: int = 1000,
+                             seed: int = 0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`prediction_metrics` of ``rows``, also written to ``out/metrics.json``."""
+    from ..atomic import write_json_atomic
+
+    result = {**prediction_metrics(rows, n_classes, class_names, resamples=resamples, seed=seed),
+              **(extra or {})}
+    write_json_atomic(Path(out) / "metrics.json", _json_safe(result))
+    return result
+
+
+def _json_safe(obj):
+    """NaN (an AUC of one class) as null: JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, **bar_width())
+
+
+def bar_width() -> dict[str, Any]:
+    """tqdm's width arguments: follow the terminal, or 100 columns where the terminal
+    reports none (``script``, a ``docker -t`` pseudo-terminal: tqdm would draw an empty bar)."""
+    import sys
+
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return {"dynamic_ncols": True} if columns > 0 else {"ncols": 100, "nrows": 24}
+

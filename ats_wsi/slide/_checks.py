@@ -1,0 +1,82 @@
+"""Argument checks of the Slide's read methods, and the bound on computed-level work.
+
+Every malformed argument (``None``, one number where a pair is due, floats,
+NaN, infinities) becomes a :class:`~ats_wsi.errors.RegionError` naming the
+slide, never a ``TypeError`` from deep inside numpy.
+"""
+from __future__ import annotations
+
+import operator
+
+from ..errors import DerivedLevelError, RegionError
+
+MAX_DERIVED_PIXELS = 1 << 32
+"""Most level-0 pixels one read of a computed level may decode: 2**32 (a
+65 536² slide; some 30-60 s of JPEG decoding on one core). A computed pixel
+of level ``k`` is the mean of ``4**k`` level-0 pixels, so reading a region of
+it costs its area times ``4**k`` in level-0 pixels, the whole of level 0 for a
+thumbnail. Tiles stored empty (byte count 0) cost nothing and read as the
+fill value. Above the bound the read raises
+:class:`~ats_wsi.errors.DerivedLevelError` instead of working for minutes or
+hours: store a pyramid (``vips tiffsave --tile --pyramid``) or raise this
+(``ats_wsi.slide._checks.MAX_DERIVED_PIXELS``)."""
+
+
+def as_int(value, what: str, path) -> int:
+    """An integer (Python or numpy; not bool-like floats), or RegionError."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise RegionError(path, f"{what} must be an integer, got {value!r}") from None
+
+
+def int_pair(value, what: str, path) -> tuple[int, int]:
+    """``(a, b)`` of integers, or RegionError (None, one number, three, floats, NaN, ...)."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise RegionError(path, f"{what} must be a pair of integers, got {value!r}") from None
+    return as_int(a, what, path), as_int(b, what, path)
+
+
+def positive_number(value, what: str, path) -> float:
+    """A finite number > 0, or RegionError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0 < v < float("inf"):
+        raise RegionError(path, f"{what} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def derived_cost(slide, level: int, x: int, y: int, w: int, h: int) -> int:
+    """Level-0 pixels holding data under a box of pixels of ``level`` (0 for a stored level).
+
+    A computed level ``k`` (they follow the single stored level 0) has sizes
+    that are floor halves, so its pixel ``i`` is made of level-0 pixels
+    ``[i * 2**k, (i + 1) * 2**k)``: the box maps to level 0 by a shift, and
+    ``slide._stored_data_pixels`` counts what the file holds there.
+    """
+    levels = slide._levels
+    if not levels[level].computed:
+        return 0
+    lv0 = levels[0]
+    x0, y0 = max(x, 0) << level, max(y, 0) << level
+    x1, y1 = min((x + w) << level, lv0.width), min((y + h) << level, lv0.height)
+    if x1 <= x0 or y1 <= y0:
+        return 0
+    return slide._stored_data_pixels(x0, y0, x1, y1)
+
+
+def check_derive_cost(slide, level: int, x: int, y: int, w: int, h: int) -> None:
+    """Raise DerivedLevelError if reading the box of computed ``level`` would
+    decode more than :data:`MAX_DERIVED_PIXELS` level-0 pixels."""
+    cost = derived_cost(slide, level, x, y, w, h)
+    if cost > MAX_DERIVED_PIXELS:
+        lv0 = slide._levels[0]
+        raise DerivedLevelError(
+            slide.path, f"the slide has no stored pyramid ({lv0.width} x {lv0.height} pixels in one level); "
+                        f"reading this region of computed level {level} would decode {cost:.3g} level-0 pixels, "
+                        f"more than MAX_DERIVED_PIXELS ({MAX_DERIVED_PIXELS:.3g}); store the slide with a "
+                        f"pyramid (e.g. vips tiffsave --tile --pyramid) or read a smaller region")
