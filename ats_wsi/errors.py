@@ -116,3 +116,29 @@ class ResolutionError(SlideError, ValueError):
     resolution finer than the slide's level 0 without ``upsample=True``. The
     message names the slide and both resolutions.
     """
+
+
+class EncoderError(AtsError):
+    """A patch encoder (``ats_wsi.encoders``) that cannot be built, loaded or used as its spec says.
+
+    Args:
+        path: the spec, weights or model file concerned (``None``: none).
+        reason: what was wrong, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class WeightsNotFoundError(EncoderError, FileNotFoundError):
+    """An encoder's weights are not on this machine; the message lists every place looked at
+    (nothing is downloaded)."""
+
+
+class EncoderResolutionError(EncoderError, ValueError):
+    """Patches would be read at another µm/px than the encoder's spec (``path``: the slide)."""

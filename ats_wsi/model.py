@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .encoders.features import patch_features
 from .errors import SamplingError
 from .geometry import cell_to_xy, rowcol_to_wh, size_wh, snap_to_grid
 from .patches import PatchSource, TensorSource
@@ -49,7 +50,8 @@ class AttentionResult(NamedTuple):
         sampled_attention: ``[B, n]``, the probability of each drawn cell; the
             only path of gradient from the loss to the attention net.
         patches: ``[B, n, C, ph, pw]``, the patches the feature net saw
-            (float; uint8 sources scaled to [0, 1]).
+            (float; uint8 sources scaled to [0, 1]); ``[B, 0, C, ph, pw]``
+            when a frozen encoder served them from its feature cache.
         xy: long ``[B, n, 2]``, ``(x, y)`` top-left of each patch in the
             source's high-resolution pixels (may be negative at borders).
         entropy_loss: scalar, the regulariser term to ADD to the loss, already
@@ -179,11 +181,16 @@ class AttentionSampler(nn.Module):
         if not tiled.should_tile(x_low.shape, self.tile_threshold):
             return self.attention_net(x_low)
         net, head = _split_softmax(self.attention_net)
-        if self._attention_field is None:
-            self._attention_field = probe_field(net, in_channels=x_low.shape[1])
         out = tiled.tiled_logits(net, x_low, self.tile_size, checkpoint=self.tile_checkpoint,
-                                 field=self._attention_field)
+                                 field=self.attention_field(x_low.shape[1]))
         return out if head is None else head(out)
+
+    def attention_field(self, in_channels: int = 3):
+        """The attention net's :class:`~ats_wsi.sampling.receptive_field.ReceptiveField`
+        (its ``stride`` is a map cell's side in low pixels), probed once."""
+        if self._attention_field is None:
+            self._attention_field = probe_field(_split_softmax(self.attention_net)[0], in_channels=in_channels)
+        return self._attention_field
 
     def attention_map(self, x_low: Tensor, mask: Tensor | None = None) -> Tensor:
         """The attention distribution over the map's cells.
@@ -351,11 +358,9 @@ class AttentionSampler(nn.Module):
             view and its pixel mask up to float rounding.
         """
         net, head = _split_softmax(self.attention_net)
-        if self._attention_field is None:
-            self._attention_field = probe_field(net, in_channels=3)
         on_tile = None if tissue is None else (lambda pixels, rows, cols: tissue.add(pixels[rows, cols]))
         out = tiled.tiled_logits_from_reader(net, read_region, shape, max(self.tile_size, 512),
-                                             field=self._attention_field, on_tile=on_tile)
+                                             field=self.attention_field(), on_tile=on_tile)
         out = _check_map(out if head is None else head(out))
         mask = None
         if tissue is not None:
@@ -409,9 +414,8 @@ class AttentionSampler(nn.Module):
                         receptive_field=self.receptive_field)
         if self.tile_aligned:
             xy = snap_to_grid(xy, patch_wh)
-        patches = _as_float(source.extract(xy, patch_wh), like)  # [B, n, C, h, w]
-        features = self.feature_net(patches.flatten(0, 1))  # [B·n, D]
-        features = features.reshape(*patches.shape[:2], *features.shape[1:])
+        # [B, n, C, h, w] and [B, n, D]; an encoder with a feature cache reads only the boxes it lacks
+        patches, features = patch_features(self.feature_net, source, xy, patch_wh, like)
         features = expectation(features, sampled_attention, self.replace)
         if self.attention_regularizer is not None:
             entropy_loss = self.attention_regularizer(attention)
@@ -485,12 +489,3 @@ def _split_softmax(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     if isinstance(net, nn.Sequential) and len(net) > 1 and isinstance(net[-1], SampleSoftmax):
         return net[:-1], net[-1]
     return net, None
-
-
-def _as_float(patches: Tensor, like: Tensor) -> Tensor:
-    """Patches on ``like``'s device, floating point; uint8 scaled to [0, 1]."""
-    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-    patches = patches.to(like.device, non_blocking=True)
-    if patches.dtype == torch.uint8:
-        return patches.to(dtype) / 255
-    return patches if patches.is_floating_point() else patches.to(dtype)

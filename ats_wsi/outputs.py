@@ -100,7 +100,8 @@ def write_attention_zarr(
         cell_size_xy: (w, h) of one cell in level-0 pixels.
         origin_xy: (x, y) level-0 corner of cell (0, 0) (non-zero when the
             grid is offset, e.g. by half a receptive field).
-        mpp: the slide's µm per level-0 pixel; None writes pixel units.
+        mpp: the slide's µm per level-0 pixel; None writes pixel units. With
+            it, the cell size in µm is stored too (``cell_size_um_xy``).
         ngff_version: "0.4" (zarr v2, read by most viewers) or "0.5" (zarr v3).
         metadata: JSON-able extras stored under the ``ats_wsi`` attribute.
         name: the image's name in the multiscales metadata.
@@ -135,6 +136,7 @@ def write_attention_zarr(
         "cell_size_xy": [float(v) for v in cell_size_xy],
         "origin_xy": [float(v) for v in origin_xy],
         "mpp": None if mpp is None else float(mpp),
+        "cell_size_um_xy": None if mpp is None else [float(v) * float(mpp) for v in cell_size_xy],
         **(dict(metadata) if metadata else {}),
     }
     zarr_format = 2 if ngff_version == "0.4" else 3
@@ -167,7 +169,7 @@ def read_attention_zarr(path: str | os.PathLike) -> AttentionMap:
         elif t["type"] == "translation":
             translation = t["translation"]
     extras = attrs.get("ats_wsi", {})
-    meta = {k: v for k, v in extras.items() if k not in ("cell_size_xy", "origin_xy", "mpp")}
+    meta = {k: v for k, v in extras.items() if k not in ("cell_size_xy", "origin_xy", "mpp", "cell_size_um_xy")}
     return AttentionMap(
         data=np.asarray(root[ds["path"]][...], dtype=np.float32),
         scale=(float(scale[0]), float(scale[1])),
@@ -212,6 +214,26 @@ def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None =
     return np.round(rgb).astype(np.uint8)
 
 
+ATTENTION_SCALE_MAX = 16.0
+"""Top of the absolute attention scale (attention x number of cells): 16 times uniform
+and above get the brightest colour; 1 is uniform attention, 0 none."""
+
+
+def attention_scale(attention: np.ndarray) -> np.ndarray:
+    """Attention on the absolute scale of overlays and the napari heatmap.
+
+    Args:
+        attention: float (rows, cols), the map's attention (sums to 1).
+
+    Returns:
+        float32 (rows, cols): attention x number of cells, so 1 is uniform
+        attention, 2 twice as much as uniform, whatever the map's size; the
+        same colour means the same thing on every slide.
+    """
+    values = np.asarray(attention, dtype=np.float32)
+    return values * np.float32(values.size)
+
+
 def render_overlay(
     thumbnail: np.ndarray,
     thumb_downsample: float,
@@ -221,17 +243,27 @@ def render_overlay(
     origin_xy: tuple[float, float] = (0.0, 0.0),
     boxes_xywh: np.ndarray | None = None,
     alpha: float = 0.5,
+    title: str | None = None,
+    colorbar: bool = True,
 ):
-    """Blend a heatmap of ``attention`` over a slide thumbnail and draw boxes.
+    """Blend a heatmap of ``attention`` over a slide thumbnail, draw and number the boxes.
 
     Args:
         thumbnail: uint8 (rows, cols, 3) image of the slide.
         thumb_downsample: level-0 pixels per thumbnail pixel.
         attention: float (rows, cols) map over the slide.
         cell_size_xy, origin_xy: the map's placement in level-0 pixels.
-        boxes_xywh: optional int [n, 4] sampled boxes (x, y, w, h) in level-0 pixels.
-        alpha: opacity of the heatmap where attention is highest; it falls
-            linearly to 0 at the lowest attention, so the slide shows through.
+        boxes_xywh: optional int [n, 4] sampled boxes (x, y, w, h) in level-0
+            pixels, in draw order: box ``k`` is labelled ``k + 1``.
+        alpha: opacity of the heatmap at the top of the scale; it falls
+            linearly to 0 at no attention, so the slide shows through.
+        title: text written in the top-left corner (the predicted class and
+            its probability: :func:`prediction_title`).
+        colorbar: draw the scale (bottom right).
+
+    Colours are absolute (:func:`attention_scale`: attention x number of
+    cells, 0 to :data:`ATTENTION_SCALE_MAX`), never rescaled per slide, so a
+    model that attends uniformly paints (almost) nothing.
 
     Returns:
         A ``PIL.Image.Image`` (RGB) the size of the thumbnail.
@@ -240,8 +272,7 @@ def render_overlay(
 
     th, tw = thumbnail.shape[:2]
     values = np.asarray(attention, dtype=np.float32)
-    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    t = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    t = np.clip(np.nan_to_num(attention_scale(values)) / ATTENTION_SCALE_MAX, 0.0, 1.0)
     heat = Image.fromarray(colorize(t, 0.0, 1.0))
     # Opacity grows with attention, so low-attention areas show the slide.
     opacity = Image.fromarray(np.round(t * alpha * 255).astype(np.uint8))
@@ -256,13 +287,55 @@ def render_overlay(
     mask.paste(opacity.resize((ext_w, ext_h), Image.NEAREST), (ox, oy))
     base = Image.fromarray(np.ascontiguousarray(thumbnail[..., :3]))
     out = Image.composite(layer, base, mask)
+    draw = ImageDraw.Draw(out)
     if boxes_xywh is not None and len(boxes_xywh):
-        draw = ImageDraw.Draw(out)
-        for x, y, w, h in np.asarray(boxes_xywh, dtype=np.float64):
+        font = _font(max(9, min(14, tw // 60)))
+        for k, (x, y, w, h) in enumerate(np.asarray(boxes_xywh, dtype=np.float64)):
             x0, y0 = x / thumb_downsample, y / thumb_downsample
             x1, y1 = (x + w) / thumb_downsample, (y + h) / thumb_downsample
             draw.rectangle([x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)], outline=(0, 255, 255), width=1)
+            draw.text((max(x0 + 1, x1) + 1, y0 + 1), str(k + 1), fill=(0, 255, 255), font=font,
+                      stroke_width=1, stroke_fill=(0, 0, 0))
+    if title:
+        font = _font(max(10, min(20, tw // 40)))
+        left, top, right, bottom = draw.textbbox((6, 4), title, font=font)
+        draw.rectangle([left - 4, top - 3, right + 4, bottom + 3], fill=(255, 255, 255))
+        draw.text((6, 4), title, fill=(0, 0, 0), font=font)
+    if colorbar:
+        _draw_colorbar(draw, tw, th)
     return out
+
+
+def prediction_title(class_name: str, probability: float) -> str:
+    """``"tumor  p = 0.93"``: what an overlay and the napari viewer say about a prediction."""
+    return f"{class_name}  p = {float(probability):.2f}"
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _draw_colorbar(draw, width: int, height: int) -> None:
+    """The absolute attention scale in the bottom-right corner: 0 .. ATTENTION_SCALE_MAX."""
+    bar_w, bar_h = max(40, min(200, width * 2 // 5)), max(4, min(10, height // 30))
+    font = _font(max(8, min(12, width // 60)))
+    caption = "attention x cells (1 = uniform)"
+    text_h = draw.textbbox((0, 0), caption, font=font)[3] + 2
+    x0, y1 = width - bar_w - 8, height - 6
+    y0 = y1 - bar_h - 2 * text_h
+    draw.rectangle([x0 - 4, y0 - 3, x0 + bar_w + 4, y1 + 2], fill=(255, 255, 255))
+    draw.text((x0, y0), caption, fill=(0, 0, 0), font=font)
+    colours = colorize(np.linspace(0.0, 1.0, bar_w)[None], 0.0, 1.0)[0]
+    by = y0 + text_h
+    for i, c in enumerate(colours):
+        draw.line([(x0 + i, by), (x0 + i, by + bar_h)], fill=tuple(int(v) for v in c))
+    for tick in (0.0, 1.0, ATTENTION_SCALE_MAX / 2, ATTENTION_SCALE_MAX):
+        tx = x0 + int(round(tick / ATTENTION_SCALE_MAX * (bar_w - 1)))
+        label = f"{tick:g}" + ("+" if tick == ATTENTION_SCALE_MAX else "")
+        lw = draw.textlength(label, font=font)
+        draw.text((min(max(x0, tx - lw / 2), x0 + bar_w - lw), by + bar_h + 1), label, fill=(0, 0, 0), font=font)
 
 
 def write_overlay_png(path: str | os.PathLike, image) -> Path:

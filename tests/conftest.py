@@ -497,8 +497,8 @@ def vips_flat_icc(base_image, slide_dir, icc_bytes, tmp_path_factory) -> SlideFi
     path = str(slide_dir / "vips_flat_icc.tif")
     pyvips.Image.new_from_array(img, interpretation="srgb").tiffsave(
         path, tile=True, pyramid=False, compression="deflate", tile_width=256, tile_height=256,
-        profile=str(icc_file))
-    return SlideFile("vips_flat_icc", path, "pyvips", "generic-tiff", "tifffile", True, [img], (256, 256), None,
+        profile=str(icc_file), xres=2000.0, yres=2000.0, resunit="cm")
+    return SlideFile("vips_flat_icc", path, "pyvips", "generic-tiff", "tifffile", True, [img], (256, 256), 0.5,
                      extra={"icc": icc_bytes})
 
 

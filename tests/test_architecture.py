@@ -14,8 +14,8 @@ FLOORS = [
     {"errors", "_lazy", "atomic", "geometry", "metrics"},
     {"slide"},
     {"sampling", "patches"},
-    {"model", "nets"},
-    {"classifier", "outputs", "data"},
+    {"model", "nets", "encoders"},
+    {"classifier", "outputs", "geojson", "data"},
     {"run"},
     {"cli"},
 ]

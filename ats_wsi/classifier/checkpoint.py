@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, EncoderError
 from ..atomic import atomic_path
 from .config import ModelConfig
 from .network import SlideClassifier, build_model
@@ -50,6 +50,7 @@ def save_checkpoint(
         "ats_wsi_version": __version__,
         "torch_version": str(torch.__version__),
         "config": model.config.to_dict(),
+        "attention_cell_um_xy": model.attention_cell_um_xy(),  # None: the low view is set as a downsample
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "epoch": int(epoch),
         "metrics": dict(metrics or {}),
@@ -89,12 +90,22 @@ def _short_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else f"{type(exc).__name__}: empty or cut short"
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SlideClassifier:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+               feature_weights: str | os.PathLike | None = None) -> SlideClassifier:
     """The classifier of a checkpoint, in eval mode on ``device``.
+
+    Args:
+        path: the checkpoint.
+        device: where the model goes.
+        feature_weights: where the weights of a pretrained encoder are on
+            this machine (a frozen encoder is not stored in the checkpoint:
+            its spec names the file and its sha256, checked here).
 
     Raises:
         CheckpointError: the file is missing, is not an ats-wsi checkpoint, or
             its weights do not fit its config.
+        EncoderError: the encoder's weights are missing (the error says
+            where it looked) or are not the ones it was trained with.
     """
     payload = read_checkpoint(path)
     try:
@@ -103,8 +114,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         raise
     except Exception as exc:  # a config of the wrong types: TypeError, ValueError, ...
         raise CheckpointError(path, f"its model config is not valid ({type(exc).__name__}: {exc})") from None
-    try:
-        model = build_model(config)
+    if feature_weights is not None and config.feature_spec is not None:
+        config.feature_spec = {**config.feature_spec, "weights": os.fspath(feature_weights)}
+    try:  # a fine-tuned encoder's weights come from the state dict; a frozen one's from its file
+        model = build_model(config, encoder_weights=False)
+    except EncoderError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a config that loads but cannot build (bad kwargs, missing timm, ...)
         raise CheckpointError(path, f"its model config does not build a model ({type(exc).__name__}: {exc})") \
             from None

@@ -42,8 +42,21 @@ class ModelConfig:
         tile_aligned: snap patches to the grid of multiples of
             ``patch_size``; with ``patch_size`` = the level's tile size each
             patch is one stored tile (see :class:`ats_wsi.model.AttentionSampler`).
-        mean, std: per-channel normalisation of pixels scaled to [0, 1].
+        mean, std: per-channel normalisation of pixels scaled to [0, 1]
+            (the attention net's input; the feature net's too unless
+            ``feature_mean``/``feature_std`` or an encoder spec say otherwise).
         class_names: optional names of the labels.
+        feature_spec: a pretrained patch encoder as the feature net: an
+            :class:`ats_wsi.encoders.EncoderSpec` dict (with the weights'
+            place and sha256); ``None``: ``feature_net`` by name. Its ``mpp``
+            is the model's ``patch_mpp``, its ``dim`` the ``feature_dim``,
+            and it normalises its own input.
+        feature_frozen: the encoder runs in eval mode without gradients; its
+            weights stay out of checkpoints (the spec names the file).
+        feature_adapter: width of a trainable adapter between encoder and
+            head (0: the head sits right after the encoder).
+        feature_mean, feature_std: the feature net's own normalisation
+            (``None``: ``mean``/``std``).
     """
 
     n_classes: int = 2
@@ -66,6 +79,11 @@ class ModelConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     class_names: list[str] | None = None
+    feature_spec: dict[str, Any] | None = None
+    feature_frozen: bool = False
+    feature_adapter: int = 0
+    feature_mean: tuple[float, float, float] | None = None
+    feature_std: tuple[float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,6 +96,10 @@ class ModelConfig:
             raise CheckpointError(path, f"unknown model config keys {unknown} (made by a newer ats-wsi?)")
         cfg = cls(**data)
         cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
+        if cfg.feature_mean is not None:
+            cfg.feature_mean = tuple(cfg.feature_mean)
+        if cfg.feature_std is not None:
+            cfg.feature_std = tuple(cfg.feature_std)
         return cfg
 
     @classmethod

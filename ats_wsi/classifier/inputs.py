@@ -1,9 +1,10 @@
 """One slide made ready for a :class:`~ats_wsi.classifier.SlideClassifier`.
 
 :class:`SlideInput` opens a slide once and builds what the model needs of it
-once: the low view and its tissue mask (as tensors) and a
-:class:`~ats_wsi.patches.PatchReader` at the config's patch level, whose tile
-cache then serves every later draw. Prediction opens one per slide; training
+once: a reader of the low view (:attr:`SlideInput.low`, which prediction
+reads tile by tile; the whole view and its tissue mask, as tensors, only when
+training asks for them) and a :class:`~ats_wsi.patches.PatchReader` at the
+config's patch level, whose tile cache then serves every later draw. Prediction opens one per slide; training
 keeps one per slide of the manifest for the whole run (:class:`SlideInputs`).
 
 With ``config.patch_mpp`` set, the reader reads at that µm/px (whatever the

@@ -8,12 +8,14 @@ training feeds the same :class:`~ats_wsi.classifier.inputs.SlideInput` to
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import SamplingError
 from ..model import AttentionResult, AttentionSampler
 from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
@@ -55,18 +57,25 @@ class SlideClassifier(nn.Module):
     to float tile by tile.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, encoder_weights: bool = True):
         super().__init__()
-        self.config = config
         attention = create_attention_net(config.attention_net, in_channels=3, **config.attention_kwargs)
-        feature = create_feature_net(config.feature_net, in_channels=3, out_features=config.feature_dim,
-                                     **config.feature_kwargs)
+        if config.feature_spec is not None:  # a pretrained encoder: its own contract and normalisation
+            feature_in, head_in = _encoder(config, encoder_weights)
+            config = replace(config, feature_spec=feature_in.spec.to_dict(), feature_dim=feature_in.spec.dim)
+        else:
+            feature = create_feature_net(config.feature_net, in_channels=3, out_features=config.feature_dim,
+                                         **config.feature_kwargs)
+            feature_in = nn.Sequential(Normalize(config.feature_mean or config.mean, config.feature_std or config.std),
+                                       feature)
+            head_in = config.feature_dim
+        self.config = config
         attention_in = nn.Sequential(Normalize(config.mean, config.std), attention)
         if hasattr(attention, "receptive_field"):  # lets tiling skip the probe
             attention_in.receptive_field = attention.receptive_field
         self.sampler = AttentionSampler(
             attention_in,
-            nn.Sequential(Normalize(config.mean, config.std), feature),
+            feature_in,
             n_patches=config.n_patches,
             patch_size=config.patch_size,
             replace=config.replace,
@@ -74,7 +83,7 @@ class SlideClassifier(nn.Module):
             min_tissue=config.min_tissue,
             tile_aligned=config.tile_aligned,
         )
-        self.head = nn.Linear(config.feature_dim, config.n_classes)
+        self.head = nn.Linear(head_in, config.n_classes)
 
     def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
@@ -89,6 +98,19 @@ class SlideClassifier(nn.Module):
         if names and len(names) == self.config.n_classes:
             return tuple(str(n) for n in names)
         return tuple(f"class {k}" for k in range(self.config.n_classes))
+
+    def attention_cell_um_xy(self) -> tuple[float, float] | None:
+        """``(w, h)`` of one attention cell in µm: the low view's µm/px times the
+        attention net's stride; ``None`` when the low view is set as a
+        downsample (the cell then depends on each slide's µm/px, which a
+        prediction records: ``cell_size_xy`` times ``mpp``)."""
+        if self.config.low_mpp is None:
+            return None
+        try:
+            rows, cols = self.sampler.attention_field().stride
+        except SamplingError:  # a net that is not local (no stride to speak of)
+            return None
+        return float(self.config.low_mpp) * cols, float(self.config.low_mpp) * rows
 
     @property
     def device(self) -> torch.device:
@@ -183,8 +205,22 @@ class SlideClassifier(nn.Module):
         )
 
 
-def build_model(config: ModelConfig | dict) -> SlideClassifier:
-    """A fresh :class:`SlideClassifier` from a config (or its dict)."""
+def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> SlideClassifier:
+    """A fresh :class:`SlideClassifier` from a config (or its dict).
+
+    ``encoder_weights=False``: a fine-tuned encoder is built without reading
+    its pretrained weights (the checkpoint's state dict fills them); a frozen
+    encoder always reads them from the file its spec names.
+    """
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
-    return SlideClassifier(config)
+    return SlideClassifier(config, encoder_weights=encoder_weights)
+
+
+def _encoder(config: ModelConfig, weights: bool):
+    """``(PatchEncoder, width the head takes)`` of ``config.feature_spec``."""
+    from ..encoders import build_encoder
+
+    encoder = build_encoder(config.feature_spec, frozen=config.feature_frozen, adapter=config.feature_adapter,
+                            pretrained=weights or config.feature_frozen, mpp_tolerance=config.mpp_tolerance)
+    return encoder, encoder.out_features

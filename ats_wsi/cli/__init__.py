@@ -6,6 +6,7 @@ One module per sub-command, each with ``register(subparsers)`` and
   demo      synthetic slides -> train -> predict -> report (README command one)
   train     train an attention-sampling classifier from a manifest CSV
   predict   classify slides (files, folders, globs) with a checkpoint
+  view      a slide in napari with its attention map, boxes and the widget
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import sys
 
 from .. import __version__
 from ..errors import AtsError
-from . import demo, info, predict, train
+from . import demo, info, predict, train, view
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (info, demo, train, predict)
+COMMANDS = (info, demo, train, predict, view)
 
 
 def build_parser() -> argparse.ArgumentParser:

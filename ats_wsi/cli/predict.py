@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import _encoder
 from ._common import HelpFormatter, LibraryLog, check_device, error, format_table, positive_int, progress_bar
 
 
@@ -30,12 +31,28 @@ def register(sub) -> None:
                    help="torch threads per slide (as on dask workers); results are "
                         "equal bit for bit only between runs with the same value")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.4", help="OME-Zarr version of the maps")
+    p.add_argument("--geojson", action="store_true",
+                   help="also write geojson/NAME.geojson: the sampled boxes and the top-attention regions in "
+                        "level-0 pixels, for QuPath (File > Import objects)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     where.add_argument("--workers", type=positive_int, help="start a local dask cluster with N worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     _register_resolution(p)
+    _encoder.register_predict(p)
     p.set_defaults(func=run)
+
+
+def _manifest_mpp(args, model) -> dict[str, float]:
+    """Slide path -> µm/px from the manifests' ``mpp`` column (issue 16)."""
+    from ..data.manifest import is_manifest, read_cohort
+
+    given = {}
+    for item in args.slides:
+        if is_manifest(item):
+            cohort = read_cohort(item, classes=model.config.class_names, require_labels=False)
+            given.update({str(r.path): r.mpp for r in cohort.split(args.split) if getattr(r, "mpp", None)})
+    return given
 
 
 def _register_resolution(p) -> None:
@@ -132,18 +149,21 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return error(f"ats-wsi predict: --split: {exc}")
     # A bad checkpoint fails here, before a cluster is started (its class names read the manifests).
-    model = load_model(args.checkpoint) if manifests else None
+    model = load_model(args.checkpoint, feature_weights=args.feature_weights) if manifests else None
     slides, labels = _slides_and_labels(args, model)
     if not slides:
         return error("ats-wsi predict: no slides found" + (f" in split {args.split!r}" if args.split else ""))
     if args.mpp is not None and not 0 < args.mpp < float("inf"):
         return error(f"ats-wsi predict: --mpp must be a number > 0, got {args.mpp}")
     if model is None:
-        model = load_model(args.checkpoint)
+        model = load_model(args.checkpoint, feature_weights=args.feature_weights)
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,
-                               ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp)
+                               ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
+                               geojson=args.geojson, feature_cache=args.feature_cache,
+                               feature_weights=args.feature_weights,
+                               slide_mpp=_manifest_mpp(args, model) if manifests else {})
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 
     def progress(name, status):

@@ -7,12 +7,13 @@ import os
 import sys
 from pathlib import Path
 
+from . import _encoder
 from ._common import HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std")
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
-FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes"}
+FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes", "feature_frozen": "--freeze-features"}
 
 
 def register(sub) -> None:
@@ -28,8 +29,9 @@ def register(sub) -> None:
     g = p.add_argument_group("model (each flag overrides --config; the defaults shown are ModelConfig's)")
     g.add_argument("--attention-net", help=f"attention net name in ats_wsi.nets (default: {d.attention_net})")
     g.add_argument("--attention-kwargs", type=json_object, help="attention net arguments as JSON (default: {})")
-    g.add_argument("--feature-net", help=f"feature net name: feature-small, feature-medium, timm:resnet18, ... "
-                                         f"(default: {d.feature_net})")
+    g.add_argument("--feature-net", help=f"feature net name: feature-small, feature-medium, timm:resnet18, ..., "
+                                         f"or an encoder file PATH.pt (TorchScript) / PATH.pt2 (torch.export) "
+                                         f"with --feature-spec (default: {d.feature_net})")
     g.add_argument("--feature-kwargs", type=json_object, help="feature net arguments as JSON (default: {})")
     g.add_argument("--feature-dim", type=positive_int, help=f"features per patch (default: {d.feature_dim})")
     g.add_argument("--classes", type=classes, dest="classes", metavar="N|NAME,NAME,...",
@@ -56,6 +58,7 @@ def register(sub) -> None:
     g.add_argument("--std", type=floats(3), metavar="R,G,B",
                    help=f"pixel normalisation std (default: {','.join(f'{v:g}' for v in d.std)})")
     _register_resolution(p)
+    _encoder.register_train(p)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (in all, with --resume)")
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
@@ -142,6 +145,7 @@ def model_config(args: argparse.Namespace):
     if args.low_mpp is not None:
         base.update(low_mpp=args.low_mpp, low_downsample=None)
     _apply_resolution(args, base)
+    _encoder.apply(args, base)
     return ModelConfig.from_user(base, source=args.config)
 
 
@@ -151,14 +155,14 @@ def run(args: argparse.Namespace) -> int:
     from ..run.train import TrainSettings, train
 
     from ..data.manifest import read_cohort
-    from ..errors import ConfigError
+    from ..errors import ConfigError, EncoderError
 
     bad = check_device("train", args.device)
     if bad:
         return error(bad)
     try:
         config = model_config(args)
-    except ConfigError as exc:
+    except (ConfigError, EncoderError) as exc:
         return error(f"ats-wsi train: bad model settings: {exc}")
     if not args.resume:
         cohort = read_cohort(args.manifest, classes=config.class_names)  # a bad manifest fails here
@@ -172,18 +176,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:  # (on resume the checkpoint's config is used)
         try:
             build_model(config)  # unknown net names or arguments fail here, with their message
-        except (ValueError, TypeError, ImportError) as exc:
+        except (ValueError, TypeError, ImportError, EncoderError) as exc:
             return error(f"ats-wsi train: bad model settings: {exc}")
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, workers=args.io_threads, attention_lr=args.attention_lr,
                              schedule=args.schedule, select=args.select,
                              class_weights=None if args.class_weights == "none" else args.class_weights,
-                             skip_unreadable=args.skip_unreadable, open_threads=args.open_threads)
+                             skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
+                             feature_cache=args.feature_cache)
 
     def report(m):
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}  acc {m.train_acc:.3f}  "
-              f"val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.3f}  val_auc {m.val_auc:.3f}  {m.seconds:.1f}s",
-              flush=True)
+              f"val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.3f}  val_auc {m.val_auc:.3f}  {m.seconds:.1f}s"
+              f"{_encoder.cache_note(m)}", flush=True)
 
     out, speaks = Path(args.out), int(os.environ.get("RANK", "0")) == 0  # under torchrun, one process speaks
     with LibraryLog(out / "train.log") as log:

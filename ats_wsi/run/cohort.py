@@ -131,7 +131,8 @@ def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4,
                     bar.update(1)
     if bar is not None:
         bar.close()
-    bad = [Unreadable(r, failed[str(r.path)]) for r in rows if str(r.path) in failed]
+    bad = sorted((Unreadable(r, failed[str(r.path)]) for r in rows if str(r.path) in failed),
+                 key=lambda u: u.row.line)  # in the manifest's order, whatever the split
     return bad, handler.records
 
 

@@ -11,7 +11,10 @@ Outputs of :func:`predict_slides` in ``out_dir``:
 - ``errors.csv``: one row per slide that failed, with the reason;
 - ``maps/<name>.zarr``: the full attention map as OME-Zarr aligned to the
   slide's level-0 coordinates (see :mod:`ats_wsi.outputs`);
-- ``overlays/<name>.png``: thumbnail + heatmap + sampled boxes;
+- ``overlays/<name>.png``: thumbnail + heatmap on the absolute scale (with its
+  colour bar) + the sampled boxes numbered in draw order + the predicted class;
+- ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention
+  regions for QuPath (:mod:`ats_wsi.geojson`);
 - ``.done/<name>.json``: the finished row, written last; a re-run with the
   same checkpoint skips slides that have it.
 
@@ -36,9 +39,11 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..classifier import SlideClassifier, checkpoint_id, load_model
+from ..encoders import attach_feature_cache
 from ..errors import CheckpointError
 from ..atomic import write_csv_atomic, write_json_atomic
-from ..outputs import render_overlay, write_attention_zarr, write_overlay_png
+from ..geojson import write_geojson
+from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
 
 __all__ = ["predict_slides", "PredictSettings", "output_names", "run_key"]
 
@@ -60,11 +65,19 @@ class PredictSettings:
     workers: int = 2
     ngff_version: str = "0.4"
     overlay_size: int = 1024
+    geojson: bool = False
+    """Also write ``geojson/<name>.geojson`` (boxes and top-attention regions for QuPath, ``--geojson``)."""
     torch_threads: int = 1
     checkpoint_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     mpp: float | None = None
     """Level-0 µm/px given for every slide, overriding its metadata (``--mpp``)."""
+    slide_mpp: dict[str, float] = field(default_factory=dict)
+    """Level-0 µm/px of single slides by path (a manifest's ``mpp`` column); before ``mpp``."""
+    feature_cache: str | None = None
+    """Folder of a frozen encoder's features per patch box (``--feature-cache``)."""
+    feature_weights: str | None = None
+    """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -89,7 +102,8 @@ def _model_for(settings: PredictSettings) -> SlideClassifier:
     key = (settings.checkpoint, settings.checkpoint_id, settings.device)
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = load_model(settings.checkpoint, settings.device)
+        _MODELS[key] = load_model(settings.checkpoint, settings.device, feature_weights=settings.feature_weights)
+    attach_feature_cache(_MODELS[key], settings.feature_cache)
     return _MODELS[key]
 
 
@@ -103,8 +117,10 @@ def run_key(settings: PredictSettings) -> str:
     """
     parts = [settings.checkpoint_id, settings.samples, settings.n_patches, settings.seed,
              settings.deterministic, settings.ngff_version, settings.overlay_size]
-    if settings.mpp is not None:  # (absent otherwise: keys of earlier runs stay valid)
-        parts.append(["mpp", settings.mpp])
+    if settings.mpp is not None or settings.slide_mpp:  # (absent otherwise: keys of earlier runs stay valid)
+        parts.append(["mpp", settings.mpp, sorted(settings.slide_mpp.items())])
+    if settings.geojson:  # (absent otherwise, as above)
+        parts.append("geojson")
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -145,7 +161,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
 
     out = Path(settings.out_dir)
     model = _model_for(settings)
-    with _torch_threads(settings.torch_threads), open_slide(path, mpp=settings.mpp) as slide:
+    mpp = settings.slide_mpp.get(str(path), settings.mpp)
+    with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers)
         write_attention_zarr(
@@ -153,13 +170,19 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
             origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
             metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
                       "probabilities": [float(v) for v in pred.probabilities],
-                      "predicted": pred.predicted, "low_downsample": pred.low_downsample},
+                      "predicted": pred.predicted, "low_downsample": pred.low_downsample,
+                      "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
+                      "boxes_xywh": pred.boxes_xywh.tolist(),
+                      "box_attention": [float(v) for v in pred.box_attention]},
         )
         thumb = slide.thumbnail(settings.overlay_size)
         thumb_ds = slide.dimensions[0] / thumb.shape[1]
         image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
-                               origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh)
+                               origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh,
+                               title=prediction_title(pred.predicted_name, pred.probabilities[pred.predicted]))
         write_overlay_png(out / "overlays" / f"{name}.png", image)
+        if settings.geojson:
+            write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path))
     row = {
         "slide": str(path),
         "name": name,
@@ -210,7 +233,7 @@ def _clean_leftovers(out: Path) -> None:
     """Remove temporaries a killed run left behind (their names contain .tmp-)."""
     import shutil
 
-    for folder in (out, out / "maps", out / "overlays", out / ".done"):
+    for folder in (out, out / "maps", out / "overlays", out / "geojson", out / ".done"):
         if folder.is_dir():
             for p in folder.iterdir():
                 if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
@@ -246,7 +269,8 @@ def predict_slides(
         raise CheckpointError(settings.checkpoint, "no such checkpoint file")
     settings.checkpoint_id = checkpoint_id(settings.checkpoint)
     # A checkpoint that does not load fails the run here, not slide by slide.
-    model = _model_for(settings) if executor is None else load_model(settings.checkpoint, "cpu")
+    model = (_model_for(settings) if executor is None
+             else load_model(settings.checkpoint, "cpu", feature_weights=settings.feature_weights))
     n_classes = int(model.config.n_classes)
     settings.out_dir = os.path.abspath(settings.out_dir)
     key = run_key(settings)

@@ -27,6 +27,7 @@ from torch import nn
 from ..classifier import ModelConfig, SlideClassifier, SlideInput, SlideInputs, build_model
 from ..classifier.checkpoint import read_checkpoint, save_checkpoint
 from ..data.manifest import ManifestRow, read_cohort
+from ..encoders import attach_feature_cache
 from ..errors import CheckpointError, ManifestError
 from ..atomic import write_csv_atomic, write_json_atomic
 from ..metrics import roc_auc
@@ -63,6 +64,8 @@ class TrainSettings:
     """Train on the readable slides and list the others in ``skipped.csv`` (else: fail, naming them all)."""
     open_threads: int = 4
     """Threads that open the slides (and read their low views) before the first epoch."""
+    feature_cache: str | None = None
+    """Folder of a frozen encoder's features per patch box (``--feature-cache``; in memory as well)."""
 
 
 @dataclass
@@ -76,6 +79,10 @@ class EpochMetrics:
     lr: float
     val_auc: float = float("nan")
     """ROC AUC of the validation slides (one-vs-rest macro for > 2 classes; NaN with one class)."""
+    feature_hits: int = 0
+    """Patch boxes whose features the feature cache served this epoch (training and validation)."""
+    feature_misses: int = 0
+    """Patch boxes encoded this epoch because the feature cache lacked them."""
 
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr"]
@@ -263,6 +270,7 @@ def train(
                                                rank=procs.rank, progress=progress)
             torch.manual_seed(settings.seed)
             model: SlideClassifier = build_model(config).to(procs.device)
+            cache = attach_feature_cache(model, settings.feature_cache)
             optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr,
                                           weight_decay=settings.weight_decay)
             if payload is not None:
@@ -282,8 +290,10 @@ def train(
                 train_loss, train_acc = epoch.run(index, inputs, progress)
                 val_loss, val_acc, val_auc = (_evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
                                               if procs.rank == 0 else (0.0, 0.0, 0.0))
+                stats = cache.take_stats() if cache is not None else {"hits": 0, "misses": 0}
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
-                                       time.perf_counter() - t0, optimizer.param_groups[0]["lr"], val_auc)
+                                       time.perf_counter() - t0, optimizer.param_groups[0]["lr"], val_auc,
+                                       feature_hits=stats["hits"], feature_misses=stats["misses"])
                 history.append(metrics)
                 if procs.rank == 0:
                     _save_epoch(out, model, optimizer, metrics, history, settings)
@@ -390,11 +400,12 @@ def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
 
     Each group carries its ``base_lr``, which :func:`_set_lr` scales per epoch.
     """
+    trained = [p for p in model.parameters() if p.requires_grad]  # not a frozen encoder's
     if settings.attention_lr is None:
-        return [{"params": list(model.parameters()), "base_lr": settings.lr}]
+        return [{"params": trained, "base_lr": settings.lr}]
     attention = list(model.sampler.attention_net.parameters())
     ids = {id(p) for p in attention}
-    rest = [p for p in model.parameters() if id(p) not in ids]
+    rest = [p for p in trained if id(p) not in ids]
     return [{"params": rest, "base_lr": settings.lr},
             {"params": attention, "lr": settings.attention_lr, "base_lr": settings.attention_lr}]
 
@@ -447,7 +458,8 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
     if best.epoch == metrics.epoch or (not (out / "best.pt").is_file() and best_ckpt.is_file()):
         with atomic_path(out / "best.pt") as tmp:
             shutil.copyfile(best_ckpt, tmp)
-    write_csv_atomic(out / "metrics.csv", [asdict(m) for m in history], METRIC_FIELDS)
+    cached = ["feature_hits", "feature_misses"] if settings.feature_cache else []
+    write_csv_atomic(out / "metrics.csv", [asdict(m) for m in history], METRIC_FIELDS + cached)
 
 
 def _progress(total: int, desc: str, enabled: bool):

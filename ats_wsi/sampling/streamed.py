@@ -79,17 +79,19 @@ def pool_mask(read_mask: ReadMask, shape: tuple[int, int], map_shape: tuple[int,
         that mean's rounding.
     """
     (H, W), (h, w) = (int(v) for v in shape), (int(v) for v in map_shape)
+    if H * W >= 2**31:
+        raise SamplingError(f"a pixel mask of {H} x {W} is too large to count in int32")
     col_start, col_stop = _bins(w, W)
+    all_start, all_stop = _bins(h, H)
     out = None
     for r0, r1 in _row_blocks(h, w, block_cells):
-        row_start, row_stop = _bins(h, H)
-        row_start, row_stop = row_start[r0:r1], row_stop[r0:r1]
+        row_start, row_stop = all_start[r0:r1], all_stop[r0:r1]
         p0, p1 = int(row_start[0]), int(row_stop[-1])
         m = torch.as_tensor(read_mask(p0, 0, p1 - p0, W))
         if tuple(m.shape) != (p1 - p0, W):
             raise SamplingError(f"read_mask({p0}, 0, {p1 - p0}, {W}) returned shape {tuple(m.shape)}")
-        integral = torch.zeros((p1 - p0 + 1, W + 1), dtype=torch.int64, device=m.device)
-        integral[1:, 1:] = m.to(torch.int64).cumsum(0).cumsum(1)
+        integral = torch.zeros((p1 - p0 + 1, W + 1), dtype=torch.int32, device=m.device)
+        torch.cumsum(m.to(torch.int32).cumsum(0, dtype=torch.int32), 1, dtype=torch.int32, out=integral[1:, 1:])
         rs, re = (row_start - p0).to(m.device), (row_stop - p0).to(m.device)
         cs, ce = col_start.to(m.device), col_stop.to(m.device)
         counts = (integral[re][:, ce] - integral[rs][:, ce] - integral[re][:, cs] + integral[rs][:, cs])

@@ -14,8 +14,7 @@ This package never imports torch.
 """
 from ._cache import TileCache
 from ._levels import level_origin
-from ._open import open_slide
-from ._surface import detect_format
+from ._open import detect_format, open_slide
 from ._tissue import tissue_mask
 from .formats import SLIDE_SUFFIXES, find_slides, is_slide_path
 from .lowview import LowView, read_low_view

@@ -1,4 +1,5 @@
-"""Argument checks of the Slide's read methods, and the bound on computed-level work.
+"""Argument checks of the Slide's read methods, the bound on computed-level work,
+and checks of what a file claims (tile tables, third-party error messages).
 
 Every malformed argument (``None``, one number where a pair is due, floats,
 NaN, infinities) becomes a :class:`~ats_wsi.errors.RegionError` naming the
@@ -7,8 +8,11 @@ slide, never a ``TypeError`` from deep inside numpy.
 from __future__ import annotations
 
 import operator
+import re
 
-from ..errors import DerivedLevelError, RegionError
+import numpy as np
+
+from ..errors import CorruptSlideError, DerivedLevelError, RegionError
 
 MAX_DERIVED_PIXELS = 1 << 32
 """Most level-0 pixels one read of a computed level may decode: 2**32 (a
@@ -80,3 +84,48 @@ def check_derive_cost(slide, level: int, x: int, y: int, w: int, h: int) -> None
                         f"reading this region of computed level {level} would decode {cost:.3g} level-0 pixels, "
                         f"more than MAX_DERIVED_PIXELS ({MAX_DERIVED_PIXELS:.3g}); store the slide with a "
                         f"pyramid (e.g. vips tiffsave --tile --pyramid) or read a smaller region")
+
+
+_BYTES_REPR = re.compile(r"""b(['"]).*?(?<!\\)\1""")
+
+
+def describe_error(exc: BaseException) -> str:
+    """A third-party exception in words, with any quoted bytes taken out (they
+    may be the file's content) and cut to 300 characters."""
+    text = _BYTES_REPR.sub("<bytes>", str(exc)) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def tile_table(path: str, what: str, page, file_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A page's tile offsets and byte counts as int64, checked to fit the file.
+
+    BigTIFF stores them as unsigned 64-bit numbers: a value of 2**63 or more
+    (or any past the end of the file) is corruption, not an overflow.
+    """
+    offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64).ravel()
+    counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64).ravel()
+    limit = np.uint64(file_size)
+    if len(offsets) == len(counts):
+        bad = ((offsets > limit) | (counts > limit)) & (counts > 0)  # an empty tile's offset means nothing
+    else:  # the caller reports the mismatch
+        bad = offsets > limit
+    if bad.any():
+        raise CorruptSlideError(path, f"truncated or corrupt: {int(bad.sum())} of {len(offsets)} tiles of "
+                                      f"{what} lie beyond the end of the file ({file_size} bytes)")
+    return offsets.astype(np.int64), counts.astype(np.int64)
+
+
+def data_table(bytecounts: np.ndarray, level) -> np.ndarray:
+    """Summed-area table int64 [rows + 1, cols + 1] of a level's tiles that hold data."""
+    grid = (bytecounts > 0).reshape(level.rows, level.cols)
+    table = np.zeros((level.rows + 1, level.cols + 1), np.int64)
+    table[1:, 1:] = grid.cumsum(0).cumsum(1)
+    return table
+
+
+def data_pixels(table: np.ndarray, level, x0: int, y0: int, x1: int, y1: int) -> int:
+    """Pixels (whole tiles) of the tiles holding data that meet ``[x0, x1) x [y0, y1)``."""
+    c0, r0 = x0 // level.tile_width, y0 // level.tile_height
+    c1, r1 = -(-x1 // level.tile_width), -(-y1 // level.tile_height)
+    tiles = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    return int(tiles) * level.tile_width * level.tile_height

@@ -7,10 +7,12 @@ is set here.
 """
 from __future__ import annotations
 
+import os
+
 from ._detect import open_path
 from .slide import Slide
 
-__all__ = ["open_slide"]
+__all__ = ["detect_format", "open_slide"]
 
 
 def open_slide(path, backend: str = "auto", *, mpp: float | None = None, srgb: bool = False) -> Slide:
@@ -55,4 +57,44 @@ def open_slide(path, backend: str = "auto", *, mpp: float | None = None, srgb: b
     return slide
 
 
+def detect_format(path) -> str | None:
+    """The format name of a slide file, or None when no backend reads it.
+
+    For every file openslide reads this is openslide's own answer
+    (``OpenSlide.detect_format``: ``"aperio"``, ``"generic-tiff"`` (also for
+    OME-TIFF), ``"hamamatsu"``, ...); for what only ats-wsi reads, the name
+    :attr:`Slide.format` would say (``"generic-tiff"`` for stripped TIFFs,
+    ``"ome-zarr"``, ``"zarr"``). Nothing is decoded; it never raises for an
+    unreadable path.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        from ._zarr import ZarrSlide, is_zarr_dir
+
+        if not is_zarr_dir(path):
+            return None
+        try:
+            with ZarrSlide(path) as slide:
+                return slide.format
+        except Exception:  # not a slide: detection never raises
+            return None
+    try:
+        import openslide
+
+        vendor = openslide.OpenSlide.detect_format(path)
+    except Exception:  # openslide missing, unreadable file
+        vendor = None
+    if vendor is not None:
+        return vendor
+    try:
+        from ._tifffile import inspect_tiff
+
+        fmt = inspect_tiff(path, fast_only=False).format
+    except Exception:  # not a TIFF this package reads
+        return None
+    return "generic-tiff" if fmt == "ome-tiff" else fmt
+
+
 Slide._opener = staticmethod(open_slide)  # a pickled Slide reopens by path and backend
+Slide._format_detector = staticmethod(detect_format)  # Slide.detect_format, as openslide has it
+

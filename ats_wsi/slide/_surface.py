@@ -1,6 +1,10 @@
-"""Openslide's surface beyond levels and pixels: associated images, the colour
+"""The part of a Slide's public surface built on its reads.
+
+Openslide's names beyond levels and pixels: associated images, the colour
 profile (and the opt-in conversion to sRGB), ``get_thumbnail`` and
-``detect_format``.
+``detect_format``; and ats-wsi's own whole-slide calls on the
+:attr:`~ats_wsi.slide.Slide.pyramid`: ``level_for``, ``level_array``,
+``thumbnail``.
 
 :class:`OpenSlideSurface` is a base of :class:`~ats_wsi.slide.Slide`; the
 backends supply three hooks (``_associated_names``, ``_read_associated``,
@@ -16,7 +20,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["AssociatedImages", "OpenSlideSurface", "detect_format", "thumbnail_size"]
+from ..errors import RegionError, SlideError
+from ._checks import positive_number
+from ._levels import nearest_level, thumbnail_geometry
+
+__all__ = ["TISSUE_DOWNSAMPLE", "AssociatedImages", "OpenSlideSurface", "thumbnail_size"]
+
+TISSUE_DOWNSAMPLE = 32.0
+"""``tissue_mask(level=None)`` works at the level nearest to this downsample
+(about 1.25x objective for a 40x scan)."""
 
 
 def thumbnail_size(width: int, height: int, size) -> tuple[int, int]:
@@ -67,21 +79,6 @@ class AssociatedImages(Mapping):
         return f"<AssociatedImages {list(self._names)!r}>"
 
 
-def rgba_image(pixels: np.ndarray, icc: bytes | None = None):
-    """PIL ``RGBA`` image (alpha 255) of uint8 (rows, cols), (rows, cols, 3) or (rows, cols, 4)."""
-    from PIL import Image
-
-    pixels = np.asarray(pixels)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    rgba = np.full((*pixels.shape[:2], 4), 255, np.uint8)
-    rgba[:, :, :3] = pixels[:, :, :3]
-    image = Image.fromarray(rgba, "RGBA")
-    if icc:
-        image.info["icc_profile"] = icc
-    return image
-
-
 def srgb_transform(icc: bytes):
     """A PIL ImageCms transform from the ``icc`` profile to sRGB (RGB -> RGB, perceptual)."""
     from io import BytesIO
@@ -102,53 +99,18 @@ def to_srgb(transform, pixels: np.ndarray) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
-def detect_format(path) -> str | None:
-    """The format name of a slide file, or None when no backend reads it.
-
-    For every file openslide reads this is openslide's own answer
-    (``OpenSlide.detect_format``: ``"aperio"``, ``"generic-tiff"`` (also for
-    OME-TIFF), ``"hamamatsu"``, ...); for what only ats-wsi reads, the name
-    :attr:`Slide.format` would say (``"generic-tiff"`` for stripped TIFFs,
-    ``"ome-zarr"``, ``"zarr"``). Nothing is decoded; it never raises for an
-    unreadable path.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        from ._zarr import ZarrSlide, is_zarr_dir
-
-        if not is_zarr_dir(path):
-            return None
-        try:
-            with ZarrSlide(path) as slide:
-                return slide.format
-        except Exception:  # not a slide: detection never raises
-            return None
-    try:
-        import openslide
-
-        vendor = openslide.OpenSlide.detect_format(path)
-    except Exception:  # openslide missing, unreadable file
-        vendor = None
-    if vendor is not None:
-        return vendor
-    try:
-        from ._tifffile import inspect_tiff
-
-        fmt = inspect_tiff(path, fast_only=False).format
-    except Exception:  # not a TIFF this package reads
-        return None
-    return "generic-tiff" if fmt == "ome-tiff" else fmt
-
-
 class OpenSlideSurface:
     """The part of :class:`~ats_wsi.slide.Slide` that mirrors openslide-python
     beyond levels and pixels (associated images, colour profile, thumbnail,
     format detection)."""
 
+    _format_detector = None
+    """``ats_wsi.slide.detect_format``, set by :mod:`._open` (this module must not import the backends)."""
+
     @classmethod
     def detect_format(cls, path) -> str | None:
         """The slide's format name, or None (see :func:`ats_wsi.slide.detect_format`)."""
-        return detect_format(path)
+        return cls._format_detector(path)
 
     @property
     def associated_images(self) -> AssociatedImages:
@@ -217,6 +179,76 @@ class OpenSlideSurface:
         if icc is not None and self._srgb is None:
             thumb.info["icc_profile"] = icc
         return thumb
+
+    def level_for(self, downsample: float | None = None, mpp: float | None = None) -> int:
+        """The :attr:`pyramid` level nearest to a downsample or to a resolution.
+
+        Args:
+            downsample: wanted downsample w.r.t. level 0 (> 0), or
+            mpp: wanted µm per pixel (> 0); needs ``self.mpp``.
+
+        Returns:
+            the level whose downsample is nearest on a log scale (the finer
+            one on a tie).
+        """
+        if (downsample is None) == (mpp is None):
+            raise TypeError("level_for takes exactly one of downsample= or mpp=")
+        if mpp is not None:
+            if self.mpp is None:
+                raise SlideError(self.path, "the slide has no known resolution (mpp), so no level can be chosen by mpp")
+            downsample = positive_number(mpp, "mpp", self.path) / self.mpp
+        return nearest_level(self._levels, positive_number(downsample, "downsample", self.path))
+
+    def level_array(self, level: int):
+        """A level as a lazy ``dask.array`` uint8 (height, width, 3), one chunk per tile.
+
+        Nothing is read until computed; each chunk is one :meth:`read_tile`.
+        The array pickles with the slide (it reopens by path in workers).
+        """
+        from ._array import level_array
+
+        return level_array(self, level)
+
+    def thumbnail(self, max_size: int | tuple[int, int] = 512) -> np.ndarray:
+        """The whole slide, shrunk to fit in ``max_size``.
+
+        Args:
+            max_size: largest (width, height) in pixels, or one int for both.
+
+        Returns:
+            uint8 (rows, cols, 3), aspect ratio kept, never larger than level 0.
+            Read from the coarsest level at least as large as the result (so
+            never level 0 of a pyramid), then area-resampled.
+        """
+        try:
+            level, (out_w, out_h) = thumbnail_geometry(self._levels, max_size)
+        except (TypeError, ValueError, OverflowError):
+            raise RegionError(self.path, f"max_size must be an int >= 1 or a (width, height) pair, "
+                                         f"got {max_size!r}") from None
+        img = self.read_level(level)
+        if img.shape[:2] == (out_h, out_w):
+            return img
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.Resampling.BOX))
+
+    def tissue_mask(self, level: int | None = None) -> np.ndarray:
+        """Foreground (tissue) mask by Otsu's threshold on HSV saturation.
+
+        Args:
+            level: level to threshold; None picks ``level_for(downsample=
+                TISSUE_DOWNSAMPLE)`` (nearest to 32x, the coarsest level if the
+                pyramid stops above it).
+
+        Returns:
+            bool (rows, cols) of that level: True where saturation is above
+            the Otsu threshold. Black fill and white glass have saturation 0.
+        """
+        from ._tissue import tissue_mask
+
+        if level is None:
+            level = self.level_for(downsample=TISSUE_DOWNSAMPLE)
+        return tissue_mask(self.read_level(level))
 
     # ------------------------------------------------------------ backend hooks
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
+
 QUICKHASH_MAX_BYTES = 5 << 20
 """openslide hashes the smallest level only when its tiles hold at most this many bytes."""
 
@@ -142,9 +144,40 @@ def associated_properties(tif, associated: dict) -> dict[str, str]:
     return props
 
 
+def rgba_image(pixels: np.ndarray, icc: bytes | None = None):
+    """PIL ``RGBA`` image (alpha 255) of uint8 (rows, cols), (rows, cols, 3) or (rows, cols, 4)."""
+    from PIL import Image
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    rgba = np.full((*pixels.shape[:2], 4), 255, np.uint8)
+    rgba[:, :, :3] = pixels[:, :, :3]
+    image = Image.fromarray(rgba, "RGBA")
+    if icc:
+        image.info["icc_profile"] = icc
+    return image
+
+
 def read_page(path: str, index: int):
     """uint8 pixels of one page, decoded by tifffile ((rows, cols) or (rows, cols, samples))."""
     import tifffile
 
     with tifffile.TiffFile(os.fspath(path)) as tif:
         return _page(tif, index).asarray()
+
+
+def openslide_extras(path: str, tif, fmt: str, page0, props: dict):
+    """Add openslide's quickhash-1, icc-size and associated-image properties to
+    ``props``; return (associated images, level 0's ICC profile)."""
+    vendor = "aperio" if fmt == "aperio" else "generic-tiff"  # openslide reads OME-TIFF as generic
+    props["openslide.vendor"] = vendor
+    quickhash = quickhash1(path, tif, vendor)
+    if quickhash is not None:
+        props["openslide.quickhash-1"] = quickhash
+    icc = icc_profile(page0)
+    if icc is not None:
+        props["openslide.icc-size"] = str(len(icc))
+    associated = aperio_associated(tif) if vendor == "aperio" else {}
+    props.update(associated_properties(tif, associated))
+    return associated, icc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
 from . import _tiffextras, _tiffmeta
 from ._cache import reset_after_fork
+from ._checks import data_pixels, data_table, describe_error as _describe, tile_table as _tile_table
 from ._jpeg import JpegDataError, decode_tile
 from ._levels import Level
 from .slide import Slide
@@ -47,16 +47,6 @@ class TiffParseError(CorruptSlideError):
     before giving up); truncation is reported as a plain CorruptSlideError."""
 
 
-_BYTES_REPR = re.compile(r"""b(['"]).*?(?<!\\)\1""")
-
-
-def _describe(exc: BaseException) -> str:
-    """A third-party exception in words, with any quoted bytes taken out (they
-    may be the file's content) and cut to 300 characters."""
-    text = _BYTES_REPR.sub("<bytes>", str(exc)) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 class _LogCapture(logging.Filter):
     """Sees tifffile's log records (and lets them through unchanged), keeping the
     messages of the threads that asked for them."""
@@ -77,13 +67,8 @@ _capture_installed = False
 _install_lock = threading.Lock()
 
 
-def _new_install_lock() -> None:
-    global _install_lock
-    _install_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_install_lock)
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held it would wait for ever
+    os.register_at_fork(after_in_child=lambda: globals().update(_install_lock=threading.Lock()))
 
 
 @contextmanager
@@ -154,7 +139,7 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
                 pages = _tiffextras.aperio_levels(tif)
             levels = [_tiff_level(path, i, page, size, fast_only) for i, page in enumerate(pages)]
             fmt, props, mpp_xy = _metadata(tif, pages[0])
-            associated, icc = _openslide_extras(path, tif, fmt, pages[0], props)
+            associated, icc = _tiffextras.openslide_extras(path, tif, fmt, pages[0], props)
         except (CorruptSlideError, NotForTifffile):
             raise
         except Exception as exc:
@@ -248,26 +233,6 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
                      int(page.photometric), bool(getattr(page, "is_jfif", False)))
 
 
-def _tile_table(path: str, what: str, page, file_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A page's tile offsets and byte counts as int64, checked to fit the file.
-
-    BigTIFF stores them as unsigned 64-bit numbers: a value of 2**63 or more
-    (or any past the end of the file) is corruption, not an overflow.
-    """
-    offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64).ravel()
-    counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64).ravel()
-    limit = np.uint64(file_size)
-    if len(offsets) == len(counts):
-        bad = ((offsets > limit) | (counts > limit)) & (counts > 0)  # an empty tile's offset means nothing
-    else:  # the caller reports the mismatch
-        bad = offsets > limit
-    if bad.any():
-        raise CorruptSlideError(path, f"{int(bad.sum())} of {len(offsets)} tiles of {what} have an offset or "
-                                      f"byte count past the end of the file ({file_size} bytes): "
-                                      f"truncated or corrupt")
-    return offsets.astype(np.int64), counts.astype(np.int64)
-
-
 def _can_decode(compression: int) -> bool:
     import tifffile
 
@@ -298,22 +263,6 @@ def _metadata(tif, page0):
     if mpp_xy is None:
         mpp_xy = _tiffmeta.resolution_mpp(page0)
     return fmt, props, mpp_xy
-
-
-def _openslide_extras(path: str, tif, fmt: str, page0, props: dict):
-    """Add openslide's quickhash-1, icc-size and associated-image properties to
-    ``props``; return (associated images, level 0's ICC profile)."""
-    vendor = "aperio" if fmt == "aperio" else "generic-tiff"  # openslide reads OME-TIFF as generic
-    props["openslide.vendor"] = vendor
-    quickhash = _tiffextras.quickhash1(path, tif, vendor)
-    if quickhash is not None:
-        props["openslide.quickhash-1"] = quickhash
-    icc = _tiffextras.icc_profile(page0)
-    if icc is not None:
-        props["openslide.icc-size"] = str(len(icc))
-    associated = _tiffextras.aperio_associated(tif) if vendor == "aperio" else {}
-    props.update(_tiffextras.associated_properties(tif, associated))
-    return associated, icc
 
 
 class _PositionalFile:
@@ -420,33 +369,21 @@ class TiffSlide(Slide):
         return tuple(self._associated)
 
     def _read_associated(self, name: str):
-        from ._surface import rgba_image
-
         index, icc = self._associated[name]
         try:
             pixels = _tiffextras.read_page(self.path, index)
         except Exception as exc:  # codec errors come in many types
             raise CorruptSlideError(self.path, f"cannot decode associated image {name!r}: {exc}") from exc
-        return rgba_image(pixels, icc)
+        return _tiffextras.rgba_image(pixels, icc)
 
     def _icc_bytes(self) -> bytes | None:
         return self._icc
 
     def _stored_data_pixels(self, x0: int, y0: int, x1: int, y1: int) -> int:
-        """Level-0 pixels under the box in tiles that hold data (byte count > 0),
-        counted in whole tiles, from a summed-area table of the tile grid."""
-        table = self._data_table
-        if table is None:
-            lv = self._tiff_levels[0].level
-            grid = (self._tiff_levels[0].bytecounts > 0).reshape(lv.rows, lv.cols)
-            table = np.zeros((lv.rows + 1, lv.cols + 1), np.int64)
-            table[1:, 1:] = grid.cumsum(0).cumsum(1)
-            self._data_table = table
-        lv = self._tiff_levels[0].level
-        c0, r0 = x0 // lv.tile_width, y0 // lv.tile_height
-        c1, r1 = -(-x1 // lv.tile_width), -(-y1 // lv.tile_height)
-        tiles = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
-        return int(tiles) * lv.tile_width * lv.tile_height
+        """Level-0 pixels under the box in tiles that hold data (byte count > 0)."""
+        if self._data_table is None:
+            self._data_table = data_table(self._tiff_levels[0].bytecounts, self._tiff_levels[0].level)
+        return data_pixels(self._data_table, self._tiff_levels[0].level, x0, y0, x1, y1)
 
     _data_table = None
 

@@ -42,8 +42,9 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
     ``(max - min) / max`` scaled to 255; 0 where ``max == 0`` (black fill).
     """
-    hi = rgb.max(axis=-1).astype(np.uint16)
-    lo = rgb.min(axis=-1).astype(np.uint16)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # elementwise: far faster than a reduce over a last axis of 3
+    hi = np.maximum(np.maximum(r, g), b).astype(np.uint16)
+    lo = np.minimum(np.minimum(r, g), b).astype(np.uint16)
     sat = np.zeros(hi.shape, np.uint16)
     np.floor_divide((hi - lo) * 255, hi, out=sat, where=hi > 0)
     return sat.astype(np.uint8)

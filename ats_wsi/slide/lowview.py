@@ -97,7 +97,10 @@ class LowViewReader:
             raise TypeError("read_low_view takes exactly one of downsample= or mpp=")
         if mpp is not None:
             if slide.mpp is None:
-                raise SlideError(slide.path, f"the slide has no known µm/px, so it cannot be read at {mpp} µm/px")
+                from ..errors import ResolutionError  # (a SlideError)
+                from .resolution import missing_mpp_reason
+
+                raise ResolutionError(slide.path, missing_mpp_reason(f"the low view at {mpp:g} µm/px was asked for"))
             downsample = float(mpp) / slide.mpp
         downsample = float(downsample)
         self.slide = slide

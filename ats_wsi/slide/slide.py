@@ -44,7 +44,7 @@ from ._levels import (
     ComputedTiles, Level, best_level_for_downsample, complete_levels, level_origin, nearest_level,
     openslide_properties, paste_tiles, thumbnail_geometry,
 )
-from ._surface import OpenSlideSurface
+from ._surface import TISSUE_DOWNSAMPLE, OpenSlideSurface
 
 __all__ = ["FILL_VALUE", "MAX_DERIVED_PIXELS", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide"]
 
@@ -59,11 +59,6 @@ use ``level_array`` (lazy, tiled) instead."""
 
 COMPUTED_CACHE_BYTES = 64 << 20
 """Bytes of computed-level tiles each Slide keeps (LRU, see ``ComputedTiles``)."""
-
-TISSUE_DOWNSAMPLE = 32.0
-"""``tissue_mask(level=None)`` works at the level nearest to this downsample
-(about 1.25x objective for a 40x scan)."""
-
 
 def _as_int(value, what: str, path) -> int:
     try:
@@ -137,17 +132,14 @@ class Slide(OpenSlideSurface):
 
     @property
     def pyramid(self) -> tuple[Level, ...]:
-        """Every level a read can use: the stored levels, then computed ones.
+        """Every level a read can use: the stored ones (``pyramid[:level_count]``), then computed ones.
 
-        A slide stored with a single level gets computed 2x levels (block
-        means, made lazily; :mod:`._levels`) until one fits in a tile, so a
-        viewer or the low view never has to read level 0 whole. Each entry is
-        a :class:`~ats_wsi.slide._levels.Level` (``width``, ``height``,
-        ``tile_width``, ``tile_height``, ``downsample``, ``computed``); index
-        ``k`` is the ``level`` argument of ``read_region``, ``read_tile``,
-        ``read_level``, ``level_array``, ``tile_size`` and ``tile_grid``, and
-        ``level_for`` chooses among them. ``pyramid[:level_count]`` are the
-        stored levels that openslide's attributes describe.
+        A single stored level gets computed 2x levels (lazy block means,
+        :mod:`._levels`) until one fits in a tile, so a viewer or the low view
+        never reads level 0 whole. Each entry is a ``Level`` (``width``,
+        ``height``, ``tile_width``, ``tile_height``, ``downsample``,
+        ``computed``); index ``k`` is the ``level`` of every read method and
+        ``level_for`` chooses among them.
         """
         return self._levels
 

@@ -209,14 +209,22 @@ def attention_layer_data(attention_map, *, name: str = "attention") -> LayerData
     The layer's ``scale`` and ``translate`` are the map's NGFF transform (µm
     when the slide's mpp was known, else level-0 pixels), so it lies exactly
     over the slide layer, whose level-0 pixel (r, c) sits at (r, c) × mpp.
+    Its values are on the absolute scale of the overlays
+    (:func:`ats_wsi.outputs.attention_scale`: attention × number of cells,
+    1 = uniform) with fixed contrast limits ``(0, ATTENTION_SCALE_MAX)``, so a
+    colour means the same on every slide; ``metadata["attention_scale"]`` is
+    the factor (the writer divides it out again).
     """
-    data = np.asarray(attention_map.data, dtype=np.float32)
+    from ats_wsi.outputs import ATTENTION_SCALE_MAX, attention_scale
+
+    raw = np.asarray(attention_map.data, dtype=np.float32)
+    data = attention_scale(raw)
     kwargs: dict[str, Any] = {
         "name": name,
         "colormap": heatmap_colormap(),
         "opacity": HEATMAP_OPACITY,
         "blending": HEATMAP_BLENDING,
-        "contrast_limits": _contrast_limits(data),
+        "contrast_limits": (0.0, ATTENTION_SCALE_MAX),
         "scale": tuple(float(v) for v in attention_map.scale),
         "translate": tuple(float(v) for v in attention_map.translation),
         "metadata": {
@@ -225,12 +233,71 @@ def attention_layer_data(attention_map, *, name: str = "attention") -> LayerData
             "origin_xy": [float(v) for v in attention_map.origin_xy],
             "mpp": attention_map.mpp,
             "unit": attention_map.unit,
+            "attention_scale": float(raw.size),
             "map_metadata": dict(attention_map.metadata),
         },
     }
     if attention_map.unit == "micrometer":
         kwargs["units"] = ("micrometer", "micrometer")
     return data, kwargs, "image"
+
+
+def box_rectangles(boxes_xywh: np.ndarray) -> np.ndarray:
+    """Rectangles for a Shapes layer from level-0 boxes.
+
+    Args:
+        boxes_xywh: int [n, 4], (x, y, w, h) in level-0 pixels.
+
+    Returns:
+        float [n, 2, 2]: for each box its top-left and bottom-right corners as
+        (row, col) in level-0 pixel-centre coordinates (napari's convention:
+        pixel x spans x - 0.5 .. x + 0.5), so a box covering pixels
+        x .. x + w - 1 has its edges at x - 0.5 and x + w - 0.5.
+    """
+    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    x, y, w, h = b.T
+    top_left = np.stack([y - 0.5, x - 0.5], axis=1)
+    bottom_right = np.stack([y + h - 0.5, x + w - 0.5], axis=1)
+    return np.stack([top_left, bottom_right], axis=1)
+
+
+def boxes_layer_data(boxes_xywh, box_attention, *, name: str, scale_yx=(1.0, 1.0), translate_yx=(0.0, 0.0),
+                     micrometer: bool = False, level0_extent: float = 1.0, slide: str | None = None) -> LayerData:
+    """Layer data of sampled boxes: a Shapes layer of rectangles in level-0 pixels,
+    numbered in draw order (1, 2, ...), edge colour by attention.
+
+    Args:
+        boxes_xywh: int [n, 4], (x, y, w, h) in level-0 pixels, in draw order.
+        box_attention: float [n], each box's attention.
+        scale_yx, translate_yx: the slide layer's transform (µm per level-0
+            pixel when ``micrometer``).
+        level0_extent: the slide's larger side in level-0 pixels (edge width).
+    """
+    from napari.utils.colormaps import Colormap
+
+    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    attention = np.asarray(box_attention, dtype=np.float64).reshape(-1)
+    edge_width = max(float(np.median(boxes[:, 2:])) / 10 if len(boxes) else 1.0, level0_extent / 500)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "shape_type": "rectangle",
+        "scale": tuple(float(v) for v in scale_yx),
+        "translate": tuple(float(v) for v in translate_yx),
+        "face_color": "transparent",
+        "edge_width": edge_width,
+        "features": {"attention": attention, "draw_order": np.arange(1, len(boxes) + 1)},
+        "text": {"string": "{draw_order}", "color": "cyan", "anchor": "upper_left", "size": 10},
+        "metadata": {KIND_KEY: "patches", "boxes_xywh": boxes.astype(np.int64).tolist(), "slide": slide},
+    }
+    if len(boxes) and np.ptp(attention) > 0:
+        colormap = Colormap([[0.15, 0.35, 1.0, 1.0], [0.0, 1.0, 0.85, 1.0]], name="ats-wsi boxes",
+                            display_name="attention (boxes)")
+        kwargs.update(edge_color="attention", edge_colormap=colormap)
+    else:
+        kwargs.update(edge_color="cyan")
+    if micrometer:
+        kwargs["units"] = ("micrometer", "micrometer")
+    return (box_rectangles(boxes) if len(boxes) else None), kwargs, "shapes"
 
 
 def read_attention_maps(path: Any) -> list[LayerData]:
@@ -240,6 +307,16 @@ def read_attention_maps(path: Any) -> list[LayerData]:
     layers = []
     for p in _as_paths(path) or []:
         name = Path(p.rstrip("/\\")).name
-        layers.append(attention_layer_data(read_attention_zarr(p), name=name))
+        attention_map = read_attention_zarr(p)
+        layers.append(attention_layer_data(attention_map, name=name))
         layers[-1][1]["metadata"]["path"] = os.fspath(p)
+        boxes = attention_map.metadata.get("boxes_xywh")
+        if boxes:  # a map of `ats-wsi predict` carries its sampled boxes
+            heat = layers[-1][1]
+            layers.append(boxes_layer_data(
+                boxes, attention_map.metadata.get("box_attention") or [0.0] * len(boxes),
+                name=f"{name} patches", scale_yx=(attention_map.mpp or 1.0,) * 2,
+                translate_yx=(0.0, 0.0), micrometer=heat.get("units") is not None,
+                level0_extent=max(np.shape(attention_map.data)) * max(attention_map.cell_size_xy),
+                slide=attention_map.metadata.get("slide")))
     return layers

@@ -16,9 +16,17 @@ and shows the predicted class and the class probabilities. Every failure
 one napari error notification; nothing is raised into the event loop and the
 UI stays responsive.
 
-Scripts can drive it too: ``widget.set_checkpoint(path)`` then
-``widget.run_blocking()``, which predicts in the calling thread, adds the
-same layers and returns the ``SlidePrediction`` (raising on errors).
+Scripts drive it through a public API (no private fields): choose the slide
+layer (``widget.slide_layer = layer``) and the checkpoint
+(``widget.set_checkpoint(path)``), set ``widget.n_patches`` / ``widget.samples``,
+then ``widget.run_blocking()`` predicts in the calling thread, adds the same
+layers and returns the ``SlidePrediction`` (raising on errors); ``widget.result``
+is the last prediction and ``widget.save_geojson(path)`` writes it for QuPath
+(what the "Save GeoJSON" button does).
+
+The heatmap is on the absolute scale of the overlays (attention × number of
+cells, 1 = uniform, colour bar shown), the boxes are numbered in draw order,
+and the predicted class and probability are written on the canvas.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ._reader import KIND_KEY, SLIDE_KIND, attention_layer_data
+from ._reader import KIND_KEY, SLIDE_KIND, attention_layer_data, box_rectangles, boxes_layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -44,18 +52,6 @@ __all__ = ["AttentionSamplingWidget", "AttentionOutcome", "attention_job", "box_
 log = logging.getLogger(__name__)
 
 STAGES = ("loading checkpoint", "opening slide", "sampling attention", "done")
-
-
-def box_colormap():
-    """Edge colours of sampled boxes: blue (least attention) to bright cyan (most).
-
-    Visible on pink tissue, white background and the dark or bright parts of
-    the heatmap alike; brighter means more attention.
-    """
-    from napari.utils.colormaps import Colormap
-
-    colors = [[0.15, 0.35, 1.0, 1.0], [0.0, 1.0, 0.85, 1.0]]
-    return Colormap(colors, name="ats-wsi boxes", display_name="attention (boxes)")
 
 
 @dataclass
@@ -134,23 +130,20 @@ def _first_line(message: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def box_rectangles(boxes_xywh: np.ndarray) -> np.ndarray:
-    """Rectangles for a Shapes layer from level-0 boxes.
+def show_scale(heat_layer) -> None:
+    """Show the heatmap's colour bar (the absolute attention scale), where napari has one."""
+    colorbar = getattr(heat_layer, "colorbar", None)
+    if colorbar is not None:
+        colorbar.visible = True
 
-    Args:
-        boxes_xywh: int [n, 4], (x, y, w, h) in level-0 pixels.
 
-    Returns:
-        float [n, 2, 2]: for each box its top-left and bottom-right corners as
-        (row, col) in level-0 pixel-centre coordinates (napari's convention:
-        pixel x spans x - 0.5 .. x + 0.5), so a box covering pixels
-        x .. x + w - 1 has its edges at x - 0.5 and x + w - 0.5.
-    """
-    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-    x, y, w, h = b.T
-    top_left = np.stack([y - 0.5, x - 0.5], axis=1)
-    bottom_right = np.stack([y + h - 0.5, x + w - 0.5], axis=1)
-    return np.stack([top_left, bottom_right], axis=1)
+def show_title(viewer, prediction) -> None:
+    """Write the predicted class and its probability on the canvas (napari's text overlay)."""
+    from ats_wsi.outputs import prediction_title
+
+    viewer.text_overlay.text = prediction_title(prediction.predicted_name,
+                                                prediction.probabilities[prediction.predicted])
+    viewer.text_overlay.visible = True
 
 
 def _heatmap_transform(
@@ -186,6 +179,7 @@ class AttentionSamplingWidget(Container):
         self._n_patches = SpinBox(label="n_patches", value=16, min=1, max=4096)
         self._samples = SpinBox(label="samples", value=1, min=1, max=64)
         self._run = PushButton(text="Run")
+        self._save = PushButton(text="Save GeoJSON", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=len(STAGES), visible=False)
         self._status = Label(label="", value="")
         self._result = Label(label="", value="")
@@ -196,6 +190,7 @@ class AttentionSamplingWidget(Container):
                 self._n_patches,
                 self._samples,
                 self._run,
+                self._save,
                 self._progress,
                 self._status,
                 self._result,
@@ -205,6 +200,7 @@ class AttentionSamplingWidget(Container):
         self.worker = None
         self.last_outcome: AttentionOutcome | None = None
         self._run.changed.connect(self.run)
+        self._save.changed.connect(self._ask_geojson_path)
         events = [getattr(napari_viewer.layers.events, e) for e in ("inserted", "removed", "reordered")]
         for event in events:
             event.connect(self._refresh_slides)
@@ -244,6 +240,68 @@ class AttentionSamplingWidget(Container):
     def set_checkpoint(self, path: str | Path) -> None:
         """Choose the checkpoint file (what the "checkpoint" field does)."""
         self._checkpoint.value = Path(path)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The chosen checkpoint file, or None."""
+        return Path(self._checkpoint.value) if self._checkpoint.value else None
+
+    @property
+    def slide_layer(self):
+        """The chosen slide layer (one of :attr:`slide_layers`), or None."""
+        return self._slide.value
+
+    @slide_layer.setter
+    def slide_layer(self, layer) -> None:
+        if layer not in self.slide_layers:
+            raise ValueError(f"{getattr(layer, 'name', layer)!r} is not a slide layer opened by napari-ats-wsi")
+        self._slide.value = layer
+
+    @property
+    def n_patches(self) -> int:
+        """Patches per sampling (the "n_patches" field)."""
+        return int(self._n_patches.value)
+
+    @n_patches.setter
+    def n_patches(self, value: int) -> None:
+        self._n_patches.value = int(value)
+
+    @property
+    def samples(self) -> int:
+        """Samplings averaged (the "samples" field)."""
+        return int(self._samples.value)
+
+    @samples.setter
+    def samples(self, value: int) -> None:
+        self._samples.value = int(value)
+
+    @property
+    def result(self) -> "SlidePrediction | None":
+        """The last prediction, or None before the first successful run."""
+        outcome = self.last_outcome
+        return None if outcome is None else outcome.prediction
+
+    def save_geojson(self, path: str | Path) -> Path:
+        """Write the last prediction's boxes and top-attention regions as GeoJSON for QuPath
+        (:func:`ats_wsi.geojson.write_geojson`, level-0 pixels); returns the path."""
+        from ats_wsi.geojson import write_geojson
+
+        if self.result is None:
+            raise RuntimeError("Attention sampling: run a prediction before saving it")
+        return write_geojson(path, self.result, slide=getattr(self, "_result_slide", None))
+
+    def _ask_geojson_path(self, _clicked=None) -> None:
+        from magicgui.widgets import request_values
+
+        values = request_values(path={"annotation": Path, "label": "GeoJSON file",
+                                      "options": {"mode": "w", "filter": "*.geojson"}})
+        if values and values.get("path"):
+            try:
+                written = self.save_geojson(values["path"])
+            except Exception as exc:  # noqa: BLE001 - a failed save is a notification, not a crash
+                show_error(f"Saving GeoJSON failed: {type(exc).__name__}: {_first_line(str(exc))}")
+                return
+            show_info(f"Saved {written}")
 
     def _inputs(self) -> tuple[Any, Path | None, str | None]:
         """The chosen slide layer and checkpoint, and what is missing (None when nothing)."""
@@ -345,6 +403,8 @@ class AttentionSamplingWidget(Container):
     def _show(self, prediction: "SlidePrediction", slide_layer) -> None:
         """Add the prediction's layers, fill in the labels and tell the user."""
         self.add_prediction_layers(prediction, slide_layer)
+        self._result_slide = slide_layer.metadata.get("path")
+        self._save.enabled = True
         summary = format_prediction(prediction)
         self._status.value = f"{len(prediction.boxes_xywh)} patches in {prediction.seconds:.1f} s"
         self._result.value = summary
@@ -374,26 +434,12 @@ class AttentionSamplingWidget(Container):
         data, kwargs, _ = attention_layer_data(attention, name=f"{slide_layer.name} attention")
         heat = self._viewer.add_image(data, **kwargs)
 
-        boxes = np.asarray(pred.boxes_xywh).reshape(-1, 4)
-        box_attention = np.asarray(pred.box_attention, dtype=np.float64).reshape(-1)
-        level0_extent = max(slide_layer.metadata.get("dimensions") or [1])
-        edge_width = max(float(np.median(boxes[:, 2:])) / 10 if len(boxes) else 1.0, level0_extent / 500)
-        shape_kwargs: dict[str, Any] = {
-            "name": f"{slide_layer.name} patches",
-            "shape_type": "rectangle",
-            "scale": tuple(scale_yx),
-            "translate": tuple(translate_yx),
-            "face_color": "transparent",
-            "edge_width": edge_width,
-            "features": {"attention": box_attention},
-            "metadata": {KIND_KEY: "patches", "boxes_xywh": boxes.tolist(), "slide": slide_layer.metadata.get("path")},
-        }
-        if len(boxes) and np.ptp(box_attention) > 0:
-            shape_kwargs.update(edge_color="attention", edge_colormap=box_colormap())
-        else:
-            shape_kwargs.update(edge_color="cyan")
-        if units_um:
-            shape_kwargs["units"] = ("micrometer", "micrometer")
-        shapes = self._viewer.add_shapes(box_rectangles(boxes) if len(boxes) else None, **shape_kwargs)
+        show_scale(heat)
+        data, shape_kwargs, _ = boxes_layer_data(
+            pred.boxes_xywh, pred.box_attention, name=f"{slide_layer.name} patches", scale_yx=scale_yx,
+            translate_yx=translate_yx, micrometer=units_um,
+            level0_extent=max(slide_layer.metadata.get("dimensions") or [1]), slide=slide_layer.metadata.get("path"))
+        shapes = self._viewer.add_shapes(data, **shape_kwargs)
+        show_title(self._viewer, pred)
         return heat, shapes
 

@@ -68,6 +68,7 @@ def write_attention_layer(path: str, data: Any, meta: dict) -> list[str]:
     if array.ndim != 2:
         raise TypeError(f"an attention map must be 2-D (rows, cols), got shape {array.shape}")
     layer_meta = dict(meta.get("metadata") or {})
+    array = array / np.float32(layer_meta.get("attention_scale") or 1.0)  # shown x cells, stored as attention
     mpp = layer_meta.get("mpp")
     scale = tuple(float(v) for v in (meta.get("scale") or (1.0, 1.0))[-2:])
     translate = tuple(float(v) for v in (meta.get("translate") or (0.0, 0.0))[-2:])

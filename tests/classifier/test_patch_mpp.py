@@ -1,9 +1,18 @@
 """A model at a physical resolution (issue 16): ``ModelConfig.patch_mpp``.
 
-A model trained (``ats_wsi.run.train``) on synthetic slides at 0.5 µm/px
-predicts a 0.25 µm/px copy of one of them (the same tissue, every pixel
-repeated 2 x 2, written by tifffile with levels at 1, 4 and 16 only) with
-its attention peak in the same place, and reads the same patches there.
+A model trained (``ats_wsi.run.train``, 3 epochs on 4 small synthetic slides
+at 0.5 µm/px, ~15-25 s) predicts a 0.25 µm/px copy of one of them (the same
+tissue, every pixel repeated 2 x 2, written by tifffile with levels at 1, 4
+and 16 only) with its attention peak in the same place, and reads the same
+patches there.
+
+Three tiny epochs leave the attention map flat (max / mean ~1.03 over the
+tissue), so its peak would be a near tie. The peak test therefore sets the
+trained model's attention by hand after training: the attention net is a
+single 1 x 1 convolution over 4 x 4-pooled low pixels (``layers=0, pool=4``)
+and its weights are set to ``-2`` per channel, so attention is a fixed
+function of colour (darkness: the dark spots). The feature net and head stay
+as trained.
 """
 from __future__ import annotations
 
@@ -20,7 +29,8 @@ from ats_wsi.errors import ResolutionError
 from ats_wsi.run.train import TrainSettings, train
 from ats_wsi.slide import open_slide
 
-TINY_MPP = dict(n_patches=4, patch_size=48, feature_dim=8, low_mpp=8.0, low_downsample=None, patch_mpp=0.5)
+TINY_MPP = dict(n_patches=4, patch_size=48, feature_dim=8, low_mpp=8.0, low_downsample=None, patch_mpp=0.5,
+                attention_kwargs={"layers": 0, "pool": 4})
 SIZE = (1536, 1024)  # level 0 of the 0.5 µm/px slides (w, h): not square
 
 
@@ -49,10 +59,10 @@ def write_finer_copy(src: str, dst: str, *, with_mpp: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(model, manifest rows, seconds): a tiny model trained 3 epochs on 6 slides at 0.5 µm/px."""
+    """(model, manifest rows, seconds): a tiny model trained 3 epochs on 4 slides at 0.5 µm/px."""
     folder = tmp_path_factory.mktemp("mpp_train")
-    manifest = make_slide_set(folder / "set", n_slides=6, size=SIZE, seed=11, lesion_size_um=(60.0, 120.0), n_spots=(1, 2),
-                              val_fraction=0.0, test_fraction=0.0)
+    manifest = make_slide_set(folder / "set", n_slides=4, size=SIZE, seed=11, lesion_size_um=(60.0, 120.0),
+                              n_spots=(1, 2), val_fraction=0.0, test_fraction=0.0)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     train(manifest, folder / "run", ModelConfig(**TINY_MPP), TrainSettings(epochs=3, batch_size=2, workers=1),
@@ -66,14 +76,17 @@ def trained(tmp_path_factory):
 def test_the_checkpoint_keeps_patch_mpp_and_training_stays_small(trained):
     model, _, seconds = trained
     assert model.config.patch_mpp == 0.5 and model.config.mpp_tolerance == 0.05
-    print("train seconds", seconds)
-    assert seconds < 90, seconds  # (measured ~20-30 s on 2 cores)
+    assert seconds < 90, seconds  # (measured ~15-25 s on 2 busy cores)
 
 
 def test_a_model_trained_at_05_predicts_a_025_copy_with_the_same_attention_peak(trained, tmp_path):
     model, rows, _ = trained
     src = next(r["path"] for r in rows if r["label"] == "1")
     copy = write_finer_copy(src, str(tmp_path / "copy025.tif"))
+    conv = model.sampler.attention_net[1].body[-1]  # [Normalize, AttentionNet]; body = [AvgPool2d, Conv2d 1x1]
+    with torch.no_grad():
+        conv.weight.fill_(-2.0)  # attention = softmax of darkness (see the module docstring)
+        conv.bias.zero_()
     a = model.predict(src, deterministic=True)
     b = model.predict(copy, deterministic=True)
     assert (a.mpp, b.mpp) == (pytest.approx(0.5), pytest.approx(0.25))
@@ -84,13 +97,12 @@ def test_a_model_trained_at_05_predicts_a_025_copy_with_the_same_attention_peak(
     peak_b = np.unravel_index(np.argmax(b.attention), b.attention.shape)
     assert peak_a == peak_b, (peak_a, peak_b)
     inside = a.attention[a.attention > 0]  # (cells without tissue are masked to 0)
-    assert a.attention.max() > 1.2 * inside.mean()  # a peak, not a flat map
-    print('peak/mean', a.attention.max() / inside.mean(), 'corr', np.corrcoef(a.attention.ravel(), b.attention.ravel())[0, 1], a.probabilities, b.probabilities, a.boxes_xywh[0] * 0.5, b.boxes_xywh[0] * 0.25)
-    assert np.corrcoef(a.attention.ravel(), b.attention.ravel())[0, 1] > 0.98
+    assert a.attention.max() > 3 * inside.mean()  # a peak, not a flat map (measured: 21x the mean)
+    assert np.corrcoef(a.attention.ravel(), b.attention.ravel())[0, 1] > 0.99  # (measured 0.9999)
     # the patches read: the same boxes in µm (level-0 boxes twice as large on the copy)
     assert (a.boxes_xywh[:, 2:] == 48).all() and (b.boxes_xywh[:, 2:] == 96).all()
     np.testing.assert_allclose(a.boxes_xywh[0] * 0.5, b.boxes_xywh[0] * 0.25, atol=1.0)
-    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.05)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.01)  # (measured 2e-5 apart)
 
 
 def test_boxes_at_patch_mpp_are_the_level0_boxes_of_what_was_read(trained, tmp_path):
@@ -132,3 +144,38 @@ def test_the_level_path_is_the_default_and_unchanged(tmp_path):
     model = build_model(ModelConfig(n_patches=3, patch_size=32, feature_dim=4, patch_mpp=1.0))
     save_checkpoint(path, model)
     assert load_model(path).config.patch_mpp == 1.0
+
+
+@pytest.mark.parametrize("flags, patch_mpp", [
+    (["--patch-mpp", "0.5", "--patch-size", "224"], 0.5),
+    (["--patch-magnification", "20"], 0.5),
+    (["--patch-magnification", "40", "--mpp-tolerance", "0.02"], 0.25),
+    (["--patch-level", "1"], None),
+    ([], None),
+])
+def test_train_flags_set_patch_mpp_in_the_config(flags, patch_mpp):
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli.train import model_config
+
+    args = build_parser().parse_args(["train", "m.csv", "--out", "o", *flags])
+    config = model_config(args)
+    assert config.patch_mpp == patch_mpp
+    if "--patch-size" in flags:
+        assert config.patch_size == 224
+    if "--mpp-tolerance" in flags:
+        assert config.mpp_tolerance == 0.02
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--patch-mpp", "0.5", "--patch-level", "1"], "not both"),
+    (["--patch-mpp", "-1"], "must be a number > 0"),
+    (["--patch-magnification", "0"], "must be a number > 0"),
+    (["--patch-mpp", "0.5", "--mpp-tolerance", "2"], "must be in [0, 1)"),
+])
+def test_bad_train_resolution_flags_are_refused(flags, message):
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli.train import model_config
+
+    args = build_parser().parse_args(["train", "m.csv", "--out", "o", *flags])
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace(")", r"\)")):
+        model_config(args)

@@ -120,7 +120,8 @@ def test_attention_map_lies_over_its_level0_cells(make_napari_viewer, tmp_path, 
     [layer] = viewer.open(str(path), plugin=PLUGIN)
     assert not layer.multiscale and not layer.rgb
     assert_inferno_fading_in(layer)
-    assert tuple(layer.contrast_limits) == pytest.approx((0.01, 1.0))
+    assert tuple(layer.contrast_limits) == pytest.approx((0.0, 16.0))  # the absolute scale, x 28 cells
+    np.testing.assert_allclose(layer.data, att * att.size)
     row, col = np.unravel_index(np.argmax(np.asarray(layer.data)), layer.data.shape)
     # the max cell covers level-0 pixels x in [40 + 5·96, 40 + 6·96), y in [24 + 2·64, 24 + 3·64);
     # its centre, in the slide layer's world (pixel centres at index × mpp), is:

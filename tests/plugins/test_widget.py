@@ -20,6 +20,7 @@ import torch
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from _napari_plugin import PLUGIN, assert_inferno_fading_in, has_display
+from ats_wsi.outputs import ATTENTION_SCALE_MAX, attention_scale
 from ats_wsi.classifier import SlideClassifier, SlidePrediction
 from ats_wsi.errors import CheckpointError
 from napari_ats_wsi._widget import AttentionSamplingWidget
@@ -113,13 +114,15 @@ def test_run_puts_heatmap_peak_and_boxes_on_the_lesion(
     x, y, w, h = lesion_slide.lesion_xywh
 
     # the heatmap is the prediction's map; its max, through the layer's scale/translate, lands on the lesion
-    np.testing.assert_array_equal(heat.data, pred.attention)
+    np.testing.assert_allclose(heat.data, attention_scale(pred.attention))  # the absolute scale: x cells
     row, col = np.unravel_index(np.argmax(heat.data), heat.data.shape)
     world_y, world_x = heat.data_to_world((row, col))
     level0_x, level0_y = world_x / mpp + 0.5, world_y / mpp + 0.5  # pixel centres are at index × mpp
     assert x <= level0_x < x + w and y <= level0_y < y + h
     assert_inferno_fading_in(heat)
-    assert tuple(heat.contrast_limits) == pytest.approx((float(heat.data.min()), float(heat.data.max())))
+    assert tuple(heat.contrast_limits) == pytest.approx((0.0, ATTENTION_SCALE_MAX))  # fixed, not per slide
+    assert heat.colorbar.visible
+    assert viewer.text_overlay.visible and "tumour" in viewer.text_overlay.text
     # cell (r, c) covers level-0 pixels origin + c·cw .. + cw - 1: its top-left edge is at (that - 0.5) · mpp
     (cw, ch), (ox, oy) = pred.cell_size_xy, pred.origin_xy
     assert (cw, ch) == (darkness.cell_size, darkness.cell_size)

@@ -16,6 +16,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 
 from _napari_plugin import PLUGIN
 from ats_wsi.classifier import SlidePrediction
+from ats_wsi.outputs import attention_scale
 
 N_PATCHES = 6
 
@@ -54,7 +55,7 @@ def test_widget_draws_the_prediction_of_a_real_checkpoint_in_place(make_napari_v
     assert isinstance(pred, SlidePrediction)
     mpp = slide_layer.metadata["mpp"]
 
-    np.testing.assert_allclose(heat.data, np.asarray(pred.attention))
+    np.testing.assert_allclose(heat.data, attention_scale(pred.attention))
     row, col = np.unravel_index(np.argmax(heat.data), heat.data.shape)
     (cw, ch), (ox, oy) = pred.cell_size_xy, pred.origin_xy
     centre_xy = (ox + (col + 0.5) * cw, oy + (row + 0.5) * ch)  # continuous level-0 coordinates

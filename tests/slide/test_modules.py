@@ -56,7 +56,7 @@ def test_public_names_are_importable_from_the_package():
     )
 
     assert set(ats_wsi.slide.__all__) == {
-        "FILL_VALUE", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide", "level_origin", "open_slide",
+        "FILL_VALUE", "MAX_READ_PIXELS", "TISSUE_DOWNSAMPLE", "Slide", "detect_format", "level_origin", "open_slide",
         "SLIDE_SUFFIXES", "find_slides", "is_slide_path", "tissue_mask", "LowView", "read_low_view", "TileCache",
     }
 

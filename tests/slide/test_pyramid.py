@@ -1,4 +1,5 @@
-"""A slide without a pyramid gets computed levels: block means, built tile by tile."""
+"""A slide without a pyramid gets computed levels: block means, built tile by tile, offered
+through ``Slide.pyramid`` only (openslide's attributes keep saying what the file stores)."""
 from __future__ import annotations
 
 import tracemalloc
@@ -14,15 +15,17 @@ from ats_wsi import open_slide
 def test_computed_levels_are_successive_block_means_of_level0(slide_file, name):
     sf = slide_file(name)
     with open_slide(sf.path) as slide:
-        assert slide.level_count > 1
-        expected = computed_pyramid(sf.levels[0], slide.level_count)
+        n = len(slide.pyramid)
+        assert slide.level_count == 1 and n > 1
+        assert [lv.computed for lv in slide.pyramid] == [False] + [True] * (n - 1)
+        expected = computed_pyramid(sf.levels[0], n)
         for k, ref in enumerate(expected):
-            assert slide.level_dimensions[k] == (ref.shape[1], ref.shape[0])
+            assert (slide.pyramid[k].width, slide.pyramid[k].height) == (ref.shape[1], ref.shape[0])
             np.testing.assert_array_equal(slide.read_level(k), ref, err_msg=f"{name} level {k}")
         # the pyramid stops at the first level that fits in one tile
-        tw, th = slide.tile_size(slide.level_count - 1)
-        assert slide.tile_grid(slide.level_count - 1) == (1, 1)
-        w, h = slide.level_dimensions[-2]
+        tw, th = slide.tile_size(n - 1)
+        assert slide.tile_grid(n - 1) == (1, 1)
+        w, h = slide.pyramid[-2].width, slide.pyramid[-2].height
         assert w > tw or h > th
 
 
@@ -30,20 +33,33 @@ def test_computed_level_sizes_and_downsamples_follow_openslides_rule(tiff_flat):
     with open_slide(tiff_flat.path) as slide:
         w0, h0 = slide.dimensions
         assert (w0, h0) == (4001, 2599)
-        for k in range(1, slide.level_count):
-            w, h = slide.level_dimensions[k]
-            pw, ph = slide.level_dimensions[k - 1]
-            assert (w, h) == (pw // 2, ph // 2)
-            assert slide.level_downsamples[k] == pytest.approx((w0 / w + h0 / h) / 2)
+        levels = slide.pyramid
+        for k in range(1, len(levels)):
+            w, h = levels[k].width, levels[k].height
+            assert (w, h) == (levels[k - 1].width // 2, levels[k - 1].height // 2)
+            assert levels[k].downsample == pytest.approx((w0 / w + h0 / h) / 2)
             assert slide.tile_size(k) == slide.tile_size(0)
-        assert slide.properties["openslide.level-count"] == str(slide.level_count)
+
+
+def test_computed_levels_leave_openslides_attributes_as_stored(tiff_flat):
+    """openslide says 1 level for a single-level TIFF; so do level_count, level_dimensions,
+    level_downsamples, get_best_level_for_downsample and the openslide.level* properties."""
+    with open_slide(tiff_flat.path) as slide:
+        assert len(slide.pyramid) == 5
+        assert slide.level_count == 1
+        assert slide.level_dimensions == ((4001, 2599),) and slide.level_downsamples == (1.0,)
+        assert slide.get_best_level_for_downsample(64) == 0
+        assert slide.properties["openslide.level-count"] == "1"
+        assert "openslide.level[1].width" not in slide.properties
+        assert slide.level_for(downsample=16) == 4  # ats-wsi's own choice ranges over the pyramid
+        assert "1 levels (+4 computed)" in repr(slide)
 
 
 def test_computed_levels_read_regions_across_edges(tiff_flat):
     with open_slide(tiff_flat.path) as slide:
-        pyramid = computed_pyramid(tiff_flat.levels[0], slide.level_count)
-        for k in range(1, slide.level_count):
-            ds = slide.level_downsamples[k]
+        pyramid = computed_pyramid(tiff_flat.levels[0], len(slide.pyramid))
+        for k in range(1, len(slide.pyramid)):
+            ds = slide.pyramid[k].downsample
             tw, th = slide.tile_size(k)
             ref = pyramid[k]
             for lx, ly, w, h in edge_boxes(ref.shape[1], ref.shape[0], tw, th):
@@ -71,15 +87,15 @@ def test_openslide_backend_computes_the_same_levels(tiff_flat):
     """A single-level TIFF read through openslide gets the very same computed pyramid."""
     with open_slide(tiff_flat.path, backend="openslide") as a, open_slide(tiff_flat.path) as b:
         assert a.backend == "openslide" and b.backend == "tifffile"
-        assert a.level_dimensions == b.level_dimensions
-        k = a.level_count - 2
+        assert a.pyramid == b.pyramid
+        k = len(a.pyramid) - 2
         np.testing.assert_array_equal(a.read_level(k), b.read_level(k))
 
 
 def test_stored_pyramids_get_no_computed_levels(vips_deflate, svs_jpeg, ome_tiff_lzw):
     for sf in (vips_deflate, svs_jpeg, ome_tiff_lzw):
         with open_slide(sf.path) as slide:
-            assert slide.level_count == len(sf.levels)
+            assert slide.level_count == len(slide.pyramid) == len(sf.levels)
 
 
 def test_computed_tiles_are_read_only_and_cached(tiff_flat):

@@ -44,7 +44,7 @@ def test_best_epoch_by_accuracy_auc_or_loss():
 
 def test_check_slides_opens_in_parallel_keeps_good_ones_and_reports_every_bad_one(tmp_path):
     good = tmp_path / "good.svs"
-    write_synthetic_slide(good, 1024, 768, n_lesions=0, seed=1)
+    write_synthetic_slide(good, 2048, 1536, n_lesions=0, seed=1)
     garbage = tmp_path / "garbage.svs"
     garbage.write_bytes(b"\x00" * 5000)
     rows = [ManifestRow(good, 0, line=2), ManifestRow(tmp_path / "missing.svs", 1, line=3),

@@ -1,0 +1,113 @@
+"""``ats-wsi view SLIDE [--results DIR]``: a slide in napari, with its attention map,
+its sampled boxes and the "Attention sampling" widget docked.
+
+The one obvious way in: napari's own ``viewer.open(path)`` uses napari's
+builtin reader (pixels, one level) unless ``plugin=`` is given, and its GUI
+asks which plugin to use when two can read a file. This command always
+opens through the ``napari-ats-wsi`` plugin (by name; ats_wsi never imports
+the plugin): the slide as a lazy multiscale layer in µm (computed levels
+where the file has too few), and from a ``predict`` folder the map
+``maps/NAME.zarr`` as a heatmap on the absolute scale with its colour bar,
+the sampled boxes numbered in draw order and the predicted class.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._common import HelpFormatter, error
+
+PLUGIN = "napari-ats-wsi"
+WIDGET = "Attention sampling"
+
+
+def register(sub) -> None:
+    """Add ``view`` to the ``ats-wsi`` sub-parsers."""
+    p = sub.add_parser("view", help="open a slide in napari with its attention map, boxes and the widget",
+                       formatter_class=HelpFormatter)
+    p.add_argument("slide", help="a slide file (or OME-Zarr folder)")
+    p.add_argument("--results", help="a folder written by `ats-wsi predict`: show the slide's attention map, "
+                                     "sampled boxes and predicted class from it")
+    p.add_argument("--checkpoint", help="preselect this checkpoint in the widget")
+    p.add_argument("--no-widget", action="store_true", help="do not dock the Attention sampling widget")
+    p.set_defaults(func=run)
+
+
+def results_map(results: str | Path, slide: str | Path) -> Path | None:
+    """The attention map ``predict`` wrote for ``slide`` in ``results`` (``maps/NAME.zarr``), or None.
+
+    NAME is found in the finished rows (``.done/*.json``, whose ``slide`` is
+    the path predicted), else it is the slide's file stem.
+    """
+    results, slide = Path(results), Path(slide)
+    for marker in sorted((results / ".done").glob("*.json")):
+        try:
+            row = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        if Path(row.get("slide", "")).resolve() == slide.resolve():
+            candidate = results / "maps" / f"{row.get('name', marker.stem)}.zarr"
+            if candidate.is_dir():
+                return candidate
+    candidate = results / "maps" / f"{slide.stem}.zarr"
+    return candidate if candidate.is_dir() else None
+
+
+def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, show: bool = True):
+    """A napari viewer with the slide (and its results) opened; ``napari.run()`` is left to the caller.
+
+    Returns:
+        the ``napari.Viewer``; its layers are the slide, then (with
+        ``results``) the heatmap and the boxes; the widget is docked unless
+        ``widget=False``.
+
+    Raises:
+        FileNotFoundError: ``results`` holds no map for this slide.
+    """
+    import napari
+
+    viewer = napari.Viewer(show=show)
+    viewer.open(str(slide), plugin=PLUGIN)
+    if results is not None:
+        found = results_map(results, slide)
+        if found is None:
+            viewer.close()
+            raise FileNotFoundError(f"{results}: no attention map for {slide} (looked for maps/NAME.zarr)")
+        heat = viewer.open(str(found), plugin=PLUGIN)[0]
+        if getattr(heat, "colorbar", None) is not None:
+            heat.colorbar.visible = True
+        _show_prediction(viewer, heat.metadata.get("map_metadata") or {})
+    if widget:
+        _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+        if checkpoint is not None:
+            dock.set_checkpoint(checkpoint)
+    return viewer
+
+
+def _show_prediction(viewer, meta: dict) -> None:
+    """Write the predicted class and probability of a ``predict`` map on the canvas."""
+    from ..outputs import prediction_title
+
+    probabilities, predicted = meta.get("probabilities"), meta.get("predicted")
+    if probabilities is None or predicted is None:
+        return
+    name = meta.get("predicted_name") or str(predicted)
+    viewer.text_overlay.text = prediction_title(name, probabilities[int(predicted)])
+    viewer.text_overlay.visible = True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open napari and block until its window is closed."""
+    if not Path(args.slide).exists():
+        return error(f"ats-wsi view: {args.slide}: no such file or folder")
+    if args.results is not None and results_map(args.results, args.slide) is None:
+        return error(f"ats-wsi view: {args.results}: no attention map for {args.slide} "
+                     f"(expected maps/{Path(args.slide).stem}.zarr from `ats-wsi predict`)")
+    try:
+        import napari
+    except ImportError:
+        return error('ats-wsi view: napari is not installed; pip install "ats-wsi[napari]"')
+    open_viewer(args.slide, args.results, checkpoint=args.checkpoint, widget=not args.no_widget)
+    napari.run()
+    return 0

@@ -1,0 +1,40 @@
+"""Pretrained patch encoders as the feature net, with their input contracts.
+
+- :class:`EncoderSpec`: how to build an encoder and the input it takes
+  (pixels at µm/px, mean/std, dtype, pooling, D); :func:`load_spec` reads a
+  registry name or a JSON file; :data:`REGISTRY` holds UNI, UNI2-h, CONCH,
+  Virchow2, H-optimus-0/1, Prov-GigaPath, Phikon and CTransPath as data.
+- :func:`build_encoder` -> :class:`PatchEncoder`: timm with a local weights
+  file or Hugging Face folder, a TorchScript file or a ``torch.export``
+  ``.pt2``; never downloads (a missing file is a
+  :class:`~ats_wsi.errors.WeightsNotFoundError` saying where it looked).
+- :class:`FeatureCache`: a frozen encoder's features per box, in memory
+  (bounded) and on disk.
+
+timm is imported only when a timm encoder is built.
+"""
+from __future__ import annotations
+
+from .cache import FeatureCache, slide_fingerprint
+from .features import as_float, patch_features
+from .loaders import build_backbone, find_weights
+from .module import PatchEncoder, attach_feature_cache, build_encoder
+from .registry import REGISTRY, get_spec, list_specs
+from .spec import EncoderSpec, load_spec
+
+__all__ = [
+    "EncoderSpec",
+    "FeatureCache",
+    "PatchEncoder",
+    "REGISTRY",
+    "as_float",
+    "attach_feature_cache",
+    "build_backbone",
+    "build_encoder",
+    "find_weights",
+    "get_spec",
+    "list_specs",
+    "load_spec",
+    "patch_features",
+    "slide_fingerprint",
+]

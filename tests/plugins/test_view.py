@@ -1,0 +1,126 @@
+"""`ats-wsi view` and the plugin README's example, run as a user would (under Xvfb).
+
+The README example is executed as written (only ``napari.run()`` does not block);
+`ats-wsi view SLIDE --results DIR` must show the slide in µm (computed levels for a
+single-level file), the predict folder's heatmap on the absolute scale with its colour
+bar, the boxes numbered in draw order, the predicted class, and the docked widget.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import napari
+import numpy as np
+import pytest
+
+from _napari_plugin import MANIFEST_PATH, PLUGIN
+from ats_wsi.cli import main
+from ats_wsi.cli.view import open_viewer, results_map
+from ats_wsi.outputs import ATTENTION_SCALE_MAX
+from ats_wsi.run.predict import PredictSettings, predict_one
+
+README = MANIFEST_PATH.parent / "README.md"
+
+
+def _predict(slide: Path, checkpoint: Path, results: Path) -> dict:
+    """The real batch path: maps/NAME.zarr, overlays/NAME.png, .done/NAME.json."""
+    return predict_one(str(slide), slide.stem, PredictSettings(checkpoint=str(checkpoint), out_dir=str(results),
+                                                               n_patches=4))
+
+
+@pytest.fixture
+def predicted(lesion_slide, darkness, tmp_path):
+    """(slide, results folder, done row) of one prediction of the darkness model."""
+    slide = Path(shutil.copyfile(lesion_slide.path, tmp_path / "slide.svs"))
+    results = tmp_path / "results"
+    return slide, results, _predict(slide, darkness.checkpoint, results)
+
+
+def test_readme_example_runs_as_written(predicted, darkness, tmp_path, monkeypatch, qtbot):
+    slide, results, row = predicted
+    (tmp_path / "run").mkdir()
+    shutil.copyfile(darkness.checkpoint, tmp_path / "run" / "best.pt")
+    [code] = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert 'plugin="napari-ats-wsi"' in code and "add_plugin_dock_widget(\"napari-ats-wsi\"" in code
+    assert PLUGIN == "napari-ats-wsi"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)  # as written
+    viewer = namespace["viewer"]
+    try:
+        names = [layer.name for layer in viewer.layers]
+        assert names[:3] == ["slide.svs", "slide.zarr", "slide.zarr patches"]
+        assert len(viewer.layers) == 5  # + the widget's heatmap and boxes
+        pred = namespace["prediction"]
+        assert pred.predicted_name == "tumour"
+        assert namespace["widget"].result is pred
+        geo = json.loads((tmp_path / "slide.geojson").read_text())
+        boxes = [f for f in geo["features"] if f["properties"]["name"].startswith("patch ")]
+        assert [f["geometry"]["coordinates"][0][0] for f in boxes] == [[x, y] for x, y, _, _ in pred.boxes_xywh]
+    finally:
+        viewer.close()
+
+
+def test_view_shows_slide_map_numbered_boxes_class_and_widget(predicted, darkness, lesion_slide, qtbot):
+    slide, results, row = predicted
+    viewer = open_viewer(slide, results, checkpoint=darkness.checkpoint, show=False)
+    try:
+        slide_layer, heat, boxes = viewer.layers
+        assert slide_layer.multiscale and slide_layer.rgb
+        np.testing.assert_allclose(slide_layer.scale, (lesion_slide.mpp, lesion_slide.mpp))  # µm
+        assert tuple(heat.contrast_limits) == pytest.approx((0.0, ATTENTION_SCALE_MAX))
+        assert heat.colorbar.visible
+        assert heat.data.mean() == pytest.approx(1.0, rel=1e-4)  # attention x cells: 1 on average
+        assert boxes.metadata["boxes_xywh"] == row["boxes_xywh"]
+        assert list(boxes.features["draw_order"]) == list(range(1, len(row["boxes_xywh"]) + 1))
+        assert boxes.text.string.format == "{draw_order}"
+        np.testing.assert_allclose(boxes.scale, slide_layer.scale)
+        assert viewer.text_overlay.visible and viewer.text_overlay.text.startswith("tumour  p = 0.80")
+        docked = [w for w in viewer.window.dock_widgets]
+        assert any("Attention sampling" in name for name in docked), docked
+        widget = viewer.window.dock_widgets[next(n for n in docked if "Attention sampling" in n)]
+        assert widget.checkpoint == Path(darkness.checkpoint) and widget.slide_layer is slide_layer
+    finally:
+        viewer.close()
+
+
+def test_view_of_a_single_level_slide_offers_the_computed_levels(tiff_flat, qtbot):
+    from ats_wsi import open_slide
+
+    viewer = open_viewer(tiff_flat.path, widget=False, show=False)
+    try:
+        [layer] = viewer.layers
+        with open_slide(tiff_flat.path) as s:
+            assert s.level_count == 1
+            assert [tuple(d.shape[:2]) for d in layer.data] == [(lv.height, lv.width) for lv in s.pyramid]
+        assert len(layer.data) == 5
+    finally:
+        viewer.close()
+
+
+def test_ats_wsi_view_command_opens_napari_and_returns(predicted, monkeypatch, qtbot):
+    slide, results, _ = predicted
+    opened = []
+
+    def fake_run(*a, **k):  # instead of blocking: look, then close
+        viewer = napari.current_viewer()
+        opened.append([layer.name for layer in viewer.layers])
+        viewer.close()
+
+    monkeypatch.setattr(napari, "run", fake_run)
+    assert main(["view", str(slide), "--results", str(results)]) == 0
+    assert opened == [["slide.svs", "slide.zarr", "slide.zarr patches"]]
+
+
+def test_ats_wsi_view_says_what_is_missing(predicted, tmp_path, capsys):
+    slide, results, _ = predicted
+    assert main(["view", str(tmp_path / "nope.svs")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(slide), "--results", str(tmp_path / "empty")]) == 2
+    assert "no attention map" in capsys.readouterr().err
+    assert results_map(results, slide) == results / "maps" / "slide.zarr"
