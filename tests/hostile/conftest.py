@@ -29,6 +29,18 @@ def hostile_root(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def hostile_results(hostile_root) -> dict:
-    """``case name -> (outcome, detail, seconds)`` for every case."""
-    return hostile_runner.run_all(hostile_root, jobs=2, timeout=CASE_TIMEOUT_S, memory_bytes=CASE_MEMORY_BYTES)
+def hostile_results(hostile_root, tmp_path_factory) -> dict:
+    """``case name -> (outcome, detail, seconds)`` for every case.
+
+    The cases are forked from a fresh runner process, not from this one:
+    after other tests, pytest holds threads (torch's, PatchReaders') and
+    locks a fork would inherit, which is the very fault some cases look for.
+    """
+    import json
+    import subprocess
+
+    out = tmp_path_factory.mktemp("hostile-results") / "results.json"
+    subprocess.run([sys.executable, hostile_runner.__file__, "--root", hostile_root, "--json", str(out),
+                    "--jobs", "2", "--timeout", str(CASE_TIMEOUT_S), "--memory-gib", str(CASE_MEMORY_BYTES / 2**30)],
+                   check=False, timeout=600, capture_output=True)
+    return {k: tuple(v) for k, v in json.loads(out.read_text()).items()}

@@ -237,7 +237,7 @@ def build_all(root: str | os.PathLike) -> None:
     tifffile.imwrite(key, good, tile=(128, 128), photometric="rgb",
                      description="Aperio Image Library v12.0.0\r\n600x400 [0,0 600x400] (128x128)|"
                                  "AppMag = 20|MPP = 0.5|KEYXX = 1|Filename = cafeX")
-    data = key.read_bytes().replace(b"KEYXX", b"KE\xffXX").replace(b"cafeX", b"caf\xe9")
+    data = key.read_bytes().replace(b"KEYXX", b"KE\xffXX").replace(b"cafeX", b"caf\xe9X")
     key.write_bytes(data)
     # --- OME-Zarr multiscales that break NGFF
     three = {"0": (3, 256, 256), "1": (3, 128, 128)}

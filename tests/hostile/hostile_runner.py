@@ -144,14 +144,26 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--memory-gib", type=float, default=3.0)
+    parser.add_argument("--root", help="cases already built here (default: build them in a temporary folder)")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     import ats_wsi
 
-    with tempfile.TemporaryDirectory(prefix="ats-hostile-") as root:
-        start = time.monotonic()
-        hostile_cases.build_all(root)
-        results = run_all(root, jobs=args.jobs, timeout=args.timeout)
-        took = time.monotonic() - start
+    start = time.monotonic()
+    memory = int(args.memory_gib * 2**30)
+    if args.root:
+        results = run_all(args.root, jobs=args.jobs, timeout=args.timeout, memory_bytes=memory)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ats-hostile-") as root:
+            hostile_cases.build_all(root)
+            results = run_all(root, jobs=args.jobs, timeout=args.timeout, memory_bytes=memory)
+    took = time.monotonic() - start
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(results, f)
     n = counts(results)
     print(f"ats_wsi from {os.path.dirname(ats_wsi.__file__)}: {len(results)} cases in {took:.0f} s")
     print("| " + " | ".join(OUTCOMES) + " |")
