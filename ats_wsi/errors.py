@@ -142,3 +142,47 @@ class WeightsNotFoundError(EncoderError, FileNotFoundError):
 
 class EncoderResolutionError(EncoderError, ValueError):
     """Patches would be read at another µm/px than the encoder's spec (``path``: the slide)."""
+
+
+class OutputError(AtsError, OSError):
+    """A results folder that cannot be written: a full disk, a read-only or
+    immutable folder, no permission. It stops a run (every later slide would
+    fail the same way); slides finished before it are kept.
+
+    Args:
+        path: the file or folder that could not be written.
+        reason: what was wrong and what to do, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        AtsError.__init__(self, f"{self.path}: {reason}" if self.path is not None else reason)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path is not None else self.reason
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+    @classmethod
+    def from_os_error(cls, path: str | os.PathLike, exc: OSError) -> "OutputError":
+        """The error for ``exc``, an ``OSError`` met writing ``path``, saying what to do."""
+        import errno
+
+        code = exc.errno
+        if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            what = ("no space left on the device (or the disk quota is used up); free space and run the "
+                    "same command again: slides finished before are kept and skipped")
+        elif code == errno.EROFS:
+            what = "cannot write: read-only file system; choose a writable results folder"
+        elif code in (errno.EACCES, errno.EPERM):
+            what = ("cannot write: permission denied (a read-only or immutable folder, or another "
+                    "user's); choose a writable results folder")
+        else:
+            what = f"cannot write: {exc.strerror or os.strerror(code or 0) or type(exc).__name__}"
+        return cls(path, what)
+
+
+class OutputLockedError(OutputError):
+    """Another run holds the results folder (``OUT/.ats-wsi.lock``): two runs never write one folder."""

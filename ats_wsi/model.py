@@ -237,7 +237,8 @@ class AttentionSampler(nn.Module):
     def _unstarve(self, grid: Tensor) -> Tensor:
         """Unmask whole any map of ``grid [B, h', w']`` left with too few cells to draw from."""
         need = 1 if self.replace else self.n_patches
-        starved = grid.flatten(1).sum(1) < need
+        # per map and without dim: a bool sum (or count_nonzero over a dim) makes an int64 copy of the grid
+        starved = torch.tensor([int(torch.count_nonzero(g)) < need for g in grid], device=grid.device)
         if bool(starved.any()):
             grid[starved] = True
         return grid

@@ -6,7 +6,11 @@ import sys
 from pathlib import Path
 
 from . import _encoder
+from ..errors import OutputLockedError
 from ._common import HelpFormatter, LibraryLog, check_device, error, format_table, positive_int, progress_bar
+
+EXIT_LOCKED = 75
+"""Exit status when another run holds --out's lock (EX_TEMPFAIL: try again once it has ended)."""
 
 
 def register(sub) -> None:
@@ -173,13 +177,19 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     client, cluster = _client(args)
+    locked = None
     try:
         with LibraryLog(out / "predict.log") as log:
             rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels)
+    except OutputLockedError as exc:  # another run writes --out (a full or read-only one: exit 1, one line)
+        locked = exc
     finally:
         for thing in (bar, client, cluster):
             if thing is not None:
                 thing.close()
+    if locked is not None:
+        print(f"ats-wsi predict: {locked}", file=sys.stderr)
+        return EXIT_LOCKED
     print(f"{len(rows)} slide(s) predicted -> {out / 'predictions.csv'}")
     if log.summary("predict"):
         print(log.summary("predict"), file=sys.stderr)

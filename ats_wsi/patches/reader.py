@@ -9,7 +9,15 @@ three steps:
 2. decode: each needed tile exactly once (``slide.read_tile``), by the
    calling thread and ``workers - 1`` pool threads pulling tiles from one
    shared queue (the decoders release the GIL); tiles still held by a small
-   byte-bounded LRU cache are not decoded again;
+   byte-bounded LRU cache are not decoded again. Without a cache
+   (``cache_bytes=0``), JPEG tiles of the tifffile backend are decoded only
+   in part when the optional ``ats_wsi_jpeg`` extension is installed
+   (``slide.decode_tile_into``, :mod:`ats_wsi.slide._jpegcrop`): the box of
+   the tile the batch needs (libjpeg-turbo's cropped decode of its iMCU
+   columns, rows above it entropy-decoded only), written by libjpeg's
+   scanlines straight into the patches (steps 2 and 3 in one); the pixels
+   are those of the whole-tile decode, and a tile broken anywhere still
+   raises;
 3. assemble: the thread that decoded a tile pastes it into every patch that
    overlaps it (one row-contiguous copy per pair) inside ONE preallocated
    buffer, pinned when the batch goes to a CUDA device. Pixels outside the
@@ -207,6 +215,10 @@ class PatchReader:
         workers: threads decoding tiles, the calling thread included
             (1: everything in the calling thread, no hand-off at all).
         cache_bytes: bound of the decoded-tile LRU cache (0 disables it).
+        crop: with no cache (``cache_bytes=0``), decode only the part of each
+            JPEG tile the batch needs, straight into the batch (the optional
+            ``ats_wsi_jpeg`` extension, tifffile backend; same pixels, see
+            the module docstring); False always decodes whole tiles.
         device: where :meth:`read` puts the batch; for CUDA the batch is
             assembled in pinned host memory and copied with ``non_blocking``.
 
@@ -232,6 +244,7 @@ class PatchReader:
         upsample: bool = False,
         workers: int = 2,
         cache_bytes: int = 64 * 2**20,
+        crop: bool = True,
         device: str | torch.device = "cpu",
     ):
         self.mpp: float | None = None
@@ -266,6 +279,8 @@ class PatchReader:
         self.device = torch.device(device)
         self.workers = max(1, int(workers))
         self.cache = TileCache(cache_bytes)
+        can = getattr(slide, "can_decode_into", None)
+        self.crop = bool(crop and self.cache.max_bytes <= 0 and can is not None and can(self.level))
         self.stats = ReaderStats()
         self._stats_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ats-tile") if self.workers > 1 else None
@@ -409,11 +424,16 @@ class PatchReader:
         level, cache = self.level, self.cache
         use_cache = cache.max_bytes > 0
         read_tile = self.slide.read_tile
+        decode_into = self.slide.decode_tile_into if self.crop else None
         try:
             for k in jobs:
                 if failed:
                     return
                 col, row = tiles[k]
+                if decode_into is not None:  # only the batch's part of the tile, straight into out
+                    pixels += decode_into(level, col, row, out, pairs[starts[k]:starts[k + 1]])
+                    decoded += 1
+                    continue
                 tile = cache.get((level, col, row)) if use_cache else None
                 if tile is None:
                     tile = read_tile(level, col, row)

@@ -40,10 +40,11 @@ import torch
 
 from ..classifier import SlideClassifier, checkpoint_id, load_model
 from ..encoders import attach_feature_cache
-from ..errors import CheckpointError
-from ..atomic import write_csv_atomic, write_json_atomic
+from ..errors import CheckpointError, OutputError
+from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
 from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
+from .outdir import as_output_error, holding_results_folder, invalidate_marker, output_digests, outputs_match
 
 __all__ = ["predict_slides", "PredictSettings", "output_names", "run_key"]
 
@@ -70,6 +71,8 @@ class PredictSettings:
     torch_threads: int = 1
     checkpoint_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    """Set by :func:`predict_slides` (12 hex digits): the owner of this run's temporaries (see run/outdir.py)."""
     mpp: float | None = None
     """Level-0 µm/px given for every slide, overriding its metadata (``--mpp``)."""
     slide_mpp: dict[str, float] = field(default_factory=dict)
@@ -80,9 +83,24 @@ class PredictSettings:
     """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
 
 
+MAX_NAME_BYTES = 200
+"""Longer output names are cut to 180 bytes + ``-`` + 8 hex digits of their hash, so that
+``NAME.geojson`` and the like stay within the 255 bytes a file name may have."""
+
+
+def _short(stem: str) -> str:
+    if len(os.fsencode(stem)) <= MAX_NAME_BYTES:
+        return stem
+    cut = stem
+    while len(os.fsencode(cut)) > 180:
+        cut = cut[:-1]
+    return f"{cut}-{hashlib.sha1(os.fsencode(stem)).hexdigest()[:8]}"
+
+
 def output_names(paths: Sequence[Path]) -> list[str]:
-    """A file-system-safe output name per slide: its stem, made unique when stems repeat."""
-    stems = [p.name[: -len(p.suffix)] if p.suffix else p.name for p in paths]
+    """A file-system-safe output name per slide: its stem (cut with a hash when over
+    ``MAX_NAME_BYTES``), made unique when stems repeat."""
+    stems = [_short(p.name[: -len(p.suffix)] if p.suffix else p.name) for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
@@ -197,8 +215,21 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         "run_key": run_key(settings),
         "boxes_xywh": pred.boxes_xywh.tolist(),
     }
+    row["outputs"] = output_digests(out, _output_files(name, settings))  # the marker vouches for these
     write_json_atomic(out / ".done" / f"{name}.json", row)
     return row
+
+
+def _output_files(name: str, settings: PredictSettings) -> list[str]:
+    """A slide's outputs (relative to ``out_dir``) that its done marker vouches for."""
+    return [f"maps/{name}.zarr", f"overlays/{name}.png", *([f"geojson/{name}.geojson"] if settings.geojson else [])]
+
+
+def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
+    """:func:`predict_one` with this run's temporaries and the slide's done marker removed first."""
+    with owned_by(settings.run_id) if settings.run_id else contextlib.nullcontext():
+        invalidate_marker(settings.out_dir, name)
+        return predict_one(path, name, settings)
 
 
 @contextlib.contextmanager
@@ -226,20 +257,12 @@ def _done_row(out: Path, name: str, checkpoint: str, key: str) -> dict | None:
         return None
     if not (out / "maps" / f"{name}.zarr").is_dir() or not (out / "overlays" / f"{name}.png").is_file():
         return None
+    if not outputs_match(out, row.get("outputs")):  # a map / overlay of another run, or of none
+        return None
     return row
 
 
-def _clean_leftovers(out: Path) -> None:
-    """Remove temporaries a killed run left behind (their names contain .tmp-)."""
-    import shutil
-
-    for folder in (out, out / "maps", out / "overlays", out / "geojson", out / ".done"):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
+@holding_results_folder  # OUT's lock for the whole run; stale temporaries removed
 def predict_slides(
     slides: Sequence[str | os.PathLike],
     settings: PredictSettings,
@@ -276,7 +299,6 @@ def predict_slides(
     key = run_key(settings)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(out)
     paths = [Path(os.path.abspath(p)) for p in slides]
     names = output_names(paths)
     rows: dict[str, dict] = {}
@@ -300,9 +322,12 @@ def predict_slides(
         return _labelled(rows[name], class_names, label_of.get(name), labels is not None)
 
     def flush():
-        write_csv_atomic(out / "predictions.csv", [final(n) for n in names if n in rows], fields)
-        write_csv_atomic(out / "errors.csv", [errors[n] for n in names if n in errors],
-                         ["slide", "name", "error", "message"])
+        try:
+            write_csv_atomic(out / "predictions.csv", [final(n) for n in names if n in rows], fields)
+            write_csv_atomic(out / "errors.csv", [errors[n] for n in names if n in errors],
+                             ["slide", "name", "error", "message"])
+        except OSError as exc:  # a full or read-only disk: a typed error, not a traceback
+            raise as_output_error(exc, out) or OutputError.from_os_error(out, exc) from None
 
     def record_failure(path, name, exc):
         errors[name] = {"slide": path, "name": name, "error": type(exc).__name__,
@@ -310,6 +335,11 @@ def predict_slides(
         progress and progress(name, "failed")
 
     for path, name, outcome in _completed(todo, settings, executor):
+        stop = as_output_error(outcome, out)  # the results folder cannot be written: stop the run
+        if stop is not None:
+            with contextlib.suppress(OSError):
+                flush()
+            raise stop
         if isinstance(outcome, BaseException):
             record_failure(path, name, outcome)
         else:
@@ -331,7 +361,7 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
     if executor is None:
         for path, name in todo:
             try:
-                yield path, name, predict_one(path, name, settings)
+                yield path, name, _predict_owned(path, name, settings)
             except Exception as exc:  # a batch run records any failure and goes on
                 yield path, name, exc
         return
@@ -340,7 +370,7 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
     # Task keys unique to this run: on a shared scheduler another run's task of
     # the same slide name would otherwise be taken for this one.
     run = uuid.uuid4().hex[:8]
-    futures = {executor.submit(predict_one, path, name, settings, pure=False,
+    futures = {executor.submit(_predict_owned, path, name, settings, pure=False,
                                key=f"ats-predict-{name}-{run}"): (path, name)
                for path, name in todo}
     for future in as_completed(list(futures)):

@@ -37,10 +37,13 @@ from torch import Tensor
 from ..errors import SamplingError
 from .distribution import _ZERO_OFFSET, _check_n
 
-__all__ = ["BLOCK_CELLS", "entropy_loss", "pool_mask", "sample_blocks", "softmax_"]
+__all__ = ["BLOCK_CELLS", "BLOCK_PIXELS", "entropy_loss", "pool_mask", "sample_blocks", "softmax_"]
 
 BLOCK_CELLS = 1 << 16
 """Cells of the map handled at once (whole rows; at least one row)."""
+
+BLOCK_PIXELS = 1 << 18
+"""Pixels of a mask :func:`pool_mask` reads at once (whole map rows; at least one)."""
 
 ReadMask = Callable[[int, int, int, int], "np.ndarray | Tensor"]
 
@@ -59,7 +62,7 @@ def _bins(cells: int, pixels: int, device=None) -> tuple[Tensor, Tensor]:
 
 
 def pool_mask(read_mask: ReadMask, shape: tuple[int, int], map_shape: tuple[int, int],
-              min_tissue: float = 0.0, *, block_cells: int = BLOCK_CELLS,
+              min_tissue: float = 0.0, *, block_pixels: int = BLOCK_PIXELS,
               device: torch.device | str | None = None) -> Tensor:
     """A pixel mask pooled onto a map's grid, one block of map rows at a time.
 
@@ -70,7 +73,7 @@ def pool_mask(read_mask: ReadMask, shape: tuple[int, int], map_shape: tuple[int,
         map_shape: ``(h, w)`` of the map.
         min_tissue: a cell is kept when more than this fraction of its
             pixels are True (``0``: any), counted exactly.
-        block_cells: cells pooled at once.
+        block_pixels: pixels read at once (rounded to whole map rows).
         device: of the result (default: that of the masks read).
 
     Returns:
@@ -84,7 +87,7 @@ def pool_mask(read_mask: ReadMask, shape: tuple[int, int], map_shape: tuple[int,
     col_start, col_stop = _bins(w, W)
     all_start, all_stop = _bins(h, H)
     out = None
-    for r0, r1 in _row_blocks(h, w, block_cells):
+    for r0, r1 in _row_blocks(h, 1, max(1, block_pixels * h // max(H * W, 1))):
         row_start, row_stop = all_start[r0:r1], all_stop[r0:r1]
         p0, p1 = int(row_start[0]), int(row_stop[-1])
         m = torch.as_tensor(read_mask(p0, 0, p1 - p0, W))
@@ -151,7 +154,7 @@ def softmax_(logits: Tensor, mask: Tensor | None = None, *, smoothing: float = 0
             raise SamplingError(f"attention map {b} has no unmasked cell with finite logit")
         total = sum(float(torch.exp(block(s, e) - top).sum(dtype=torch.float64))
                     for s, e in _block_view(flat, cols, block_cells))
-        cells = row.numel() if kept is None else int(kept.sum())
+        cells = row.numel() if kept is None else int(torch.count_nonzero(kept))  # no int64 copy of the mask
         for s, e in _block_view(flat, cols, block_cells):
             p = torch.exp(block(s, e) - top).div_(total)
             if smoothing:
@@ -181,7 +184,8 @@ def sample_blocks(attention: Tensor, n: int, *, replace: bool = False, mask: Ten
     flat = _check_map(attention)
     cols = attention.shape[-1]
     keep = None if mask is None else mask.expand(attention.shape).reshape(flat.shape)
-    if (deterministic or not replace) and n > (flat.shape[1] if keep is None else int(keep.sum(1).min())):
+    fewest = flat.shape[1] if keep is None else min(int(torch.count_nonzero(k)) for k in keep)  # no int64 copy
+    if (deterministic or not replace) and n > fewest:
         raise SamplingError(f"cannot draw {n} distinct cells from a map with fewer unmasked cells "
                             f"(use replace=True or a smaller n)")
     with torch.no_grad():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
-from . import _tiffextras, _tiffmeta
+from . import _jpegcrop, _tiffextras, _tiffmeta
 from ._cache import reset_after_fork
 from ._checks import data_pixels, data_table, describe_error as _describe, tile_table as _tile_table
 from ._jpeg import JpegDataError, decode_tile
@@ -364,6 +364,16 @@ class TiffSlide(Slide):
             return np.repeat(pixels, 3, axis=2)
         pixels = pixels[:, :, :3]
         return pixels if pixels.flags.writeable else pixels.copy()
+
+    def can_decode_into(self, level: int) -> bool:
+        """Whether :meth:`decode_tile_into` serves ``level`` (JPEG tiles, the
+        optional ``ats_wsi_jpeg`` extension installed; see :mod:`._jpegcrop`)."""
+        return _jpegcrop.can_decode_into(self, level)
+
+    def decode_tile_into(self, level: int, col: int, row: int, out: np.ndarray, pairs) -> int:
+        """Decode only the part of a stored JPEG tile that ``pairs`` (rows of a
+        PatchReader TilePlan) need, straight into ``out``; pixels decoded."""
+        return _jpegcrop.decode_into(self, level, col, row, out, pairs)
 
     def _associated_names(self) -> tuple[str, ...]:
         return tuple(self._associated)

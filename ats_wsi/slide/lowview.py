@@ -139,9 +139,9 @@ class LowViewReader:
         y0, y1, iy, wy = _area_taps(row0, rows, ry, lh)
         x0, x1, ix, wx = _area_taps(col0, cols, rx, lw)
         block = self._read_level(y0, x0, y1 - y0, x1 - x0, ds)
-        tall = sum(wy[:, k, None, None] * block[iy[:, k]] for k in range(wy.shape[1]))  # rows first
-        out = sum(wx[None, :, k, None] * tall[:, ix[:, k]] for k in range(wx.shape[1]))
-        return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+        tall = _weighted_sum(block, iy, wy[:, :, None, None], axis=0)  # rows first, then columns
+        out = _weighted_sum(tall, ix, wx[None, :, :, None], axis=1)
+        return np.clip(np.floor(out + 0.5, out=out), 0, 255, out=out).astype(np.uint8)
 
     def _read_level(self, y: int, x: int, h: int, w: int, ds: float) -> np.ndarray:
         """Pixels of :attr:`level` at level pixels ``(x, y)``: ``round(x · ds)`` maps back exactly."""
@@ -165,6 +165,16 @@ def _area_taps(start: int, count: int, ratio: float, src_len: int):
     weights = (cover / cover.sum(axis=1, keepdims=True)).astype(np.float32)
     index = np.clip(taps - s0, 0, s1 - s0 - 1).astype(np.intp)
     return s0, s1, index, weights
+
+
+def _weighted_sum(src: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """``sum_k weights[..k..] * src.take(index[:, k], axis)`` in float32, accumulated in place."""
+    taps = index.shape[1]
+    w = np.moveaxis(weights, 2 if axis == 1 else 1, -1)  # the tap axis last
+    out = np.multiply(src.take(index[:, 0], axis=axis), w[..., 0], dtype=np.float32)
+    for k in range(1, taps):
+        out += src.take(index[:, k], axis=axis) * w[..., k]
+    return out
 
 
 class TissueThreshold:

@@ -9,7 +9,7 @@ from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.classifier import load_model, read_checkpoint
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr"]
 
 
 def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epochs, slide_set):

@@ -22,7 +22,9 @@ class TileCounter:
     Installed as an instance attribute, so everything that calls
     ``slide.read_tile`` (PatchReader does) goes through it; ``read_region``
     does not (it uses the slide's internals), so reference reads are not
-    counted.
+    counted. The cropped decode (``slide.decode_tile_into``, which PatchReader
+    uses without a cache when the ``ats_wsi_jpeg`` extension is installed) is
+    counted the same way: one call is one tile decoded.
     """
 
     def __init__(self, slide):
@@ -31,10 +33,20 @@ class TileCounter:
         self.calls: Counter = Counter()
         self._lock = threading.Lock()
         slide.read_tile = self
+        real_into = getattr(slide, "decode_tile_into", None)
+        if real_into is not None:
+            def decode_tile_into(level, col, row, *args):
+                self._count(level, col, row)
+                return real_into(level, col, row, *args)
 
-    def __call__(self, level, col, row):
+            slide.decode_tile_into = decode_tile_into
+
+    def _count(self, level, col, row) -> None:
         with self._lock:
             self.calls[(int(level), int(col), int(row))] += 1
+
+    def __call__(self, level, col, row):
+        self._count(level, col, row)
         return self.real(level, col, row)
 
     @property

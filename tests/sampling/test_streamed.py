@@ -117,7 +117,9 @@ def test_pool_mask_counts_adaptive_pooling_bins(shape, map_shape, min_tissue):
         reads.append((r, c, h, w))
         return pixels[r:r + h, c:c + w].numpy()
 
-    got = streamed.pool_mask(read_mask, shape, map_shape, min_tissue, block_cells=2 * map_shape[1])
+    rows_per_cell = shape[0] / map_shape[0]
+    got = streamed.pool_mask(read_mask, shape, map_shape, min_tissue,
+                             block_pixels=int(2 * rows_per_cell * shape[1]) + 1)
     mean = nn.functional.adaptive_avg_pool2d(pixels[None, None].double(), map_shape)[0, 0]
     assert torch.equal(got, mean > min_tissue)
     assert len(reads) == -(-map_shape[0] // 2)  # two map rows a read

@@ -1,0 +1,206 @@
+"""The results folder of a batch run: one run at a time, its own temporaries, done markers
+that pair with the files they vouch for, and a full or read-only disk as a typed error.
+
+- **Lock**: a run holds ``OUT/.ats-wsi.lock`` (``fcntl.flock``, exclusive) from
+  before it touches anything in ``OUT`` until it ends; the kernel drops it
+  when the process dies, even by SIGKILL. A second run on the same folder is
+  refused with :class:`~ats_wsi.errors.OutputLockedError`, naming the holder
+  (pid, host, run id, start time: written into the lock file while it is
+  held, emptied when the run ends). The lock belongs to the driver: dask
+  workers write files under it but never take it.
+- **Temporaries** carry the run id (:func:`ats_wsi.atomic.owned_by`). Once a
+  run holds the lock, every temporary of another owner is stale (its run
+  died, or is a killed driver's orphaned task) and is removed; names that only
+  look like temporaries (a slide called ``.x.tmp-1.svs``) are never touched.
+- **Done markers** (``.done/NAME.json``) are removed before a slide's outputs
+  are rewritten and written last, holding the SHA-256 of each output
+  (:func:`output_digests`); a marker is trusted only when every output still
+  has its digest (:func:`outputs_match`), so a row is never paired with the
+  map or overlay of another run.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from ..atomic import fault_point, fsync_dir, new_owner, temporary_owner
+from ..errors import AtsError, OutputError, OutputLockedError
+
+__all__ = ["LOCK_NAME", "hold_results_folder", "holding_results_folder", "remove_stale_temporaries",
+           "invalidate_marker", "output_digests", "outputs_match", "as_output_error"]
+
+LOCK_NAME = ".ats-wsi.lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    return (f"pid {info.get('pid')} on {info.get('host', '?')}, run {info.get('run', '?')}, "
+            f"started {info.get('started', '?')}")
+
+
+@contextlib.contextmanager
+def hold_results_folder(out: str | os.PathLike, run_id: str) -> Iterator[Path]:
+    """Create ``out`` and hold its lock for the block; :class:`OutputLockedError` if another run holds it.
+
+    Raises :class:`OutputError` when the folder or the lock file cannot be made
+    or written (read-only, immutable, full).
+    """
+    import fcntl
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError.from_os_error(out, exc) from None
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        raise OutputError.from_os_error(path, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(out, f"another ats-wsi run ({_holder(path)}) is writing this results "
+                                         "folder; wait until it ends, or choose another --out") from None
+        except OSError as exc:
+            raise OutputError(path, f"cannot lock the results folder ({exc.strerror}); choose a folder "
+                                    "on a file system with file locks") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "run": run_id,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as exc:
+            raise OutputError.from_os_error(out, exc) from None
+        yield out
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # an idle folder's lock file is empty (and equal between runs)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holding_results_folder(fn):
+    """Decorate ``fn(slides, settings, **kw)``: give ``settings`` a run id and run ``fn``
+    holding ``settings.out_dir``'s lock, with stale temporaries removed first."""
+    @functools.wraps(fn)
+    def run(slides, settings, *args, **kwargs):
+        settings.run_id = getattr(settings, "run_id", "") or new_owner()
+        out = Path(os.path.abspath(settings.out_dir))
+        with hold_results_folder(out, settings.run_id):
+            remove_stale_temporaries(out, settings.run_id)
+            return fn(slides, settings, *args, **kwargs)
+    return run
+
+
+def remove_stale_temporaries(out: str | os.PathLike, run_id: str) -> list[str]:
+    """Remove temporaries of other owners in ``out`` and its direct subfolders (hold the lock first).
+
+    Only names of the exact form of :mod:`ats_wsi.atomic` temporaries are
+    removed. Returns their paths relative to ``out``.
+    """
+    out = Path(out)
+    removed = []
+    try:
+        folders = [out, *(p for p in out.iterdir()
+                          if p.is_dir() and not p.is_symlink() and temporary_owner(p.name) is None)]
+        for folder in folders:
+            for p in folder.iterdir():
+                owner = temporary_owner(p.name)
+                if owner is not None and owner != run_id:
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink(missing_ok=True)
+                    removed.append(p.relative_to(out).as_posix())
+    except OSError as exc:
+        raise OutputError.from_os_error(getattr(exc, "filename", None) or out, exc) from None
+    return removed
+
+
+def invalidate_marker(out: str | os.PathLike, name: str) -> None:
+    """Remove ``.done/NAME.json`` (durably) before NAME's outputs are rewritten."""
+    marker = Path(out) / ".done" / f"{name}.json"
+    try:
+        if marker.exists():
+            marker.unlink()
+            fsync_dir(marker.parent)
+            fault_point("after-unlink", marker)
+    except OSError as exc:
+        raise OutputError.from_os_error(marker, exc) from None
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 of a file, or of a folder's files (relative names and bytes, sorted); None if absent."""
+    h = hashlib.sha256()
+    if path.is_file():
+        files = [(path.name, path)]
+    elif path.is_dir():
+        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    else:
+        return None
+    for rel, p in files:
+        h.update(rel.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for block in iter(functools.partial(fh.read, 1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def output_digests(out: str | os.PathLike, rels: Sequence[str]) -> dict[str, str]:
+    """``{relative path: sha256}`` of a slide's outputs, for its done marker."""
+    out = Path(out)
+    got = {}
+    for rel in rels:
+        d = _digest(out / rel)
+        if d is None:
+            raise OutputError(out / rel, "an output vanished before its done marker was written (another "
+                                         "process is writing this results folder)")
+        got[rel] = d
+    return got
+
+
+def outputs_match(out: str | os.PathLike, digests: Mapping[str, str] | None) -> bool:
+    """True when every output a marker vouches for exists with its digest."""
+    if not isinstance(digests, Mapping) or not digests:
+        return False
+    try:
+        return all(_digest(Path(out) / rel) == d for rel, d in digests.items())
+    except OSError:
+        return False
+
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}
+
+
+def as_output_error(exc: BaseException, out: str | os.PathLike) -> OutputError | None:
+    """``exc`` as an :class:`OutputError` if it is the results folder that failed, else None.
+
+    A full disk or a read-only file system (whatever file the error names), or
+    any other ``OSError`` naming a file under ``out`` (no permission, an
+    immutable folder): every later slide would fail the same way.
+    """
+    if isinstance(exc, OutputError):
+        return exc
+    if not isinstance(exc, OSError) or isinstance(exc, AtsError):
+        return None
+    where = exc.filename if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
+    under = where is not None and os.path.abspath(os.fsdecode(where)).startswith(os.path.abspath(out) + os.sep)
+    if exc.errno in _OUTPUT_ERRNOS or under:
+        return OutputError.from_os_error(os.fsdecode(where) if where is not None else out, exc)
+    return None
