@@ -1,38 +1,55 @@
-"""Random patches from a slide: PatchReader against what a user would otherwise write.
+"""Random patches from a slide: PatchReader against the readers a user could pick instead.
 
-For one slide written by libvips and one written by tifffile (through
-``ats_wsi.data.write_synthetic_slide``), both 256 x 256 JPEG tiles, this
-reads the same random level-0 patches with:
+One slide, written once by libvips (20000 x 16000, 256 x 256 JPEG tiles, Q85,
+a tissue-like texture), read in three ways: random 256² level-0 patches,
+tile-aligned 256² patches (one tile each), and 224² patches at 0.5 µm/px from
+level 0 at 0.25 µm/px (the µm/px path: a 448² region, 2 x 2 block mean).
+Every method reads the same patches; each run draws fresh random positions
+(the same for all methods), methods run interleaved in rotating order, and
+the table shows the median of ``--repeats`` runs. Page cache warm, every
+method's own tile cache off.
 
-- ``openslide loop``: ``openslide.OpenSlide.read_region`` per patch, to RGB numpy;
-- ``tifffile+zarr``: ``tifffile``'s ``aszarr`` store opened with zarr, one slice per patch;
-- ``PatchReader w=1 / w=2``: ``ats_wsi.patches.PatchReader`` with 1 and 2
-  decode threads, cold cache (``cache_bytes=0``), ``read(xy)`` per batch;
-- ``floor``: decoding exactly the tiles the batch needs, once each, in one
-  thread, with ``imagecodecs.jpeg8_decode`` on bytes from ``os.pread``
-  (nothing else: no paste, no planning, no output buffer);
-- ``tile-aligned PatchReader``: patches on the tile grid, one tile each
-  (256 x 256 only), with the openslide loop on those same patches beside it.
+- ``openslide loop``: ``OpenSlide.read_region`` per patch, RGBA -> RGB numpy.
+- ``tiffslide loop``: ``TiffSlide.read_region(..., as_array=True)`` per patch.
+- ``fastslide loop``: ``FastSlide.read_region(...).numpy()`` per patch (copied);
+  fastslide decodes on more than one core by itself.
+- ``cuCIM loop``: ``CuImage.read_region(loc, size, 0)`` per patch (CPU, one thread).
+- ``cuCIM batched``: ``CuImage.read_region(locations, size, 0, num_workers=2)``,
+  each patch copied (its iterator reuses buffers).
+- ``PatchReader (whole tiles)``: the previous path, ``crop=False``: each needed
+  tile decoded whole (simplejpeg, strict) and pasted.
+- ``PatchReader w=1 / w=2``: the new path: each needed tile decoded once, only
+  the box the batch needs (``ats_wsi_jpeg``: libjpeg-turbo cropped decode,
+  strict, rest of the tile entropy-checked), straight into the batch.
+- ``floor``: the cheapest decode of exactly the pixels needed: for each needed
+  tile, ``os.pread`` + ``ats_wsi_jpeg.decode_into(..., verify=False)`` of the
+  union box of its patches (cropped columns, rows above skipped, stops after
+  the last needed row, no check of the rest), one thread, into one reused
+  buffer; plans made before the clock.
+- ``floor, whole tiles (old floor)``: the needed tiles decoded whole once
+  with ``imagecodecs.jpeg8_decode``, output discarded.
 
-The file is read into the page cache first, so every method is timed on
-decoding, not on the disk. Each method runs ``--repeats`` times, interleaved
-with the others; the table shows the best run (a shared, loaded machine
-mostly adds noise upwards). Beside wall-clock rates it shows patches per
-CPU-second of this process (all its threads): on a loaded machine that is
-the fair measure of overhead against the floor, while the wall-clock columns
-show what the 2 worker threads buy when cores are free.
+For the µm/px rows the other readers read the 448² region and reduce it with
+the same exact 2 x 2 block mean PatchReader uses (inside the clock).
+
+Columns: patches/s (wall), × openslide loop and × floor (wall, same kind of
+patch), CPU-s per wall-s (this process, all threads), mean absolute
+difference to openslide's pixels (first batch of the first run).
 
 Usage::
 
-    .venv/bin/python benchmarks/patch_reading.py [--batches 4] [--n 64] [--repeats 3]
+    .venv/bin/pip install -r benchmarks/requirements.txt   # tiffslide, fastslide, cucim-cu12 (optional)
+    .venv/bin/python benchmarks/patch_reading.py --n 200 --batches 2 --repeats 5
 
-Slides are written once into ``benchmarks/_data/`` (git-ignored).
+Readers not installed are left out of the table. Slides are written once into
+``benchmarks/_data/`` (git-ignored).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,9 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DATA = Path(__file__).resolve().parent / "_data"
 SIZE_WH = (20_000, 16_000)
-
-
-# ----------------------------------------------------------------------------- slides
+SLIDE_MPP = 0.25  # given to every reader that needs it (the libvips file says 5 µm/px)
+MPP_WH = (24_000, 20_000)  # the µm/px slide
 
 
 def vips_slide(path: Path, width: int, height: int) -> Path:
@@ -71,13 +87,12 @@ def vips_slide(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def tifffile_slide(path: Path, width: int, height: int) -> Path:
-    """An Aperio-style JPEG pyramid written by tifffile (``write_synthetic_slide``)."""
-    if not path.exists():
-        from ats_wsi.data.synthetic import write_synthetic_slide
+def mpp_slide(width: int, height: int) -> Path:
+    """A 40x-style slide: 0.25 µm/px, levels 1, 4, 16 (no 0.5 µm/px level), Aperio-style JPEG Q85,
+    256² tiles, written by ``write_synthetic_slide`` (the slide of ``benchmarks/mpp_patches.py``)."""
+    from mpp_patches import slide_path
 
-        write_synthetic_slide(path, width, height, tile_size=256, seed=7, n_lesions=2)
-    return path
+    return slide_path(width, height)
 
 
 def warm_page_cache(path: Path) -> None:
@@ -87,67 +102,109 @@ def warm_page_cache(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- methods
+# Each method: made (files opened) before the clock; ``read(xy)`` returns uint8 [n, p, p, 3].
 
 
-class Clock:
-    """Wall time and this process's CPU time (all threads) since it was made."""
+class Kind:
+    """What is read: patch size ``p`` out of a ``region`` of level 0 (``factor`` = region / p)."""
 
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+    def __init__(self, name: str, p: int, factor: int = 1, path: Path | None = None, wh=SIZE_WH):
+        self.name, self.p, self.factor, self.region = name, p, factor, p * factor
+        self.path, self.wh = path, wh
 
-    def stop(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+    def finish(self, regions: list) -> np.ndarray:
+        """Stack the regions read; reduce them by the exact block mean PatchReader uses."""
+        from ats_wsi.patches._resample import block_mean
 
-
-def openslide_loop(path, batches, p):
-    import openslide
-
-    osr = openslide.OpenSlide(str(path))  # a fresh handle: openslide's tile cache starts cold
-    osr.read_region((0, 0), 0, (1, 1))  # warm-up (first-call costs), outside the clock, like for the others
-    clock = Clock()
-    for xy in batches:
-        out = [np.asarray(osr.read_region((int(x), int(y)), 0, (p, p)))[:, :, :3] for x, y in xy]
-    seconds = clock.stop()
-    osr.close()
-    assert out[0].shape == (p, p, 3)
-    return seconds
+        stack = np.stack(regions)
+        if self.factor == 1:
+            return stack
+        out = np.empty((len(stack), self.p, self.p, 3), np.uint8)
+        block_mean(stack, self.factor, out)
+        return out
 
 
-def tifffile_zarr(path, batches, p):
-    import tifffile
-    import zarr
+class OpenslideLoop:
+    def __init__(self, path, kind):
+        import openslide
 
-    store = tifffile.imread(str(path), aszarr=True, level=0)
-    z = zarr.open(store, mode="r")
-    z[:1, :1]
-    clock = Clock()
-    for xy in batches:
-        out = [z[y:y + p, x:x + p] for x, y in xy.tolist()]
-    seconds = clock.stop()
-    store.close()
-    assert out[0].shape == (p, p, 3)
-    return seconds
+        self.osr, self.kind = openslide.OpenSlide(str(path)), kind
+        self.osr.set_cache(openslide.OpenSlideCache(0))
+        self.osr.read_region((0, 0), 0, (1, 1))
+
+    def read(self, xy):
+        s = self.kind.region
+        return self.kind.finish([np.asarray(self.osr.read_region((x, y), 0, (s, s)))[:, :, :3] for x, y in xy])
 
 
-def patch_reader(path, batches, p, workers):
-    from ats_wsi.patches import PatchReader
-    from ats_wsi.slide import open_slide
+class TiffslideLoop:
+    def __init__(self, path, kind):
+        import tiffslide
 
-    with open_slide(path, backend="tifffile") as slide, \
-            PatchReader(slide, 0, p, workers=workers, cache_bytes=0) as reader:
-        reader.read([[0, 0], [slide.dimensions[0] // 2, 0]])  # threads started
-        clock = Clock()
-        for xy in batches:
-            out = reader.read(xy)
-        seconds = clock.stop()
-    assert tuple(out.shape[1:]) == (3, p, p)
-    return seconds
+        self.ts, self.kind = tiffslide.TiffSlide(str(path)), kind
+        self.ts.read_region((0, 0), 0, (1, 1), as_array=True)
+
+    def read(self, xy):
+        s = self.kind.region
+        return self.kind.finish([self.ts.read_region((x, y), 0, (s, s), as_array=True)[:, :, :3] for x, y in xy])
+
+
+class FastslideLoop:
+    def __init__(self, path, kind):
+        import fastslide
+
+        self.fs, self.kind = fastslide.FastSlide.from_file_path(str(path), cache=None), kind
+        self.fs.read_region((0, 0), 0, (1, 1)).numpy()
+
+    def read(self, xy):
+        s = self.kind.region
+        return self.kind.finish([np.array(self.fs.read_region((x, y), 0, (s, s)).numpy()[:, :, :3]) for x, y in xy])
+
+
+class CucimLoop:
+    def __init__(self, path, kind):
+        from cucim import CuImage
+
+        CuImage.cache("nocache")
+        self.img, self.kind = CuImage(str(path)), kind
+        np.asarray(self.img.read_region((0, 0), (1, 1), 0))
+
+    def read(self, xy):
+        s = self.kind.region
+        return self.kind.finish([np.asarray(self.img.read_region((x, y), (s, s), 0))[:, :, :3] for x, y in xy])
+
+
+class CucimBatched(CucimLoop):
+    workers = 2
+
+    def read(self, xy):
+        s = self.kind.region
+        it = self.img.read_region(xy, (s, s), 0, num_workers=self.workers)
+        return self.kind.finish([np.array(patch)[:, :, :3] for patch in it])  # np.array copies
+
+
+class Reader:
+    def __init__(self, path, kind, workers, crop=True):
+        from ats_wsi.patches import PatchReader
+        from ats_wsi.slide import open_slide
+
+        self.slide = open_slide(path, backend="tifffile", mpp=SLIDE_MPP)
+        mpp = None if kind.factor == 1 else SLIDE_MPP * kind.factor
+        self.reader = PatchReader(self.slide, None if mpp else 0, kind.p, mpp=mpp, workers=workers,
+                                  cache_bytes=0, crop=crop)
+        assert self.reader.crop == crop, "the ats_wsi_jpeg extension is not installed"
+        self.reader.read([[0, 0], [kind.wh[0] // 2, 0]])  # threads started
+
+    def read(self, xy):
+        return self.reader.read(xy).permute(0, 2, 3, 1).numpy()
 
 
 class Floor:
-    """Decode exactly the needed tiles once, one thread, imagecodecs only."""
+    """Cropped decode of each needed tile's union box once (ats_wsi_jpeg, no check past the last row)."""
 
-    def __init__(self, path):
+    whole = False
+
+    def __init__(self, path, kind):
         import tifffile
 
         with tifffile.TiffFile(str(path)) as tif:
@@ -159,151 +216,155 @@ class Floor:
                 page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
             self.tile_wh = (page.tilewidth, page.tilelength)
             self.level_wh = (page.imagewidth, page.imagelength)
+            self.rgb = page.photometric == 2 and page.samplesperpixel == 3 and not page.is_jfif
         self.cols = -(-self.level_wh[0] // self.tile_wh[0])
-        self.path = path
+        self.kind, self.fd, self.plans = kind, os.open(path, os.O_RDONLY), {}
+        self.out = np.empty((1, kind.region, kind.region, 3), np.uint8)
 
-    def tiles(self, xy, p) -> list[int]:
-        """Indices of the tiles under the patches (computed before the clock starts)."""
+    def prepare(self, xy) -> None:
+        """The plan (outside the clock): which tiles, which boxes."""
         from ats_wsi.patches.reader import plan_tiles
 
-        plan = plan_tiles(xy, (p, p), self.tile_wh, self.level_wh)
-        return (plan.tiles[:, 1] * self.cols + plan.tiles[:, 0]).tolist()
+        plan = plan_tiles(xy, (self.kind.region,) * 2, self.tile_wh, self.level_wh)
+        index = (plan.tiles[:, 1] * self.cols + plan.tiles[:, 0]).tolist()
+        pairs, starts = plan.pairs.tolist(), plan.starts.tolist()
+        jobs = [(int(self.offsets[t]), int(self.counts[t]), pairs[starts[k]:starts[k + 1]]) for k, t in enumerate(index)]
+        if len(self.out) < len(xy):
+            self.out = np.empty((len(xy), self.kind.region, self.kind.region, 3), np.uint8)
+        self.plans[id(xy)] = jobs
 
-    def decode(self, index: int, fd: int) -> np.ndarray:
+    def tiles(self, xy) -> int:
+        return len(self.plans[id(xy)])
+
+    def read(self, xy):
+        import ats_wsi_jpeg
+
+        fd, tables, out = self.fd, self.tables, self.out
+        for offset, count, pairs in self.plans[id(xy)]:
+            ats_wsi_jpeg.decode_into(os.pread(fd, count, offset), tables, self.rgb, out, pairs, verify=False)
+        return None
+
+
+class WholeFloor(Floor):
+    """The previous floor: each needed tile decoded whole once with imagecodecs, output discarded."""
+
+    def read(self, xy):
         import imagecodecs
 
-        data = os.pread(fd, int(self.counts[index]), int(self.offsets[index]))
-        return imagecodecs.jpeg8_decode(data, tables=self.tables, colorspace=self.colorspace,
-                                        outcolorspace=self.outcolorspace)
+        fd = self.fd
+        for offset, count, _ in self.plans[id(xy)]:
+            imagecodecs.jpeg8_decode(os.pread(fd, count, offset), tables=self.tables, colorspace=self.colorspace,
+                                     outcolorspace=self.outcolorspace)
+        return None
 
-    def __call__(self, batches, p):
-        needed = [self.tiles(xy, p) for xy in batches]
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            clock = Clock()
-            for tiles in needed:
-                for index in tiles:
-                    self.decode(index, fd)
-            seconds = clock.stop()
-        finally:
-            os.close(fd)
-        return seconds
 
-    def check(self, slide_path) -> None:
-        """The floor's decode gives the slide's tile (so it measures the real work)."""
-        from ats_wsi.slide import open_slide
+def methods_for(path, kind):
+    """name -> factory, for the readers installed."""
+    import importlib.util
 
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            with open_slide(slide_path, backend="tifffile") as slide:
-                for index in (0, len(self.offsets) // 2 + 3):
-                    col, row = index % self.cols, index // self.cols
-                    ours = self.decode(index, fd)[: self.tile_wh[1], : self.tile_wh[0], :3]
-                    assert np.array_equal(ours, slide.read_tile(0, col, row)), "floor decodes a different tile"
-        finally:
-            os.close(fd)
+    have = {m: importlib.util.find_spec(m) is not None for m in ("tiffslide", "fastslide", "cucim", "ats_wsi_jpeg")}
+    out = {"openslide loop": lambda: OpenslideLoop(path, kind)}
+    if have["tiffslide"]:
+        out["tiffslide loop"] = lambda: TiffslideLoop(path, kind)
+    if have["fastslide"]:
+        out["fastslide loop"] = lambda: FastslideLoop(path, kind)
+    if have["cucim"]:
+        out["cuCIM loop (1 thread)"] = lambda: CucimLoop(path, kind)
+        out["cuCIM batched (num_workers=2)"] = lambda: CucimBatched(path, kind)
+    out["PatchReader, whole tiles (old), w=1"] = lambda: Reader(path, kind, 1, crop=False)
+    if have["ats_wsi_jpeg"]:
+        out["PatchReader w=1"] = lambda: Reader(path, kind, 1)
+        out["PatchReader w=2"] = lambda: Reader(path, kind, 2)
+        out["floor (cropped decode of the needed boxes)"] = lambda: Floor(path, kind)
+    out["floor, whole tiles (old floor)"] = lambda: WholeFloor(path, kind)
+    return out
 
 
 # ----------------------------------------------------------------------------- the table
 
 
-def random_batches(rng, wh, p, n, count):
-    w, h = wh
-    return [np.stack([rng.integers(0, w - p + 1, n), rng.integers(0, h - p + 1, n)], axis=1) for _ in range(count)]
+def positions(rng, kind, n, aligned: bool) -> np.ndarray:
+    w, h = kind.wh
+    if aligned:
+        return np.stack([rng.integers(0, w // 256, n) * 256, rng.integers(0, h // 256, n) * 256], axis=1)
+    return np.stack([rng.integers(0, w - kind.region + 1, n), rng.integers(0, h - kind.region + 1, n)], axis=1)
 
 
-def aligned_batches(rng, wh, tile, n, count):
-    cols, rows = wh[0] // tile, wh[1] // tile  # whole tiles only
-    return [np.stack([rng.integers(0, cols, n) * tile, rng.integers(0, rows, n) * tile], axis=1)
-            for _ in range(count)]
-
-
-def measure(methods: dict, repeats: int) -> dict:
-    """{name: (best wall seconds, best CPU seconds)} over ``repeats`` interleaved runs."""
-    best = {name: (float("inf"), float("inf")) for name in methods}
-    for _ in range(repeats):
-        for name, run in methods.items():
-            wall, cpu = run()
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
-
-
-def table_rows(slide_name, path, p, args, rng, floor):
-    import openslide
-
-    wh = openslide.OpenSlide(str(path)).dimensions
-    batches = random_batches(rng, wh, p, args.n, args.batches)
-    methods = {
-        "openslide loop": lambda: openslide_loop(path, batches, p),
-        "tifffile+zarr": lambda: tifffile_zarr(path, batches, p),
-        "PatchReader w=1": lambda: patch_reader(path, batches, p, 1),
-        "PatchReader w=2": lambda: patch_reader(path, batches, p, 2),
-        "floor (decode needed tiles once)": lambda: floor(batches, p),
-    }
-    aligned_names = []
-    if p == floor.tile_wh[0]:
-        aligned = aligned_batches(rng, wh, p, args.n, args.batches)
-        aligned_names = ["openslide loop, tile-aligned", "tile-aligned PatchReader w=1",
-                         "tile-aligned PatchReader w=2", "floor, tile-aligned"]
-        methods.update(zip(aligned_names, [
-            lambda: openslide_loop(path, aligned, p),
-            lambda: patch_reader(path, aligned, p, 1),
-            lambda: patch_reader(path, aligned, p, 2),
-            lambda: floor(aligned, p),
-        ]))
-    seconds = measure(methods, args.repeats)
+def run_kind(kind, aligned, args, rng):
+    path = kind.path
+    factories = methods_for(path, kind)
+    made = {name: make() for name, make in factories.items()}
+    names = list(made)
+    walls = {name: [] for name in names}
+    cpus = {name: [] for name in names}
+    first, tiles = {}, 0
+    for rep in range(args.repeats):
+        batches = [positions(rng, kind, args.n, aligned) for _ in range(args.batches)]
+        for m in made.values():
+            if isinstance(m, Floor):
+                for xy in batches:
+                    m.prepare(xy)
+        tiles += sum(made[names[-1]].tiles(xy) for xy in batches)
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            m = made[name]
+            wall, cpu = time.perf_counter(), time.process_time()
+            for b, xy in enumerate(batches):
+                got = m.read(xy.tolist() if not isinstance(m, (Reader, Floor)) else xy)
+                if rep == 0 and b == 0:
+                    first[name] = got
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
     n_total = args.n * args.batches
-    ref_openslide = seconds["openslide loop"][0]
-    tiles_per_patch = sum(len(floor.tiles(xy, p)) for xy in batches) / n_total
+    ref = first["openslide loop"].astype(np.int16)
+    wall = {name: statistics.median(walls[name]) for name in names}
+    floor = "floor (cropped decode of the needed boxes)" if "floor (cropped decode of the needed boxes)" in wall \
+        else "floor, whole tiles (old floor)"
     rows = []
-    for name, (wall, cpu) in seconds.items():
-        floor_name = "floor, tile-aligned" if name in aligned_names else "floor (decode needed tiles once)"
-        ref_wall, ref_cpu = seconds[floor_name]
-        rate = n_total / wall
-        rows.append((slide_name, f"{p}²", name, f"{rate:,.0f}", f"{rate * p * p * 3 / 1e6:,.1f}",
-                     f"{ref_openslide / wall:.2f}", f"{ref_wall / wall:.2f}", f"{n_total / cpu:,.0f}",
-                     f"{ref_cpu / cpu:.2f}"))
-    return rows, tiles_per_patch
+    for name in names:
+        load = statistics.median(c / w for c, w in zip(cpus[name], walls[name]))
+        diff = "" if first[name] is None else f"{np.abs(first[name].astype(np.int16) - ref).mean():.3f}"
+        rows.append((kind.name, name, f"{n_total / wall[name]:,.0f}", f"{wall['openslide loop'] / wall[name]:.2f}",
+                     f"{wall[floor] / wall[name]:.2f}", f"{load:.2f}", diff))
+    return rows, tiles / (args.repeats * n_total)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=64, help="patches per batch")
-    parser.add_argument("--batches", type=int, default=4, help="batches per run (fresh random positions)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method; the best is shown")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 32], help="patch sizes")
+    parser.add_argument("--n", type=int, default=200, help="patches per batch")
+    parser.add_argument("--batches", type=int, default=2, help="batches per run (fresh random positions)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per method; the median is shown")
+    parser.add_argument("--kinds", nargs="+", default=["random", "aligned", "mpp"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     DATA.mkdir(parents=True, exist_ok=True)
     w, h = SIZE_WH
-    slides = {
-        f"libvips {w}x{h}": vips_slide(DATA / f"vips_{w}x{h}.tif", w, h),
-        f"tifffile {w}x{h}": tifffile_slide(DATA / f"synthetic_{w}x{h}.svs", w, h),
-    }
+    path = vips_slide(DATA / f"vips_{w}x{h}.tif", w, h)
+    mpp_path = mpp_slide(*MPP_WH)
+    warm_page_cache(path)
+    warm_page_cache(mpp_path)
     rng = np.random.default_rng(args.seed)
+    kinds = {"random": (Kind("random 256²", 256, path=path), False),
+             "aligned": (Kind("tile-aligned 256²", 256, path=path), True),
+             "mpp": (Kind("224² at 0.5 µm/px (448² at 0.25), µm/px slide", 224, 2, mpp_path, MPP_WH), False)}
+    load0 = os.getloadavg()[0]
     rows, notes = [], []
-    for name, path in slides.items():
-        warm_page_cache(path)
-        floor = Floor(path)
-        floor.check(path)
-        for p in args.sizes:
-            r, tpp = table_rows(name, path, p, args, rng, floor)
-            rows += r
-            notes.append(f"{name}, {p}²: {tpp:.2f} tiles decoded per random patch")
-    header = ("slide", "patch", "method", "patches/s", "MB/s", "× openslide loop", "× floor",
-              "patches per CPU-s", "× floor (CPU)")
-    print(f"{args.batches} batches x {args.n} random level-0 patches per run, best of {args.repeats}; "
-          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    for key in args.kinds:
+        kind, aligned = kinds[key]
+        r, tpp = run_kind(kind, aligned, args, rng)
+        rows += r
+        notes.append(f"{kind.name}: {tpp:.2f} tiles per patch")
+    header = ("patches", "method", "patches/s", "× openslide", "× floor", "CPU-s per wall-s",
+              "mean abs diff to openslide")
+    print(f"libvips {w}x{h} JPEG (256² tiles, Q85; the µm/px rows: write_synthetic_slide {MPP_WH[0]}x{MPP_WH[1]}, "
+          f"0.25 µm/px, levels 1/4/16); {args.batches} batches x {args.n} patches per run, median of "
+          f"{args.repeats} interleaved runs; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+          f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print("- × openslide loop: against the openslide loop on random patches of the same size and slide; "
-          "× floor: against the floor of the same patches (random or tile-aligned); "
-          "CPU-s: this process's CPU time, all threads (robust to a loaded machine; "
-          "with 2 workers it counts both threads' work, not the speed-up).")
     for note in notes:
         print(f"- {note}")
 

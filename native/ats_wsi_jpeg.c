@@ -126,6 +126,10 @@ static int run_decode(job_t *job)
     long full_w = (long)cinfo.output_width, full_h = (long)cinfo.output_height;
     JDIMENSION cx = (JDIMENSION)(job->bx0 > 0 ? job->bx0 - 1 : 0);
     long cend = job->bx1 + 1 < full_w ? job->bx1 + 1 : full_w;
+    if (cend - (long)cx < 32) { /* a very narrow crop switches libjpeg to another (plain) upsampler */
+        cend = (long)cx + 32 < full_w ? (long)cx + 32 : full_w;
+        cx = (JDIMENSION)(cend - 32 > 0 ? cend - 32 : 0);
+    }
     JDIMENSION cw = (JDIMENSION)(cend - (long)cx);
     if (cx > 0 || (long)cw < full_w)
         jpeg_crop_scanline(&cinfo, &cx, &cw); /* cx moves down to an iMCU boundary */

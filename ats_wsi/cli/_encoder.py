@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import floats, positive_int
+from ._common import floats
 
 FILE_SUFFIXES = {".pt2": "export", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
                  ".jit": "torchscript", ".torchscript": "torchscript"}

@@ -54,8 +54,10 @@ def results_map(results: str | Path, slide: str | Path) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, show: bool = True):
+def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, show: bool = True, viewer=None):
     """A napari viewer with the slide (and its results) opened; ``napari.run()`` is left to the caller.
+
+    ``viewer``: open into this ``napari.Viewer`` instead of a new one.
 
     Returns:
         the ``napari.Viewer``; its layers are the slide, then (with
@@ -67,7 +69,7 @@ def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, sh
     """
     import napari
 
-    viewer = napari.Viewer(show=show)
+    viewer = napari.Viewer(show=show) if viewer is None else viewer
     viewer.open(str(slide), plugin=PLUGIN)
     if results is not None:
         found = results_map(results, slide)

@@ -19,8 +19,8 @@ from .cache import FeatureCache, slide_fingerprint
 from .features import as_float, patch_features
 from .loaders import build_backbone, find_weights
 from .module import PatchEncoder, attach_feature_cache, build_encoder
-from .registry import REGISTRY, get_spec, list_specs
-from .spec import EncoderSpec, load_spec
+from .registry import REGISTRY, get_spec, list_specs, load_spec
+from .spec import EncoderSpec
 
 __all__ = [
     "EncoderSpec",

@@ -27,7 +27,8 @@ from ..errors import EncoderError, EncoderResolutionError
 from .cache import FeatureCache, geometry_digest, slide_fingerprint
 from .features import as_float
 from .loaders import build_backbone
-from .spec import EncoderSpec, load_spec
+from .registry import load_spec
+from .spec import EncoderSpec
 
 __all__ = ["PatchEncoder", "attach_feature_cache", "build_encoder"]
 

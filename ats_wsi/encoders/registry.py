@@ -20,12 +20,15 @@ contract.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from ..errors import EncoderError
 from .spec import EncoderSpec
 
-__all__ = ["REGISTRY", "get_spec", "list_specs"]
+__all__ = ["REGISTRY", "get_spec", "list_specs", "load_spec"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,3 +139,40 @@ def get_spec(name: str) -> EncoderSpec:
 def list_specs() -> list[str]:
     """Names of the registered encoders."""
     return sorted(REGISTRY)
+
+
+def load_spec(value: str | os.PathLike | dict | EncoderSpec) -> EncoderSpec:
+    """A spec from a registry name, a JSON file, a dict or a spec.
+
+    A JSON spec (or dict) with ``"base": "<registry name>"`` starts from that
+    entry and overrides the fields it gives.
+
+    Raises:
+        EncoderError: unknown name, unreadable file, bad fields.
+    """
+    if isinstance(value, EncoderSpec):
+        return value
+    path = None
+    if isinstance(value, dict):
+        data = dict(value)
+    else:
+        text = os.fspath(value)
+        if text.lower() in REGISTRY:
+            return get_spec(text)
+        path = Path(text)
+        if not path.is_file():
+            raise EncoderError(path, f"no such encoder spec file, and not a registered encoder; "
+                                     f"registered: {sorted(REGISTRY)}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EncoderError(path, f"not a readable JSON encoder spec ({error})") from None
+    if not isinstance(data, dict):
+        raise EncoderError(path, f"an encoder spec must be a JSON object, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        if base not in REGISTRY:
+            raise EncoderError(path, f"'base': {base!r} is not a registered encoder; registered: {sorted(REGISTRY)}")
+        data = {**get_spec(base).to_dict(), **data}
+    data.setdefault("name", path.stem if path is not None else "custom")
+    return EncoderSpec.from_dict(data, path)

@@ -10,7 +10,7 @@ specs with different :meth:`EncoderSpec.digest` are never mixed (the feature
 cache keys on it).
 
 Specs come from the registry (:mod:`ats_wsi.encoders.registry`, by name) or
-from a JSON file a user writes (:func:`load_spec`); a JSON spec may start from
+from a JSON file a user writes (:func:`ats_wsi.encoders.load_spec`); a JSON spec may start from
 a registry entry with ``"base": "<name>"`` and override some fields.
 """
 from __future__ import annotations
@@ -20,12 +20,11 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import EncoderError
 
-__all__ = ["EncoderSpec", "load_spec", "SOURCES", "POOLINGS", "DTYPES"]
+__all__ = ["EncoderSpec", "SOURCES", "POOLINGS", "DTYPES"]
 
 SOURCES = ("timm", "hf", "torchscript", "export", "none")
 """How the encoder is built: ``timm`` (``timm.create_model(arch, **kwargs)`` with the
@@ -168,41 +167,3 @@ class EncoderSpec:
         return (f"{self.name}: {self.patch_px} px at {self.mpp:g} µm/px -> {self.input_px} px, D={self.dim}, "
                 f"{self.dtype}, pooling {self.pooling}")
 
-
-def load_spec(value: str | os.PathLike | dict | EncoderSpec) -> EncoderSpec:
-    """A spec from a registry name, a JSON file, a dict or a spec.
-
-    A JSON spec (or dict) with ``"base": "<registry name>"`` starts from that
-    entry and overrides the fields it gives.
-
-    Raises:
-        EncoderError: unknown name, unreadable file, bad fields.
-    """
-    from .registry import REGISTRY, get_spec
-
-    if isinstance(value, EncoderSpec):
-        return value
-    path = None
-    if isinstance(value, dict):
-        data = dict(value)
-    else:
-        text = os.fspath(value)
-        if text.lower() in REGISTRY:
-            return get_spec(text)
-        path = Path(text)
-        if not path.is_file():
-            raise EncoderError(path, f"no such encoder spec file, and not a registered encoder; "
-                                     f"registered: {sorted(REGISTRY)}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise EncoderError(path, f"not a readable JSON encoder spec ({error})") from None
-    if not isinstance(data, dict):
-        raise EncoderError(path, f"an encoder spec must be a JSON object, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is not None:
-        if base not in REGISTRY:
-            raise EncoderError(path, f"'base': {base!r} is not a registered encoder; registered: {sorted(REGISTRY)}")
-        data = {**get_spec(base).to_dict(), **data}
-    data.setdefault("name", path.stem if path is not None else "custom")
-    return EncoderSpec.from_dict(data, path)

@@ -71,9 +71,11 @@ def hold_results_folder(out: str | os.PathLike, run_id: str) -> Iterator[Path]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:
         raise OutputError.from_os_error(path, exc) from None
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
             raise OutputLockedError(out, f"another ats-wsi run ({_holder(path)}) is writing this results "
                                          "folder; wait until it ends, or choose another --out") from None
@@ -88,9 +90,10 @@ def hold_results_folder(out: str | os.PathLike, run_id: str) -> Iterator[Path]:
         except OSError as exc:
             raise OutputError.from_os_error(out, exc) from None
         yield out
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # an idle folder's lock file is empty (and equal between runs)
     finally:
+        if held:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # an idle folder's lock file is empty (and equal between runs)
         os.close(fd)  # releases the lock
 
 
@@ -202,5 +205,10 @@ def as_output_error(exc: BaseException, out: str | os.PathLike) -> OutputError |
     where = exc.filename if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
     under = where is not None and os.path.abspath(os.fsdecode(where)).startswith(os.path.abspath(out) + os.sep)
     if exc.errno in _OUTPUT_ERRNOS or under:
-        return OutputError.from_os_error(os.fsdecode(where) if where is not None else out, exc)
+        where = Path(os.fsdecode(where)) if where is not None else Path(out)
+        for i, part in enumerate(where.parts):  # name the folder written to, not a temporary in it
+            if temporary_owner(part) is not None:
+                where = Path(*where.parts[:i])
+                break
+        return OutputError.from_os_error(where, exc)
     return None

@@ -15,7 +15,6 @@ compares both on real files.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 
 import numpy as np

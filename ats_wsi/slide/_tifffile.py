@@ -319,8 +319,7 @@ class TiffSlide(Slide):
         path = os.fspath(path)
         layout = inspect_tiff(path, fast_only=False) if layout is None else layout
         self._tiff_levels = layout.levels
-        self._associated = layout.associated
-        self._icc = layout.icc
+        self._associated, self._icc = layout.associated, layout.icc
         self._file = _PositionalFile(path)
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
                          properties=layout.properties, mpp_xy=layout.mpp_xy)

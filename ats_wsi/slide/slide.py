@@ -39,10 +39,10 @@ import threading
 import numpy as np
 
 from ..errors import LevelError, RegionError, SlideError
-from ._checks import MAX_DERIVED_PIXELS, check_derive_cost, derived_cost, int_pair, positive_number
+from ._checks import MAX_DERIVED_PIXELS, check_derive_cost, derived_cost, int_pair
 from ._levels import (
-    ComputedTiles, Level, best_level_for_downsample, complete_levels, level_origin, nearest_level,
-    openslide_properties, paste_tiles, thumbnail_geometry,
+    ComputedTiles, Level, best_level_for_downsample, complete_levels, level_origin, openslide_properties,
+    paste_tiles,
 )
 from ._surface import TISSUE_DOWNSAMPLE, OpenSlideSurface
 

@@ -69,10 +69,11 @@ def test_other_backends_and_computed_levels_equal_read_region(slide_file, patch_
     sf = slide_file(name)
     rng = np.random.default_rng(5)
     with open_slide(sf.path, backend=backend) as slide:
-        for level in (0, slide.level_count - 2):
-            origin = patch_helpers.edge_boxes(rng, slide.level_dimensions[level], slide.tile_size(level),
+        for level in (0, len(slide.pyramid) - 2):  # tiff_flat: a computed level (Slide.pyramid)
+            lv = slide.pyramid[level]
+            origin = patch_helpers.edge_boxes(rng, (lv.width, lv.height), slide.tile_size(level),
                                               PATCH_WH, n_random=6)
-            xy0 = patch_helpers.to_level0(origin, slide.level_downsamples[level])
+            xy0 = patch_helpers.to_level0(origin, lv.downsample)
             with PatchReader(slide, level, PATCH_WH, workers=2) as reader:
                 got = reader.read(xy0)
             np.testing.assert_array_equal(as_hwc(got), reference(slide, xy0, level, PATCH_WH))

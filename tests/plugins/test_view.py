@@ -39,7 +39,7 @@ def predicted(lesion_slide, darkness, tmp_path):
     return slide, results, _predict(slide, darkness.checkpoint, results)
 
 
-def test_readme_example_runs_as_written(predicted, darkness, tmp_path, monkeypatch, qtbot):
+def test_readme_example_runs_as_written(predicted, darkness, tmp_path, monkeypatch, make_napari_viewer):
     slide, results, row = predicted
     (tmp_path / "run").mkdir()
     shutil.copyfile(darkness.checkpoint, tmp_path / "run" / "best.pt")
@@ -48,70 +48,62 @@ def test_readme_example_runs_as_written(predicted, darkness, tmp_path, monkeypat
     assert PLUGIN == "napari-ats-wsi"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    monkeypatch.setattr(napari, "Viewer", make_napari_viewer)  # napari's test viewer, closed by the fixture
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)  # as written
     viewer = namespace["viewer"]
-    try:
-        names = [layer.name for layer in viewer.layers]
-        assert names[:3] == ["slide.svs", "slide.zarr", "slide.zarr patches"]
-        assert len(viewer.layers) == 5  # + the widget's heatmap and boxes
-        pred = namespace["prediction"]
-        assert pred.predicted_name == "tumour"
-        assert namespace["widget"].result is pred
-        geo = json.loads((tmp_path / "slide.geojson").read_text())
-        boxes = [f for f in geo["features"] if f["properties"]["name"].startswith("patch ")]
-        assert [f["geometry"]["coordinates"][0][0] for f in boxes] == [[x, y] for x, y, _, _ in pred.boxes_xywh]
-    finally:
-        viewer.close()
+    names = [layer.name for layer in viewer.layers]
+    assert names[:3] == ["slide.svs", "slide.zarr", "slide.zarr patches"]
+    assert len(viewer.layers) == 5  # + the widget's heatmap and boxes
+    pred = namespace["prediction"]
+    assert pred.predicted_name == "tumour"
+    assert namespace["widget"].result is pred
+    geo = json.loads((tmp_path / "slide.geojson").read_text())
+    boxes = [f for f in geo["features"] if f["properties"]["name"].startswith("patch ")]
+    assert [f["geometry"]["coordinates"][0][0] for f in boxes] == [[x, y] for x, y, _, _ in pred.boxes_xywh]
 
 
-def test_view_shows_slide_map_numbered_boxes_class_and_widget(predicted, darkness, lesion_slide, qtbot):
+def test_view_shows_slide_map_numbered_boxes_class_and_widget(predicted, darkness, lesion_slide,
+                                                              make_napari_viewer):
     slide, results, row = predicted
-    viewer = open_viewer(slide, results, checkpoint=darkness.checkpoint, show=False)
-    try:
-        slide_layer, heat, boxes = viewer.layers
-        assert slide_layer.multiscale and slide_layer.rgb
-        np.testing.assert_allclose(slide_layer.scale, (lesion_slide.mpp, lesion_slide.mpp))  # µm
-        assert tuple(heat.contrast_limits) == pytest.approx((0.0, ATTENTION_SCALE_MAX))
-        assert heat.colorbar.visible
-        assert heat.data.mean() == pytest.approx(1.0, rel=1e-4)  # attention x cells: 1 on average
-        assert boxes.metadata["boxes_xywh"] == row["boxes_xywh"]
-        assert list(boxes.features["draw_order"]) == list(range(1, len(row["boxes_xywh"]) + 1))
-        assert boxes.text.string.format == "{draw_order}"
-        np.testing.assert_allclose(boxes.scale, slide_layer.scale)
-        assert viewer.text_overlay.visible and viewer.text_overlay.text.startswith("tumour  p = 0.80")
-        docked = [w for w in viewer.window.dock_widgets]
-        assert any("Attention sampling" in name for name in docked), docked
-        widget = viewer.window.dock_widgets[next(n for n in docked if "Attention sampling" in n)]
-        assert widget.checkpoint == Path(darkness.checkpoint) and widget.slide_layer is slide_layer
-    finally:
-        viewer.close()
+    viewer = open_viewer(slide, results, checkpoint=darkness.checkpoint, viewer=make_napari_viewer())
+    slide_layer, heat, boxes = viewer.layers
+    assert slide_layer.multiscale and slide_layer.rgb
+    np.testing.assert_allclose(slide_layer.scale, (lesion_slide.mpp, lesion_slide.mpp))  # µm
+    assert tuple(heat.contrast_limits) == pytest.approx((0.0, ATTENTION_SCALE_MAX))
+    assert heat.colorbar.visible
+    assert heat.data.mean() == pytest.approx(1.0, rel=1e-4)  # attention x cells: 1 on average
+    assert boxes.metadata["boxes_xywh"] == row["boxes_xywh"]
+    assert list(boxes.features["draw_order"]) == list(range(1, len(row["boxes_xywh"]) + 1))
+    assert boxes.text.string.format == "{draw_order}"
+    np.testing.assert_allclose(boxes.scale, slide_layer.scale)
+    assert viewer.text_overlay.visible and viewer.text_overlay.text.startswith("tumour  p = 0.80")
+    docked = [w for w in viewer.window.dock_widgets]
+    assert any("Attention sampling" in name for name in docked), docked
+    widget = viewer.window.dock_widgets[next(n for n in docked if "Attention sampling" in n)]
+    assert widget.checkpoint == Path(darkness.checkpoint) and widget.slide_layer is slide_layer
 
 
-def test_view_of_a_single_level_slide_offers_the_computed_levels(tiff_flat, qtbot):
+def test_view_of_a_single_level_slide_offers_the_computed_levels(tiff_flat, make_napari_viewer):
     from ats_wsi import open_slide
 
-    viewer = open_viewer(tiff_flat.path, widget=False, show=False)
-    try:
-        [layer] = viewer.layers
-        with open_slide(tiff_flat.path) as s:
-            assert s.level_count == 1
-            assert [tuple(d.shape[:2]) for d in layer.data] == [(lv.height, lv.width) for lv in s.pyramid]
-        assert len(layer.data) == 5
-    finally:
-        viewer.close()
+    viewer = open_viewer(tiff_flat.path, widget=False, viewer=make_napari_viewer())
+    [layer] = viewer.layers
+    with open_slide(tiff_flat.path) as s:
+        assert s.level_count == 1
+        assert [tuple(d.shape[:2]) for d in layer.data] == [(lv.height, lv.width) for lv in s.pyramid]
+    assert len(layer.data) == 5
 
 
-def test_ats_wsi_view_command_opens_napari_and_returns(predicted, monkeypatch, qtbot):
+def test_ats_wsi_view_command_opens_napari_and_returns(predicted, monkeypatch, make_napari_viewer):
     slide, results, _ = predicted
     opened = []
 
-    def fake_run(*a, **k):  # instead of blocking: look, then close
-        viewer = napari.current_viewer()
-        opened.append([layer.name for layer in viewer.layers])
-        viewer.close()
+    def fake_run(*a, **k):  # instead of blocking: look at what the user would see
+        opened.append([layer.name for layer in napari.current_viewer().layers])
 
     monkeypatch.setattr(napari, "run", fake_run)
+    monkeypatch.setattr(napari, "Viewer", make_napari_viewer)
     assert main(["view", str(slide), "--results", str(results)]) == 0
     assert opened == [["slide.svs", "slide.zarr", "slide.zarr patches"]]
 

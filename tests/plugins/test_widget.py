@@ -261,7 +261,7 @@ def test_a_script_runs_the_widget_blocking_and_gets_the_prediction(make_napari_v
     assert pred.slide == str(lesion_slide.path)
     assert pred.boxes_xywh.shape == (6, 4) and pred.patches_read == 6
     assert [layer.name for layer in viewer.layers] == ["lesion.svs", "lesion.svs attention", "lesion.svs patches"]
-    np.testing.assert_array_equal(viewer.layers[1].data, pred.attention)
+    np.testing.assert_allclose(viewer.layers[1].data, attention_scale(pred.attention))
     assert_boxes_are_the_predictions(viewer.layers[2], pred, lesion_slide.mpp)
     assert widget._result.value.startswith("Predicted: tumour (p = 0.800)")
 
@@ -319,6 +319,7 @@ def test_screenshot_shows_heat_over_the_lesion_on_pink_tissue(
     widget._n_patches.value = 4
     run_and_wait(qtbot, widget)
     viewer.reset_view()
+    viewer.layers[1].colorbar.visible = False  # the bar's yellow end is not heat over the slide
     after = viewer.screenshot(canvas_only=True, flash=False)[..., :3]
     for layer in viewer.layers[1:]:
         layer.visible = False
@@ -334,4 +335,5 @@ def test_screenshot_shows_heat_over_the_lesion_on_pink_tissue(
     assert heat.sum() > 20, "no inferno-bright pixels in the screenshot"
     assert _slide_pink(after).sum() > 20 * heat.sum(), "the tissue is no longer visible under the heatmap"
     # the heat is drawn where the lesion is on screen
-    np.testing.assert_allclose(_centroid(heat), _centroid(lesion), atol=4)
+    # atol 6 px: on the absolute scale the cells across the lesion edge saturate too (not only the top cell)
+    np.testing.assert_allclose(_centroid(heat), _centroid(lesion), atol=6)
