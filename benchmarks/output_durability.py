@@ -46,8 +46,8 @@ def main(argv=None) -> int:
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="ats-durability-"))
     work.mkdir(parents=True, exist_ok=True)
-    manifest = make_slide_set(work / "slides", n_slides=args.slides, size=(4096, 3072), seed=0,
-                              lesion_size_um=(400.0, 800.0))
+    make_slide_set(work / "slides", n_slides=args.slides, size=(4096, 3072), seed=0, n_spots=(1, 1),
+                   n_lesions=(1, 1), lesion_size_um=(400.0, 800.0), n_levels=3)  # as the demo's
     slides = sorted(str(s) for s in (work / "slides").glob("*.svs"))
     torch.manual_seed(0)
     ckpt = work / "model.pt"
