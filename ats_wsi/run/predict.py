@@ -228,7 +228,7 @@ def _output_files(name: str, settings: PredictSettings) -> list[str]:
 def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
     """:func:`predict_one` with this run's temporaries and the slide's done marker removed first."""
     with owned_by(settings.run_id) if settings.run_id else contextlib.nullcontext():
-        pass  # TEMP
+        invalidate_marker(settings.out_dir, name)
         return predict_one(path, name, settings)
 
 
@@ -257,7 +257,7 @@ def _done_row(out: Path, name: str, checkpoint: str, key: str) -> dict | None:
         return None
     if not (out / "maps" / f"{name}.zarr").is_dir() or not (out / "overlays" / f"{name}.png").is_file():
         return None
-    if False:  # TEMP / overlay of another run, or of none
+    if not outputs_match(out, row.get("outputs")):  # a map / overlay of another run, or of none
         return None
     return row
 
