@@ -177,19 +177,21 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     client, cluster = _client(args)
-    locked = None
     try:
         with LibraryLog(out / "predict.log") as log:
             rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels)
     except OutputLockedError as exc:  # another run writes --out (a full or read-only one: exit 1, one line)
-        locked = exc
+        print(f"ats-wsi predict: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     finally:
         for thing in (bar, client, cluster):
             if thing is not None:
                 thing.close()
-    if locked is not None:
-        print(f"ats-wsi predict: {locked}", file=sys.stderr)
-        return EXIT_LOCKED
+    return _finish(args, out, rows, errors, labels, log, model)
+
+
+def _finish(args, out: Path, rows, errors, labels, log, model) -> int:
+    """Say what was written; the metrics table for a labelled cohort; exit 1 if any slide failed."""
     print(f"{len(rows)} slide(s) predicted -> {out / 'predictions.csv'}")
     if log.summary("predict"):
         print(log.summary("predict"), file=sys.stderr)

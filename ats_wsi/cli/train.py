@@ -21,11 +21,19 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train an attention-sampling slide classifier", formatter_class=HelpFormatter)
     from ..classifier import ModelConfig
 
-    d = ModelConfig()
     p.add_argument("manifest", help="CSV or TSV with a header: path, label (integers or class names), "
                                     "optional split (train/val/test), slide_id, mpp; see docs/cli.md")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv, config.json, train.log")
     p.add_argument("--config", help="JSON file of model settings, the keys of ModelConfig (flags below override it)")
+    _register_model(p, ModelConfig())
+    _register_resolution(p)
+    _encoder.register_train(p)
+    _register_training(p)
+    p.set_defaults(func=run)
+
+
+def _register_model(p, d) -> None:
+    """The model flags; ``d`` is the default ModelConfig (its values shown in --help)."""
     g = p.add_argument_group("model (each flag overrides --config; the defaults shown are ModelConfig's)")
     g.add_argument("--attention-net", help=f"attention net name in ats_wsi.nets (default: {d.attention_net})")
     g.add_argument("--attention-kwargs", type=json_object, help="attention net arguments as JSON (default: {})")
@@ -57,8 +65,10 @@ def register(sub) -> None:
                    help=f"pixel normalisation mean (default: {','.join(f'{v:g}' for v in d.mean)})")
     g.add_argument("--std", type=floats(3), metavar="R,G,B",
                    help=f"pixel normalisation std (default: {','.join(f'{v:g}' for v in d.std)})")
-    _register_resolution(p)
-    _encoder.register_train(p)
+
+
+def _register_training(p) -> None:
+    """The training flags."""
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (in all, with --resume)")
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
@@ -82,7 +92,6 @@ def register(sub) -> None:
                    help="balanced: weight each slide's loss by n / (classes x slides of its class)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
-    p.set_defaults(func=run)
 
 
 def _register_resolution(p) -> None:

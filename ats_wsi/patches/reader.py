@@ -43,8 +43,10 @@ the region of that level it covers (``factor`` times the patch, same three
 steps, each tile still decoded once per batch) and reduces it
 (:mod:`._resample`): the exact 2 x 2 mean of level 0 for 0.25 -> 0.5 µm/px
 (integers, rounded half up), an area filter with fractional weights for
-other ratios. The regions are the only extra memory: ``n x factor² x patch``
-bytes during a read.
+other ratios (the 2 x 2 mean in C when the optional ``ats_wsi_jpeg`` extension
+is installed, same pixels). The regions are the only extra memory: ``n x
+factor² x patch`` bytes, one such buffer kept for the next batch (a fresh
+one would be page-faulted anew on every read).
 """
 from __future__ import annotations
 
@@ -60,6 +62,11 @@ from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
 from ._resample import area_weights, block_mean, region_size, resample_area
+
+try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact block mean
+    from ats_wsi_jpeg import block_mean as _native_block_mean
+except ImportError:  # pragma: no cover - depends on the environment
+    _native_block_mean = None
 
 __all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
 
@@ -286,6 +293,7 @@ class PatchReader:
         self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ats-tile") if self.workers > 1 else None
         self._batch_pool: ThreadPoolExecutor | None = None
         self._batch_lock = threading.Lock()
+        self._regions: list[np.ndarray] = []  # reused region buffers of the mpp path (no page faults per batch)
 
     def __repr__(self) -> str:
         at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
@@ -356,18 +364,31 @@ class PatchReader:
         if out.shape != (len(origin_xy), ph, pw, 3):
             raise ValueError(f"out must be [{len(origin_xy)}, {ph}, {pw}, 3], got {out.shape}")
         plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
-        region = out if self.factor == 1 else np.empty((len(origin_xy), *self.region_wh[::-1], 3), np.uint8)
+        region = out if self.factor == 1 else self._region(len(origin_xy))
         for i in plan.partial.tolist():
             region[i] = FILL_VALUE
         self._run(plan, region)
         if self._weights is not None:
             resample_area(region, *self._weights, out)
         elif self.factor != 1:
-            block_mean(region, int(self.factor), out)
+            (_native_block_mean or block_mean)(region, int(self.factor), out)
+        if region is not out and not self._regions:  # keep one for the next batch
+            self._regions.append(region.base if region.base is not None else region)
         with self._stats_lock:
             self.stats.patches += len(origin_xy)
             self.stats.batches += 1
         return plan
+
+    def _region(self, n: int) -> np.ndarray:
+        """A uint8 ``[n, *region, 3]`` buffer, reused from an earlier batch when one is free."""
+        shape = (n, *self.region_wh[::-1], 3)
+        try:
+            buf = self._regions.pop()  # atomic: each thread gets its own buffer
+        except IndexError:
+            buf = None
+        if buf is None or buf.shape[0] < n:
+            buf = np.empty(shape, np.uint8)
+        return buf[:n]
 
     def reset_stats(self) -> None:
         with self._stats_lock:
@@ -380,6 +401,7 @@ class PatchReader:
         if self._batch_pool is not None:
             self._batch_pool.shutdown(wait=True)
         self.cache.clear()
+        self._regions.clear()
 
     def __enter__(self) -> PatchReader:
         return self

@@ -262,6 +262,20 @@ def _done_row(out: Path, name: str, checkpoint: str, key: str) -> dict | None:
     return row
 
 
+def _finished_and_todo(out: Path, paths, names, checkpoint: str, key: str, progress):
+    """``(rows of slides a same-settings run finished, [(path, name)] still to do)``."""
+    rows: dict[str, dict] = {}
+    todo = []
+    for path, name in zip(paths, names):
+        row = _done_row(out, name, checkpoint, key)
+        if row is not None:
+            rows[name] = row
+            progress and progress(name, "skipped")
+        else:
+            todo.append((str(path), name))
+    return rows, todo
+
+
 @holding_results_folder  # OUT's lock for the whole run; stale temporaries removed
 def predict_slides(
     slides: Sequence[str | os.PathLike],
@@ -301,16 +315,8 @@ def predict_slides(
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(os.path.abspath(p)) for p in slides]
     names = output_names(paths)
-    rows: dict[str, dict] = {}
+    rows, todo = _finished_and_todo(out, paths, names, settings.checkpoint_id, key, progress)
     errors: dict[str, dict] = {}
-    todo = []
-    for path, name in zip(paths, names):
-        row = _done_row(out, name, settings.checkpoint_id, key)
-        if row is not None:
-            rows[name] = row
-            progress and progress(name, "skipped")
-        else:
-            todo.append((str(path), name))
 
     if labels is not None and len(labels) != len(slides):
         raise ValueError(f"{len(labels)} labels for {len(slides)} slides")

@@ -4,14 +4,12 @@ manifest writes labels and metrics equal to scikit-learn's on the written predic
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli_helpers import MODEL_ARGS, TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
+from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.data.synthetic import make_slide_set
 

@@ -198,3 +198,18 @@ def test_bad_arguments_are_refused_without_crashing():
         ats_wsi_jpeg.decode_into(b"not a jpeg", None, False, out, [(0, 0, 8, 0, 8, 0, 0)])
     with pytest.raises(ats_wsi_jpeg.JpegError):
         ats_wsi_jpeg.decode_into(b"\xff\xd8\xff\xd9", b"\xff\xd8\xff\xd9", False, out, [(0, 0, 8, 0, 8, 0, 0)])
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_the_native_block_mean_equals_numpys(factor):
+    import ats_wsi_jpeg
+
+    from ats_wsi.patches._resample import block_mean
+
+    rng = np.random.default_rng(factor)
+    region = rng.integers(0, 256, (3, 20 * factor, 17 * factor, 3), dtype=np.uint8)
+    region[0] = 255  # the largest sums
+    want, got = np.empty((2, 3, 20, 17, 3), np.uint8)
+    block_mean(region, factor, want)
+    ats_wsi_jpeg.block_mean(region, factor, got)
+    np.testing.assert_array_equal(got, want)

@@ -165,8 +165,6 @@ def darkness_model(class_names=CLASS_NAMES):
     Everything else (the feature net, sampling, reading patches) is the real
     model's, run by the real ``load_model`` / ``SlideClassifier.predict``.
     """
-    import math
-
     import torch
 
     from ats_wsi.classifier import ModelConfig, build_model
