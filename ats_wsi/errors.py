@@ -58,8 +58,8 @@ class SamplingError(AtsError, ValueError):
     """Attention or sampling arguments that would give a wrong sample."""
 
 
-class CheckpointError(AtsError):
-    """A checkpoint file is missing, unreadable or of an unknown config."""
+class _FileReason:
+    """An error about a file (or None) and a reason, shown as ``"path: reason"``; picklable."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):
         self.path = None if path is None else os.fspath(path)
@@ -68,27 +68,23 @@ class CheckpointError(AtsError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.reason))
+
+
+class CheckpointError(_FileReason, AtsError):
+    """A checkpoint file is missing, unreadable or of an unknown config."""
 
 
 class ManifestError(AtsError, ValueError):
     """A slide manifest (CSV) is missing columns or has bad rows."""
 
 
-class ConfigError(AtsError, ValueError):
+class ConfigError(_FileReason, AtsError, ValueError):
     """A model config given by a user (``--config`` JSON, flags) has an unknown key or a bad value.
 
     Args:
         path: where the config came from (a file, or ``None``).
         reason: which key and why.
     """
-
-    def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = None if path is None else os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
 
 
 class GroundTruthError(AtsError, ValueError):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CorruptSlideError, SlideError
+from ..errors import CorruptSlideError
 
 try:  # optional: built from native/ (pip install ./native)
     import ats_wsi_jpeg as _native
@@ -63,21 +63,11 @@ def decode_into(slide, level: int, col: int, row: int, out: np.ndarray, pairs) -
         CorruptSlideError: unreadable, truncated or broken tile data.
     """
     tl = slide._tiff_levels[level]
-    index = row * tl.level.cols + col
-    offset, count = int(tl.offsets[index]), int(tl.bytecounts[index])
-    if count == 0:  # sparse tile: the file stores no pixels here (read_tile gives zeros)
+    data = slide.tile_bytes(level, col, row)
+    if data is None:  # sparse tile: the file stores no pixels here (read_tile gives zeros)
         for i, py0, py1, px0, px1, _, _ in pairs:
             out[i, py0:py1, px0:px1] = 0
         return 0
-    try:
-        data = slide._file.pread(count, offset)
-    except ValueError:
-        raise SlideError(slide.path, "the slide is closed") from None
-    except OSError as exc:
-        raise CorruptSlideError(slide.path, f"cannot read level {level} tile ({col}, {row}): {exc}") from exc
-    if len(data) != count:
-        raise CorruptSlideError(slide.path, f"level {level} tile ({col}, {row}) is truncated: got "
-                                            f"{len(data)} of {count} bytes at offset {offset}")
     rgb = tl.photometric == 2 and tl.samples == 3 and not tl.jfif
     try:
         return _native.decode_into(data, tl.jpegtables, rgb, out, pairs)

@@ -324,15 +324,17 @@ class TiffSlide(Slide):
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
                          properties=layout.properties, mpp_xy=layout.mpp_xy)
 
-    def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
+    def tile_bytes(self, level: int, col: int, row: int) -> bytes | None:
+        """The stored bytes of tile ``(col, row)`` of ``level`` (None: a sparse tile, no bytes stored).
+
+        Raises:
+            CorruptSlideError: the bytes cannot be read or are cut short.
+        """
         tl = self._tiff_levels[level]
-        lv = tl.level
-        w = min(lv.tile_width, lv.width - col * lv.tile_width)
-        h = min(lv.tile_height, lv.height - row * lv.tile_height)
-        index = row * lv.cols + col
+        index = row * tl.level.cols + col
         offset, count = int(tl.offsets[index]), int(tl.bytecounts[index])
-        if count == 0:  # sparse tile: the file stores no pixels here
-            return np.zeros((h, w, 3), np.uint8)
+        if count == 0:
+            return None
         try:
             data = self._file.pread(count, offset)
         except ValueError:
@@ -342,6 +344,17 @@ class TiffSlide(Slide):
         if len(data) != count:
             raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) is truncated: got "
                                                f"{len(data)} of {count} bytes at offset {offset}")
+        return data
+
+    def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
+        tl = self._tiff_levels[level]
+        lv = tl.level
+        w = min(lv.tile_width, lv.width - col * lv.tile_width)
+        h = min(lv.tile_height, lv.height - row * lv.tile_height)
+        index = row * lv.cols + col
+        data = self.tile_bytes(level, col, row)
+        if data is None:  # sparse tile: the file stores no pixels here
+            return np.zeros((h, w, 3), np.uint8)
         if tl.compression == 7 and tl.samples in (1, 3):  # JPEG: libjpeg's warnings are errors
             try:
                 pixels = decode_tile(data, tl.jpegtables, photometric=tl.photometric, samples=tl.samples,
