@@ -86,7 +86,7 @@ def low_level_pixels(slide, level: int) -> int:
 def run_ats(path: str) -> dict:
     import torch
 
-    from ats_wsi.slide.lowview import mask_to_grid, read_low_view
+    from ats_wsi.slide.lowview import read_low_view
     from ats_wsi.model import AttentionSampler
     from ats_wsi.patches import PatchReader, SlideSource
     from ats_wsi.slide import open_slide
@@ -97,7 +97,7 @@ def run_ats(path: str) -> dict:
     with open_slide(path) as slide, torch.no_grad():
         view = read_low_view(slide, downsample=LOW_DOWNSAMPLE)
         x_low = torch.from_numpy(view.image).permute(2, 0, 1)[None].float() / 255
-        mask = torch.from_numpy(mask_to_grid(view.mask, view.image.shape[:2]))[None]
+        mask = torch.from_numpy(view.mask)[None]  # on the low view's pixels: the sampler pools it
         sampler = AttentionSampler(attention_net, feature_net, n_patches=N_PATCHES, patch_size=PATCH)
         reader = PatchReader(slide, 0, PATCH, workers=2)
         source = SlideSource([slide], 0, low_downsample=view.downsample, readers=[reader])
