@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from ..errors import CorruptSlideError, SlideError
+
 QUICKHASH_MAX_BYTES = 5 << 20
 """openslide hashes the smallest level only when its tiles hold at most this many bytes."""
 
@@ -181,3 +183,26 @@ def openslide_extras(path: str, tif, fmt: str, page0, props: dict):
     associated = aperio_associated(tif) if vendor == "aperio" else {}
     props.update(associated_properties(tif, associated))
     return associated, icc
+
+
+def tile_bytes(slide, level: int, col: int, row: int) -> bytes | None:
+    """The stored bytes of a TiffSlide's tile ``(col, row)`` of ``level`` (None: sparse, no bytes stored).
+
+    Raises:
+        CorruptSlideError: the bytes cannot be read or are cut short.
+    """
+    tl = slide._tiff_levels[level]
+    index = row * tl.level.cols + col
+    offset, count = int(tl.offsets[index]), int(tl.bytecounts[index])
+    if count == 0:
+        return None
+    try:
+        data = slide._file.pread(count, offset)
+    except ValueError:
+        raise SlideError(slide.path, "the slide is closed") from None
+    except OSError as exc:
+        raise CorruptSlideError(slide.path, f"cannot read level {level} tile ({col}, {row}): {exc}") from exc
+    if len(data) != count:
+        raise CorruptSlideError(slide.path, f"level {level} tile ({col}, {row}) is truncated: got "
+                                           f"{len(data)} of {count} bytes at offset {offset}")
+    return data

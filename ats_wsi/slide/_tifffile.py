@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import CorruptSlideError, SlideError, UnsupportedFormatError
+from ..errors import CorruptSlideError, UnsupportedFormatError
 from . import _jpegcrop, _tiffextras, _tiffmeta
 from ._cache import reset_after_fork
 from ._checks import data_pixels, data_table, describe_error as _describe, tile_table as _tile_table
@@ -325,26 +325,8 @@ class TiffSlide(Slide):
                          properties=layout.properties, mpp_xy=layout.mpp_xy)
 
     def tile_bytes(self, level: int, col: int, row: int) -> bytes | None:
-        """The stored bytes of tile ``(col, row)`` of ``level`` (None: a sparse tile, no bytes stored).
-
-        Raises:
-            CorruptSlideError: the bytes cannot be read or are cut short.
-        """
-        tl = self._tiff_levels[level]
-        index = row * tl.level.cols + col
-        offset, count = int(tl.offsets[index]), int(tl.bytecounts[index])
-        if count == 0:
-            return None
-        try:
-            data = self._file.pread(count, offset)
-        except ValueError:
-            raise SlideError(self.path, "the slide is closed") from None
-        except OSError as exc:
-            raise CorruptSlideError(self.path, f"cannot read level {level} tile ({col}, {row}): {exc}") from exc
-        if len(data) != count:
-            raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) is truncated: got "
-                                               f"{len(data)} of {count} bytes at offset {offset}")
-        return data
+        """The stored bytes of a tile (None: sparse); see :func:`._tiffextras.tile_bytes`."""
+        return _tiffextras.tile_bytes(self, level, col, row)
 
     def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
         tl = self._tiff_levels[level]
