@@ -12,21 +12,25 @@ class AtsError(Exception):
     """Base class of every error ats-wsi raises on purpose."""
 
 
-class SlideError(AtsError):
-    """A slide could not be opened or read.
-
-    Args:
-        path: the slide's path (``None`` when the error is not about one file).
-        reason: what was wrong, in words a user can act on.
-    """
+class _FileReason:
+    """An error about a file (or None) and a reason, shown as ``"path: reason"``; picklable."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):
         self.path = None if path is None else os.fspath(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
 
-    def __reduce__(self):  # keep path and reason across processes (dask, DataLoader)
+    def __reduce__(self):  # keep path and reason across processes (dask workers)
         return (type(self), (self.path, self.reason))
+
+
+class SlideError(_FileReason, AtsError):
+    """A slide could not be opened or read.
+
+    Args:
+        path: the slide's path (``None`` when the error is not about one file).
+        reason: what was wrong, in words a user can act on.
+    """
 
 
 class SlideNotFoundError(SlideError, FileNotFoundError):
@@ -58,18 +62,6 @@ class SamplingError(AtsError, ValueError):
     """Attention or sampling arguments that would give a wrong sample."""
 
 
-class _FileReason:
-    """An error about a file (or None) and a reason, shown as ``"path: reason"``; picklable."""
-
-    def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = None if path is None else os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
-
-
 class CheckpointError(_FileReason, AtsError):
     """A checkpoint file is missing, unreadable or of an unknown config."""
 
@@ -87,21 +79,13 @@ class ConfigError(_FileReason, AtsError, ValueError):
     """
 
 
-class GroundTruthError(AtsError, ValueError):
+class GroundTruthError(_FileReason, AtsError, ValueError):
     """A synthetic slide's ground-truth file (``<stem>.lesions.json``) is not one ats-wsi wrote.
 
     Args:
         path: the ground-truth file.
         reason: what was wrong with it.
     """
-
-    def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = None if path is None else os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
 
 
 class ResolutionError(SlideError, ValueError):
@@ -114,21 +98,13 @@ class ResolutionError(SlideError, ValueError):
     """
 
 
-class EncoderError(AtsError):
+class EncoderError(_FileReason, AtsError):
     """A patch encoder (``ats_wsi.encoders``) that cannot be built, loaded or used as its spec says.
 
     Args:
         path: the spec, weights or model file concerned (``None``: none).
         reason: what was wrong, in words a user can act on.
     """
-
-    def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = None if path is None else os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
 
 
 class WeightsNotFoundError(EncoderError, FileNotFoundError):
