@@ -18,7 +18,9 @@
  * Only the union box of the pairs is decoded: jpeg_crop_scanline to its iMCU
  * columns (one pixel of margin each side, so fancy upsampling sees the same
  * chroma neighbours as in a whole-tile decode), jpeg_skip_scanlines for the
- * rows above it (entropy decoding only), then the rows it spans.  Settings are
+ * rows above it (entropy decoding only), then the rows it spans: straight into
+ * the patch when one pair takes every decoded column (a tile-aligned patch),
+ * else through a scratch row copied to each pair.  Settings are
  * libjpeg's defaults (JDCT_ISLOW, fancy upsampling), as openslide uses, so the
  * pixels are those of a whole-tile decode.  Every libjpeg warning (corrupt
  * data, premature end) is an error: raises ats_wsi_jpeg.JpegError.  The GIL
@@ -150,10 +152,31 @@ static int run_decode(job_t *job)
     long start = job->by0 > 0 ? job->by0 - 1 : 0; /* one row of margin (vertical upsampling context) */
     if (start > 0)
         y = (long)jpeg_skip_scanlines(&cinfo, (JDIMENSION)start);
+    /* one pair that takes every decoded column: libjpeg writes its rows into the patch itself */
+    const pair_t *direct = NULL;
+    if (job->n_pairs == 1 && (long)job->pairs[0].tx0 == (long)cx &&
+        (long)(job->pairs[0].px1 - job->pairs[0].px0) == (long)cinfo.output_width)
+        direct = &job->pairs[0];
     while (y < job->by1) {
         int want = batch;
         if (y < job->by0 && job->by0 - y < want)
             want = (int)(job->by0 - y); /* land exactly on by0 */
+        if (direct != NULL && y >= job->by0) {
+            if (job->by1 - y < want)
+                want = (int)(job->by1 - y);
+            for (int k = 0; k < want; k++)
+                rows[k] = (JSAMPROW)(job->out + direct->i * job->s0 + (direct->py0 + y + k - direct->ty0) * job->s1 +
+                                     direct->px0 * 3);
+            JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
+            if (got == 0) {
+                snprintf(err.message, sizeof(err.message), "no scanline returned at row %ld", y);
+                longjmp(err.jump, 1);
+            }
+            y += (long)got;
+            continue;
+        }
+        for (int k = 0; k < batch; k++)
+            rows[k] = scratch + (size_t)k * (size_t)line_bytes;
         JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
         if (got == 0) {
             snprintf(err.message, sizeof(err.message), "no scanline returned at row %ld", y);

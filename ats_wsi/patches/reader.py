@@ -61,6 +61,7 @@ from ..errors import LevelError, RegionError, SamplingError
 from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
+from ._buffers import Recycler
 from ._resample import area_weights, block_mean, region_size, resample_area
 
 try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact block mean
@@ -294,6 +295,7 @@ class PatchReader:
         self._batch_pool: ThreadPoolExecutor | None = None
         self._batch_lock = threading.Lock()
         self._regions: list[np.ndarray] = []  # reused region buffers of the mpp path (no page faults per batch)
+        self._batches = Recycler()  # returned batches, reused once the caller has dropped them
 
     def __repr__(self) -> str:
         at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
@@ -402,6 +404,7 @@ class PatchReader:
             self._batch_pool.shutdown(wait=True)
         self.cache.clear()
         self._regions.clear()
+        self._batches.clear()
 
     def __enter__(self) -> PatchReader:
         return self
@@ -414,7 +417,9 @@ class PatchReader:
     def _empty(self, lead: tuple[int, ...]) -> torch.Tensor:
         """An uninitialised uint8 ``[*lead, h, w, 3]`` host tensor (pinned for CUDA)."""
         pw, ph = self.patch_wh
-        return empty_batch((*lead, ph, pw, 3), pin=self.device.type == "cuda")
+        if self.device.type == "cuda":
+            return empty_batch((*lead, ph, pw, 3), pin=True)
+        return torch.from_numpy(self._batches.empty((*lead, ph, pw, 3)))
 
     def _deliver(self, nhwc: torch.Tensor) -> torch.Tensor:
         """NHWC host batch -> ``[..., C, h, w]`` channels-last view on the reader's device."""

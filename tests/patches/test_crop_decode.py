@@ -213,3 +213,19 @@ def test_the_native_block_mean_equals_numpys(factor):
     block_mean(region, factor, want)
     ats_wsi_jpeg.block_mean(region, factor, got)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_whole_width_rows_decoded_straight_into_a_patch_land_where_the_pair_says(crop_slides, name):
+    """One pair taking every column of a tile (the tile-aligned case, decoded without a
+    scratch row): its rows land at (py0, px0) of a larger patch, nothing else is touched."""
+    with open_slide(crop_slides[name], backend="tifffile") as slide:
+        whole = slide.read_tile(0, 1, 1)
+        h, w = whole.shape[:2]
+        for y0, y1 in [(0, h), (0, 1), (h - 1, h), (17, h - 5)]:
+            out = np.full((2, h + 9, w + 11, 3), 7, np.uint8)
+            slide.decode_tile_into(0, 1, 1, out, [(1, 3, 3 + y1 - y0, 5, 5 + w, y0, 0)])
+            np.testing.assert_array_equal(out[1, 3:3 + y1 - y0, 5:5 + w], whole[y0:y1],
+                                          err_msg=f"{name} rows {y0}:{y1}")
+            out[1, 3:3 + y1 - y0, 5:5 + w] = 7
+            assert (out == 7).all(), f"{name} rows {y0}:{y1}: pixels written outside the pair"
