@@ -6,33 +6,48 @@ a ViT-S/16 in shape (patch 16, 384-d, 12 blocks, 6 heads, MLP 1536, CLS token),
 random weights, exported once to a ``.pt2`` and loaded through an encoder spec
 (224 px at 0.5 µm/px, 384-d, float32), frozen.
 
-- ``epochs``: ``ats_wsi.run.train`` for ``--epochs`` epochs on a small demo-like
-  set (6 synthetic slides of 3072 x 2560 at 0.5 µm/px: 4 train, 2 val; 16
-  patches per slide), once without and once with ``--feature-cache``: seconds
-  per epoch and the cache's hits / lookups.
-- ``predict``: ``SlideClassifier.predict`` (16 patches, one attention map) on a
-  synthetic slide of ``--sizes`` (0.5 µm/px), against dense tiling (CLAM /
-  TRIDENT): every 224 x 224 tile with tissue under it, read with the same
-  PatchReader and run through the same encoder in batches of 32. Dense time is
-  measured on ``--dense-tiles`` tiles spread over the slide and extrapolated to
-  all tissue tiles (marked ``*``).
+- ``epochs``: the demo (``ats-wsi demo``: its 48 slides of 4096 x 3072 at
+  0.5 µm/px, its model and training settings) with the encoder as feature net
+  (224 px at 0.5 µm/px, frozen), ``--epochs`` epochs, once without and once
+  with ``--feature-cache`` (a fresh folder). The two trainings run in two child
+  processes that take turns epoch by epoch (one runs while the other waits),
+  so both see the same machine; each epoch's seconds come from ``train``'s
+  metrics, with the cache's hits / lookups.
+- ``samples``: ``predict(samples=K)`` on the demo's 12 test slides with the
+  model the cached training left (attention trained for ``--epochs``): no
+  cache, a fresh cache, and the same cache folder again through a new
+  ``FeatureCache`` (features from disk), taking turns per slide.
+- ``predict``: ``SlideClassifier.predict`` (the demo's 12 patches, one
+  attention map) on libvips slides of ``--sizes`` (0.5 µm/px, the slides of
+  ``predict_memory.py``), against dense tiling (CLAM / TRIDENT): every
+  224 x 224 tile with tissue under it, read with the same PatchReader and run
+  through the same encoder in batches of 32. Dense time is measured on
+  ``--dense-tiles`` tiles spread over the slide and extrapolated to all
+  tissue tiles (marked ``*``).
 
 Usage::
 
-    .venv/bin/python benchmarks/encoder_cache.py [--epochs 10] [--sizes 10000 40000] [--dense-tiles 256]
+    .venv/bin/python benchmarks/encoder_cache.py [--epochs 10] [--samples 8] [--sizes 10000 40000 80000] [--dense-tiles 256]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # predict_memory's slides
 
 DATA = Path(__file__).resolve().parent / "_data"
+TRAINED = DATA / "encoder_demo48_last.pt"  # left by the cached training
 
 
 def vit_s():
@@ -90,44 +105,119 @@ def spec() -> dict:
             "input_px": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dim": 384}
 
 
-def config(**kw):
-    from ats_wsi.classifier import ModelConfig
+def config():
+    """The demo's model with the encoder as feature net (224 px at 0.5 µm/px, frozen)."""
+    from ats_wsi.run.demo import demo_model_config
 
-    s = spec()
-    return ModelConfig(n_patches=16, patch_size=224, patch_mpp=0.5, low_downsample=16.0, feature_spec=s,
-                       feature_frozen=True, feature_dim=384, feature_net="encoder:vit-s-random",
-                       attention_kwargs={"pool": 4}, **kw)
+    base = demo_model_config()
+    return dataclasses.replace(base, feature_net="encoder:vit-s-random", feature_kwargs={}, feature_spec=spec(),
+                               feature_frozen=True, feature_dim=384, patch_size=224, patch_mpp=0.5)
 
 
-def demo_set(folder: Path) -> Path:
-    from ats_wsi.data.synthetic import write_synthetic_slide
+def demo_set() -> Path:
+    """The demo's slides (``ats-wsi demo``'s arguments), written once into ``_data/encoder_demo48``."""
+    from ats_wsi.data.synthetic import make_slide_set
+    from ats_wsi.run.demo import DemoSettings
 
-    rows = []
-    for i in range(6):
-        path = folder / f"demo{i}.svs"
-        if not path.exists():
-            write_synthetic_slide(path, 3072, 2560, n_lesions=i % 2, seed=100 + i, mpp=0.5)
-        rows.append(f"{path},{i % 2},{'train' if i < 4 else 'val'}")
-    manifest = folder / "demo.csv"
-    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    return manifest
+    d = DemoSettings()
+    return make_slide_set(DATA / "encoder_demo48", n_slides=d.n_slides, size=d.size, seed=d.seed, n_spots=(1, 1),
+                          n_lesions=(1, 1), lesion_size_um=d.lesion_size_um, n_levels=3)
+
+
+def child(mode: str, n: int) -> None:
+    """One training (``mode`` "off" or "on"); waits for a line on stdin before it starts and after
+    every epoch, and prints each epoch's metrics as a JSON line."""
+    import torch
+
+    from ats_wsi.run.demo import DemoSettings
+    from ats_wsi.run.train import TrainSettings, train
+
+    torch.set_num_threads(2)
+    d = DemoSettings()
+    manifest = demo_set()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = TrainSettings(epochs=n, batch_size=d.batch_size, lr=d.lr, attention_lr=d.attention_lr,
+                                 schedule=d.schedule, seed=d.seed,
+                                 feature_cache=os.path.join(tmp, "cache") if mode == "on" else None)
+
+        def turn(m):
+            print(json.dumps({"epoch": m.epoch, "seconds": m.seconds, "hits": m.feature_hits,
+                              "misses": m.feature_misses, "train_loss": m.train_loss, "val_acc": m.val_acc}),
+                  flush=True)
+            sys.stdin.readline()  # wait for our next turn
+
+        sys.stdin.readline()
+        train(manifest, Path(tmp) / "run", config(), settings, progress=False, on_epoch=turn)
+        if mode == "on":  # the trained model, for samples()
+            shutil.copyfile(Path(tmp) / "run" / "last.pt", TRAINED)
+    print(json.dumps({"done": True}), flush=True)
 
 
 def epochs(n: int) -> list[str]:
-    from ats_wsi.run.train import TrainSettings, train
+    """Both trainings, taking turns epoch by epoch; the table of their epochs."""
+    demo_set()  # written before the clock, once
+    procs = {mode: subprocess.Popen([sys.executable, __file__, "--child", mode, "--epochs", str(n)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for mode in ("off", "on")}
+    rows: dict[str, list[dict]] = {"off": [], "on": []}
+    live = ["off", "on"]
+    while live:
+        for mode in list(live):
+            proc = procs[mode]
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            line = json.loads(proc.stdout.readline() or '{"done": true}')
+            if line.get("done"):
+                live.remove(mode)
+                proc.wait()
+            else:
+                rows[mode].append(line)
+    lines = ["| epoch | no cache (s) | cache (s) | cache hits / lookups | train loss off / on |",
+             "|---:|---:|---:|---:|---:|"]
+    for off, on in zip(rows["off"], rows["on"]):
+        lines.append(f"| {off['epoch']} | {off['seconds']:.1f} | {on['seconds']:.1f} | "
+                     f"{on['hits']} / {on['hits'] + on['misses']} | {off['train_loss']:.4f} / {on['train_loss']:.4f} |")
+    total_off, total_on = (sum(r["seconds"] for r in rows[k]) for k in ("off", "on"))
+    hits = sum(r["hits"] for r in rows["on"])
+    looked = sum(r["hits"] + r["misses"] for r in rows["on"])
+    lines.append(f"| all | {total_off:.1f} | {total_on:.1f} ({total_off / max(total_on, 1e-9):.2f}x) | "
+                 f"{hits} / {looked} ({100 * hits / max(looked, 1):.0f} %) | |")
+    return lines
 
-    manifest = demo_set(DATA / "encoder_demo")
-    lines = ["| epoch | no cache (s) | cache (s) | cache hits / lookups |", "|---:|---:|---:|---:|"]
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {}
-        for name, cache in (("off", None), ("on", os.path.join(tmp, "cache"))):
-            settings = TrainSettings(epochs=n, batch_size=2, feature_cache=cache, workers=2)
-            runs[name] = train(manifest, Path(tmp) / name, config(), settings, progress=False)
-        for off, on in zip(runs["off"], runs["on"]):
-            lines.append(f"| {off.epoch} | {off.seconds:.1f} | {on.seconds:.1f} | "
-                         f"{on.feature_hits} / {on.feature_hits + on.feature_misses} |")
-        total_off, total_on = (sum(m.seconds for m in runs[k]) for k in ("off", "on"))
-        lines.append(f"| all | {total_off:.1f} | {total_on:.1f} | ({total_off / total_on:.2f}x) |")
+
+def samples(k: int) -> list[str]:
+    """``predict(samples=k)`` on the demo's test slides with the model the cached training left:
+    no cache, a fresh cache, and the cache again from its folder (a new FeatureCache: disk only);
+    per slide the three take turns."""
+    import torch
+
+    from ats_wsi import load_model
+    from ats_wsi.data.manifest import read_manifest
+    from ats_wsi.encoders import FeatureCache, attach_feature_cache
+
+    model = load_model(TRAINED)
+    test = [str(r.path) for r in read_manifest(demo_set(), "test")]
+    secs = {"off": [], "fresh": [], "disk": []}
+    stats = {"fresh": [0, 0], "disk": [0, 0]}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for path in test:
+            for mode in ("off", "fresh", "disk"):
+                cache = None if mode == "off" else FeatureCache(os.path.join(tmp, "cache"))
+                attach_feature_cache(model, cache)
+                t0 = time.perf_counter()
+                model.predict(path, samples=k, seed=0)
+                secs[mode].append(time.perf_counter() - t0)
+                if cache is not None:
+                    got = cache.take_stats()
+                    stats[mode][0] += got["hits"]
+                    stats[mode][1] += got["hits"] + got["misses"]
+    med = {m: statistics.median(v) for m, v in secs.items()}
+    lines = [f"| predict --samples {k}, {len(test)} test slides | s per slide (median) | × no cache | "
+             "cache hits / lookups |", "|---|---:|---:|---:|"]
+    names = {"off": "no cache", "fresh": "cache, first run", "disk": "cache again (from its folder)"}
+    for mode in ("off", "fresh", "disk"):
+        hit = "" if mode == "off" else f"{stats[mode][0]} / {stats[mode][1]} ({100 * stats[mode][0] / stats[mode][1]:.0f} %)"
+        lines.append(f"| {names[mode]} | {med[mode]:.2f} | {med['off'] / med[mode]:.2f} | {hit} |")
     return lines
 
 
@@ -135,12 +225,11 @@ def predict(size: int, dense_tiles: int) -> str:
     import numpy as np
     import torch
 
-    from ats_wsi.classifier import SlideInput, build_model
-    from ats_wsi.data.synthetic import write_synthetic_slide
+    from predict_memory import ensure_slide
 
-    path = DATA / f"encoder_{size}.svs"
-    if not path.exists():
-        write_synthetic_slide(path, size, size, seed=11, n_lesions=3, mpp=0.5)
+    from ats_wsi.classifier import SlideInput, build_model
+
+    path = ensure_slide(size)  # libvips, 0.5 µm/px, written once
     torch.manual_seed(0)
     model = build_model(config()).eval()
     t0 = time.perf_counter()
@@ -180,16 +269,22 @@ def _pool(mask, rows, cols):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 40000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 40000, 80000])
     parser.add_argument("--dense-tiles", type=int, default=256)
     parser.add_argument("--skip-epochs", action="store_true")
+    parser.add_argument("--samples", type=int, default=8, help="K of the predict --samples K rows (0: none)")
+    parser.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.epochs)
     import torch
 
     torch.set_num_threads(2)
     print(f"load average at start: {os.getloadavg()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     if not args.skip_epochs:
         print("\n".join(epochs(args.epochs)), flush=True)
+    if args.samples and TRAINED.exists():
+        print("\n" + "\n".join(samples(args.samples)), flush=True)
     print("\n| slide | ATS patches | ATS predict (s) | tissue tiles | dense (s) | dense / ATS |")
     print("|---|---:|---:|---:|---:|---:|")
     for size in args.sizes:

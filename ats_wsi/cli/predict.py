@@ -193,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
 def _finish(args, out: Path, rows, errors, labels, log, model) -> int:
     """Say what was written; the metrics table for a labelled cohort; exit 1 if any slide failed."""
     print(f"{len(rows)} slide(s) predicted -> {out / 'predictions.csv'}")
+    cached = [r for r in rows if "feature_hits" in r]
+    if cached:
+        hits, misses = (sum(int(r[k]) for r in cached) for k in ("feature_hits", "feature_misses"))
+        disk = sum(int(r.get("feature_disk_hits", 0)) for r in cached)
+        print(f"feature cache: {hits} of {hits + misses} patch features served by the cache ({disk} from "
+              f"{args.feature_cache}), {misses} computed")
     if log.summary("predict"):
         print(log.summary("predict"), file=sys.stderr)
     if labels is not None and any(v is not None for v in labels):

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..classifier import SlideClassifier, checkpoint_id, load_model
-from ..encoders import attach_feature_cache
+from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
@@ -121,8 +121,17 @@ def _model_for(settings: PredictSettings) -> SlideClassifier:
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = load_model(settings.checkpoint, settings.device, feature_weights=settings.feature_weights)
-    attach_feature_cache(_MODELS[key], settings.feature_cache)
-    return _MODELS[key]
+    model = _MODELS[key]
+    cache = _feature_cache(model)
+    wanted = None if settings.feature_cache is None else Path(settings.feature_cache)
+    if (cache is None) != (wanted is None) or (cache is not None and cache.directory != wanted):
+        attach_feature_cache(model, settings.feature_cache)  # one cache per folder and process: its memory stays
+    return model
+
+
+def _feature_cache(model):
+    """The feature cache attached to ``model``'s frozen encoder, or None."""
+    return next((m.cache for m in model.modules() if isinstance(m, PatchEncoder) and m.cache is not None), None)
 
 
 def run_key(settings: PredictSettings) -> str:
@@ -143,12 +152,17 @@ def run_key(settings: PredictSettings) -> str:
 
 
 def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
-                      labelled: bool = False) -> list[str]:
-    """Columns of ``predictions.csv``. After the columns of every run come, for a
-    checkpoint with class names, ``p_<name>`` per class and ``predicted_class``;
-    for slides given with labels (a manifest), ``label`` (and ``label_class``)."""
+                      labelled: bool = False, feature_cache: bool = False) -> list[str]:
+    """Columns of ``predictions.csv``. After the columns of every run come, with a
+    feature cache, ``feature_hits`` / ``feature_misses`` / ``feature_disk_hits``
+    (patch features served by the cache, computed, and served from its folder);
+    for a checkpoint with class names, ``p_<name>`` per class and
+    ``predicted_class``; for slides given with labels (a manifest), ``label``
+    (and ``label_class``)."""
     fields = ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
               "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+    if feature_cache:
+        fields += ["feature_hits", "feature_misses", "feature_disk_hits"]
     if class_names:
         fields += [f"p_{n}" for n in class_names] + ["predicted_class"]
     if labelled:
@@ -180,6 +194,9 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     out = Path(settings.out_dir)
     model = _model_for(settings)
     mpp = settings.slide_mpp.get(str(path), settings.mpp)
+    cache = _feature_cache(model)
+    if cache is not None:
+        cache.take_stats()  # count this slide's lookups only
     with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers)
@@ -215,6 +232,9 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         "run_key": run_key(settings),
         "boxes_xywh": pred.boxes_xywh.tolist(),
     }
+    if cache is not None:  # features served by the cache / computed, for this slide
+        stats = cache.take_stats()
+        row.update(feature_hits=stats["hits"], feature_misses=stats["misses"], feature_disk_hits=stats["disk_hits"])
     row["outputs"] = output_digests(out, _output_files(name, settings))  # the marker vouches for these
     write_json_atomic(out / ".done" / f"{name}.json", row)
     return row
@@ -322,7 +342,7 @@ def predict_slides(
         raise ValueError(f"{len(labels)} labels for {len(slides)} slides")
     class_names = list(model.config.class_names) if model.config.class_names else None
     label_of = dict(zip(names, labels)) if labels is not None else {}
-    fields = prediction_fields(n_classes, class_names, labels is not None)
+    fields = prediction_fields(n_classes, class_names, labels is not None, settings.feature_cache is not None)
 
     def final(name):
         return _labelled(rows[name], class_names, label_of.get(name), labels is not None)

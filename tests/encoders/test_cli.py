@@ -1,6 +1,7 @@
 """`ats-wsi train` / `predict` with an encoder file, its spec, frozen, with a feature cache."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -32,10 +33,19 @@ def test_train_and_predict_with_a_frozen_encoder_file_and_a_feature_cache(tiny_f
     assert config["patch_mpp"] == 1.0 and config["patch_size"] == 32 and config["feature_frozen"] is True
     assert config["feature_spec"]["source"] == "export" and config["feature_dim"] == 16
     assert list(cache.glob("*/spec.json"))
-    pred = tmp_path / "pred"
-    status = main(["predict", str(run / "last.pt"), str(slides["paths"][2]), "--out", str(pred),
-                   "--feature-cache", str(cache), "--no-progress"])
-    assert status == 0, capsys.readouterr()
+    rows = []
+    for name in ("pred", "again"):  # the second run finds every feature in the cache
+        status = main(["predict", str(run / "last.pt"), str(slides["paths"][2]), "--out", str(tmp_path / name),
+                       "--feature-cache", str(cache), "--samples", "3", "--no-progress"])
+        out = capsys.readouterr().out
+        assert status == 0, out
+        with open(tmp_path / name / "predictions.csv", newline="") as fh:
+            rows.append(next(csv.DictReader(fh)))
+        hits, misses = int(rows[-1]["feature_hits"]), int(rows[-1]["feature_misses"])
+        assert hits + misses == 3 * 4, rows[-1]  # 3 draws of 4 patches, each looked up once
+        assert f"feature cache: {hits} of 12 patch features served by the cache" in out
+    assert int(rows[1]["feature_misses"]) == 0, rows[1]  # (from this process's memory here; disk: test_frozen_and_cache)
+    assert rows[0]["p0"] == rows[1]["p0"]
 
 
 @pytest.mark.parametrize("flags, words", [
