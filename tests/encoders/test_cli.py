@@ -5,7 +5,7 @@ import csv
 import json
 
 import pytest
-from conftest import spec_dict, write_spec
+from encoder_helpers import spec_dict, write_spec
 
 from ats_wsi.classifier import read_checkpoint
 from ats_wsi.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_export, spec_dict, tiny_vit
+from encoder_helpers import save_export, spec_dict, tiny_vit
 
 import ats_wsi.run.train as run_train
 from ats_wsi.classifier import ModelConfig, build_model, load_model, save_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_export, save_torchscript, spec_dict, tiny_vit
+from encoder_helpers import save_export, save_torchscript, spec_dict, tiny_vit
 
 from ats_wsi.encoders import EncoderSpec, build_encoder, find_weights
 from ats_wsi.encoders.loaders import file_sha256
