@@ -20,7 +20,11 @@ method's own tile cache off.
   tile decoded whole (simplejpeg, strict) and pasted.
 - ``PatchReader w=1 / w=2``: the new path: each needed tile decoded once, only
   the box the batch needs (``ats_wsi_jpeg``: libjpeg-turbo cropped decode,
-  strict, rest of the tile entropy-checked), straight into the batch.
+  strict, rest of the tile entropy-checked), straight into the batch; cold:
+  no tile checked before the run (the checks of earlier runs forgotten).
+- ``PatchReader w=1, tiles checked before``: the same, every needed tile read
+  once before the clock (the rest of a tile is checked once per open slide:
+  what later epochs over the same slides get).
 - ``floor``: the cheapest decode of exactly the pixels needed: for each needed
   tile, ``os.pread`` + ``ats_wsi_jpeg.decode_into(..., verify=False)`` of the
   union box of its patches (cropped columns, rows above skipped, stops after
@@ -184,7 +188,12 @@ class CucimBatched(CucimLoop):
 
 
 class Reader:
-    def __init__(self, path, kind, workers, crop=True):
+    """PatchReader. Cold (default): every run starts with no tile checked to its end (the marks of
+    ``_jpegcrop.verified_tiles`` cleared before the clock), as on a slide opened for this read.
+    ``warm``: the run's batches were read once before the clock, so every needed tile is checked."""
+
+    def __init__(self, path, kind, workers, crop=True, warm=False):
+        self.warm = warm
         from ats_wsi.patches import PatchReader
         from ats_wsi.slide import open_slide
 
@@ -194,6 +203,12 @@ class Reader:
                                   cache_bytes=0, crop=crop)
         assert self.reader.crop == crop, "the ats_wsi_jpeg extension is not installed"
         self.reader.read([[0, 0], [kind.wh[0] // 2, 0]])  # threads started
+
+    def prepare(self, xy) -> None:
+        if self.warm:
+            self.reader.read(xy)
+        else:
+            self.slide.__dict__.pop("_verified_tiles", None)
 
     def read(self, xy):
         return self.reader.read(xy).permute(0, 2, 3, 1).numpy()
@@ -275,6 +290,7 @@ def methods_for(path, kind):
     if have["ats_wsi_jpeg"]:
         out["PatchReader w=1"] = lambda: Reader(path, kind, 1)
         out["PatchReader w=2"] = lambda: Reader(path, kind, 2)
+        out["PatchReader w=1, tiles checked before"] = lambda: Reader(path, kind, 1, warm=True)
         out["floor (cropped decode of the needed boxes)"] = lambda: Floor(path, kind)
     out["floor, whole tiles (old floor)"] = lambda: WholeFloor(path, kind)
     return out
@@ -301,7 +317,7 @@ def run_kind(kind, aligned, args, rng):
     for rep in range(args.repeats):
         batches = [positions(rng, kind, args.n, aligned) for _ in range(args.batches)]
         for m in made.values():
-            if isinstance(m, Floor):
+            if isinstance(m, (Floor, Reader)):
                 for xy in batches:
                     m.prepare(xy)
         tiles += sum(made[names[-1]].tiles(xy) for xy in batches)

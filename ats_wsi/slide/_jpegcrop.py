@@ -8,7 +8,12 @@ libjpeg's scanlines into every patch that needs them. It is as strict as
 :mod:`._jpeg`: every libjpeg warning is an error, and after the last needed
 row the rest of the tile is entropy-decoded up to its EOI, so a tile broken
 anywhere raises :class:`~ats_wsi.errors.CorruptSlideError` (naming the file,
-level and tile) rather than giving pixels. The pixels are those of a
+level and tile) rather than giving pixels. That check of the rest of a tile is
+made once per tile and open slide: a tile that has been decoded to its EOI
+without a warning is marked (one byte per tile and level), and later reads of
+it decode only the rows they need — still strictly (a warning in those rows
+raises). A tile that failed is never marked, so it raises on every read. The
+pixels are those of a
 whole-tile decode (same libjpeg, JDCT_ISLOW, fancy upsampling; a pixel of
 margin around the box keeps the upsampling context), hence openslide's.
 
@@ -26,7 +31,7 @@ try:  # optional: built from native/ (pip install ./native)
 except ImportError:  # pragma: no cover - depends on the environment
     _native = None
 
-__all__ = ["available", "can_decode_into", "decode_into"]
+__all__ = ["available", "can_decode_into", "decode_into", "verified_tiles"]
 
 
 def available() -> bool:
@@ -69,8 +74,25 @@ def decode_into(slide, level: int, col: int, row: int, out: np.ndarray, pairs) -
             out[i, py0:py1, px0:px1] = 0
         return 0
     rgb = tl.photometric == 2 and tl.samples == 3 and not tl.jfif
+    marks = verified_tiles(slide, level)
+    index = row * tl.level.cols + col
+    check = not marks[index]
     try:
-        return _native.decode_into(data, tl.jpegtables, rgb, out, pairs)
+        pixels = _native.decode_into(data, tl.jpegtables, rgb, out, pairs, verify=check)
     except _native.JpegError as exc:
         raise CorruptSlideError(slide.path, f"level {level} tile ({col}, {row}) has broken JPEG data "
                                             f"({exc})") from None
+    if check:
+        marks[index] = 1  # decoded to its EOI without a warning: later reads need not check the rest again
+    return pixels
+
+
+def verified_tiles(slide, level: int) -> bytearray:
+    """One byte per tile of ``level``: 1 where the whole tile has been decoded without a warning."""
+    table = slide.__dict__.get("_verified_tiles")
+    if table is None:
+        table = slide.__dict__.setdefault("_verified_tiles", {})  # atomic under the GIL
+    marks = table.get(level)
+    if marks is None:
+        marks = table.setdefault(level, bytearray(len(slide._tiff_levels[level].offsets)))
+    return marks

@@ -229,3 +229,33 @@ def test_whole_width_rows_decoded_straight_into_a_patch_land_where_the_pair_says
                                           err_msg=f"{name} rows {y0}:{y1}")
             out[1, 3:3 + y1 - y0, 5:5 + w] = 7
             assert (out == 7).all(), f"{name} rows {y0}:{y1}: pixels written outside the pair"
+
+
+class _RecordVerify:
+    """The real extension, recording the ``verify`` flag of each decode."""
+
+    def __init__(self, real):
+        self.real, self.JpegError, self.flags = real, real.JpegError, []
+
+    def decode_into(self, *args, verify=True):
+        self.flags.append(verify)
+        return self.real.decode_into(*args, verify=verify)
+
+
+def test_the_rest_of_a_tile_is_checked_once_per_open_slide(crop_slides, monkeypatch):
+    """The first read of a tile decodes it to its EOI; later reads of that tile (same open
+    slide) stop after their rows, with the same pixels; another open slide checks again."""
+    spy = _RecordVerify(_jpegcrop._native)
+    monkeypatch.setattr(_jpegcrop, "_native", spy)
+    for _ in range(2):
+        with open_slide(crop_slides["vips_jpeg"], backend="tifffile") as slide:
+            first = np.zeros((1, 8, 40, 3), np.uint8)
+            slide.decode_tile_into(0, 1, 0, first, [(0, 0, 8, 0, 40, 3, 5)])
+            again = np.zeros_like(first)
+            slide.decode_tile_into(0, 1, 0, again, [(0, 0, 8, 0, 40, 3, 5)])
+            other = np.zeros_like(first)
+            slide.decode_tile_into(0, 0, 1, other, [(0, 0, 8, 0, 40, 3, 5)])
+            np.testing.assert_array_equal(again, first)
+            np.testing.assert_array_equal(first[0], slide.read_tile(0, 1, 0)[3:11, 5:45])
+            assert _jpegcrop.verified_tiles(slide, 0).count(1) == 2
+    assert spy.flags == [True, False, True] * 2
