@@ -27,7 +27,8 @@ random weights, exported once to a ``.pt2`` and loaded through an encoder spec
 
 Usage::
 
-    .venv/bin/python benchmarks/encoder_cache.py [--epochs 10] [--samples 8] [--sizes 10000 40000 80000] [--dense-tiles 256]
+    .venv/bin/python benchmarks/encoder_cache.py [--epochs 10] [--samples 8] [--sizes 10000 40000 80000] \
+        [--dense-tiles 256]
 """
 from __future__ import annotations
 
@@ -216,7 +217,8 @@ def samples(k: int) -> list[str]:
              "cache hits / lookups |", "|---|---:|---:|---:|"]
     names = {"off": "no cache", "fresh": "cache, first run", "disk": "cache again (from its folder)"}
     for mode in ("off", "fresh", "disk"):
-        hit = "" if mode == "off" else f"{stats[mode][0]} / {stats[mode][1]} ({100 * stats[mode][0] / stats[mode][1]:.0f} %)"
+        hits, looked = stats.get(mode, (0, 0))
+        hit = "" if mode == "off" else f"{hits} / {looked} ({100 * hits / looked:.0f} %)"
         lines.append(f"| {names[mode]} | {med[mode]:.2f} | {med['off'] / med[mode]:.2f} | {hit} |")
     return lines
 

@@ -177,8 +177,9 @@ class PatchEncoder(nn.Module):
         slide = source.slides[b]
         resolutions = getattr(source, "resolutions", None)
         plan = resolutions[b] if resolutions is not None else None
+        wh = (patch_wh, patch_wh) if isinstance(patch_wh, int) else patch_wh
         geometry = geometry_digest(
-            patch_wh=[int(v) for v in patch_wh], mpp=getattr(source, "mpp", None), level=int(source.levels[b]),
+            patch_wh=[int(v) for v in wh], mpp=getattr(source, "mpp", None), level=int(source.levels[b]),
             downsample=round(float(source.level_downsample(b)), 9),
             factor=None if plan is None else round(float(plan.factor), 9))
         return FeatureCache.group(self._digest, slide_fingerprint(slide.path), geometry)
@@ -197,9 +198,12 @@ class PatchEncoder(nn.Module):
                     todo.append((b, i))
                 else:
                     out[b, i] = found
-        if todo:
-            if batch == 1:  # read only the missing boxes
+        if todo:  # read only the missing boxes
+            if batch == 1:
                 patches = source.extract(xy[:, [i for _, i in todo]], patch_wh)[0]
+            elif hasattr(source, "extract_slide"):  # slide by slide, in the order of todo
+                patches = torch.cat([source.extract_slide(b, xy[b, [i for bb, i in todo if bb == b]], patch_wh)
+                                     for b in sorted({b for b, _ in todo})])
             else:
                 patches = source.extract(xy, patch_wh)[[b for b, _ in todo], [i for _, i in todo]]
             with torch.no_grad():

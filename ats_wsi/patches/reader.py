@@ -320,6 +320,9 @@ class PatchReader:
             reader's device, channels-last strides. Patch ``i`` equals
             ``slide.read_region(xy[i], level, patch_size)`` transposed to CHW
             (with ``mpp``: that of ``region_wh``, reduced by ``factor``).
+            Its memory is handed to a later read of the same size only once
+            nothing holds it any more (no tensor, view or array made from
+            it alive; :mod:`._buffers`), so a batch you keep never changes.
 
         Raises:
             whatever ``slide.read_tile`` raises (e.g. ``CorruptSlideError``

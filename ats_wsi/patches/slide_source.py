@@ -151,16 +151,19 @@ class SlideSource:
             ratio (box centres scaled by ``ratio(b) / ratio(0)``; unchanged
             where the ratios agree).
         """
-        pw, ph = _size_wh(size_wh, "patch size")
-        ref = self.ratio(0)
         out = xy.clone()
-        half = torch.tensor([pw / 2, ph / 2], dtype=torch.float64)
         for b in range(1, xy.shape[0]):
-            factor = self.ratio(b) / ref
-            if abs(factor - 1.0) > 1e-9:
-                centre = xy[b].to(torch.float64) + half
-                out[b] = torch.floor(centre * factor - half + 0.5).long()
+            out[b] = self._own_scale(b, xy[b], size_wh)
         return out
+
+    def _own_scale(self, b: int, xy: Tensor, size_wh) -> Tensor:
+        """Slide ``b``'s boxes ``[k, 2]`` placed with slide 0's scale -> its own (see :meth:`level_xy`)."""
+        pw, ph = _size_wh(size_wh, "patch size")
+        factor = self.ratio(b) / self.ratio(0)
+        if abs(factor - 1.0) <= 1e-9:
+            return xy
+        centre = xy.to(torch.float64) + torch.tensor([pw / 2, ph / 2], dtype=torch.float64)
+        return torch.floor(centre * factor - torch.tensor([pw / 2, ph / 2], dtype=torch.float64) + 0.5).long()
 
     def level0_xy(self, xy: Tensor) -> Tensor:
         """``xy`` long ``[B, n, 2]`` in pixels of each slide's level -> level-0 ``(x, y)`` (round half up)."""
@@ -208,13 +211,35 @@ class SlideSource:
         out = empty_batch((batch, n, ph, pw, 3), pin=pin)
         buf = out.numpy()
         for b in range(batch):
-            reader = self.reader(b, (pw, ph))
-            if self.mpp is None:  # level pixels go to the reader as they are: no round trip through level 0
-                reader.read_level_into(xy[b].numpy(), buf[b])
-            else:  # patch-frame pixels -> level 0 (what boxes_level0 reports) -> the level decoded
-                xy0 = level_to_level0(xy[b], self.level_downsample(b))
-                reader.read_level_into(reader.level_origin(xy0.numpy()), buf[b])
-        self.patches_read += batch * n
+            self._read_into(b, xy[b], (pw, ph), buf[b])
+        return self._deliver(out, pin)
+
+    def extract_slide(self, b: int, xy: Tensor, size_wh) -> Tensor:
+        """Patches of slide ``b`` alone: :meth:`extract` of ``xy`` long ``[k, 2]`` -> uint8 ``[k, 3, h, w]``.
+
+        What a feature cache uses to read only the boxes it lacks, slide by slide.
+        """
+        pw, ph = _size_wh(size_wh, "patch size")
+        if xy.ndim != 2 or xy.shape[1] != 2 or not 0 <= int(b) < len(self.slides):
+            raise SamplingError(f"extract_slide needs a slide index in 0..{len(self.slides) - 1} and xy [k, 2], "
+                                f"got {b} and {tuple(xy.shape)}")
+        xy = self._own_scale(int(b), xy.detach().to("cpu", torch.long), (pw, ph))  # as extract does for slide b
+        pin = self.device.type == "cuda"
+        out = empty_batch((len(xy), ph, pw, 3), pin=pin)
+        self._read_into(int(b), xy, (pw, ph), out.numpy())
+        return self._deliver(out, pin)
+
+    def _read_into(self, b: int, xy: Tensor, size_wh: tuple[int, int], buf) -> None:
+        """Slide ``b``'s patches at level pixels ``xy`` ``[k, 2]`` into ``buf`` ``[k, h, w, 3]``."""
+        reader = self.reader(b, size_wh)
+        if self.mpp is None:  # level pixels go to the reader as they are: no round trip through level 0
+            reader.read_level_into(xy.numpy(), buf)
+        else:  # patch-frame pixels -> level 0 (what boxes_level0 reports) -> the level decoded
+            xy0 = level_to_level0(xy, self.level_downsample(b))
+            reader.read_level_into(reader.level_origin(xy0.numpy()), buf)
+        self.patches_read += len(xy)
+
+    def _deliver(self, out: Tensor, pin: bool) -> Tensor:
         if self.device.type != "cpu":
             out = out.to(self.device, non_blocking=pin)
         return out.movedim(-1, -3)

@@ -44,7 +44,8 @@ def test_train_and_predict_with_a_frozen_encoder_file_and_a_feature_cache(tiny_f
         hits, misses = int(rows[-1]["feature_hits"]), int(rows[-1]["feature_misses"])
         assert hits + misses == 3 * 4, rows[-1]  # 3 draws of 4 patches, each looked up once
         assert f"feature cache: {hits} of 12 patch features served by the cache" in out
-    assert int(rows[1]["feature_misses"]) == 0, rows[1]  # (from this process's memory here; disk: test_frozen_and_cache)
+    # the second run's features come from this process's memory here (from disk: test_frozen_and_cache)
+    assert int(rows[1]["feature_misses"]) == 0, rows[1]
     assert rows[0]["p0"] == rows[1]["p0"]
 
 

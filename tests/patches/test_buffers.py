@@ -50,7 +50,8 @@ def test_patch_reader_never_overwrites_a_batch_still_held(vips_jpeg, hold):
         xy = np.stack([rng.integers(0, w - 64, 6), rng.integers(0, h - 64, 6)], 1)
         first = reader.read(xy)
         expect = first.clone()
-        held = {"tensor": first, "view": first[2:4], "numpy": first.numpy(), "memoryview": memoryview(first.numpy())}[hold]
+        held = {"tensor": first, "view": first[2:4], "numpy": first.numpy(),
+                "memoryview": memoryview(first.numpy())}[hold]
         del first
         for _ in range(3):  # same shape, other places: a reused buffer would be overwritten here
             reader.read(np.stack([rng.integers(0, w - 64, 6), rng.integers(0, h - 64, 6)], 1))

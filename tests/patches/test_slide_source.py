@@ -52,6 +52,25 @@ def test_extract_equals_read_region_at_the_level0_corners_of_two_slides(two_slid
     source.close()
 
 
+def test_extract_slide_gives_that_slides_rows_of_extract(two_slides):
+    """Level 1: slide 1's ratio differs from slide 0's, so its boxes move; extract_slide
+    moves them alike, and counts only what it read."""
+    rng = np.random.default_rng(5)
+    size = (48, 40)
+    xy = torch.from_numpy(np.stack([rng.integers(1100, 1450, (2, 9)), rng.integers(-20, 950, (2, 9))], -1))
+    source = SlideSource(two_slides, 1, low_downsample=16.0, workers=1)
+    whole = source.extract(xy, size)
+    assert not torch.equal(source.level_xy(xy, size)[1], xy[1])  # the scales do differ
+    for b in (0, 1):
+        before = source.patches_read
+        some = source.extract_slide(b, xy[b, [7, 2, 5]], size)
+        assert some.shape == (3, 3, 40, 48) and source.patches_read == before + 3
+        assert torch.equal(some, whole[b, [7, 2, 5]])
+    with pytest.raises(SamplingError, match="extract_slide"):
+        source.extract_slide(2, xy[0], size)
+    source.close()
+
+
 def test_scale_is_low_downsample_over_level_downsample(two_slides):
     for level in (0, 1, 2):
         source = SlideSource(two_slides, level, low_downsample=16.0)
