@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,14 +31,23 @@ def cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_popen(*args, out_dir: Path, cwd=None) -> subprocess.Popen:
     """Start ``ats-wsi ARGS`` without waiting; stdout/stderr go to files in ``out_dir``
-    (pipes could fill up and block a child that is left running)."""
+    (pipes could fill up and block a child that is left running).
+
+    The child gets SIGINT's default action, as a command started from a terminal
+    has: a test suite run as a background job of a script (``cmd &``) inherits
+    SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stdout = open(out_dir / "stdout.txt", "w")
     stderr = open(out_dir / "stderr.txt", "w")
     try:
-        return subprocess.Popen([*ATS_WSI, *map(str, args)], cwd=cwd, stdout=stdout, stderr=stderr)
+        return subprocess.Popen([*ATS_WSI, *map(str, args)], cwd=cwd, stdout=stdout, stderr=stderr,
+                                preexec_fn=_default_sigint)
     finally:
         stdout.close()
         stderr.close()
