@@ -126,8 +126,8 @@ def demo_set() -> Path:
 
 
 def child(mode: str, n: int) -> None:
-    """One training (``mode`` "off" or "on"); waits for a line on stdin before it starts and after
-    every epoch, and prints each epoch's metrics as a JSON line."""
+    """One training (``mode`` "off" or "on"): says it is ready once set up, waits for a line on stdin
+    before it starts and after every epoch, and prints each epoch's metrics as a JSON line."""
     import torch
 
     from ats_wsi.run.demo import DemoSettings
@@ -147,6 +147,7 @@ def child(mode: str, n: int) -> None:
                   flush=True)
             sys.stdin.readline()  # wait for our next turn
 
+        print(json.dumps({"ready": True}), flush=True)  # imports and slides done: nothing left to overlap
         sys.stdin.readline()
         train(manifest, Path(tmp) / "run", config(), settings, progress=False, on_epoch=turn)
         if mode == "on":  # the trained model, for samples()
@@ -160,6 +161,8 @@ def epochs(n: int) -> list[str]:
     procs = {mode: subprocess.Popen([sys.executable, __file__, "--child", mode, "--epochs", str(n)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for mode in ("off", "on")}
+    for proc in procs.values():  # both set up before the first epoch runs
+        assert json.loads(proc.stdout.readline()).get("ready"), "a training process did not start"
     rows: dict[str, list[dict]] = {"off": [], "on": []}
     live = ["off", "on"]
     while live:
