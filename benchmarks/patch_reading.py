@@ -208,7 +208,7 @@ class Reader:
         if self.warm:
             self.reader.read(xy)
         else:
-            self.slide.__dict__.pop("_verified_tiles", None)
+            self.slide._verified_tiles.clear()
 
     def read(self, xy):
         return self.reader.read(xy).permute(0, 2, 3, 1).numpy()

@@ -146,8 +146,6 @@ static int run_decode(job_t *job)
         snprintf(err.message, sizeof(err.message), "out of memory");
         longjmp(err.jump, 1);
     }
-    for (int k = 0; k < batch; k++)
-        rows[k] = scratch + (size_t)k * (size_t)line_bytes;
     long y = 0;
     long start = job->by0 > 0 ? job->by0 - 1 : 0; /* one row of margin (vertical upsampling context) */
     if (start > 0)
@@ -161,26 +159,21 @@ static int run_decode(job_t *job)
         int want = batch;
         if (y < job->by0 && job->by0 - y < want)
             want = (int)(job->by0 - y); /* land exactly on by0 */
-        if (direct != NULL && y >= job->by0) {
-            if (job->by1 - y < want)
-                want = (int)(job->by1 - y);
-            for (int k = 0; k < want; k++)
-                rows[k] = (JSAMPROW)(job->out + direct->i * job->s0 + (direct->py0 + y + k - direct->ty0) * job->s1 +
-                                     direct->px0 * 3);
-            JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
-            if (got == 0) {
-                snprintf(err.message, sizeof(err.message), "no scanline returned at row %ld", y);
-                longjmp(err.jump, 1);
-            }
-            y += (long)got;
-            continue;
-        }
-        for (int k = 0; k < batch; k++)
-            rows[k] = scratch + (size_t)k * (size_t)line_bytes;
+        int into_patch = direct != NULL && y >= job->by0;
+        if (into_patch && job->by1 - y < want)
+            want = (int)(job->by1 - y); /* no row past the pair: it would land in the next patch */
+        for (int k = 0; k < want; k++)
+            rows[k] = into_patch ? (JSAMPROW)(job->out + direct->i * job->s0 +
+                                              (direct->py0 + y + k - direct->ty0) * job->s1 + direct->px0 * 3)
+                                 : scratch + (size_t)k * (size_t)line_bytes;
         JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
         if (got == 0) {
             snprintf(err.message, sizeof(err.message), "no scanline returned at row %ld", y);
             longjmp(err.jump, 1);
+        }
+        if (into_patch) {
+            y += (long)got;
+            continue;
         }
         for (JDIMENSION k = 0; k < got; k++, y++) {
             if (y < job->by0 || y >= job->by1)

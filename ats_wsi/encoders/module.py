@@ -116,7 +116,7 @@ class PatchEncoder(nn.Module):
         encoded, and ``patches`` is then empty (``[B, 0, 3, h, w]``).
         """
         self.check_resolution(source)
-        if self.cache is None or not self.frozen or not hasattr(source, "boxes_level0"):
+        if self.cache is None or not self.frozen or not hasattr(source, "extract_slide"):
             patches = as_float(source.extract(xy, patch_wh), like)
             features = self(patches.flatten(0, 1))
             return patches, features.reshape(*patches.shape[:2], -1)
@@ -198,14 +198,9 @@ class PatchEncoder(nn.Module):
                     todo.append((b, i))
                 else:
                     out[b, i] = found
-        if todo:  # read only the missing boxes
-            if batch == 1:
-                patches = source.extract(xy[:, [i for _, i in todo]], patch_wh)[0]
-            elif hasattr(source, "extract_slide"):  # slide by slide, in the order of todo
-                patches = torch.cat([source.extract_slide(b, xy[b, [i for bb, i in todo if bb == b]], patch_wh)
-                                     for b in sorted({b for b, _ in todo})])
-            else:
-                patches = source.extract(xy, patch_wh)[[b for b, _ in todo], [i for _, i in todo]]
+        if todo:  # read only the missing boxes, slide by slide (todo is in slide order)
+            patches = torch.cat([source.extract_slide(b, xy[b, [i for bb, i in todo if bb == b]], patch_wh)
+                                 for b in sorted({b for b, _ in todo})])
             with torch.no_grad():
                 new = self.embed(as_float(patches, like)).cpu().numpy()
             for b in range(batch):

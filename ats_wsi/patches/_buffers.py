@@ -22,7 +22,7 @@ __all__ = ["Recycler"]
 
 
 class Recycler:
-    """Up to ``keep`` uint8 buffers, reused for batches of the same size.
+    """Up to ``keep`` uint8 buffers, reused for arrays that fit in them.
 
     Args:
         keep: how many buffers to remember (two cover a batch in use while
@@ -35,13 +35,13 @@ class Recycler:
         self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...]) -> np.ndarray:
-        """An uninitialised uint8 array of ``shape``, on a free kept buffer when one fits."""
+        """An uninitialised uint8 array of ``shape``, on a free kept buffer when one is big enough."""
         nbytes = int(np.prod(shape, dtype=np.int64))
         with self._lock:  # take and hand out under the lock: two threads never get the same buffer
             for k in range(len(self._buffers)):
                 # 2 = the list's reference + getrefcount's argument: nothing else holds it
-                if self._buffers[k].nbytes == nbytes and sys.getrefcount(self._buffers[k]) == 2:
-                    return self._buffers[k].reshape(shape)
+                if self._buffers[k].nbytes >= nbytes and sys.getrefcount(self._buffers[k]) == 2:
+                    return self._buffers[k][:nbytes].reshape(shape)
             buffer = np.empty(nbytes, np.uint8)
             if len(self._buffers) >= self.keep:
                 self._buffers.pop(0)

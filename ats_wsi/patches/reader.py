@@ -294,8 +294,8 @@ class PatchReader:
         self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ats-tile") if self.workers > 1 else None
         self._batch_pool: ThreadPoolExecutor | None = None
         self._batch_lock = threading.Lock()
-        self._regions: list[np.ndarray] = []  # reused region buffers of the mpp path (no page faults per batch)
         self._batches = Recycler()  # returned batches, reused once the caller has dropped them
+        self._regions = Recycler()  # region buffers of the mpp path (no page faults per batch)
 
     def __repr__(self) -> str:
         at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
@@ -369,7 +369,7 @@ class PatchReader:
         if out.shape != (len(origin_xy), ph, pw, 3):
             raise ValueError(f"out must be [{len(origin_xy)}, {ph}, {pw}, 3], got {out.shape}")
         plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
-        region = out if self.factor == 1 else self._region(len(origin_xy))
+        region = out if self.factor == 1 else self._regions.empty((len(origin_xy), *self.region_wh[::-1], 3))
         for i in plan.partial.tolist():
             region[i] = FILL_VALUE
         self._run(plan, region)
@@ -377,23 +377,10 @@ class PatchReader:
             resample_area(region, *self._weights, out)
         elif self.factor != 1:
             (_native_block_mean or block_mean)(region, int(self.factor), out)
-        if region is not out and not self._regions:  # keep one for the next batch
-            self._regions.append(region.base if region.base is not None else region)
         with self._stats_lock:
             self.stats.patches += len(origin_xy)
             self.stats.batches += 1
         return plan
-
-    def _region(self, n: int) -> np.ndarray:
-        """A uint8 ``[n, *region, 3]`` buffer, reused from an earlier batch when one is free."""
-        shape = (n, *self.region_wh[::-1], 3)
-        try:
-            buf = self._regions.pop()  # atomic: each thread gets its own buffer
-        except IndexError:
-            buf = None
-        if buf is None or buf.shape[0] < n:
-            buf = np.empty(shape, np.uint8)
-        return buf[:n]
 
     def reset_stats(self) -> None:
         with self._stats_lock:

@@ -162,8 +162,8 @@ class SlideSource:
         factor = self.ratio(b) / self.ratio(0)
         if abs(factor - 1.0) <= 1e-9:
             return xy
-        centre = xy.to(torch.float64) + torch.tensor([pw / 2, ph / 2], dtype=torch.float64)
-        return torch.floor(centre * factor - torch.tensor([pw / 2, ph / 2], dtype=torch.float64) + 0.5).long()
+        half = torch.tensor([pw / 2, ph / 2], dtype=torch.float64)
+        return torch.floor((xy.to(torch.float64) + half) * factor - half + 0.5).long()
 
     def level0_xy(self, xy: Tensor) -> Tensor:
         """``xy`` long ``[B, n, 2]`` in pixels of each slide's level -> level-0 ``(x, y)`` (round half up)."""

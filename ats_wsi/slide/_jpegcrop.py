@@ -89,10 +89,7 @@ def decode_into(slide, level: int, col: int, row: int, out: np.ndarray, pairs) -
 
 def verified_tiles(slide, level: int) -> bytearray:
     """One byte per tile of ``level``: 1 where the whole tile has been decoded without a warning."""
-    table = slide.__dict__.get("_verified_tiles")
-    if table is None:
-        table = slide.__dict__.setdefault("_verified_tiles", {})  # atomic under the GIL
-    marks = table.get(level)
-    if marks is None:
-        marks = table.setdefault(level, bytearray(len(slide._tiff_levels[level].offsets)))
+    marks = slide._verified_tiles.get(level)
+    if marks is None:  # setdefault: two threads get the same marks
+        marks = slide._verified_tiles.setdefault(level, bytearray(len(slide._tiff_levels[level].offsets)))
     return marks

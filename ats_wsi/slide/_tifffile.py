@@ -321,6 +321,7 @@ class TiffSlide(Slide):
         self._tiff_levels = layout.levels
         self._associated, self._icc = layout.associated, layout.icc
         self._file = _PositionalFile(path)
+        self._verified_tiles: dict[int, bytearray] = {}  # level -> 1 per JPEG tile checked to its end (_jpegcrop)
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
                          properties=layout.properties, mpp_xy=layout.mpp_xy)
 
