@@ -94,7 +94,8 @@ class FeatureCache:
         memory_bytes: bound of the in-memory LRU.
 
     ``hits`` / ``misses`` count boxes looked up since the last
-    :meth:`take_stats` (``disk_hits``: hits served from disk).
+    :meth:`take_stats` (``disk_hits``: hits served by a feature this process
+    read from the folder, each such feature counted once).
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, *, memory_bytes: int = 256 * 2**20):
@@ -105,6 +106,7 @@ class FeatureCache:
         self._index: dict[str, dict[tuple, str]] = {}  # group -> box -> shard file
         self._specs: set[str] = set()
         self.hits = self.misses = self.disk_hits = 0
+        self._from_disk: set[tuple] = set()  # keys read from the folder and not served yet
 
     def __repr__(self) -> str:
         return (f"FeatureCache(directory={self.directory}, memory={self._bytes}/{self.memory_bytes} bytes, "
@@ -134,12 +136,14 @@ class FeatureCache:
             if value is None and box in index:
                 self._load_shard(group, index[box])
                 value = self._lru.get(key)
-                self.disk_hits += value is not None
             if value is None:
                 self.misses += 1
             else:
                 self._lru.move_to_end(key)
                 self.hits += 1
+                if key in self._from_disk:
+                    self._from_disk.discard(key)
+                    self.disk_hits += 1
             out.append(value)
         return out
 
@@ -208,6 +212,7 @@ class FeatureCache:
             return
         for box, row in zip(map(tuple, boxes.tolist()), features):
             self._remember((group, box), np.array(row, dtype=np.float32))
+            self._from_disk.add((group, box))
 
     def _merge(self, folder: Path, shards: list[Path]) -> list[Path]:
         """Many small shards -> one (written atomically; only the shards read are removed)."""
