@@ -30,7 +30,7 @@ _LAZY = {
     "Slide": "ats_wsi.slide",
     "AttentionSampler": "ats_wsi.model",
     "AttentionResult": "ats_wsi.model",
-    "attention_sampling": "ats_wsi.model",
+    "attention_sampling": "ats_wsi.reference_api",
     "load_model": "ats_wsi.classifier",
     "ModelConfig": "ats_wsi.classifier",
     "SlideClassifier": "ats_wsi.classifier",

@@ -34,7 +34,7 @@ from .patches import PatchSource, TensorSource
 from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, streamed, tiled
 from .sampling.receptive_field import receptive_field as probe_field
 
-__all__ = ["AttentionResult", "AttentionSampler", "attention_sampling"]
+__all__ = ["AttentionResult", "AttentionSampler", "SAMPLERS"]
 
 
 class AttentionResult(NamedTuple):
@@ -56,6 +56,12 @@ class AttentionResult(NamedTuple):
             source's high-resolution pixels (may be negative at borders).
         entropy_loss: scalar, the regulariser term to ADD to the loss, already
             weighted: ``entropy · Σ a log a / B`` (= −entropy × mean entropy).
+        patch_features: ``[B, n, D]``, each drawn patch's own features (what
+            the estimator averaged), for per-patch losses and scores.
+        sampled_logits: ``[B, n]``, the attention net's logit at each drawn
+            cell (``log`` of the probability for nets that return
+            probabilities; 0 under ``sampler="uniform"``), for losses that
+            train the attention to predict per-patch scores.
     """
 
     features: Tensor
@@ -65,6 +71,13 @@ class AttentionResult(NamedTuple):
     patches: Tensor
     xy: Tensor
     entropy_loss: Tensor
+    patch_features: Tensor | None = None
+    sampled_logits: Tensor | None = None
+
+
+SAMPLERS = ("attention", "uniform")
+"""How cells are drawn: from the attention net's map, or uniformly over the
+(tissue) mask, the random-patch baseline."""
 
 
 class AttentionSampler(nn.Module):
@@ -105,15 +118,16 @@ class AttentionSampler(nn.Module):
         min_tissue: fraction of a cell's pixels a pixel-resolution mask must
             cover for the cell to be drawn (see :meth:`grid_mask`).
         tile_aligned: read, for each drawn cell, the patch-sized box of the
-            grid of multiples of ``patch_size`` that holds the centre of the
-            cell's own box (see :func:`ats_wsi.geometry.snap_to_grid`). With ``patch_size``
-            equal to the slide level's tile size, every patch is exactly one
-            stored tile: one decode, no assembly across tiles (about 4x
-            fewer tiles decoded than for random 256² boxes). The price: a
-            patch is no longer centred on its cell (off by up to half a
-            patch), so make the attention cells the size of a tile (then
-            distinct cells give distinct tiles) and expect attention maps at
-            tile granularity.
+            grid of multiples of ``patch_size`` holding the centre of the
+            cell's own box (:func:`ats_wsi.geometry.snap_to_grid`): with
+            ``patch_size`` equal to the level's tile size, each patch is one
+            stored tile (one decode, ~4x fewer tiles than random 256² boxes),
+            off its cell by up to half a patch (use tile-sized cells).
+        sampler: ``"attention"``, or ``"uniform"``: every unmasked cell
+            equally likely, the attention net unused (the random-patch baseline).
+        smoothing: the attention's share spread uniformly over unmasked cells
+            (:class:`~ats_wsi.sampling.SampleSoftmax`); training may anneal
+            ``self.softmax.smoothing``. The estimator is unbiased for any map.
     """
 
     def __init__(
@@ -134,8 +148,11 @@ class AttentionSampler(nn.Module):
         tile_checkpoint: bool = True,
         min_tissue: float = 0.0,
         tile_aligned: bool = False,
+        sampler: str = "attention",
+        smoothing: float = 0.0,
     ):
         super().__init__()
+
         if isinstance(n_patches, bool) or not isinstance(n_patches, int) or n_patches < 1:
             raise SamplingError(f"n_patches must be a positive int, got {n_patches!r}")
         self.attention_net = attention_net
@@ -148,7 +165,8 @@ class AttentionSampler(nn.Module):
         self.deterministic = bool(deterministic)
         self.use_logits = (not _ends_with_softmax(attention_net)) if use_logits is None else bool(use_logits)
         self.attention_regularizer = attention_regularizer
-        self.softmax = SampleSoftmax()
+        self.set_sampler(sampler)
+        self.softmax = SampleSoftmax(smoothing=smoothing)
         self.tile_threshold = tile_threshold
         self.tile_size = tile_size
         self.tile_checkpoint = bool(tile_checkpoint)
@@ -159,7 +177,14 @@ class AttentionSampler(nn.Module):
     def extra_repr(self) -> str:
         return (f"n_patches={self.n_patches}, patch_size={self.patch_size}, replace={self.replace}, "
                 f"receptive_field={self.receptive_field}, entropy={self.entropy}, "
-                f"deterministic={self.deterministic}, use_logits={self.use_logits}")
+                f"deterministic={self.deterministic}, use_logits={self.use_logits}, sampler={self.sampler_kind!r}, "
+                f"smoothing={self.softmax.smoothing}")
+
+    def set_sampler(self, sampler: str) -> None:
+        """Draw from the attention map (``"attention"``) or uniformly over tissue (``"uniform"``)."""
+        if sampler not in SAMPLERS:
+            raise SamplingError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.sampler_kind = sampler
 
     # -- the attention -----------------------------------------------------
 
@@ -207,6 +232,13 @@ class AttentionSampler(nn.Module):
         """
         return self._attention(x_low, mask)[0]
 
+    def _map_logits(self, x_low: Tensor) -> Tensor:
+        """``[B, h', w']``: the attention net's output, or zeros of its shape under ``sampler="uniform"``."""
+        if self.sampler_kind == "uniform":
+            with torch.no_grad():
+                return torch.zeros_like(_check_map(self.attention_logits(x_low)), dtype=torch.float32)
+        return _check_map(self.attention_logits(x_low))
+
     def grid_mask(self, mask: Tensor | None, map_shape: tuple[int, int]) -> Tensor | None:
         """A mask on the attention map's grid.
 
@@ -244,16 +276,22 @@ class AttentionSampler(nn.Module):
         return grid
 
     def _attention(self, x_low: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        out = _check_map(self.attention_logits(x_low))
+        attention, mask, _ = self._attention_and_logits(x_low, mask)
+        return attention, mask
+
+    def _attention_and_logits(self, x_low: Tensor, mask: Tensor | None):
+        """``(attention [B, h', w'], grid mask or None, logits [B, h', w'])``."""
+        out = self._map_logits(x_low)
         mask = self.grid_mask(mask, tuple(out.shape[-2:]))
         if mask is not None:
             mask = mask.to(out.device)
-        if self.use_logits:
-            return self.softmax(out, mask), mask
+        if self.use_logits or self.sampler_kind == "uniform":
+            return self.softmax(out, mask), mask, out
+        logits = out.clamp_min(1e-30).log()
         if mask is None:
-            return out, None
+            return out, None, logits
         kept = out * mask
-        return kept / kept.sum(dim=(1, 2), keepdim=True), mask
+        return kept / kept.sum(dim=(1, 2), keepdim=True), mask, logits
 
     # -- one pass ----------------------------------------------------------
 
@@ -285,8 +323,11 @@ class AttentionSampler(nn.Module):
         Returns:
             :class:`AttentionResult`.
         """
-        attention, mask = self.attend(x_low, mask)
-        return self.draw(x_low, attention, mask, source, generator=generator, deterministic=deterministic)
+        _check_low(x_low)
+        attention, mask, logits = self._attention_and_logits(x_low, mask)
+        result = self.draw(x_low, attention, mask, source, generator=generator, deterministic=deterministic)
+        cell = result.positions[..., 0] * attention.shape[-1] + result.positions[..., 1]
+        return result._replace(sampled_logits=logits.reshape(logits.shape[0], -1).gather(1, cell))
 
     def attend(self, x_low: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The attention map and the mask on its grid: the first half of :meth:`forward`.
@@ -299,10 +340,7 @@ class AttentionSampler(nn.Module):
             ``(attention [B, h', w'], grid mask bool [B, h', w'] or None)``,
             to pass to :meth:`draw` (once, for many draws).
         """
-        if x_low.ndim != 4:
-            raise SamplingError(f"x_low must be [B, C, h, w], got {tuple(x_low.shape)}")
-        if x_low.shape[0] == 0:
-            raise SamplingError("x_low is an empty batch (B = 0): there is nothing to attend to")
+        _check_low(x_low)
         return self._attention(x_low, mask)
 
     def draw(
@@ -363,12 +401,15 @@ class AttentionSampler(nn.Module):
         out = tiled.tiled_logits_from_reader(net, read_region, shape, max(self.tile_size, 512),
                                              field=self.attention_field(), on_tile=on_tile)
         out = _check_map(out if head is None else head(out))
+        uniform = self.sampler_kind == "uniform"
+        if uniform:
+            out = torch.zeros_like(out, dtype=torch.float32)
         mask = None
         if tissue is not None:
             mask = streamed.pool_mask(lambda r, c, h, w: tissue.mask(read_region(r, c, h, w)), shape,
                                       tuple(out.shape[-2:]), self.min_tissue, device=out.device)
             mask = self._unstarve(mask[None])
-        if self.use_logits:
+        if self.use_logits or uniform:
             return streamed.softmax_(out.contiguous(), mask, smoothing=self.softmax.smoothing,
                                      temperature=self.softmax.temperature), mask
         if mask is None:
@@ -416,8 +457,8 @@ class AttentionSampler(nn.Module):
         if self.tile_aligned:
             xy = snap_to_grid(xy, patch_wh)
         # [B, n, C, h, w] and [B, n, D]; an encoder with a feature cache reads only the boxes it lacks
-        patches, features = patch_features(self.feature_net, source, xy, patch_wh, like)
-        features = expectation(features, sampled_attention, self.replace)
+        patches, each = patch_features(self.feature_net, source, xy, patch_wh, like)
+        features = expectation(each, sampled_attention, self.replace)
         if self.attention_regularizer is not None:
             entropy_loss = self.attention_regularizer(attention)
         elif blocks:
@@ -425,48 +466,14 @@ class AttentionSampler(nn.Module):
         else:
             entropy_loss = entropy_regularizer(attention, self.entropy)
         return AttentionResult(features, attention, positions, sampled_attention, patches, xy,
-                               entropy_loss)
+                               entropy_loss, patch_features=each)
 
 
-def attention_sampling(
-    attention: nn.Module,
-    feature: nn.Module,
-    patch_size: int | tuple[int, int] | None = None,
-    n_patches: int = 10,
-    replace: bool = False,
-    attention_regularizer: float | Callable[[Tensor], Tensor] | None = None,
-    receptive_field: int | tuple[int, int] = 0,
-) -> AttentionSampler:
-    """The reference library's entry point, under its names.
-
-    ``attention_sampling(attention, feature, ...)(x_low, x_high)`` returns an
-    :class:`AttentionResult` whose first two fields are the reference's
-    ``expected_features`` and ``attention``; the patches are ``.patches``.
-
-    Args:
-        attention: the attention net (logits, or probabilities if it ends in
-            a ``SampleSoftmax`` as in the reference's examples).
-        feature: the feature net, ``[N, C, ph, pw] -> [N, D]``.
-        patch_size: ``(w, h)`` or one int; ``None`` uses the low view's size.
-        n_patches: patches per image.
-        replace: sample with replacement.
-        attention_regularizer: a number is the entropy strength (the
-            reference's ``multinomial_entropy(strength)``); a callable maps
-            the attention ``[B, h', w']`` to a scalar loss term.
-        receptive_field: the attention net's receptive field if its
-            convolutions are "valid", 0 for "same" padding.
-
-    Returns:
-        An :class:`AttentionSampler`.
-    """
-    strength, regularizer = 0.0, None
-    if callable(attention_regularizer):
-        regularizer = attention_regularizer
-    elif attention_regularizer is not None:
-        strength = float(attention_regularizer)
-    return AttentionSampler(attention, feature, n_patches=n_patches, patch_size=patch_size,
-                            replace=replace, receptive_field=receptive_field, entropy=strength,
-                            attention_regularizer=regularizer)
+def _check_low(x_low: Tensor) -> None:
+    if x_low.ndim != 4:
+        raise SamplingError(f"x_low must be [B, C, h, w], got {tuple(x_low.shape)}")
+    if x_low.shape[0] == 0:
+        raise SamplingError("x_low is an empty batch (B = 0): there is nothing to attend to")
 
 
 def _check_map(out: Tensor) -> Tensor:

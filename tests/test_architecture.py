@@ -14,7 +14,7 @@ FLOORS = [
     {"errors", "_lazy", "atomic", "geometry", "metrics"},
     {"slide"},
     {"sampling", "patches"},
-    {"model", "nets", "encoders"},
+    {"model", "reference_api", "nets", "encoders"},
     {"classifier", "outputs", "geojson", "data"},
     {"run"},
     {"cli"},

@@ -57,6 +57,13 @@ class ModelConfig:
             head (0: the head sits right after the encoder).
         feature_mean, feature_std: the feature net's own normalisation
             (``None``: ``mean``/``std``).
+        sampler: ``"attention"``, or ``"uniform"`` over tissue cells (the
+            random-patch baseline: same reads, features and head, no attention).
+        smoothing: share of the attention spread uniformly over tissue cells
+            at prediction (training anneals it from its ``explore`` value).
+        instance_head: a linear per-patch classifier beside the slide head:
+            it scores every drawn patch (what the per-patch loss trains and
+            the attention learns to predict; see :mod:`ats_wsi.run.train`).
     """
 
     n_classes: int = 2
@@ -84,6 +91,9 @@ class ModelConfig:
     feature_adapter: int = 0
     feature_mean: tuple[float, float, float] | None = None
     feature_std: tuple[float, float, float] | None = None
+    sampler: str = "attention"
+    smoothing: float = 0.0
+    instance_head: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -82,14 +82,26 @@ class SlideClassifier(nn.Module):
             entropy=config.entropy,
             min_tissue=config.min_tissue,
             tile_aligned=config.tile_aligned,
+            sampler=config.sampler,
+            smoothing=config.smoothing,
         )
         self.head = nn.Linear(head_in, config.n_classes)
+        # Per-patch scores beside the slide head (a separate layer: the slide head reads the
+        # attention-weighted mean, which may mix lesion and look-alike patches).
+        self.instance_head = nn.Linear(head_in, config.n_classes) if config.instance_head else None
 
     def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 deterministic: bool | None = None) -> tuple[Tensor, AttentionResult]:
         result = self.sampler(x_low, source, mask, generator=generator, deterministic=deterministic)
         return self.head(result.features), result
+
+    def instance_logits(self, result: AttentionResult) -> Tensor | None:
+        """``[B, n, n_classes]``: the instance head's logits for each drawn patch of
+        ``result`` (``None`` without an instance head)."""
+        if self.instance_head is None or result.patch_features is None:
+            return None
+        return self.instance_head(result.patch_features.float())
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -128,6 +140,7 @@ class SlideClassifier(nn.Module):
         deterministic: bool = False,
         workers: int = 2,
         stream: bool = True,
+        sampler: str | None = None,
     ) -> SlidePrediction:
         """Classify one slide: the low view, the attention map once, ``samples`` draws.
 
@@ -145,6 +158,9 @@ class SlideClassifier(nn.Module):
                 whole low view (the training path). Both give the same draws
                 for the same seed on CPU, and probabilities equal up to float
                 rounding.
+            sampler: ``"uniform"`` draws uniformly over tissue cells instead of
+                from the attention map (the random-patch ablation of a trained
+                model); ``None``: the model's own.
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
@@ -153,10 +169,14 @@ class SlideClassifier(nn.Module):
         self.eval()
         given = isinstance(slide, SlideInput)
         item = slide if given else SlideInput(slide, self.config, workers=workers)
+        own = self.sampler.sampler_kind
         try:
+            if sampler is not None:
+                self.sampler.set_sampler(sampler)
             return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
                                  seed=seed, deterministic=deterministic, stream=stream)
         finally:
+            self.sampler.sampler_kind = own
             if not given:
                 item.close()
 

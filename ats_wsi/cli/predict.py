@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (per slide)")
     p.add_argument("--deterministic", action="store_true", help="top-n cells instead of sampling")
+    p.add_argument("--sampler", choices=["attention", "uniform"],
+                   help="uniform: draw the patches uniformly over tissue instead of from the attention map, "
+                        "everything else the same (the random-patch ablation; default: the checkpoint's)")
     p.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads per slide")
     p.add_argument("--torch-threads", type=positive_int, default=1,
                    help="torch threads per slide (as on dask workers); results are "
@@ -166,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                                deterministic=args.deterministic, workers=args.io_threads,
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
                                geojson=args.geojson, feature_cache=args.feature_cache,
-                               feature_weights=args.feature_weights,
+                               feature_weights=args.feature_weights, sampler=args.sampler,
                                slide_mpp=_manifest_mpp(args, model) if manifests else {})
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 

@@ -11,7 +11,8 @@ from . import _encoder
 from ._common import HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
-                 "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std")
+                 "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
+                "sampler", "smoothing", "instance_head")
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
 FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes", "feature_frozen": "--freeze-features"}
 
@@ -29,6 +30,7 @@ def register(sub) -> None:
     _register_resolution(p)
     _encoder.register_train(p)
     _register_training(p)
+    _register_aids(p)
     p.set_defaults(func=run)
 
 
@@ -92,6 +94,29 @@ def _register_training(p) -> None:
                    help="balanced: weight each slide's loss by n / (classes x slides of its class)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
+
+
+def _register_aids(p) -> None:
+    """Sampler, exploration and per-patch losses (docs/training.md says why each default is what it is)."""
+    g = p.add_argument_group("what to draw and how the attention learns (see docs/training.md)")
+    g.add_argument("--sampler", choices=["attention", "uniform"],
+                   help="attention: draw from the attention map; uniform: uniformly over tissue cells, "
+                        "everything else the same (the random-patch baseline; default: attention)")
+    g.add_argument("--smoothing", type=float,
+                   help="share of the attention spread uniformly over tissue at prediction (default: 0)")
+    g.add_argument("--instance-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="a per-patch classifier beside the slide head (needed by the per-patch losses)")
+    g.add_argument("--explore", type=float, default=None,
+                   help="attention smoothing in epoch 1, annealed to --smoothing over --explore-epochs")
+    g.add_argument("--explore-epochs", type=int, default=None, help="epochs of exploration")
+    g.add_argument("--explore-patches", type=int, default=None,
+                   help="patches drawn per slide while exploring (default: --n-patches)")
+    g.add_argument("--instance-weight", type=float, default=None,
+                   help="weight of the per-patch multiple-instance loss")
+    g.add_argument("--distill-weight", type=float, default=None,
+                   help="weight of the loss that trains the attention to predict the per-patch scores")
+    g.add_argument("--negative-class", default=None, metavar="LABEL|NAME",
+                   help="the class meaning 'nothing found' for the per-patch losses (default: the first class)")
 
 
 def _register_resolution(p) -> None:
@@ -158,6 +183,35 @@ def model_config(args: argparse.Namespace):
     return ModelConfig.from_user(base, source=args.config)
 
 
+def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int) -> dict:
+    """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
+    from ..run.train import TrainSettings
+
+    d = TrainSettings()
+    out = {key: getattr(args, key) if getattr(args, key) is not None else getattr(d, key)
+           for key in ("explore", "explore_epochs", "explore_patches", "instance_weight", "distill_weight")}
+    out["negative_class"] = _negative_class(args.negative_class, names, n_classes)
+    return out
+
+
+def _negative_class(value: str | None, names: list[str], n_classes: int) -> int:
+    """``--negative-class`` as a label number: a class name of the config, or an integer."""
+    from ..errors import ConfigError
+
+    if value is None:
+        return 0
+    if value in names:
+        return names.index(value)
+    try:
+        label = int(value)
+    except ValueError:
+        raise ConfigError(None, f"--negative-class {value!r} is neither a class name {names} nor a label number") \
+            from None
+    if not 0 <= label < n_classes:
+        raise ConfigError(None, f"--negative-class {label} is not a label of the {n_classes} classes")
+    return label
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, printing one line per epoch."""
     from ..classifier import build_model
@@ -173,8 +227,10 @@ def run(args: argparse.Namespace) -> int:
         config = model_config(args)
     except (ConfigError, EncoderError) as exc:
         return error(f"ats-wsi train: bad model settings: {exc}")
+    names = list(config.class_names or [])
     if not args.resume:
         cohort = read_cohort(args.manifest, classes=config.class_names)  # a bad manifest fails here
+        names = names or list(cohort.class_names or [])
         if isinstance(args.classes, int) and cohort.class_names and args.classes != len(cohort.class_names):
             return error(f"ats-wsi train: --classes {args.classes}, but the manifest's labels are "
                          f"{len(cohort.class_names)} class names {cohort.class_names}")
@@ -187,12 +243,16 @@ def run(args: argparse.Namespace) -> int:
             build_model(config)  # unknown net names or arguments fail here, with their message
         except (ValueError, TypeError, ImportError, EncoderError) as exc:
             return error(f"ats-wsi train: bad model settings: {exc}")
+    try:
+        aids = _aid_settings(args, names, config.n_classes if not names else len(names))
+    except ConfigError as exc:
+        return error(f"ats-wsi train: {exc}")
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, workers=args.io_threads, attention_lr=args.attention_lr,
                              schedule=args.schedule, select=args.select,
                              class_weights=None if args.class_weights == "none" else args.class_weights,
                              skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
-                             feature_cache=args.feature_cache)
+                             feature_cache=args.feature_cache, **aids)
 
     def report(m):
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}  acc {m.train_acc:.3f}  "

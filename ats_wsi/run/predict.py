@@ -81,6 +81,8 @@ class PredictSettings:
     """Folder of a frozen encoder's features per patch box (``--feature-cache``)."""
     feature_weights: str | None = None
     """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
+    sampler: str | None = None
+    """``"uniform"``: draw uniformly over tissue instead of from the attention (``--sampler``); None: the model's."""
 
 
 MAX_NAME_BYTES = 200
@@ -148,6 +150,8 @@ def run_key(settings: PredictSettings) -> str:
         parts.append(["mpp", settings.mpp, sorted(settings.slide_mpp.items())])
     if settings.geojson:  # (absent otherwise, as above)
         parts.append("geojson")
+    if settings.sampler is not None:  # (absent otherwise, as above)
+        parts.append(["sampler", settings.sampler])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -199,7 +203,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         cache.take_stats()  # count this slide's lookups only
     with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
-                             deterministic=settings.deterministic, workers=settings.workers)
+                             deterministic=settings.deterministic, workers=settings.workers,
+                             sampler=settings.sampler)
         write_attention_zarr(
             out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
             origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,

@@ -31,6 +31,8 @@ from ..encoders import attach_feature_cache
 from ..errors import CheckpointError, ManifestError
 from ..atomic import write_csv_atomic, write_json_atomic
 from ..metrics import roc_auc
+from ._aids import distill_loss, exploration, instance_loss
+from ._running_stats import _RunningStats
 from .cohort import SELECT, bar_width, best_epoch, class_weights, open_slides
 
 __all__ = ["TrainSettings", "train", "EpochMetrics"]
@@ -66,6 +68,18 @@ class TrainSettings:
     """Threads that open the slides (and read their low views) before the first epoch."""
     feature_cache: str | None = None
     """Folder of a frozen encoder's features per patch box (``--feature-cache``; in memory as well)."""
+    explore: float = 0.0
+    """Attention smoothing in epoch 1, annealed to the model's ``smoothing`` (:mod:`ats_wsi.run._aids`)."""
+    explore_epochs: int = 0
+    """Epochs over which ``explore`` anneals (0: no exploration schedule)."""
+    explore_patches: int | None = None
+    """Patches drawn per slide while exploring (None: the model's ``n_patches``)."""
+    instance_weight: float = 0.0
+    """Weight of the per-patch multiple-instance loss (needs the model's instance head)."""
+    distill_weight: float = 0.0
+    """Weight of the loss that trains the attention to predict the instance head's scores."""
+    negative_class: int = 0
+    """The label meaning "nothing found", for the per-patch losses."""
 
 
 @dataclass
@@ -90,78 +104,6 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(index) * 104_729) & 0x7FFFFFFF
-
-
-class _RunningStats:
-    """BatchNorm running statistics, updated slide by slide in the batch's order.
-
-    Left alone, each DDP process would fold only its own slides of a batch
-    into its BatchNorm buffers (and DDP would broadcast rank 0's), so the
-    running statistics, the validation loss and the checkpoints would differ
-    from one process running the same batches. Instead, each slide's batch
-    statistics are captured during its forward (momentum 1 makes the layer
-    store exactly them in its buffers, which are then put back), gathered
-    from every process after the batch, and folded in in the batch's order.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules()
-                       if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                       and m.track_running_stats and m.running_mean is not None]
-        self.size = sum(2 * m.running_mean.numel() for m in self.layers)
-        self.captured: list[torch.Tensor] = []
-
-    @contextlib.contextmanager
-    def capture(self, keep: bool = True):
-        """Around one slide's forward and backward: record its statistics (if ``keep``) and
-        leave the buffers as they were."""
-        saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-                 for m in self.layers]
-        for m in self.layers:
-            m.momentum = 1.0
-        try:
-            yield
-            if keep and self.layers:
-                self.captured.append(torch.cat([torch.cat([m.running_mean, m.running_var]) for m in self.layers]))
-        finally:
-            with torch.no_grad():
-                for m, (momentum, mean, var, count) in zip(self.layers, saved):
-                    m.momentum = momentum
-                    m.running_mean.copy_(mean)
-                    m.running_var.copy_(var)
-                    m.num_batches_tracked.copy_(count)
-
-    def fold(self, batch_len: int, world: int, distributed: bool) -> None:
-        """Fold the captured statistics of one batch (``batch_len`` slides) into the buffers.
-
-        Slide ``p`` of the batch ran on process ``p % world`` as its
-        ``p // world``-th slide (the batch is dealt as ``batch[rank::world]``).
-        """
-        mine, self.captured = self.captured, []
-        if not self.layers:
-            return
-        if distributed:
-            import torch.distributed as dist
-
-            ref = self.layers[0].running_mean
-            local = torch.zeros(math.ceil(batch_len / world), self.size, dtype=ref.dtype, device=ref.device)
-            if mine:
-                local[:len(mine)] = torch.stack(mine)
-            gathered = [torch.empty_like(local) for _ in range(world)]
-            dist.all_gather(gathered, local)
-            ordered = [gathered[p % world][p // world] for p in range(batch_len)]
-        else:
-            ordered = mine
-        with torch.no_grad():
-            for stats in ordered:
-                offset = 0
-                for m in self.layers:
-                    c = m.running_mean.numel()
-                    m.num_batches_tracked.add_(1)
-                    f = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
-                    m.running_mean.mul_(1 - f).add_(stats[offset:offset + c], alpha=f)
-                    m.running_var.mul_(1 - f).add_(stats[offset + c:offset + 2 * c], alpha=f)
-                    offset += 2 * c
 
 
 def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
@@ -229,6 +171,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_slide: Callable[..., None] | None = None,
 ) -> list[EpochMetrics]:
     """Train a slide classifier; checkpoints every epoch into ``out_dir``.
 
@@ -247,6 +190,9 @@ def train(
         resume: continue from ``out_dir/last.pt``.
         progress: show a progress bar per epoch (stderr).
         on_epoch: called with each epoch's metrics.
+        on_slide: called after each training slide's backward pass as
+            ``on_slide(epoch, row, slide_input, logits, result)``
+            (diagnostics: where the draws fell, what the head saw).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs as DDP (gloo on CPU,
     nccl on CUDA); only rank 0 writes files.
@@ -282,8 +228,9 @@ def train(
                    if procs.distributed else model)
             if procs.rank == 0:
                 write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
+            _check_aids(settings, model)
             epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows,
-                           class_weights(train_rows, config.n_classes, settings.class_weights))
+                           class_weights(train_rows, config.n_classes, settings.class_weights), on_slide)
             start = 0 if payload is None else int(payload["epoch"])
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
@@ -350,11 +297,13 @@ class _Epoch:
     running_stats: _RunningStats
     rows: list[ManifestRow]
     class_weight: list[float] | None = None
+    on_slide: Callable[..., None] | None = None
 
     def run(self, epoch: int, inputs: SlideInputs, progress: bool) -> tuple[float, float]:
         """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
         s = self.settings
         _set_lr(self.optimizer, s, epoch)
+        _set_exploration(self.model, s, epoch)
         order = np.random.default_rng([s.seed, epoch]).permutation(len(self.rows))
         self.net.train()
         tally = [[], 0, 0]  # losses, correct, seen
@@ -386,13 +335,48 @@ class _Epoch:
                 logits, result = forward_slide(self.net, inputs[row.path], gen, device)
                 ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
                 loss = ce if self.class_weight is None else ce * self.class_weight[row.label]
-                ((loss + result.entropy_loss) * (weight * world / len(batch))).backward()
+                loss = loss + result.entropy_loss + _aid_losses(self.model, self.settings, result, row.label)
+                (loss * (weight * world / len(batch))).backward()
+            if self.on_slide is not None and weight:
+                self.on_slide(epoch, row, inputs[row.path], logits.detach(), result)
             if weight:
                 tally[0].append(ce.item())
                 tally[1] += int(logits.argmax(-1).item() == row.label)
                 tally[2] += 1
         self.optimizer.step()
         self.running_stats.fold(len(batch), world, self.procs.distributed)
+
+
+def _check_aids(settings: TrainSettings, model: SlideClassifier) -> None:
+    """The per-patch losses need an instance head; the negative class must exist."""
+    if (settings.instance_weight or settings.distill_weight) and model.instance_head is None:
+        raise ValueError("instance_weight and distill_weight need a model with an instance head "
+                         "(ModelConfig(instance_head=True); ats-wsi train: --instance-head)")
+    if not 0 <= settings.negative_class < model.config.n_classes:
+        raise ValueError(f"negative_class {settings.negative_class} is not a class of this "
+                         f"{model.config.n_classes}-class model")
+
+
+def _set_exploration(model: SlideClassifier, settings: TrainSettings, epoch: int) -> None:
+    """This epoch's attention smoothing and number of draws (exploring, then the model's own)."""
+    exploring = epoch < settings.explore_epochs
+    model.sampler.softmax.smoothing = exploration(epoch, explore=settings.explore,
+                                                  explore_epochs=settings.explore_epochs,
+                                                  final=model.config.smoothing)
+    more = settings.explore_patches if exploring and settings.explore_patches else None
+    model.sampler.n_patches = int(more or model.config.n_patches)
+
+
+def _aid_losses(model: SlideClassifier, settings: TrainSettings, result, label: int):
+    """The per-patch losses of one slide (0 when off): instance loss and attention distillation."""
+    if not (settings.instance_weight or settings.distill_weight):
+        return 0.0
+    inst = model.instance_logits(result)[0]  # [n, C]
+    loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
+    if settings.distill_weight and model.sampler.sampler_kind == "attention":
+        loss = loss + settings.distill_weight * distill_loss(result.sampled_logits[0], inst,
+                                                             settings.negative_class)
+    return loss
 
 
 def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:

@@ -1,0 +1,88 @@
+"""What makes attention sampling learn a small lesion among look-alikes: the per-patch
+losses and the exploration schedule that :func:`ats_wsi.run.train.train` adds to the
+slide loss.
+
+Why they are needed (measured in ``docs/results/lesion-benchmark.md``): the slide
+head sees the estimator's mean of ``n`` patch features. When a lesion covers 1 %
+of the tissue, most draws of a positive slide miss it, a hit moves the mean by
+``1 / n``, and the attention's gradient (a patch's difference from the mean,
+times the head's gradient) stays near zero until the features already tell a
+lesion from its look-alikes: training sits at ln 2. Three aids, none of which
+touches the estimator (its forward value and gradients stay unbiased for
+whatever map it draws from):
+
+- **Exploration that anneals**: the map's smoothing (a share of the attention
+  spread uniformly over tissue cells, :class:`~ats_wsi.sampling.SampleSoftmax`)
+  starts at ``explore`` and falls linearly to the model's own ``smoothing``
+  over ``explore_epochs``; during those epochs ``explore_patches`` draws are
+  made per slide instead of ``n_patches``. Early draws cover the tissue, so
+  lesions are found before the attention knows where to look.
+- **A per-patch (instance) loss** on a separate linear head over each drawn
+  patch's features, under the multiple-instance assumption with a negative
+  class (``negative_class``, 0 by default: "normal"): every patch of a
+  negative slide is negative; in a slide of class ``k`` the drawn patch the
+  instance head finds least negative is class ``k``. Each patch gets its own
+  gradient, not ``1 / n`` of the mean's.
+- **Attention that predicts the patch scores** (``distill``): the attention
+  net's logit at each drawn cell is trained (binary cross-entropy) towards
+  the instance head's probability that the patch is not negative (no gradient
+  into the instance head). The attention map then ranks cells by what the
+  patches under them turned out to be, instead of waiting for the slide loss's
+  small score-function signal.
+
+Written here rather than taken from a library: no maintained package offers
+these losses over attention sampling's draws.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["exploration", "instance_loss", "distill_loss"]
+
+
+def exploration(epoch: int, *, explore: float, explore_epochs: int, final: float) -> float:
+    """The attention's smoothing in ``epoch`` (0-based): ``explore`` at epoch 0,
+    falling linearly to ``final`` at ``explore_epochs``, then ``final``."""
+    if explore_epochs <= 0 or epoch >= explore_epochs:
+        return float(final)
+    t = epoch / explore_epochs
+    return float(explore + (final - explore) * t)
+
+
+def instance_loss(logits: Tensor, label: int, negative: int = 0) -> Tensor:
+    """The multiple-instance loss of one slide's drawn patches.
+
+    Args:
+        logits: ``[n, C]``, the instance head's logits of the slide's drawn patches.
+        label: the slide's class.
+        negative: the class that means "nothing found" (normal tissue).
+
+    Returns:
+        A scalar: for a negative slide, the mean cross-entropy of every patch
+        against ``negative``; otherwise the cross-entropy against ``label`` of
+        the patch with the smallest probability of ``negative``.
+    """
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"instance logits must be [n, C] with n >= 1, got {tuple(logits.shape)}")
+    if int(label) == int(negative):
+        return F.cross_entropy(logits, torch.full((logits.shape[0],), int(negative), device=logits.device))
+    with torch.no_grad():
+        top = int(torch.argmin(torch.softmax(logits.float(), dim=-1)[:, negative]))
+    return F.cross_entropy(logits[top:top + 1], torch.tensor([int(label)], device=logits.device))
+
+
+def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int = 0) -> Tensor:
+    """Binary cross-entropy of the attention logits at the drawn cells against the
+    instance head's probability that each patch is not ``negative`` (a target,
+    no gradient).
+
+    Args:
+        sampled_logits: ``[n]``, the attention net's logit at each drawn cell.
+        instance_logits: ``[n, C]``, the instance head's logits of the same patches.
+        negative: the class that means "nothing found".
+    """
+    with torch.no_grad():
+        target = 1.0 - torch.softmax(instance_logits.float(), dim=-1)[:, negative]
+    return F.binary_cross_entropy_with_logits(sampled_logits.float(), target)

@@ -1,0 +1,105 @@
+"""Training with the learning aids (exploration, per-patch losses) and the uniform sampler,
+from the library and from `ats-wsi train` / `ats-wsi predict`, on the tiny real slide set."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
+
+from ats_wsi.classifier import ModelConfig, load_model, read_checkpoint
+from ats_wsi.run.train import TrainSettings, train
+
+TINY = dict(n_patches=4, patch_size=64, feature_dim=8, low_downsample=16.0)
+
+
+def test_exploration_and_per_patch_losses_reach_every_part_of_the_model(slide_set, tmp_path):
+    seen = []  # (epoch, smoothing, patches drawn, sampled_logits given)
+
+    def on_slide(epoch, row, item, logits, result):
+        seen.append((epoch, model_smoothing[0], result.positions.shape[1], result.sampled_logits is not None))
+
+    model_smoothing = [None]
+    config = ModelConfig(instance_head=True, smoothing=0.05, **TINY)
+    settings = TrainSettings(epochs=3, batch_size=2, explore=1.0, explore_epochs=2, explore_patches=6,
+                             instance_weight=1.0, distill_weight=1.0)
+
+    import ats_wsi.run.train as train_module
+
+    original = train_module._set_exploration
+
+    def spy(model, s, epoch):
+        original(model, s, epoch)
+        model_smoothing[0] = model.sampler.softmax.smoothing
+
+    train_module._set_exploration = spy
+    try:
+        train(slide_set.manifest, tmp_path / "run", config, settings, progress=False, on_slide=on_slide)
+    finally:
+        train_module._set_exploration = original
+    by_epoch = {e: (s, n) for e, s, n, _ in seen}
+    assert by_epoch[0] == (pytest.approx(1.0), 6)  # uniform over tissue, more draws
+    assert by_epoch[1] == (pytest.approx(0.525), 6)
+    assert by_epoch[2] == (pytest.approx(0.05), 4)  # the model's own from then on
+    assert all(given for *_, given in seen)
+
+    first = read_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-001.pt")["state_dict"]
+    last = load_model(tmp_path / "run" / "last.pt")
+    assert last.instance_head is not None and last.sampler.n_patches == 4
+    assert last.sampler.softmax.smoothing == pytest.approx(0.05)  # what prediction uses
+    # the instance head and the attention net were trained
+    assert not torch.equal(first["instance_head.weight"], last.state_dict()["instance_head.weight"])
+    payload = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["train_config"]["instance_weight"] == 1.0
+
+
+def test_per_patch_losses_without_an_instance_head_are_refused(slide_set, tmp_path):
+    with pytest.raises(ValueError, match="instance head"):
+        train(slide_set.manifest, tmp_path / "run", ModelConfig(**TINY),
+              TrainSettings(epochs=1, instance_weight=1.0), progress=False)
+
+
+def test_cli_uniform_sampler_trains_and_predicts_and_predict_can_ablate_the_attention(slide_set, tmp_path):
+    out = tmp_path / "uniform"
+    proc = cli("train", slide_set.manifest, "--out", out, "--epochs", "1", "--sampler", "uniform",
+               *TRAIN_ARGS, env=TRAIN_ENV)
+    assert proc.returncode == 0, explain(proc)
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert config["sampler"] == "uniform"
+    assert load_model(out / "last.pt").sampler.sampler_kind == "uniform"
+
+    # A model trained with attention, predicted with --sampler uniform: the map is flat over tissue.
+    attn = tmp_path / "attention"
+    proc = cli("train", slide_set.manifest, "--out", attn, "--epochs", "1", *TRAIN_ARGS, env=TRAIN_ENV)
+    assert proc.returncode == 0, explain(proc)
+    model = load_model(attn / "last.pt")
+    assert model.sampler.sampler_kind == "attention"
+    flat = model.predict(slide_set.slides[0], sampler="uniform")
+    own = model.predict(slide_set.slides[0])
+    tissue = flat.attention > 0
+    assert flat.attention[tissue] == pytest.approx(1 / tissue.sum())
+    assert not (own.attention[tissue] == pytest.approx(1 / tissue.sum()))
+    assert model.sampler.sampler_kind == "attention"  # restored after the call
+
+    res = tmp_path / "res"
+    proc = cli("predict", attn / "last.pt", slide_set.slides[0], "--out", res, "--sampler", "uniform",
+               "--no-progress")
+    assert proc.returncode == 0, explain(proc)
+    assert len(read_csv(res / "predictions.csv")) == 1
+
+
+def test_cli_negative_class_by_name_and_bad_values(slide_set, tmp_path):
+    named = tmp_path / "named.csv"
+    rows = read_csv(slide_set.manifest)
+    named.write_text("path,label,split\n" + "".join(
+        f"{r['path']},{'tumor' if r['label'] == '1' else 'normal'},{r['split']}\n" for r in rows))
+    out = tmp_path / "run"
+    proc = cli("train", named, "--out", out, "--epochs", "1", "--instance-head", "--instance-weight", "1",
+               "--negative-class", "normal", *TRAIN_ARGS, env=TRAIN_ENV)
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads((out / "config.json").read_text())["train"]["negative_class"] == 0
+    proc = cli("train", named, "--out", tmp_path / "bad", "--epochs", "1", "--negative-class", "benign",
+               *TRAIN_ARGS, env=TRAIN_ENV)
+    assert proc.returncode == 2 and "--negative-class 'benign'" in proc.stderr  # a usage error
+    assert "Traceback" not in proc.stderr
