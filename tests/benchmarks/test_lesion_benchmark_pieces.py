@@ -181,3 +181,39 @@ def test_gated_abmil_learns_a_separable_toy_problem():
     assert int(att.argmax()) == int(test[1][:, 0].argmax())  # attention finds the lesion instance
     ev = lesion_dense.evaluate_split(yte, probs, ["normal" if y == 0 else "<0.5mm" for y in yte], resamples=50)
     assert ev["roc_auc"]["value"] == 1.0 and ev["per_stratum"]["normal"]["kind"] == "specificity"
+
+
+def test_dense_grid_on_a_quarter_micron_slide_reads_256_level0_pixels_per_patch(exported, tmp_path):
+    from ats_wsi.data.synthetic import write_synthetic_slide
+    from ats_wsi.encoders import build_encoder
+
+    path = tmp_path / "q.svs"
+    write_synthetic_slide(path, 2048, 1536, mpp=0.25, n_lesions=0, n_decoys=0, seed=2)
+    row = lesion_common.CohortSlide(path=path, label=0, split="test")
+    encoder = build_encoder(str(exported[1]), frozen=True)
+    lesion_dense.encode_slide(encoder, row, tmp_path / "q.h5")
+    features, coords, _ = lesion_dense.read_features(tmp_path / "q.h5")
+    with h5py.File(tmp_path / "q.h5", "r") as f:
+        assert f["coords"].attrs["patch_size_level0"] == 256 and f["coords"].attrs["level0_mpp"] == 0.25
+    with lesion_common.open_cohort_slide(row) as slide:
+        want = _hand_grid(slide.tissue_mask(), 2048, 1536, 256, 0.25)
+    assert {tuple(c) for c in coords.tolist()} == want and features.shape == (len(want), 32)
+
+
+def test_cohort_rows_read_names_strata_and_lesion_size(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split,mpp,lesion_mm,stratum\n"
+                        "a.svs,tumor,train,0.25,0.31,<0.5mm\nb.svs,normal,test,0.5,,normal\n")
+    a, b = lesion_common.read_cohort_slides(manifest)
+    assert (a.label, a.split, a.mpp, a.lesion_mm, a.stratum) == (1, "train", 0.25, 0.31, "<0.5mm")
+    assert (b.label, b.split, b.mpp, b.lesion_mm, b.stratum) == (0, "test", 0.5, None, "normal")
+    assert a.path == tmp_path / "a.svs" and a.name == "a"
+    boxes = {"lesions": [(0, 0, 1200, 800)], "decoys": []}  # 1200 px at 0.5 µm/px: 0.6 mm
+    assert lesion_common.derived_stratum(a, boxes, 0.5) == "0.5-2mm"
+    assert lesion_common.derived_stratum(b, boxes, 0.5) == "normal"
+
+
+def test_patch_truth_marks_spot_cores_rims_and_other_tissue():
+    boxes = {"lesions": [(0, 0, 400, 400)], "decoys": [(1000, 0, 400, 400)]}
+    coords = np.array([[136, 136], [0, 0], [1136, 136], [600, 600], [380, 380]])
+    assert lesion_common.patch_truth(coords, 128, boxes).tolist() == [2, -1, 1, 0, -1]
