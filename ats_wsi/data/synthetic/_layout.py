@@ -2,6 +2,8 @@
 
 The grid has one node every ``_GRID`` level-0 px; node ``(i, j)`` sits at
 ``(y, x) = (i, j) * _GRID``. Spots (lesions and decoys) are analytic blobs.
+Border widths and raggedness are in level-0 px at ``scale = 1`` and grow
+with the layout's ``scale`` (level-0 px per 0.5 µm), like the textures.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class _Spot:
     amps: tuple[float, ...]
     phases: tuple[float, ...]
     box: tuple[int, int, int, int]  # (x, y, w, h), level-0 px, holds every pixel of the spot
+    ragged: float = _SPOT_RAGGED  # level-0 px: how far fine noise moves the border
 
     def radius(self, theta: np.ndarray) -> np.ndarray:
         r = np.ones_like(theta)
@@ -39,15 +42,22 @@ class _Spot:
         return np.float32(self.r0) * r
 
     def reach(self) -> float:
-        return self.r0 * (1 + sum(abs(a) for a in self.amps)) + _SPOT_RAGGED
+        """Largest distance from the centre any pixel of the spot can have, in level-0 px."""
+        return self.r0 * (1 + sum(abs(a) for a in self.amps)) + self.ragged
+
+    def area(self) -> float:
+        """Area inside the mean outline (no ragged border), in level-0 px²: ∫ r(θ)² / 2 dθ."""
+        return math.pi * self.r0 ** 2 * (1 + sum(a * a for a in self.amps) / 2)
 
 
-def _make_spot(rng: np.random.Generator, kind: str, cx: float, cy: float, r0: float, width: int, height: int) -> _Spot:
+def _make_spot(rng: np.random.Generator, kind: str, cx: float, cy: float, r0: float, width: int, height: int,
+               ragged: float = _SPOT_RAGGED) -> _Spot:
+    """A spot of mean radius r0 at (cx, cy) with a random outline, and its box clipped to the slide."""
     amps = tuple(float(a) for a in rng.normal(0, 0.07, 4))
     phases = tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 4))
-    spot = _Spot(kind, cx, cy, r0, amps, phases, (0, 0, 0, 0))
+    spot = _Spot(kind, cx, cy, r0, amps, phases, (0, 0, 0, 0), ragged)
     theta = np.linspace(0, 2 * np.pi, 1440, endpoint=False, dtype=np.float32)
-    r = spot.radius(theta) + _SPOT_RAGGED
+    r = spot.radius(theta) + ragged
     x0 = max(0, math.floor(cx + float((r * np.cos(theta)).min())))
     x1 = min(width, math.ceil(cx + float((r * np.cos(theta)).max())) + 1)
     y0 = max(0, math.floor(cy + float((r * np.sin(theta)).min())))
@@ -70,35 +80,54 @@ class _Layout:
     logits: np.ndarray
     spots: list[_Spot]
     tissue_fraction: float
+    scale: int = 1  # level-0 px per 0.5 µm: border widths grow with it
+
+    @property
+    def tissue_ragged(self) -> float:
+        """Level-0 px: how far fine noise moves the tissue border."""
+        return _TISSUE_RAGGED * self.scale
+
+    @property
+    def edge(self) -> float:
+        """Level-0 px: width of a border at level 0."""
+        return _EDGE * self.scale
 
     @classmethod
-    def make(cls, rng, width, height, mpp, n_lesions, n_decoys, lesion_size_um, attempts: int = 16) -> "_Layout":
+    def make(cls, rng, width, height, mpp, n_lesions, n_decoys, lesion_size_um, attempts: int = 16, *,
+             decoy_size_um=None, scale: int = 1) -> "_Layout":
         """A layout with exactly n_lesions lesions and n_decoys decoys inside its tissue.
 
         Draws new tissue until all spots fit (at most `attempts` times); the
         later attempts, which only small slides need, allow more tissue
-        (up to 75 %) and smaller gaps between spots.
+        (up to 75 %) and smaller gaps between spots. decoy_size_um: (min,
+        max) decoy diameter, None: lesion_size_um; scale: level-0 px per 0.5 µm.
         """
         rows, cols = height // _GRID + 2, width // _GRID + 2
-        size_px = (lesion_size_um[0] / mpp, lesion_size_um[1] / mpp)
+        decoy_size_um = lesion_size_um if decoy_size_um is None else decoy_size_um
+        size_px = {"lesion": (lesion_size_um[0] / mpp, lesion_size_um[1] / mpp),
+                   "decoy": (decoy_size_um[0] / mpp, decoy_size_um[1] / mpp)}
+        margin, ragged = (_TISSUE_RAGGED + _EDGE) * scale, _SPOT_RAGGED * scale
         for attempt in range(attempts):
             crowded = attempt >= attempts // 2
             target = rng.uniform(0.6, 0.75) if crowded else rng.uniform(0.35, 0.55)
             distance, fraction = _tissue_distance(rng, width, height, rows, cols, target)
-            scale = 600.0 / mpp / _GRID  # benign regions ~ 0.6 mm, with wiggly borders
-            logits = np.stack([_smooth_noise(rng, (rows, cols), scale)
-                               + 0.3 * _smooth_noise(rng, (rows, cols), scale / 5) + bias
+            region = 600.0 / mpp / _GRID  # benign regions ~ 0.6 mm, with wiggly borders
+            logits = np.stack([_smooth_noise(rng, (rows, cols), region)
+                               + 0.3 * _smooth_noise(rng, (rows, cols), region / 5) + bias
                                for bias in _TYPE_BIAS]).astype(np.float32)
             spots: list[_Spot] = []
             for kind in ["lesion"] * n_lesions + ["decoy"] * n_decoys:
-                spot = _place_spot(rng, kind, distance, size_px, spots, width, height, 0.15 if crowded else 0.5)
+                spot = _place_spot(rng, kind, distance, size_px[kind], spots, width, height,
+                                   0.15 if crowded else 0.5, margin, ragged)
                 if spot is None:
                     break
                 spots.append(spot)
             else:
-                return cls(width, height, distance, logits, spots, fraction)
+                return cls(width, height, distance, logits, spots, fraction, scale)
+        decoys = "" if decoy_size_um is lesion_size_um else f" (decoys {tuple(decoy_size_um)} µm)"
         raise ValueError(
-            f"write_synthetic_slide: cannot fit {n_lesions} lesions and {n_decoys} decoys of {lesion_size_um} µm "
+            f"write_synthetic_slide: cannot fit {n_lesions} lesions and {n_decoys} decoys of {lesion_size_um} µm"
+            f"{decoys} "
             f"inside the tissue of a {width} x {height} slide at {mpp} µm/px; "
             "use a larger slide, or fewer or smaller lesions")
 
@@ -134,10 +163,15 @@ def _tissue_distance(rng, width, height, rows, cols, target: float) -> tuple[np.
     return distance, fraction
 
 
-def _place_spot(rng, kind, distance, size_px, spots, width, height, gap: float) -> _Spot | None:
-    """A spot entirely inside tissue, `gap` times its radius away from the others, or None after many tries."""
+def _place_spot(rng, kind, distance, size_px, spots, width, height, gap: float,
+                margin: float = _TISSUE_RAGGED + _EDGE, ragged: float = _SPOT_RAGGED) -> _Spot | None:
+    """A spot entirely inside tissue, `gap` times its radius away from the others, or None after many tries.
+
+    margin: level-0 px every grid node under the spot stays inside the tissue border;
+    ragged: level-0 px the spot's own border is moved by fine noise.
+    """
     rows, cols = distance.shape
-    candidates = np.flatnonzero(distance > _TISSUE_RAGGED + _EDGE)  # (distance is under-estimated deep inside)
+    candidates = np.flatnonzero(distance > margin)  # (distance is under-estimated deep inside)
     if len(candidates) == 0:
         return None
     for _ in range(500):
@@ -145,13 +179,12 @@ def _place_spot(rng, kind, distance, size_px, spots, width, height, gap: float) 
         node = int(candidates[rng.integers(len(candidates))])
         cy = (node // cols + rng.uniform(-0.5, 0.5)) * _GRID
         cx = (node % cols + rng.uniform(-0.5, 0.5)) * _GRID
-        spot = _make_spot(rng, kind, cx, cy, r0, width, height)
+        spot = _make_spot(rng, kind, cx, cy, r0, width, height, ragged)
         x, y, w, h = spot.box
         if x <= 0 or y <= 0 or x + w >= width or y + h >= height:
             continue
         # the nodes that interpolate the box's pixels: all must be well inside tissue
-        if distance[y // _GRID:(y + h - 1) // _GRID + 2, x // _GRID:(x + w - 1) // _GRID + 2].min() \
-                <= _TISSUE_RAGGED + _EDGE:
+        if distance[y // _GRID:(y + h - 1) // _GRID + 2, x // _GRID:(x + w - 1) // _GRID + 2].min() <= margin:
             continue
         if any(math.hypot(cx - s.cx, cy - s.cy) < spot.reach() + s.reach() + gap * r0 for s in spots):
             continue

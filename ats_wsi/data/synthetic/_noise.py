@@ -44,11 +44,12 @@ def _upsample2(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tex_grf(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
-    """Periodic noise (n, n) for a texture. Fine noise (sigma < 8 px) is drawn with a period of at most
-    1024 px and repeated (saves memory; such a repeat cannot be seen); coarser noise is not."""
+def _tex_grf(rng: np.random.Generator, n: int, sigma: float, scale: int = 1) -> np.ndarray:
+    """Periodic noise (n, n) for a texture. Fine noise (sigma < 8 * scale px) is drawn with a period of at
+    most 1024 * scale px and repeated (saves memory; such a repeat cannot be seen); coarser noise is not.
+    scale: texture px per 0.5 µm (1 for textures drawn at 0.5 µm/px)."""
     m = n
-    while m > 1024 and m % 2 == 0 and sigma < 8:
+    while m > 1024 * scale and m % 2 == 0 and sigma < 8 * scale:
         m //= 2
     return np.tile(_grf(rng, (m, m), sigma), (n // m, n // m))
 
@@ -60,12 +61,13 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return big[pad:pad + shape[0], pad:pad + shape[1]]
 
 
-def _fibres(rng: np.random.Generator, n: int, spacing: float, length: float) -> np.ndarray:
+def _fibres(rng: np.random.Generator, n: int, spacing: float, length: float, scale: int = 1) -> np.ndarray:
     """Periodic wavy fibre field (n, n) float32, unit std.
 
     Oriented band-pass noise whose orientation varies smoothly, then warped
     by a smooth displacement so that fibres bend. Built one orientation at a
-    time to bound memory.
+    time to bound memory. spacing, length: px; scale: texture px per 0.5 µm
+    (sets the size of the orientation patches and of the warp).
     """
     spectrum = np.fft.rfft2(rng.standard_normal((n, n), dtype=np.float32))
     ky = np.fft.fftfreq(n).astype(np.float32)[:, None]
@@ -80,14 +82,15 @@ def _fibres(rng: np.random.Generator, n: int, spacing: float, length: float) -> 
         band = np.fft.irfft2(spectrum * filt, s=(n, n)).astype(np.float32)
         del filt
         band /= band.std() + np.float32(1e-12)
-        weight = np.exp(1.5 * _grf(rng, (n, n), 70.0))  # where this orientation dominates
+        weight = np.exp(1.5 * _grf(rng, (n, n), 70.0 * scale))  # where this orientation dominates
         band *= weight
         out += band
         total += weight
     out /= total
     del total, band, weight
-    rows = (np.arange(n, dtype=np.int32)[:, None] + np.rint(9 * _grf(rng, (n, n), 24.0)).astype(np.int32)) % n
-    cols = (np.arange(n, dtype=np.int32)[None, :] + np.rint(9 * _grf(rng, (n, n), 24.0)).astype(np.int32)) % n
+    warp = 9 * scale, 24.0 * scale  # px: amplitude and smoothness of the bend
+    rows = (np.arange(n, dtype=np.int32)[:, None] + np.rint(warp[0] * _grf(rng, (n, n), warp[1])).astype(np.int32)) % n
+    cols = (np.arange(n, dtype=np.int32)[None, :] + np.rint(warp[0] * _grf(rng, (n, n), warp[1])).astype(np.int32)) % n
     rows *= n
     rows += cols
     del cols
@@ -116,7 +119,10 @@ def _worley_gap(rng: np.random.Generator, n: int, spacing: float) -> np.ndarray:
     return (d2 - d1) * np.float32(size)
 
 
-def _blur3(a: np.ndarray) -> np.ndarray:
-    """3 x 3 box blur with edge padding (small arrays)."""
-    p = np.pad(a, 1, mode="edge")
-    return sum(p[i:i + a.shape[0], j:j + a.shape[1]] for i in range(3) for j in range(3)) / 9
+def _blur3(a: np.ndarray, times: int = 1) -> np.ndarray:
+    """3 x 3 box blur with edge padding (small arrays), applied `times` times (the blur's width grows as
+    sqrt(times): 4 times is a blur twice as wide)."""
+    for _ in range(times):
+        p = np.pad(a, 1, mode="edge")
+        a = sum(p[i:i + a.shape[0], j:j + a.shape[1]] for i in range(3) for j in range(3)) / 9
+    return a

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._layout import _BENIGN, _EDGE, _GRID, _SPOT_RAGGED, _TISSUE_RAGGED, _Layout, _Spot
+from ._layout import _BENIGN, _GRID, _Layout, _Spot
 from ._stain import _SlideTextures
 
 _TYPE_RAMP = 0.015  # logit difference over which two benign types blend
@@ -69,7 +69,7 @@ class _Renderer:
         self.tile_size = tile_size
         self.downsample = downsample
         self.quality = int(quality)
-        self.textures = _SlideTextures(rng, downsample, n_levels, tile_size)
+        self.textures = _SlideTextures(rng, downsample, n_levels, tile_size, layout.scale)
         self.noise, self.background = self.textures.noise, self.textures.background
         self._background_tile = self._encode(np.broadcast_to(self.background, (tile_size, tile_size, 3)))
         self._cache: dict[tuple, bytes] = {}
@@ -90,7 +90,7 @@ class _Renderer:
             return [_node_span((i * t + 0.5) * f, ((i + 1) * t - 0.5) * f, n_nodes) for i in range(n_tiles)]
 
         span_y, span_x = spans(rows, n_rows), spans(cols, n_cols)
-        edge = _TISSUE_RAGGED + max(_EDGE, f) / 2
+        edge = self.layout.tissue_ragged + max(self.layout.edge, f) / 2
         empty = _range_reduce(distance, span_y, span_x, np.max) < -edge
         full = _range_reduce(distance, span_y, span_x, np.min) > edge
         pure = np.full((rows, cols), -1, np.int8)
@@ -149,7 +149,7 @@ class _Renderer:
         interp = _Bilinear(ys, xs, self.layout.distance.shape)
         top, left = row * t, col * t
         noise = self.noise.window(level, top, left, t, t)
-        edge = max(_EDGE, f)
+        edge = max(self.layout.edge, f)
 
         if kind >= 0:
             base = self.textures[_BENIGN[kind]].window(level, top, left, t, t).astype(np.float32)
@@ -159,8 +159,9 @@ class _Renderer:
         for spot in self.layout.spots:
             self._add_spot(base, spot, level, top, left, ys, xs, noise, edge)
 
-        if self.layout.distance[interp.rows, interp.cols].min() <= _TISSUE_RAGGED + edge / 2:
-            tissue = np.clip(0.5 + (interp(self.layout.distance) + _TISSUE_RAGGED * noise) / edge, 0, 1)
+        ragged = self.layout.tissue_ragged
+        if self.layout.distance[interp.rows, interp.cols].min() <= ragged + edge / 2:
+            tissue = np.clip(0.5 + (interp(self.layout.distance) + ragged * noise) / edge, 0, 1)
             base = self.background + tissue[..., None] * (base - self.background)
         base += 0.5  # round: every value is a convex mix of uint8 values, so in [0.5, 255.5]
         return base.astype(np.uint8)
@@ -207,7 +208,7 @@ class _Renderer:
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         dy = (ys[r0:r1] - spot.cy).astype(np.float32)[:, None]
         dx = (xs[c0:c1] - spot.cx).astype(np.float32)[None, :]
-        inside = spot.radius(np.arctan2(dy, dx)) - np.hypot(dy, dx) + _SPOT_RAGGED * noise[r0:r1, c0:c1]
+        inside = spot.radius(np.arctan2(dy, dx)) - np.hypot(dy, dx) + spot.ragged * noise[r0:r1, c0:c1]
         mask = np.clip(0.5 + inside / edge, 0, 1)[..., None]
         texture = self.textures[spot.kind].window(level, top + r0, left + c0, r1 - r0, c1 - c0)
         region = base[r0:r1, c0:c1]

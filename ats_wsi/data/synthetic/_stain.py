@@ -94,11 +94,16 @@ class _SlideTextures:
     a multiple of 90 degrees, maybe mirrored, and shifted; all these choices
     are drawn up front, so the pixels do not depend on the order of use.
     Also: `noise` (fine edge noise, a _Texture) and `background` (RGB uint8).
+    scale: level-0 px per 0.5 µm of tissue (the texture bank's scale).
     """
 
-    def __init__(self, rng: np.random.Generator, downsample: int, n_levels: int, tile: int):
+    def __init__(self, rng: np.random.Generator, downsample: int, n_levels: int, tile: int, scale: int = 1):
         benign_period, spot_period = _periods(downsample)
-        self._bank = _texture_bank(benign_period, spot_period)
+        if scale == 1:
+            self._bank = _texture_bank(benign_period, spot_period)
+        else:
+            self._bank = _texture_bank(benign_period * scale, spot_period * scale, scale)
+        spot_period = self._bank["noise"].shape[0]
         lut, self.background = _stain_lut(rng)
         def shift(period: int) -> tuple[int, int]:
             # a multiple of every level's downsample (where the period allows), so levels stay aligned
