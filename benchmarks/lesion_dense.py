@@ -401,7 +401,8 @@ def table(result: dict) -> list[str]:
     e = result["encoding"]
     lines.append(f"encoder calls (patches) per slide: mean {e['patches_per_slide']['mean']:.0f}, median "
                  f"{e['patches_per_slide']['median']:.0f} (min {e['patches_per_slide']['min']:.0f}, max "
-                 f"{e['patches_per_slide']['max']:.0f}); encode s per slide: mean {e['seconds_per_slide']['mean']:.2f}, "
+                 f"{e['patches_per_slide']['max']:.0f}); encode s per slide: mean "
+                 f"{e['seconds_per_slide']['mean']:.2f}, "
                  f"median {e['seconds_per_slide']['median']:.2f} ({e['read_seconds_per_patch'] * 1e3:.2f} ms read + "
                  f"{e['encode_seconds_per_patch'] * 1e3:.2f} ms encode per patch); {e['slides_encoded_now']} slides "
                  f"encoded now, {e['slides_from_files']} from their files")

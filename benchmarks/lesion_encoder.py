@@ -337,9 +337,11 @@ def linear_probe(features: list[np.ndarray], sets: list[dict], seed: int = 0) ->
     pred = clf.predict(xte)
     cm = confusion_matrix(yte, pred, labels=[0, 1, 2])
     recall = {PATCH_CLASSES[k]: float(cm[k, k] / cm[k].sum()) if cm[k].sum() else None for k in range(3)}
-    spots = yte > 0
-    return {"accuracy": float(accuracy_score(yte, pred)), "balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
-            "recall": recall, "lesion_vs_decoy_accuracy": float(np.mean(pred[spots] == yte[spots])) if spots.any() else None,
+    spots = yte > 0  # lesion and decoy patches: right when the 3-class prediction is their class
+    spot_acc = float(np.mean(pred[spots] == yte[spots])) if spots.any() else None
+    return {"accuracy": float(accuracy_score(yte, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
+            "recall": recall, "lesion_vs_decoy_accuracy": spot_acc,
             "confusion": cm.tolist(), "n_train": {PATCH_CLASSES[k]: int((ytr == k).sum()) for k in range(3)},
             "n_test": {PATCH_CLASSES[k]: int((yte == k).sum()) for k in range(3)},
             "train_slides": len(train), "test_slides": len(held)}
