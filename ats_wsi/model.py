@@ -117,17 +117,17 @@ class AttentionSampler(nn.Module):
             activations in the backward pass instead of keeping them all.
         min_tissue: fraction of a cell's pixels a pixel-resolution mask must
             cover for the cell to be drawn (see :meth:`grid_mask`).
-        tile_aligned: read, for each drawn cell, the patch-sized box of the
-            grid of multiples of ``patch_size`` holding the centre of the
-            cell's own box (:func:`ats_wsi.geometry.snap_to_grid`): with
-            ``patch_size`` equal to the level's tile size, each patch is one
-            stored tile (one decode, ~4x fewer tiles than random 256² boxes),
-            off its cell by up to half a patch (use tile-sized cells).
+        tile_aligned: read, for each drawn cell, the patch-sized box of the grid of
+            multiples of ``patch_size`` holding the centre of the cell's own box
+            (:func:`ats_wsi.geometry.snap_to_grid`): with ``patch_size`` the level's
+            tile size, each patch is one stored tile (~4x fewer tiles than random
+            256² boxes), off its cell by up to half a patch (use tile-sized cells).
         sampler: ``"attention"``, or ``"uniform"``: every unmasked cell
             equally likely, the attention net unused (the random-patch baseline).
         smoothing: the attention's share spread uniformly over unmasked cells
             (:class:`~ats_wsi.sampling.SampleSoftmax`); training may anneal
             ``self.softmax.smoothing``. The estimator is unbiased for any map.
+        temperature: logits are divided by it before the softmax (< 1: sharper).
     """
 
     def __init__(
@@ -150,6 +150,7 @@ class AttentionSampler(nn.Module):
         tile_aligned: bool = False,
         sampler: str = "attention",
         smoothing: float = 0.0,
+        temperature: float = 1.0,
     ):
         super().__init__()
 
@@ -166,7 +167,7 @@ class AttentionSampler(nn.Module):
         self.use_logits = (not _ends_with_softmax(attention_net)) if use_logits is None else bool(use_logits)
         self.attention_regularizer = attention_regularizer
         self.set_sampler(sampler)
-        self.softmax = SampleSoftmax(smoothing=smoothing)
+        self.softmax = SampleSoftmax(smoothing=smoothing, temperature=temperature)
         self.tile_threshold = tile_threshold
         self.tile_size = tile_size
         self.tile_checkpoint = bool(tile_checkpoint)

@@ -130,27 +130,34 @@ class AttentionNet(nn.Module):
         in_channels: ``C`` of the low view.
         hidden: channels of the hidden layers.
         layers: number of 3 × 3 convolutions.
-        pool: average pooling of the input by this factor first (1: none), so
-            the map is ``[h // pool, w // pool]``.
+        pool: average pooling by this factor (1: none), so the map is
+            ``[h // pool, w // pool]``.
+        pool_first: pool the input before the convolutions (cheap: they run
+            on ``1 / pool²`` of the pixels), or after them (the convolutions
+            see the low view's own texture, at ``pool²`` times the cost).
 
     Forward: ``[B, C, h, w] -> [B, 1, h // pool, w // pool]`` logits.
 
     Attributes:
         receptive_field: the net's receptive field in low pixels,
-            ``pool · (1 + 2 · layers)``. With "same" padding the map covers
-            the whole view: pass ``receptive_field=0`` to the sampler.
+            ``pool · (1 + 2 · layers)`` pooling first, ``2 · layers + pool``
+            after. With "same" padding the map covers the whole view: pass
+            ``receptive_field=0`` to the sampler.
     """
 
-    def __init__(self, in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1):
+    def __init__(self, in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1,
+                 pool_first: bool = True):
         super().__init__()
-        body: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
+        body: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 and pool_first else []
         channels = in_channels
         for _ in range(layers):
             body += [nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(inplace=True)]
             channels = hidden
+        if pool > 1 and not pool_first:
+            body.append(nn.AvgPool2d(pool))
         body.append(nn.Conv2d(channels, 1, 1))
         self.body = nn.Sequential(*body)
-        self.receptive_field = pool * (1 + 2 * layers)
+        self.receptive_field = pool * (1 + 2 * layers) if pool_first else 2 * layers + pool
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
@@ -207,8 +214,9 @@ def _norm_layer(norm: str, width: int) -> list[nn.Module]:
 
 
 @register_attention_net("attention-small")
-def _attention_small(in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1):
-    return AttentionNet(in_channels, hidden=hidden, layers=layers, pool=pool)
+def _attention_small(in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1,
+                     pool_first: bool = True):
+    return AttentionNet(in_channels, hidden=hidden, layers=layers, pool=pool, pool_first=pool_first)
 
 
 @register_feature_net("feature-small")

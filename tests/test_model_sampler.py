@@ -88,3 +88,11 @@ def test_patch_features_and_sampled_logits_are_those_of_the_drawn_cells():
     # and the logits carry gradient to the attention net
     result.sampled_logits.sum().backward()
     assert model.attention_net.body[0].weight.grad.abs().sum() > 0
+
+
+def test_temperature_sharpens_the_map_as_logits_divided_by_it():
+    cold, warm = make_sampler(temperature=0.25), make_sampler()
+    x_low, _ = make_inputs()
+    logits = warm.attention_net(x_low)[:, 0].flatten()
+    assert torch.allclose(cold.attention_map(x_low).flatten(), torch.softmax(logits / 0.25, 0), atol=1e-6)
+    assert torch.allclose(warm.attention_map(x_low).flatten(), torch.softmax(logits, 0), atol=1e-6)

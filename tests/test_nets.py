@@ -36,6 +36,19 @@ def test_attention_net_receptive_field_is_what_the_gradient_reaches(layers, pool
     assert int(rows.max() - rows.min() + 1) == net.receptive_field == pool * (1 + 2 * layers)
 
 
+@pytest.mark.parametrize("layers, pool", [(1, 2), (3, 4)])
+def test_attention_net_pooling_last_sees_the_full_view_and_says_its_receptive_field(layers, pool):
+    torch.manual_seed(0)
+    net = create_attention_net("attention-small", in_channels=1, layers=layers, pool=pool,
+                               pool_first=False).double()
+    x = torch.rand(1, 1, 40, 40, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    assert out.shape == (1, 1, 40 // pool, 40 // pool)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows = x.grad[0, 0].abs().sum(dim=1).nonzero().flatten()
+    assert int(rows.max() - rows.min() + 1) == net.receptive_field == 2 * layers + pool
+
+
 @pytest.mark.parametrize("name", ["feature-small", "feature-medium"])
 def test_feature_nets_map_patches_to_vectors(name):
     net = create_feature_net(name, in_channels=1, out_features=12)

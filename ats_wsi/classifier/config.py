@@ -61,6 +61,8 @@ class ModelConfig:
             random-patch baseline: same reads, features and head, no attention).
         smoothing: share of the attention spread uniformly over tissue cells
             at prediction (training anneals it from its ``explore`` value).
+        temperature: the attention's softmax temperature (logits are
+            divided by it; < 1 sharpens the map onto its best cells).
         instance_head: a linear per-patch classifier beside the slide head:
             it scores every drawn patch (what the per-patch loss trains and
             the attention learns to predict; see :mod:`ats_wsi.run.train`).
@@ -93,6 +95,7 @@ class ModelConfig:
     feature_std: tuple[float, float, float] | None = None
     sampler: str = "attention"
     smoothing: float = 0.0
+    temperature: float = 1.0
     instance_head: bool = False
 
     def to_dict(self) -> dict[str, Any]:

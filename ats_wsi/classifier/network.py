@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import SamplingError
 from ..model import AttentionResult, AttentionSampler
+from ..sampling import expectation
 from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
@@ -84,17 +85,29 @@ class SlideClassifier(nn.Module):
             tile_aligned=config.tile_aligned,
             sampler=config.sampler,
             smoothing=config.smoothing,
+            temperature=config.temperature,
         )
-        self.head = nn.Linear(head_in, config.n_classes)
-        # Per-patch scores beside the slide head (a separate layer: the slide head reads the
-        # attention-weighted mean, which may mix lesion and look-alike patches).
+        # Per-patch scores: a linear instance head over each drawn patch's features. Its class
+        # probabilities are averaged by the same unbiased estimator as the features, and the slide
+        # head reads both: the expected share of "lesion" among the draws is a count the head can
+        # threshold, where a lesion's features alone are diluted by the look-alikes drawn with it.
         self.instance_head = nn.Linear(head_in, config.n_classes) if config.instance_head else None
+        self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.n_classes)
 
     def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 deterministic: bool | None = None) -> tuple[Tensor, AttentionResult]:
         result = self.sampler(x_low, source, mask, generator=generator, deterministic=deterministic)
-        return self.head(result.features), result
+        return self.slide_logits(result), result
+
+    def slide_logits(self, result: AttentionResult) -> Tensor:
+        """``[B, n_classes]``: the slide head over the estimate of the mean features (and,
+        with an instance head, of the mean per-patch class probabilities)."""
+        if self.instance_head is None:
+            return self.head(result.features)
+        probs = torch.softmax(self.instance_head(result.patch_features.float()), dim=-1)  # [B, n, C]
+        expected = expectation(probs, result.sampled_attention, self.sampler.replace)  # [B, C]
+        return self.head(torch.cat([result.features, expected.to(result.features.dtype)], dim=-1))
 
     def instance_logits(self, result: AttentionResult) -> Tensor | None:
         """``[B, n, n_classes]``: the instance head's logits for each drawn patch of
@@ -196,7 +209,7 @@ class SlideClassifier(nn.Module):
         for _ in range(samples):
             result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
                           deterministic=deterministic)
-            probs.append(torch.softmax(self.head(result.features).float(), dim=-1)[0].cpu())
+            probs.append(torch.softmax(self.slide_logits(result).float(), dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
         p = torch.stack(probs).mean(0).numpy()

@@ -12,7 +12,18 @@ from ._common import HelpFormatter, LibraryLog, check_device, classes, error, fl
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
-                "sampler", "smoothing", "instance_head")
+                "sampler", "smoothing", "temperature", "instance_head")
+# The model `ats-wsi train` builds when no flag or --config says otherwise (docs/training.md says why
+# each is what it is). Library users get ModelConfig's own defaults; these are the CLI's.
+MODEL_DEFAULTS = {"low_mpp": 8.0, "patch_mpp": 0.5, "patch_size": 128, "n_patches": 32, "instance_head": True, "temperature": 0.25,
+                  "attention_kwargs": {"hidden": 8, "layers": 3, "pool": 4}}
+# ... and for the built-in feature net (not for an encoder or another net).
+FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2, "norm": "none"},
+                    "feature_dim": 32}
+# The training defaults (TrainSettings keys).
+TRAIN_DEFAULTS = {"epochs": 30, "lr": 3e-3, "attention_lr": 1e-2, "schedule": "cosine", "batch_size": 6,
+                  "select": "auc", "explore": 1.0, "explore_epochs": 6, "explore_patches": 64,
+                  "instance_weight": 1.0, "distill_weight": 1.0, "distill": "rank"}
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
 FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes", "feature_frozen": "--freeze-features"}
 
@@ -26,7 +37,7 @@ def register(sub) -> None:
                                     "optional split (train/val/test), slide_id, mpp; see docs/cli.md")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv, config.json, train.log")
     p.add_argument("--config", help="JSON file of model settings, the keys of ModelConfig (flags below override it)")
-    _register_model(p, ModelConfig())
+    _register_model(p, ModelConfig(**{**MODEL_DEFAULTS, **FEATURE_DEFAULTS, "low_downsample": None}))
     _register_resolution(p)
     _encoder.register_train(p)
     _register_training(p)
@@ -36,13 +47,15 @@ def register(sub) -> None:
 
 def _register_model(p, d) -> None:
     """The model flags; ``d`` is the default ModelConfig (its values shown in --help)."""
-    g = p.add_argument_group("model (each flag overrides --config; the defaults shown are ModelConfig's)")
+    g = p.add_argument_group("model (each flag overrides --config; see docs/training.md for the defaults)")
     g.add_argument("--attention-net", help=f"attention net name in ats_wsi.nets (default: {d.attention_net})")
-    g.add_argument("--attention-kwargs", type=json_object, help="attention net arguments as JSON (default: {})")
+    g.add_argument("--attention-kwargs", type=json_object,
+                   help=f"attention net arguments as JSON (default: {json.dumps(d.attention_kwargs)})")
     g.add_argument("--feature-net", help=f"feature net name: feature-small, feature-medium, timm:resnet18, ..., "
                                          f"or an encoder file PATH.pt (TorchScript) / PATH.pt2 (torch.export) "
                                          f"with --feature-spec (default: {d.feature_net})")
-    g.add_argument("--feature-kwargs", type=json_object, help="feature net arguments as JSON (default: {})")
+    g.add_argument("--feature-kwargs", type=json_object,
+                   help=f"feature net arguments as JSON (default for {d.feature_net}: {json.dumps(d.feature_kwargs)})")
     g.add_argument("--feature-dim", type=positive_int, help=f"features per patch (default: {d.feature_dim})")
     g.add_argument("--classes", type=classes, dest="classes", metavar="N|NAME,NAME,...",
                    help="the number of classes (labels 0..N-1), or the class names in label order (labels "
@@ -51,11 +64,11 @@ def _register_model(p, d) -> None:
     g.add_argument("--n-patches", type=positive_int, help=f"patches drawn per slide (default: {d.n_patches})")
     g.add_argument("--patch-size", type=int, help="patch side in pixels of --patch-level (or at --patch-mpp) "
                                                      f"(default: {d.patch_size})")
-    g.add_argument("--patch-level", type=int, help=f"pyramid level patches are read from (default: {d.patch_level})")
+    g.add_argument("--patch-level", type=int, help="pyramid level patches are read from, instead of --patch-mpp")
     low = g.add_mutually_exclusive_group()
     low.add_argument("--low-downsample", type=float,
-                     help=f"attention input resolution as a downsample (default: {d.low_downsample:g})")
-    low.add_argument("--low-mpp", type=float, help="attention input resolution in µm/px (instead of a downsample)")
+                     help="attention input resolution as a downsample of level 0, instead of --low-mpp")
+    low.add_argument("--low-mpp", type=float, help=f"attention input resolution in µm/px (default: {d.low_mpp:g})")
     g.add_argument("--replace", action=argparse.BooleanOptionalAction, default=None,
                    help="sample with replacement (default: without)")
     g.add_argument("--entropy", type=float, help=f"entropy regulariser weight (default: {d.entropy:g})")
@@ -72,13 +85,15 @@ def _register_model(p, d) -> None:
 def _register_training(p) -> None:
     """The training flags."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (in all, with --resume)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW)")
-    g.add_argument("--attention-lr", type=float, default=None,
-                   help="separate learning rate for the attention net (default: --lr)")
-    g.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+    d = TRAIN_DEFAULTS
+    g.add_argument("--epochs", type=positive_int, default=d["epochs"],
+                   help="epochs to train (in all, with --resume)")
+    g.add_argument("--lr", type=float, default=d["lr"], help="learning rate (AdamW)")
+    g.add_argument("--attention-lr", type=float, default=d["attention_lr"],
+                   help="separate learning rate for the attention net (its own param group)")
+    g.add_argument("--schedule", choices=["constant", "cosine"], default=d["schedule"],
                    help="learning-rate schedule over the epochs")
-    g.add_argument("--batch-size", type=positive_int, default=4,
+    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
                    help="slides per optimiser step (the total over processes under torchrun)")
     g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, default=0, help="seed of the model, the order and the draws")
@@ -88,7 +103,7 @@ def _register_training(p) -> None:
     g.add_argument("--skip-unreadable", action="store_true",
                    help="train on the slides that open and list the others in OUT/skipped.csv "
                         "(default: list them all and stop)")
-    g.add_argument("--select", choices=["accuracy", "auc", "loss"], default="accuracy",
+    g.add_argument("--select", choices=["accuracy", "auc", "loss"], default=d["select"],
                    help="the validation number best.pt is chosen by (ties: lower loss, then later epoch)")
     g.add_argument("--class-weights", choices=["none", "balanced"], default="none",
                    help="balanced: weight each slide's loss by n / (classes x slides of its class)")
@@ -104,17 +119,25 @@ def _register_aids(p) -> None:
                         "everything else the same (the random-patch baseline; default: attention)")
     g.add_argument("--smoothing", type=float,
                    help="share of the attention spread uniformly over tissue at prediction (default: 0)")
+    g.add_argument("--temperature", type=float,
+                   help="attention softmax temperature: < 1 sharpens the map (default: "
+                        f"{MODEL_DEFAULTS['temperature']:g})")
     g.add_argument("--instance-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-patch classifier beside the slide head (needed by the per-patch losses)")
-    g.add_argument("--explore", type=float, default=None,
-                   help="attention smoothing in epoch 1, annealed to --smoothing over --explore-epochs")
-    g.add_argument("--explore-epochs", type=int, default=None, help="epochs of exploration")
-    g.add_argument("--explore-patches", type=int, default=None,
-                   help="patches drawn per slide while exploring (default: --n-patches)")
-    g.add_argument("--instance-weight", type=float, default=None,
-                   help="weight of the per-patch multiple-instance loss")
-    g.add_argument("--distill-weight", type=float, default=None,
+    d = TRAIN_DEFAULTS
+    g.add_argument("--explore", type=float, default=d["explore"],
+                   help="attention smoothing in epoch 1 (1: uniform over tissue), annealed to --smoothing over "
+                        "--explore-epochs")
+    g.add_argument("--explore-epochs", type=int, default=d["explore_epochs"], help="epochs of exploration (0: none)")
+    g.add_argument("--explore-patches", type=int, default=d["explore_patches"],
+                   help="patches drawn per slide while exploring (0: --n-patches)")
+    g.add_argument("--instance-weight", type=float, default=d["instance_weight"],
+                   help="weight of the per-patch multiple-instance loss (needs the instance head)")
+    g.add_argument("--distill-weight", type=float, default=d["distill_weight"],
                    help="weight of the loss that trains the attention to predict the per-patch scores")
+    g.add_argument("--distill", choices=["bce", "rank"], default=d["distill"],
+                   help="how the attention learns the per-patch scores: bce (absolute) or rank (within each "
+                        "slide, which cells a finding would be in)")
     g.add_argument("--negative-class", default=None, metavar="LABEL|NAME",
                    help="the class meaning 'nothing found' for the per-patch losses (default: the first class)")
 
@@ -124,7 +147,8 @@ def _register_resolution(p) -> None:
     g = p.add_argument_group("patch resolution (instead of --patch-level; stored in the checkpoint)")
     res = g.add_mutually_exclusive_group()
     res.add_argument("--patch-mpp", type=float,
-                     help="read patches at this µm/px from every slide (--patch-size is then in pixels at it)")
+                     help=f"read patches at this µm/px from every slide (--patch-size is then in pixels at it; "
+                          f"default: {MODEL_DEFAULTS['patch_mpp']:g})")
     res.add_argument("--patch-magnification", type=float,
                      help="the same as an objective magnification: µm/px = 10 / magnification (20 -> 0.5)")
     g.add_argument("--mpp-tolerance", type=float, help="relative tolerance of --patch-mpp (default 0.05)")
@@ -180,16 +204,33 @@ def model_config(args: argparse.Namespace):
         base.update(low_mpp=args.low_mpp, low_downsample=None)
     _apply_resolution(args, base)
     _encoder.apply(args, base)
+    _apply_defaults(base)
     return ModelConfig.from_user(base, source=args.config)
+
+
+def _apply_defaults(base: dict) -> None:
+    """Fill the CLI's model defaults into ``base`` where neither --config nor a flag set the key
+    (or its alternative: a low downsample, a patch level, an encoder's own contract)."""
+    for key, value in MODEL_DEFAULTS.items():
+        if key in base:
+            continue
+        if key == "low_mpp" and base.get("low_downsample") is not None:
+            continue
+        if key == "attention_kwargs" and base.get("attention_net", "attention-small") != "attention-small":
+            continue
+        base[key] = json.loads(json.dumps(value))
+    if base.get("low_mpp") is not None:
+        base.setdefault("low_downsample", None)
+    if base.get("feature_net", "feature-small") == "feature-small" and base.get("feature_spec") is None:
+        for key, value in FEATURE_DEFAULTS.items():
+            base.setdefault(key, json.loads(json.dumps(value)))
 
 
 def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int) -> dict:
     """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
-    from ..run.train import TrainSettings
-
-    d = TrainSettings()
-    out = {key: getattr(args, key) if getattr(args, key) is not None else getattr(d, key)
-           for key in ("explore", "explore_epochs", "explore_patches", "instance_weight", "distill_weight")}
+    out = {key: getattr(args, key) for key in ("explore", "explore_epochs", "explore_patches",
+                                               "instance_weight", "distill_weight", "distill")}
+    out["explore_patches"] = out["explore_patches"] or None
     out["negative_class"] = _negative_class(args.negative_class, names, n_classes)
     return out
 

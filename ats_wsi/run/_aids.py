@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["exploration", "instance_loss", "distill_loss"]
+__all__ = ["DISTILL", "exploration", "instance_loss", "distill_loss"]
 
 
 def exploration(epoch: int, *, explore: float, explore_epochs: int, final: float) -> float:
@@ -73,16 +73,35 @@ def instance_loss(logits: Tensor, label: int, negative: int = 0) -> Tensor:
     return F.cross_entropy(logits[top:top + 1], torch.tensor([int(label)], device=logits.device))
 
 
-def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int = 0) -> Tensor:
-    """Binary cross-entropy of the attention logits at the drawn cells against the
-    instance head's probability that each patch is not ``negative`` (a target,
-    no gradient).
+DISTILL = ("bce", "rank")
+
+
+def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int = 0, *,
+                 kind: str = "bce", temperature: float = 1.0) -> Tensor:
+    """The attention's loss against the instance head's scores of the drawn patches
+    (a target: no gradient into the instance head).
 
     Args:
         sampled_logits: ``[n]``, the attention net's logit at each drawn cell.
         instance_logits: ``[n, C]``, the instance head's logits of the same patches.
         negative: the class that means "nothing found".
+        kind: ``"bce"``: binary cross-entropy of each logit against the
+            probability that its patch is not ``negative`` (absolute scores);
+            ``"rank"``: cross-entropy between the softmax over the drawn cells of
+            the patches' log-odds of a finding and that of the attention logits
+            divided by ``temperature`` (relative: within each slide, attention
+            ranks cells as the instance head ranks their patches, so it learns
+            where a finding would be even in slides that have none).
+        temperature: the attention's softmax temperature (``"rank"``).
     """
+    if kind not in DISTILL:
+        raise ValueError(f"distill kind must be one of {DISTILL}, got {kind!r}")
     with torch.no_grad():
-        target = 1.0 - torch.softmax(instance_logits.float(), dim=-1)[:, negative]
-    return F.binary_cross_entropy_with_logits(sampled_logits.float(), target)
+        log_p = torch.log_softmax(instance_logits.float(), dim=-1)
+        finding = 1.0 - log_p[:, negative].exp()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(sampled_logits.float(), finding)
+    with torch.no_grad():
+        odds = torch.logit(finding.clamp(1e-6, 1 - 1e-6))
+        target = torch.softmax(odds, dim=0)
+    return -(target * torch.log_softmax(sampled_logits.float() / temperature, dim=0)).sum()

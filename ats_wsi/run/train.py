@@ -80,6 +80,8 @@ class TrainSettings:
     """Weight of the loss that trains the attention to predict the instance head's scores."""
     negative_class: int = 0
     """The label meaning "nothing found", for the per-patch losses."""
+    distill: str = "bce"
+    """``"bce"`` (absolute scores) or ``"rank"`` (within-slide ranking); see :func:`._aids.distill_loss`."""
 
 
 @dataclass
@@ -374,8 +376,9 @@ def _aid_losses(model: SlideClassifier, settings: TrainSettings, result, label: 
     inst = model.instance_logits(result)[0]  # [n, C]
     loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
     if settings.distill_weight and model.sampler.sampler_kind == "attention":
-        loss = loss + settings.distill_weight * distill_loss(result.sampled_logits[0], inst,
-                                                             settings.negative_class)
+        loss = loss + settings.distill_weight * distill_loss(
+            result.sampled_logits[0], inst, settings.negative_class, kind=settings.distill,
+            temperature=model.sampler.softmax.temperature)
     return loss
 
 

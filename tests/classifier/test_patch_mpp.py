@@ -151,7 +151,7 @@ def test_the_level_path_is_the_default_and_unchanged(tmp_path):
     (["--patch-magnification", "20"], 0.5),
     (["--patch-magnification", "40", "--mpp-tolerance", "0.02"], 0.25),
     (["--patch-level", "1"], None),
-    ([], None),
+    ([], 0.5),  # the command's default is physical (docs/training.md)
 ])
 def test_train_flags_set_patch_mpp_in_the_config(flags, patch_mpp):
     from ats_wsi.cli import build_parser

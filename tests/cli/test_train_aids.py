@@ -103,3 +103,17 @@ def test_cli_negative_class_by_name_and_bad_values(slide_set, tmp_path):
                *TRAIN_ARGS, env=TRAIN_ENV)
     assert proc.returncode == 2 and "--negative-class 'benign'" in proc.stderr  # a usage error
     assert "Traceback" not in proc.stderr
+
+
+def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path):
+    out = tmp_path / "defaults"
+    proc = cli("train", slide_set.manifest, "--out", out, "--epochs", "1", "--no-progress", env=TRAIN_ENV)
+    assert proc.returncode == 0, explain(proc)
+    saved = json.loads((out / "config.json").read_text())
+    model, settings = saved["model"], saved["train"]
+    assert model["low_mpp"] == 8.0 and model["low_downsample"] is None and model["patch_mpp"] == 0.5
+    assert model["patch_size"] == 128 and model["n_patches"] == 32 and model["instance_head"] is True
+    assert model["temperature"] == 0.25 and model["feature_kwargs"]["norm"] == "none"
+    assert settings["explore"] == 1.0 and settings["explore_patches"] == 64 and settings["distill"] == "rank"
+    assert settings["instance_weight"] == 1.0 and settings["select"] == "auc" and settings["schedule"] == "cosine"
+    assert load_model(out / "last.pt").instance_head is not None

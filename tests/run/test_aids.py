@@ -51,3 +51,18 @@ def test_distill_loss_is_bce_towards_the_instance_heads_probability_of_a_finding
     loss.backward()
     assert inst.grad is None  # a target: no gradient into the instance head
     assert sampled.grad.abs().sum() > 0
+
+
+def test_rank_distillation_is_cross_entropy_between_the_two_rankings_of_the_drawn_cells():
+    sampled = torch.tensor([0.3, -2.0, 1.5], requires_grad=True)
+    inst = torch.tensor([[1.0, -1.0], [0.0, 2.0], [-0.5, -0.5]])
+    finding = 1 - torch.softmax(inst, -1)[:, 0]
+    target = torch.softmax(torch.log(finding / (1 - finding)), 0)  # = finding odds, normalised
+    loss = distill_loss(sampled, inst, kind="rank", temperature=0.5)
+    manual = -(target * torch.log_softmax(sampled.detach() / 0.5, 0)).sum()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    # a constant shift of every attention logit changes nothing (only the ranking counts)
+    assert distill_loss(sampled.detach() + 7.0, inst, kind="rank", temperature=0.5).item() == \
+        pytest.approx(loss.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="distill kind"):
+        distill_loss(sampled, inst, kind="listnet")

@@ -1,0 +1,194 @@
+"""The lesion benchmark table (issue 23): attention sampling against uniform random patches
+(and, when its JSON is given, dense gated ABMIL over every tissue patch) on a cohort with
+ground truth, each trained and predicted exactly as a user runs the command.
+
+Rows, each trained once with ``ats-wsi train`` (its defaults, plus the row's flags) and
+predicted on the test split with ``ats-wsi predict --split test --n-patches N`` for every
+``N`` of ``--n``:
+
+- ``ats``: the command's defaults (attention sampling, from scratch);
+- ``uniform``: ``--sampler uniform`` (draws uniform over tissue, everything else the same);
+- ``ats-frozen`` / ``uniform-frozen``: the same with a frozen encoder (``--encoder SPEC``:
+  a spec JSON beside its ``.pt2``/``.pt`` file, e.g. from ``lesion_encoder.py``) and a
+  feature cache;
+- ``dense``: read from ``--dense dense_abmil.json`` (``lesion_dense.py``) when given.
+
+Columns: test AUC with its bootstrap 95 % CI, balanced accuracy at 0.5, sensitivity per
+lesion stratum (``<0.5mm``, ``0.5-2mm``) and specificity, patches encoded per slide, the
+share of each slide's tissue read, seconds per slide from the file (open, low view,
+attention, reads, encoding: ``predictions.csv``), training wall time. The same model is
+predicted at several ``N`` (trained at the default 32): how the AUC grows with the tissue
+read. Writes ``OUT/lesion_benchmark.json``, ``OUT/lesion_benchmark.md`` and
+``OUT/lesion_benchmark.png`` (AUC against the share of tissue read, per method).
+
+Usage::
+
+    .venv/bin/python benchmarks/lesion_benchmark.py MANIFEST OUT [--rows ats,uniform] [--n 8,16,32,64]
+        [--encoder ENC/spec.json] [--dense DENSE/dense_abmil.json] [--epochs 30] [-- EXTRA TRAIN FLAGS]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lesion_common import read_cohort_slides  # noqa: E402
+from lesion_dense import evaluate_split  # noqa: E402
+
+ATS = [sys.executable, "-m", "ats_wsi.cli"]
+ROWS = ("ats", "uniform", "ats-frozen", "uniform-frozen")
+PATCH_UM = 64.0  # the defaults' patch: 128 px at 0.5 µm/px
+
+
+def row_flags(row: str, encoder: str | None, out: Path) -> list[str]:
+    """The flags of ``ats-wsi train`` that make a row (over the command's defaults)."""
+    flags = ["--sampler", "uniform"] if row.startswith("uniform") else []
+    if row.endswith("frozen"):
+        if not encoder:
+            raise SystemExit(f"row {row} needs --encoder SPEC.json")
+        spec = json.loads(Path(encoder).read_text())
+        flags += ["--feature-net", spec["weights"], "--feature-spec", encoder, "--freeze-features",
+                  "--feature-cache", str(out / "cache")]
+    return flags
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command, its output to ``log``; its wall time in seconds (raises on failure)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def tissue_mm2(path) -> float:
+    """The slide's tissue area in mm² from its ground truth."""
+    truth = json.loads(Path(str(Path(path).with_suffix("")) + ".lesions.json").read_text())
+    return truth["tissue_fraction"] * truth["width"] * truth["height"] * (truth["mpp"] / 1000) ** 2
+
+
+def score(predictions: Path, cohort: dict) -> dict:
+    """Metrics of one ``predictions.csv`` of the test split."""
+    with open(predictions, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = [cohort[r["slide"]].label for r in rows]
+    strata = [cohort[r["slide"]].stratum or "?" for r in rows]
+    probs = [float(r["p1"]) for r in rows]
+    out = evaluate_split(labels, probs, strata)
+    patches = np.array([float(r["patches_read"]) for r in rows])
+    tissue = np.array([tissue_mm2(r["slide"]) for r in rows])
+    out.update(patches_per_slide=float(patches.mean()),
+               tissue_read=float(np.mean(patches * (PATCH_UM / 1000) ** 2 / tissue)),
+               seconds_per_slide=float(np.mean([float(r["seconds"]) for r in rows])))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("manifest")
+    ap.add_argument("out")
+    ap.add_argument("--rows", default="ats,uniform", help=f"comma-separated, of {','.join(ROWS)}")
+    ap.add_argument("--n", default="8,16,32,64", help="patches per slide at prediction")
+    ap.add_argument("--encoder", help="spec JSON of a frozen encoder (rows *-frozen)")
+    ap.add_argument("--dense", help="dense_abmil.json of lesion_dense.py, for the dense row")
+    ap.add_argument("--epochs", type=int, default=None, help="override the command's default epochs")
+    ap.add_argument("extra", nargs="*", help="more flags for every `ats-wsi train` (after --)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cohort = {str(r.path): r for r in read_cohort_slides(args.manifest)}
+    results = json.loads((out / "lesion_benchmark.json").read_text()) if (out / "lesion_benchmark.json").is_file() \
+        else {"manifest": str(args.manifest), "rows": {}}
+    results["command"] = " ".join(sys.argv)
+    for row in args.rows.split(","):
+        if row not in ROWS:
+            raise SystemExit(f"unknown row {row!r}; rows are {ROWS}")
+        folder = out / row
+        folder.mkdir(exist_ok=True)
+        train = [*ATS, "train", str(args.manifest), "--out", str(folder / "run"), "--no-progress",
+                 *row_flags(row, args.encoder, folder), *(["--epochs", str(args.epochs)] if args.epochs else []),
+                 *args.extra]
+        entry = results["rows"].setdefault(row, {})
+        if not (folder / "run" / "best.pt").is_file():
+            entry["train_seconds"] = run(train, folder / "train.log")
+        entry["train_command"] = " ".join(train)
+        for n in args.n.split(","):
+            pred = folder / f"test-n{n}"
+            cmd = [*ATS, "predict", str(folder / "run" / "best.pt"), str(args.manifest), "--split", "test",
+                   "--out", str(pred), "--n-patches", n, "--no-progress"]
+            if not (pred / "predictions.csv").is_file():
+                run(cmd, folder / f"predict-n{n}.log")
+            entry[f"n{n}"] = score(pred / "predictions.csv", cohort)
+            print(f"{row:15s} n={n:>3s}  AUC {entry[f'n{n}']['roc_auc']['value']:.3f}", flush=True)
+        (out / "lesion_benchmark.json").write_text(json.dumps(results, indent=1))
+    if args.dense:
+        results["rows"]["dense"] = json.loads(Path(args.dense).read_text())
+    (out / "lesion_benchmark.json").write_text(json.dumps(results, indent=1))
+    (out / "lesion_benchmark.md").write_text("\n".join(table(results)) + "\n")
+    figure(results, out / "lesion_benchmark.png")
+    print("\n".join(table(results)))
+    return 0
+
+
+def _ci(m: dict) -> str:
+    return f"{m['value']:.3f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
+
+
+def table(results: dict) -> list[str]:
+    """The markdown table of every (row, n)."""
+    lines = ["| method | n | AUC [95 % CI] | balanced acc. | sens. <0.5 mm | sens. 0.5-2 mm | spec. | "
+             "patches/slide | tissue read | s/slide | train s |", "|" + "---|" * 11]
+    for row, entry in results["rows"].items():
+        if row == "dense":
+            continue
+        for key in sorted((k for k in entry if k.startswith("n") and k[1:].isdigit()), key=lambda k: int(k[1:])):
+            m = entry[key]
+            per = m.get("per_stratum", {})
+            rec = [f"{per[s]['recall']:.2f} ({per[s]['n']})" if s in per else "–" for s in ("<0.5mm", "0.5-2mm",
+                                                                                         "normal")]
+            lines.append(f"| {row} | {key[1:]} | {_ci(m['roc_auc'])} | {_ci(m['balanced_accuracy'])} | "
+                         f"{' | '.join(rec)} | {m['patches_per_slide']:.0f} | {100 * m['tissue_read']:.2f} % | "
+                         f"{m['seconds_per_slide']:.2f} | {entry.get('train_seconds', float('nan')):.0f} |")
+    return lines
+
+
+def figure(results: dict, path: Path) -> None:
+    """AUC against the share of tissue read, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row, entry in results["rows"].items():
+        keys = sorted((k for k in entry if k.startswith("n") and k[1:].isdigit()), key=lambda k: int(k[1:]))
+        if not keys:
+            continue
+        x = [100 * entry[k]["tissue_read"] for k in keys]
+        y = [entry[k]["roc_auc"]["value"] for k in keys]
+        lo = [entry[k]["roc_auc"]["value"] - entry[k]["roc_auc"]["ci_low"] for k in keys]
+        hi = [entry[k]["roc_auc"]["ci_high"] - entry[k]["roc_auc"]["value"] for k in keys]
+        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=row)
+    ax.set_xscale("log")
+    ax.set_xlabel("share of each slide's tissue read (%)")
+    ax.set_ylabel("test ROC AUC (95 % CI)")
+    ax.axhline(0.5, color="grey", lw=0.5, ls=":")
+    ax.set_ylim(0.3, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
