@@ -102,8 +102,10 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", help="spec JSON of a frozen encoder (rows *-frozen)")
     ap.add_argument("--dense", help="dense_abmil.json of lesion_dense.py, for the dense row")
     ap.add_argument("--epochs", type=int, default=None, help="override the command's default epochs")
-    ap.add_argument("extra", nargs="*", help="more flags for every `ats-wsi train` (after --)")
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra  # more flags for every `ats-wsi train` (after --)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cohort = {str(r.path): r for r in read_cohort_slides(args.manifest)}
