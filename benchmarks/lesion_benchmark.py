@@ -185,7 +185,7 @@ def figure(results: dict, path: Path) -> None:
     ax.set_xlabel("share of each slide's tissue read (%)")
     ax.set_ylabel("test ROC AUC (95 % CI)")
     ax.axhline(0.5, color="grey", lw=0.5, ls=":")
-    ax.set_ylim(0.3, 1.02)
+    ax.set_ylim(0.0, 1.02)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
