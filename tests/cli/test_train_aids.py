@@ -117,3 +117,21 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
     assert settings["explore"] == 1.0 and settings["explore_patches"] == 64 and settings["distill"] == "rank"
     assert settings["instance_weight"] == 1.0 and settings["select"] == "auc" and settings["schedule"] == "cosine"
     assert load_model(out / "last.pt").instance_head is not None
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--temperature", "0"], "temperature must be positive"),
+    (["--smoothing", "1.5"], "smoothing must lie in [0, 1]"),
+])
+def test_bad_sampling_settings_are_one_line_before_any_training(slide_set, tmp_path, flags, words):
+    proc = cli("train", slide_set.manifest, "--out", tmp_path / "run", "--epochs", "1", *TRAIN_ARGS, *flags)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_config_with_an_unknown_sampler_is_refused(slide_set, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"sampler": "random"}))
+    proc = cli("train", slide_set.manifest, "--out", tmp_path / "run", "--config", path, "--epochs", "1",
+               "--no-progress")
+    assert proc.returncode == 2 and "sampler must be one of ('attention', 'uniform')" in proc.stderr
