@@ -13,8 +13,8 @@ predicted on the test split with ``ats-wsi predict --split test --n-patches N`` 
   feature cache;
 - ``dense``: read from ``--dense dense_abmil.json`` (``lesion_dense.py``) when given.
 
-Columns: test AUC with its bootstrap 95 % CI, balanced accuracy at 0.5, sensitivity per
-lesion stratum (``<0.5mm``, ``0.5-2mm``) and specificity, patches encoded per slide, the
+Columns: test AUC with its bootstrap 95 % CI, the AUC of each lesion stratum's tumors
+against all normals, balanced accuracy at 0.5, sensitivity per lesion stratum (``<0.5mm``, ``0.5-2mm``) and specificity, patches encoded per slide, the
 share of each slide's tissue read, seconds per slide from the file (open, low view,
 attention, reads, encoding: ``predictions.csv``), training wall time. The same model is
 predicted at several ``N`` (trained at the default 32): how the AUC grows with the tissue
@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lesion_common import read_cohort_slides  # noqa: E402
 from lesion_dense import evaluate_split  # noqa: E402
+
+from ats_wsi.metrics import roc_auc  # noqa: E402
 
 ATS = [sys.executable, "-m", "ats_wsi.cli"]
 ROWS = ("ats", "uniform", "ats-frozen", "uniform-frozen")
@@ -85,6 +87,11 @@ def score(predictions: Path, cohort: dict) -> dict:
     strata = [cohort[r["slide"]].stratum or "?" for r in rows]
     probs = [float(r["p1"]) for r in rows]
     out = evaluate_split(labels, probs, strata)
+    out["auc_by_stratum"] = {}  # the stratum's tumors against every normal slide
+    for stratum in sorted({s for s, y in zip(strata, labels) if y == 1}):
+        keep = [i for i, (s, y) in enumerate(zip(strata, labels)) if s == stratum or y == 0]
+        out["auc_by_stratum"][stratum] = float(roc_auc([labels[i] for i in keep],
+                                                       np.array([[1 - probs[i], probs[i]] for i in keep])))
     patches = np.array([float(r["patches_read"]) for r in rows])
     tissue = np.array([tissue_mm2(r["slide"]) for r in rows])
     out.update(patches_per_slide=float(patches.mean()),
@@ -148,8 +155,8 @@ def _ci(m: dict) -> str:
 
 def table(results: dict) -> list[str]:
     """The markdown table of every (row, n)."""
-    lines = ["| method | n | AUC [95 % CI] | balanced acc. | sens. <0.5 mm | sens. 0.5-2 mm | spec. | "
-             "patches/slide | tissue read | s/slide | train s |", "|" + "---|" * 11]
+    lines = ["| method | n | AUC [95 % CI] | AUC <0.5 mm | AUC 0.5-2 mm | balanced acc. | sens. <0.5 mm | "
+             "sens. 0.5-2 mm | spec. | patches/slide | tissue read | s/slide | train s |", "|" + "---|" * 13]
     for row, entry in results["rows"].items():
         if row == "dense":
             continue
@@ -158,7 +165,9 @@ def table(results: dict) -> list[str]:
             per = m.get("per_stratum", {})
             rec = [f"{per[s]['recall']:.2f} ({per[s]['n']})" if s in per else "–" for s in ("<0.5mm", "0.5-2mm",
                                                                                          "normal")]
-            lines.append(f"| {row} | {key[1:]} | {_ci(m['roc_auc'])} | {_ci(m['balanced_accuracy'])} | "
+            by = m.get("auc_by_stratum", {})
+            strat = " | ".join(f"{by[s]:.3f}" if s in by else "–" for s in ("<0.5mm", "0.5-2mm"))
+            lines.append(f"| {row} | {key[1:]} | {_ci(m['roc_auc'])} | {strat} | {_ci(m['balanced_accuracy'])} | "
                          f"{' | '.join(rec)} | {m['patches_per_slide']:.0f} | {100 * m['tissue_read']:.2f} % | "
                          f"{m['seconds_per_slide']:.2f} | {entry.get('train_seconds', float('nan')):.0f} |")
     return lines
