@@ -75,8 +75,10 @@ def run(cmd: list[str], log: Path) -> float:
 
 def tissue_mm2(path) -> float:
     """The slide's tissue area in mm² from its ground truth."""
-    truth = json.loads(Path(str(Path(path).with_suffix("")) + ".lesions.json").read_text())
-    return truth["tissue_fraction"] * truth["width"] * truth["height"] * (truth["mpp"] / 1000) ** 2
+    from ats_wsi.data.synthetic import load_synthetic_slide
+
+    truth = load_synthetic_slide(path)
+    return truth.tissue_fraction * truth.width * truth.height * (truth.mpp / 1000) ** 2
 
 
 def score(predictions: Path, cohort: dict) -> dict:

@@ -33,6 +33,7 @@ at 0.5 µm/px).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -44,12 +45,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ats_wsi.classifier import ModelConfig, load_model  # noqa: E402
 from ats_wsi.data.manifest import read_cohort  # noqa: E402
 from ats_wsi.metrics import roc_auc  # noqa: E402
 from ats_wsi.run._aids import distill_loss  # noqa: E402
 from ats_wsi.run.train import TrainSettings, forward_slide, train  # noqa: E402
+from lesion_common import truth_boxes  # noqa: E402
 
 MODEL = dict(n_classes=2, attention_net="attention-small", attention_kwargs={"hidden": 8, "layers": 3, "pool": 4},
              feature_net="feature-small", feature_kwargs={"widths": [16, 32, 64], "stem_stride": 2, "norm": "none"},
@@ -58,15 +61,14 @@ MODEL = dict(n_classes=2, attention_net="attention-small", attention_kwargs={"hi
 TRAIN = dict(epochs=30, batch_size=6, lr=3e-3, attention_lr=1e-2, schedule="cosine", select="auc", workers=2)
 
 
-_TRUTH: dict[str, dict] = {}
-
-
 def truth_of(path) -> dict:
-    """The slide's ground truth (``lesions`` and ``decoys`` boxes, level-0 px)."""
-    key = str(path)
-    if key not in _TRUTH:
-        _TRUTH[key] = json.loads(Path(str(Path(key).with_suffix("")) + ".lesions.json").read_text())
-    return _TRUTH[key]
+    """The slide's ground truth (``lesions`` and ``decoys`` boxes, level-0 px), read once per slide."""
+    return _truth(str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _truth(path: str) -> dict:
+    return truth_boxes(path)
 
 
 def overlaps(boxes, targets) -> np.ndarray:
