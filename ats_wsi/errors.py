@@ -98,6 +98,17 @@ class ResolutionError(SlideError, ValueError):
     """
 
 
+class DecoderError(SlideError, ValueError):
+    """A patch decoder (``PatchReader(decoder=...)``) that cannot serve a slide: an unknown
+    name, or ``decoder="nvimgcodec"`` for a slide level nvImageCodec does not decode
+    (not a TIFF level stored as JPEG tiles, or reads converted to sRGB)."""
+
+
+class DecoderUnavailableError(DecoderError, ImportError):
+    """``decoder="nvimgcodec"`` was asked for but NVIDIA nvImageCodec is not installed
+    (``pip install 'ats-wsi[gpu]'``)."""
+
+
 class EncoderError(_FileReason, AtsError):
     """A patch encoder (``ats_wsi.encoders``) that cannot be built, loaded or used as its spec says.
 

@@ -62,6 +62,7 @@ from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
 from ._buffers import Recycler
+from ._nvimgcodec import select_decoder
 from ._resample import area_weights, block_mean, region_size, resample_area
 
 try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact block mean
@@ -228,7 +229,10 @@ class PatchReader:
             ``ats_wsi_jpeg`` extension, tifffile backend; same pixels, see
             the module docstring); False always decodes whole tiles.
         device: where :meth:`read` puts the batch; for CUDA the batch is
-            assembled in pinned host memory and copied with ``non_blocking``.
+            assembled in pinned host memory and copied with ``non_blocking``
+            (unless nvImageCodec decodes it there, see ``decoder``).
+        decoder: ``"auto"``, ``"native"`` or ``"nvimgcodec"`` (on ``device``,
+            its CPU backend for ``"cpu"``), see :data:`._nvimgcodec.DECODERS`.
 
     ``read(xy)`` takes level-0 top-left corners, like ``slide.read_region``,
     and returns exactly what ``read_region(xy[i], level, patch_size)`` would,
@@ -254,6 +258,7 @@ class PatchReader:
         cache_bytes: int = 64 * 2**20,
         crop: bool = True,
         device: str | torch.device = "cpu",
+        decoder: str = "auto",
     ):
         self.mpp: float | None = None
         self.resolution: ResolutionPlan | None = None
@@ -296,6 +301,8 @@ class PatchReader:
         self._batch_lock = threading.Lock()
         self._batches = Recycler()  # returned batches, reused once the caller has dropped them
         self._regions = Recycler()  # region buffers of the mpp path (no page faults per batch)
+        self._nv = select_decoder(slide, self.level, decoder, self.device)  # None: the native decoder
+        self.decoder = "native" if self._nv is None else "nvimgcodec"
 
     def __repr__(self) -> str:
         at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
@@ -330,9 +337,16 @@ class PatchReader:
         """
         if isinstance(xy, torch.Tensor):
             xy = xy.detach().cpu().numpy()
-        origin = self.level_origin(xy)
-        out = self._empty((len(origin),))
-        self.read_level_into(origin, out.numpy())
+        return self.read_level(self.level_origin(xy))
+
+    def read_level(self, origin_xy: np.ndarray) -> torch.Tensor:
+        """:meth:`read` of top-left corners int64 ``[n, 2]`` given in pixels of the reader's level."""
+        if self._nv is not None and self.device.type == "cuda":  # decoded and resampled on the GPU
+            out, tiles, pixels = self._nv.read_batch(origin_xy, self)
+            self._count(1, len(origin_xy), tiles, pixels)
+            return out
+        out = self._empty((len(origin_xy),))
+        self.read_level_into(origin_xy, out.numpy())
         return self._deliver(out)
 
     def read_async(self, xy) -> Future:
@@ -372,15 +386,23 @@ class PatchReader:
         region = out if self.factor == 1 else self._regions.empty((len(origin_xy), *self.region_wh[::-1], 3))
         for i in plan.partial.tolist():
             region[i] = FILL_VALUE
-        self._run(plan, region)
+        if self._nv is None:
+            self._run(plan, region)
+        else:
+            self._count(0, 0, *self._nv.run(plan, region, self.tile_wh))
         if self._weights is not None:
             resample_area(region, *self._weights, out)
         elif self.factor != 1:
             (_native_block_mean or block_mean)(region, int(self.factor), out)
-        with self._stats_lock:
-            self.stats.patches += len(origin_xy)
-            self.stats.batches += 1
+        self._count(1, len(origin_xy), 0, 0)
         return plan
+
+    def _count(self, batches: int, patches: int, tiles: int, pixels: int) -> None:
+        with self._stats_lock:
+            self.stats.batches += batches
+            self.stats.patches += patches
+            self.stats.tiles_decoded += tiles
+            self.stats.pixels_read += pixels
 
     def reset_stats(self) -> None:
         with self._stats_lock:
@@ -393,6 +415,8 @@ class PatchReader:
         if self._batch_pool is not None:
             self._batch_pool.shutdown(wait=True)
         self.cache.clear()
+        if self._nv is not None:
+            self._nv.close()
         self._regions.clear()
         self._batches.clear()
 

@@ -50,7 +50,9 @@ class SlideSource:
             repeated draws across calls.
         workers, cache_bytes: passed to the PatchReaders this source makes.
         device: where ``extract`` puts the batch (pinned host memory and a
-            non-blocking copy for CUDA).
+            non-blocking copy for CUDA, unless nvImageCodec decodes there).
+        decoder: ``"auto"``, ``"native"`` or ``"nvimgcodec"``, passed to the
+            PatchReaders this source makes (see :class:`PatchReader`).
 
     ``extract`` returns uint8 ``[B, n, 3, h, w]`` (channels-last strides,
     like :meth:`PatchReader.read`); boxes reaching outside a slide are
@@ -70,6 +72,7 @@ class SlideSource:
         mpp: float | None = None,
         mpp_tolerance: float = DEFAULT_MPP_TOLERANCE,
         upsample: bool = False,
+        decoder: str = "auto",
     ):
         self.slides = list(slides)
         n = len(self.slides)
@@ -91,7 +94,7 @@ class SlideSource:
             raise SamplingError(f"low_downsample must be positive, got {lows}")
         self.low_downsamples = lows
         self.device = torch.device(device)
-        self._workers, self._cache_bytes = workers, cache_bytes
+        self._workers, self._cache_bytes, self._decoder = workers, cache_bytes, decoder
         self._readers: dict[tuple, PatchReader] = {}
         for reader in readers or ():
             self._readers[(id(reader.slide), reader.level, reader.patch_wh, reader.mpp)] = reader
@@ -128,12 +131,10 @@ class SlideSource:
         slide = self.slides[b]
         key = (id(slide), self.levels[b], tuple(size_wh), self.mpp)
         reader = self._readers.get(key)
-        if reader is None and self.mpp is not None:
-            reader = PatchReader(slide, patch_size=tuple(size_wh), mpp=self.mpp, workers=self._workers,
-                                 cache_bytes=self._cache_bytes, device="cpu", **self._mpp_args)
-        if reader is None:
-            reader = PatchReader(slide, self.levels[b], tuple(size_wh), workers=self._workers,
-                                 cache_bytes=self._cache_bytes, device="cpu")
+        if reader is None:  # kept: made once per slide and size, mpp or not, and closed by close()
+            where = dict(mpp=self.mpp, **self._mpp_args) if self.mpp is not None else dict(level=self.levels[b])
+            reader = PatchReader(slide, patch_size=tuple(size_wh), workers=self._workers, cache_bytes=self._cache_bytes,
+                                 device=self.device, decoder=self._decoder, **where)
             self._readers[key] = reader
             self._owned.append(reader)
         return reader
@@ -207,6 +208,11 @@ class SlideSource:
             raise SamplingError(f"xy must be [B={len(self.slides)}, n, 2] (x, y), got {tuple(xy.shape)}")
         xy = self.level_xy(xy.detach().to("cpu", torch.long), (pw, ph))
         batch, n = xy.shape[:2]
+        if self.device.type == "cuda" and any(self.reader(b, (pw, ph)).decoder == "nvimgcodec" for b in range(batch)):
+            out = torch.empty((batch, n, ph, pw, 3), dtype=torch.uint8, device=self.device)
+            for b in range(batch):  # on the GPU where nvImageCodec decodes; pinned + non_blocking elsewhere
+                out[b] = self._read_level(b, xy[b], (pw, ph)).movedim(1, -1)
+            return out.movedim(-1, -3)
         pin = self.device.type == "cuda"
         out = empty_batch((batch, n, ph, pw, 3), pin=pin)
         buf = out.numpy()
@@ -224,10 +230,20 @@ class SlideSource:
             raise SamplingError(f"extract_slide needs a slide index in 0..{len(self.slides) - 1} and xy [k, 2], "
                                 f"got {b} and {tuple(xy.shape)}")
         xy = self._own_scale(int(b), xy.detach().to("cpu", torch.long), (pw, ph))  # as extract does for slide b
+        if self.device.type == "cuda" and self.reader(int(b), (pw, ph)).decoder == "nvimgcodec":
+            return self._read_level(int(b), xy, (pw, ph))
         pin = self.device.type == "cuda"
         out = empty_batch((len(xy), ph, pw, 3), pin=pin)
         self._read_into(int(b), xy, (pw, ph), out.numpy())
         return self._deliver(out, pin)
+
+    def _read_level(self, b: int, xy: Tensor, size_wh: tuple[int, int]) -> Tensor:
+        """Slide ``b``'s patches at ``xy`` ``[k, 2]`` (as :meth:`_read_into`) -> uint8 ``[k, 3, h, w]`` on the device."""
+        reader = self.reader(b, size_wh)
+        self.patches_read += len(xy)
+        if self.mpp is None:
+            return reader.read_level(xy.numpy())
+        return reader.read_level(reader.level_origin(level_to_level0(xy, self.level_downsample(b)).numpy()))
 
     def _read_into(self, b: int, xy: Tensor, size_wh: tuple[int, int], buf) -> None:
         """Slide ``b``'s patches at level pixels ``xy`` ``[k, 2]`` into ``buf`` ``[k, h, w, 3]``."""

@@ -98,6 +98,7 @@ class TiffLevel:
     compression: int = 1
     photometric: int = 2
     jfif: bool = False
+    ifd_offset: int = 0  # byte offset of the level's IFD (how nvImageCodec selects a page)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
         raise CorruptSlideError(path, f"truncated: {int(lost.sum())} of {len(offsets)} tiles of level "
                                       f"{index} lie beyond the end of the file ({file_size} bytes)")
     return TiffLevel(level, offsets, counts, page.decode, page.jpegtables, samples, compression,
-                     int(page.photometric), bool(getattr(page, "is_jfif", False)))
+                     int(page.photometric), bool(getattr(page, "is_jfif", False)), int(page.offset))
 
 
 def _can_decode(compression: int) -> bool:
@@ -369,6 +370,14 @@ class TiffSlide(Slide):
         """Decode only the part of a stored JPEG tile that ``pairs`` (rows of a
         PatchReader TilePlan) need, straight into ``out``; pixels decoded."""
         return _jpegcrop.decode_into(self, level, col, row, out, pairs)
+
+    def jpeg_ifd_offset(self, level: int) -> int | None:
+        """Byte offset of stored ``level``'s IFD when its tiles are JPEG (grey or RGB), else None:
+        what :mod:`ats_wsi.patches._nvimgcodec` hands nvImageCodec to decode them."""
+        if not 0 <= int(level) < len(self._tiff_levels):
+            return None
+        tl = self._tiff_levels[int(level)]
+        return tl.ifd_offset if tl.compression == 7 and tl.samples in (1, 3) and tl.ifd_offset > 0 else None
 
     def _associated_names(self) -> tuple[str, ...]:
         return tuple(self._associated)
