@@ -223,11 +223,13 @@ class NvTileDecoder:
                 region[i, py0:py1, px0:px1] = tile[out_y:out_y + py1 - py0, out_x:out_x + px1 - px0]
         return region
 
-    def read_batch(self, origin_xy: np.ndarray, reader) -> tuple[torch.Tensor, int, int]:
+    def read_batch(self, plan, n: int, reader) -> tuple[torch.Tensor, int, int]:
         """A PatchReader's batch decoded, assembled and resampled on :attr:`device`.
 
         Args:
-            origin_xy: int64 [n, 2], top-left ``(x, y)`` in pixels of the level.
+            plan: the :class:`~ats_wsi.patches.reader.TilePlan` of the ``n``
+                patches' regions (``plan_tiles`` of their origins, ``region_wh``).
+            n: number of patches.
             reader: the :class:`~ats_wsi.patches.PatchReader` (its
                 ``region_wh``, ``tile_wh``, ``level_wh``, ``factor``,
                 ``patch_wh`` say what to read and how to reduce it).
@@ -237,10 +239,7 @@ class NvTileDecoder:
             ``[n, 3, h, w]`` on :attr:`device`, channels-last strides, the
             pixels of ``reader.read`` on the CPU within JPEG tolerance.
         """
-        from .reader import plan_tiles
-
-        plan = plan_tiles(origin_xy, reader.region_wh, reader.tile_wh, reader.level_wh)
-        region = self.read_device(plan, len(origin_xy), reader.region_wh, reader.tile_wh)
+        region = self.read_device(plan, n, reader.region_wh, reader.tile_wh)
         factor = float(reader.factor)
         if factor == 1:
             out = region.movedim(-1, 1)

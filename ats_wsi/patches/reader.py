@@ -342,7 +342,8 @@ class PatchReader:
     def read_level(self, origin_xy: np.ndarray) -> torch.Tensor:
         """:meth:`read` of top-left corners int64 ``[n, 2]`` given in pixels of the reader's level."""
         if self._nv is not None and self.device.type == "cuda":  # decoded and resampled on the GPU
-            out, tiles, pixels = self._nv.read_batch(origin_xy, self)
+            plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
+            out, tiles, pixels = self._nv.read_batch(plan, len(origin_xy), self)
             self._count(1, len(origin_xy), tiles, pixels)
             return out
         out = self._empty((len(origin_xy),))

@@ -238,7 +238,7 @@ class SlideSource:
         return self._deliver(out, pin)
 
     def _read_level(self, b: int, xy: Tensor, size_wh: tuple[int, int]) -> Tensor:
-        """Slide ``b``'s patches at ``xy`` ``[k, 2]`` (as :meth:`_read_into`) -> uint8 ``[k, 3, h, w]`` on the device."""
+        """Slide ``b``'s patches at ``xy`` ``[k, 2]`` (as :meth:`_read_into`) -> uint8 ``[k, 3, h, w]`` on device."""
         reader = self.reader(b, size_wh)
         self.patches_read += len(xy)
         if self.mpp is None:

@@ -320,7 +320,7 @@ def test_a_garbled_tile_raises_from_read_and_read_async(bad_inputs):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_come_from_pinned_memory(vips_jpeg):
-    with open_slide(vips_jpeg.path) as slide, PatchReader(slide, 0, 64, device="cuda") as reader:
+    with open_slide(vips_jpeg.path) as slide, PatchReader(slide, 0, 64, device="cuda", decoder="native") as reader:
         xy = [[10, 10], [300, 700]]
         got = reader.read(xy)
         assert got.device.type == "cuda"
