@@ -38,12 +38,15 @@ class SlideInput:
         cache_bytes: decoded-tile cache of the patch reader.
         mpp: the slide's level-0 µm/px, overriding its metadata (a manifest's
             ``mpp`` column, ``--mpp``); sets ``slide.mpp`` on a given slide.
+        device: where the model runs; on CUDA the patch reader decodes JPEG
+            tiles there with nvImageCodec when it is installed (``decoder="auto"``
+            of :class:`~ats_wsi.patches.PatchReader`).
 
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, slide, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 64 * 2**20,
-                 mpp: float | None = None):
+                 mpp: float | None = None, device: str | torch.device = "cpu"):
         self._own = not hasattr(slide, "read_region")
         self.slide = open_slide(slide, mpp=mpp) if self._own else slide
         try:
@@ -55,10 +58,10 @@ class SlideInput:
             if config.patch_mpp is not None:
                 self.reader = PatchReader(self.slide, patch_size=config.patch_size, mpp=config.patch_mpp,
                                           mpp_tolerance=config.mpp_tolerance, workers=workers,
-                                          cache_bytes=cache_bytes)
+                                          cache_bytes=cache_bytes, device=device)
             else:
                 self.reader = PatchReader(self.slide, config.patch_level, config.patch_size,
-                                          workers=workers, cache_bytes=cache_bytes)
+                                          workers=workers, cache_bytes=cache_bytes, device=device)
         except BaseException:
             self.close()
             raise
@@ -115,8 +118,8 @@ class SlideInputs:
     """
 
     def __init__(self, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 16 * 2**20,
-                 mpp: dict[str, float] | None = None):
-        self.config, self.workers, self.cache_bytes = config, workers, cache_bytes
+                 mpp: dict[str, float] | None = None, device: str | torch.device = "cpu"):
+        self.config, self.workers, self.cache_bytes, self.device = config, workers, cache_bytes, device
         self.mpp = {str(k): float(v) for k, v in (mpp or {}).items() if v is not None}
         self._inputs: dict[str, SlideInput] = {}
 
@@ -124,7 +127,7 @@ class SlideInputs:
         key = str(path)
         if key not in self._inputs:
             self._inputs[key] = SlideInput(key, self.config, workers=self.workers, cache_bytes=self.cache_bytes,
-                                           mpp=self.mpp.get(key))
+                                           mpp=self.mpp.get(key), device=self.device)
         return self._inputs[key]
 
     def close(self) -> None:

@@ -181,7 +181,7 @@ class SlideClassifier(nn.Module):
         start = time.perf_counter()
         self.eval()
         given = isinstance(slide, SlideInput)
-        item = slide if given else SlideInput(slide, self.config, workers=workers)
+        item = slide if given else SlideInput(slide, self.config, workers=workers, device=self.device)
         own = self.sampler.sampler_kind
         try:
             if sampler is not None:

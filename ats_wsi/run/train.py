@@ -212,7 +212,7 @@ def train(
     _check_labels(manifest, train_rows + val_rows, config)
     try:
         given_mpp = {str(r.path): r.mpp for r in train_rows + val_rows if getattr(r, "mpp", None) is not None}
-        with SlideInputs(config, workers=settings.workers, mpp=given_mpp) as inputs:
+        with SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device) as inputs:
             # Every slide is opened (in parallel) before the first epoch; they stay open.
             train_rows, val_rows = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
                                                rank=procs.rank, progress=progress)
