@@ -48,7 +48,7 @@ DECODERS = ("auto", "native", "nvimgcodec")
 module on a CUDA device where nvImageCodec is installed and serves the slide, else native)."""
 
 _INSTALL = "pip install 'ats-wsi[gpu]' (NVIDIA nvImageCodec: nvidia-nvimgcodec-cu12)"
-_decoders: dict[tuple, object] = {}  # (pid, device) -> nvimgcodec.Decoder: made once per process and device
+_decoders: dict[tuple, tuple] = {}  # (pid, device) -> (nvimgcodec.Decoder, its lock): one per process and device
 _decoders_lock = threading.Lock()
 
 
@@ -102,8 +102,9 @@ def select_decoder(slide, level: int, decoder: str, device: torch.device) -> NvT
     return NvTileDecoder(slide, level, device)
 
 
-def _shared_decoder(device: torch.device):
-    """One nvimgcodec Decoder per process and device (made lazily; a forked worker makes its own)."""
+def _shared_decoder(device: torch.device) -> tuple:
+    """``(decoder, lock)``: one nvimgcodec Decoder per process and device, made on first use (a
+    forked worker makes its own), and the lock that lets one batch through it at a time."""
     key = (os.getpid(), device.type, device.index)
     with _decoders_lock:
         found = _decoders.get(key)
@@ -111,10 +112,10 @@ def _shared_decoder(device: torch.device):
             nv = _nvimgcodec()
             if device.type == "cuda":
                 index = torch.cuda.current_device() if device.index is None else device.index
-                found = nv.Decoder(device_id=index)
+                found = (nv.Decoder(device_id=index), threading.Lock())
             else:
-                found = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY,
-                                   backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
+                found = (nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY,
+                                    backends=[nv.Backend(nv.BackendKind.CPU_ONLY)]), threading.Lock())
             _decoders[key] = found
         return found
 
@@ -132,11 +133,19 @@ class NvTileDecoder:
         nv = _nvimgcodec(slide.path)
         self.slide, self.level, self.device = slide, int(level), torch.device(device)
         self._nv = nv
-        self._stream = nv.CodeStream(slide.path, bitstream_offset=slide.jpeg_ifd_offset(self.level))
+        self._ifd = slide.jpeg_ifd_offset(self.level)
+        self._streams: dict[int, object] = {}  # pid -> the level's CodeStream (a forked worker opens its own)
         self._params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB,
                                        sample_format=nv.SampleFormat.I_RGB)
-        self._lock = threading.Lock()
         self.fallback_tiles = 0
+
+    def _code_stream(self):
+        """The level's nvimgcodec CodeStream in this process (the file is opened once per process)."""
+        pid = os.getpid()
+        stream = self._streams.get(pid)
+        if stream is None:
+            stream = self._streams[pid] = self._nv.CodeStream(self.slide.path, bitstream_offset=self._ifd)
+        return stream
 
     def boxes(self, plan) -> np.ndarray:
         """int64 [t, 4]: ``(y0, x0, y1, x1)`` of each planned tile the batch needs, in tile pixels."""
@@ -154,7 +163,7 @@ class NvTileDecoder:
 
         Returns:
             ``(images, boxes)``: per tile an array-like uint8 ``(y1 - y0, x1 - x0, 3)``
-            (an nvimgcodec Image on the GPU, a numpy array on the CPU, or the
+            (an nvimgcodec Image in GPU memory, else a numpy array: the CPU backend's, or the
             slide's own decode where nvImageCodec gave none), and ``boxes``
             from :meth:`boxes`.
         """
@@ -163,11 +172,12 @@ class NvTileDecoder:
             return [], boxes
         tw, th = tile_wh
         nv = self._nv
-        streams = [self._stream.get_sub_code_stream(region=nv.Region(
-            int(r * th + y0), int(c * tw + x0), int(r * th + y1), int(c * tw + x1)))
-            for (c, r), (y0, x0, y1, x1) in zip(plan.tiles.tolist(), boxes.tolist())]
-        decoder = _shared_decoder(self.device)
-        with self._lock:  # one batch at a time through this level's code stream
+        decoder, lock = _shared_decoder(self.device)
+        with lock:  # one batch at a time through a decoder (and through the level's code stream)
+            level = self._code_stream()
+            streams = [level.get_sub_code_stream(region=nv.Region(
+                int(r * th + y0), int(c * tw + x0), int(r * th + y1), int(c * tw + x1)))
+                for (c, r), (y0, x0, y1, x1) in zip(plan.tiles.tolist(), boxes.tolist())]
             if self.device.type == "cuda":
                 stream = torch.cuda.current_stream(self.device).cuda_stream
                 images = decoder.decode(streams, params=self._params, cuda_stream=stream)
@@ -179,8 +189,8 @@ class NvTileDecoder:
                 (c, r), (y0, x0, y1, x1) = plan.tiles[k].tolist(), boxes[k].tolist()
                 image = self.slide.read_tile(self.level, c, r)[y0:y1, x0:x1]
                 self.fallback_tiles += 1
-            elif self.device.type != "cuda":
-                image = np.asarray(image)
+            elif image.buffer_kind != nv.ImageBufferKind.STRIDED_DEVICE:
+                image = np.asarray(image)  # a host image (the CPU backend): numpy, no copy
             out.append(image)
         return out, boxes
 
@@ -261,8 +271,8 @@ class NvTileDecoder:
         return torch.from_dlpack(image)  # a GPU image: DLPack orders it after the decode's stream
 
     def close(self) -> None:
-        """Drop the code stream (the shared decoder stays for the next reader)."""
-        self._stream = None
+        """Drop the code streams (the shared decoder stays for the next reader)."""
+        self._streams.clear()
 
 
 def device_block_mean(region: torch.Tensor, factor: int) -> torch.Tensor:

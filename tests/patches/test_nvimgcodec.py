@@ -212,6 +212,28 @@ def test_tiles_nvimgcodec_refuses_are_decoded_by_the_slide(nv, tmp_path, base_im
         assert reader._nv.fallback_tiles == reader.stats.tiles_decoded > 0
 
 
+def _read_in_child(reader, xy, queue):
+    queue.put(reader.read(xy).numpy())
+
+
+def test_a_reader_used_before_a_fork_reads_the_same_pixels_in_the_child(nv, vips_jpeg):
+    """The child opens its own decoder and code stream. (On a 2-core machine the CPU backend runs
+    one thread and would survive sharing too; with more cores its thread pool would not.)"""
+    import multiprocessing
+
+    xy = [[100, 200], [3000, 1500], [4900, 2900]]
+    with open_slide(vips_jpeg.path) as slide, PatchReader(slide, 0, 64, workers=1, decoder="nvimgcodec") as reader:
+        want = reader.read(xy).numpy()
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_read_in_child, args=(reader, xy, queue))
+        child.start()
+        got = queue.get(timeout=60)
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("case", ["deflate", "computed level", "srgb", "openslide backend"])
 def test_nvimgcodec_for_a_level_it_cannot_decode_is_a_typed_error_and_auto_falls_back(
         nv, case, tiff_pyramid_deflate, tiff_flat, svs_icc):
