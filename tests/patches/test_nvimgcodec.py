@@ -151,6 +151,23 @@ def test_device_area_resample_is_the_cpu_area_filter_within_one_level(factor):
 SLIDES = ["vips_jpeg", "svs_jpeg", "vips_svs", "svs_icc", "aperio_tables"]
 
 
+def test_the_aperio_fixture_is_rgb_jpeg_with_tables_and_nvimgcodec_reads_it_as_openslide_does(nv, aperio_tables):
+    import openslide
+    import tifffile
+
+    with tifffile.TiffFile(aperio_tables) as tif:
+        page = tif.pages[0]
+        assert (page.photometric, page.compression) == (2, 7) and page.jpegtables and not page.is_jfif
+    xy = [[0, 0], [230, 230], [950, 650]]
+    with open_slide(aperio_tables) as slide, PatchReader(slide, 0, 64, decoder="nvimgcodec") as reader:
+        got = reader.read(xy)
+    with openslide.OpenSlide(aperio_tables) as osr:
+        want = np.stack([np.asarray(osr.read_region(p, 0, (64, 64)))[:, :, :3] for p in xy])
+    inside = np.ones(want.shape[:3], bool)
+    inside[2, 50:, :] = inside[2, :, 50:] = False  # openslide's transparent fill past the edge is not ours
+    _assert_close(got.movedim(1, -1)[torch.from_numpy(inside)], torch.from_numpy(want[inside]), what="openslide")
+
+
 @pytest.mark.parametrize("name", SLIDES)
 def test_patches_equal_the_native_readers_at_every_stored_level(nv, request, name, patch_helpers):
     """Random boxes, boxes across tile edges and corners, slide borders, boxes outside, overlaps."""
