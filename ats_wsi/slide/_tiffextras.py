@@ -206,3 +206,12 @@ def tile_bytes(slide, level: int, col: int, row: int) -> bytes | None:
         raise CorruptSlideError(slide.path, f"level {level} tile ({col}, {row}) is truncated: got "
                                            f"{len(data)} of {count} bytes at offset {offset}")
     return data
+
+
+def jpeg_ifd_offset(tiff_levels, level: int) -> int | None:
+    """Byte offset of the IFD of stored ``level`` (a TiffSlide's TiffLevel list) when its tiles are
+    JPEG, grey or RGB, else None: what :mod:`ats_wsi.patches._nvimgcodec` hands nvImageCodec."""
+    if not 0 <= int(level) < len(tiff_levels):
+        return None
+    tl = tiff_levels[int(level)]
+    return tl.ifd_offset if tl.compression == 7 and tl.samples in (1, 3) and tl.ifd_offset > 0 else None

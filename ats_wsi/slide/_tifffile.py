@@ -362,8 +362,7 @@ class TiffSlide(Slide):
         return pixels if pixels.flags.writeable else pixels.copy()
 
     def can_decode_into(self, level: int) -> bool:
-        """Whether :meth:`decode_tile_into` serves ``level`` (JPEG tiles, the
-        optional ``ats_wsi_jpeg`` extension installed; see :mod:`._jpegcrop`)."""
+        """Whether :meth:`decode_tile_into` serves ``level`` (JPEG tiles, ``ats_wsi_jpeg``; :mod:`._jpegcrop`)."""
         return _jpegcrop.can_decode_into(self, level)
 
     def decode_tile_into(self, level: int, col: int, row: int, out: np.ndarray, pairs) -> int:
@@ -372,12 +371,8 @@ class TiffSlide(Slide):
         return _jpegcrop.decode_into(self, level, col, row, out, pairs)
 
     def jpeg_ifd_offset(self, level: int) -> int | None:
-        """Byte offset of stored ``level``'s IFD when its tiles are JPEG (grey or RGB), else None:
-        what :mod:`ats_wsi.patches._nvimgcodec` hands nvImageCodec to decode them."""
-        if not 0 <= int(level) < len(self._tiff_levels):
-            return None
-        tl = self._tiff_levels[int(level)]
-        return tl.ifd_offset if tl.compression == 7 and tl.samples in (1, 3) and tl.ifd_offset > 0 else None
+        """Stored ``level``'s IFD offset if its tiles are JPEG (for nvImageCodec), else None."""
+        return _tiffextras.jpeg_ifd_offset(self._tiff_levels, level)
 
     def _associated_names(self) -> tuple[str, ...]:
         return tuple(self._associated)
