@@ -38,6 +38,7 @@ import torch
 
 from ..errors import DecoderError, DecoderUnavailableError
 from ..slide import FILL_VALUE
+from ._resample import area_weights
 
 __all__ = ["DECODERS", "NvTileDecoder", "device_area_resample", "device_block_mean", "select_decoder",
            "unsupported_reason"]
@@ -207,7 +208,7 @@ class NvTileDecoder:
         pairs, starts = plan.pairs.tolist(), plan.starts.tolist()
         pixels = 0
         for k, image in enumerate(images):
-            tile = image if isinstance(image, np.ndarray) else np.asarray(torch.from_dlpack(image).cpu())
+            tile = image if isinstance(image, np.ndarray) else np.asarray(image.cpu())  # a GPU image
             by0, bx0 = int(boxes[k, 0]), int(boxes[k, 1])
             pixels += tile.shape[0] * tile.shape[1]
             for i, py0, py1, px0, px1, ty0, tx0 in pairs[starts[k]:starts[k + 1]]:
@@ -256,8 +257,6 @@ class NvTileDecoder:
         elif factor.is_integer():
             out = device_block_mean(region, int(factor))
         else:
-            from ._resample import area_weights
-
             pw, ph = reader.patch_wh
             out = device_area_resample(region, area_weights(pw, factor), area_weights(ph, factor))
         pixels = int(sum(int((b[2] - b[0]) * (b[3] - b[1])) for b in self.boxes(plan)))
@@ -268,7 +267,8 @@ class NvTileDecoder:
         if isinstance(image, np.ndarray):  # CPU backend, or the slide's own decode
             tile = torch.from_numpy(np.ascontiguousarray(image))
             return tile.to(self.device, non_blocking=False) if self.device.type != "cpu" else tile
-        return torch.from_dlpack(image)  # a GPU image: DLPack orders it after the decode's stream
+        stream = torch.cuda.current_stream(self.device).cuda_stream  # the capsule is ordered on it
+        return torch.from_dlpack(image.to_dlpack(stream))  # a GPU image, zero copy (nvImageCodec's torch sample)
 
     def close(self) -> None:
         """Drop the code streams (the shared decoder stays for the next reader)."""
