@@ -314,3 +314,15 @@ def test_cuda_slide_source_mixes_gpu_decoded_and_pinned_slides(nv, vips_jpeg, ti
         assert [source.reader(k, PATCH_WH).decoder for k in range(2)] == ["nvimgcodec", "native"]
         want = SlideSource([a, b], 0, low_downsample=16).extract(xy, PATCH_WH)
         _assert_close(got, want, GPU_MAX_ABS, GPU_MEAN_ABS, "SlideSource on CUDA")
+
+
+@cuda
+def test_a_slide_input_for_a_cuda_model_decodes_on_the_gpu(nv, vips_jpeg, tiff_pyramid_deflate):
+    from ats_wsi.classifier import ModelConfig
+    from ats_wsi.classifier.inputs import SlideInput
+
+    config = ModelConfig(patch_level=0, patch_size=64)
+    with SlideInput(vips_jpeg.path, config, device="cuda") as a, SlideInput(tiff_pyramid_deflate.path, config,
+                                                                           device="cuda") as b:
+        assert (a.reader.decoder, b.reader.decoder) == ("nvimgcodec", "native")
+        assert a.source("cuda").extract(torch.tensor([[[0, 0]]]), 64).device.type == "cuda"
