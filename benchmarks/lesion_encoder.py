@@ -7,7 +7,7 @@ cohort itself, without labels:
    128 px at 0.5 µm/px) from the train-split slides of a manifest, read through
    :class:`ats_wsi.patches.PatchReader` (tissue: ``Slide.tissue_mask``; labels are
    never read);
-2. train :class:`SmallCNN` (a stride-2 stem and three stride-2 blocks of two 3x3
+2. train ``SimCLRNet`` of :mod:`ats_wsi.encoders.simclr` (what ``ats-wsi pretrain`` trains; a stride-2 stem and three stride-2 blocks of two 3x3
    convolutions with BatchNorm, global average pooling, D = ``--dim``) with SimCLR's
    InfoNCE loss (NT-Xent, Chen et al. 2020) on two augmented views of each
    patch: a random crop (60-100 % of the side) rescaled to the patch, flips and
@@ -51,53 +51,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lesion_common import (PATCH_CLASSES, make_reader, open_cohort_slide, patch_truth,  # noqa: E402
                            read_cohort_slides, read_patches, set_threads, tissue_grid, truth_boxes)
 
-# Ruifrok & Johnston (2001) stain vectors (optical density of H, E, DAB), rows normalised below.
-_HED = torch.tensor([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
-RGB_FROM_HED = _HED / _HED.norm(dim=1, keepdim=True)
-HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
-
-
-# --------------------------------------------------------------------------- the network
-
-class SmallCNN(nn.Module):
-    """Patches normalised with the spec's mean/std ``[N, 3, s, s]`` -> features ``[N, dim]``.
-
-    A 3x3 stride-2 stem (32 channels), three blocks of (3x3 stride 2, 3x3) convolutions with
-    BatchNorm and ReLU (``widths``), global average pooling and a linear map to ``dim``.
-    Any input side works (the pooling is global).
-    """
-
-    def __init__(self, dim: int = 128, widths: tuple[int, ...] = (48, 96, 128), stem: int = 32):
-        super().__init__()
-
-        def conv(cin, cout, stride):
-            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        layers = conv(3, stem, 2)
-        cin = stem
-        for width in widths:
-            layers += conv(cin, width, 2) + conv(width, width, 1)
-            cin = width
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin, dim)
-        self.dim = dim
-
-    def forward(self, x):
-        return self.head(self.features(x).mean(dim=(2, 3)))
+from ats_wsi.encoders.simclr import SimCLRNet as SmallCNN  # noqa: E402,F401  (the net, for the probe's untrained row)
+from ats_wsi.encoders.simclr import SimCLRSettings, augment, export_encoder, pool_mean_std, train_simclr  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- the patches
@@ -131,135 +97,21 @@ def sample_patches(rows, n: int, *, mpp: float = 0.5, patch_px: int = 128, min_t
     return torch.cat(out).contiguous()
 
 
-def pool_mean_std(patches: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and sd of uint8 patches scaled to [0, 1]."""
-    x = patches.float().div(255)
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-
-
-# --------------------------------------------------------------------------- augmentation
-
-def augment(patches: torch.Tensor, gen: torch.Generator, *, crop=(0.6, 1.0), hed=0.05, bright=0.1,
-            contrast=0.2, grey=0.1) -> torch.Tensor:
-    """One random view of each patch: uint8 ``[B, 3, s, s]`` -> float in [0, 1] ``[B, 3, s, s]``.
-
-    Crop (side ``crop`` of the patch, anywhere inside it) rescaled to the patch, a random flip
-    and 90° rotation (one affine ``grid_sample``); HED jitter (each stain's optical density
-    scaled by ``1 ± hed`` and shifted by ``± hed``); brightness ``± bright``, contrast
-    ``1 ± contrast``; greyscale with probability ``grey``.
-    """
-    x = patches.float().div(255)
-    b = x.shape[0]
-
-    def u(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*shape or (b,), generator=gen)
-
-    side = u(*crop)
-    shift = (1 - side)[:, None] * u(-1, 1, b, 2)
-    k = torch.randint(0, 4, (b,), generator=gen).float() * (math.pi / 2)
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(k).round(), torch.sin(k).round()
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = side * cos * flip, -side * sin
-    theta[:, 1, 0], theta[:, 1, 1] = side * sin * flip, side * cos
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    od = -torch.log(x.clamp(1 / 255, 1)).permute(0, 2, 3, 1) @ HED_FROM_RGB  # [B, s, s, 3] stain densities
-    od = od * u(1 - hed, 1 + hed, b, 1, 1, 3) + u(-hed, hed, b, 1, 1, 3)
-    x = torch.exp(-(od @ RGB_FROM_HED)).permute(0, 3, 1, 2).clamp(0, 1)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * u(1 - contrast, 1 + contrast)[:, None, None, None] + mean
-    x = x + u(-bright, bright)[:, None, None, None]
-    g = torch.rand(b, generator=gen) < grey
-    if g.any():
-        x[g] = x[g].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-    return x.clamp(0, 1)
-
-
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """SimCLR's NT-Xent: each view's positive is the other view of its patch, the 2B - 2 others negatives."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T / temperature
-    sim.fill_diagonal_(float("-inf"))
-    b = z1.shape[0]
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
-    return F.cross_entropy(sim, target)
-
-
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- training (ats_wsi.encoders.simclr)
 
 def train_encoder(patches: torch.Tensor, *, dim: int = 128, steps: int = 200, batch: int = 64, lr: float = 2e-3,
-                  temperature: float = 0.2, seed: int = 0, mean=None, std=None, log=None) -> tuple[SmallCNN, dict]:
-    """SimCLR on uint8 patches ``[n, 3, s, s]``: the trained :class:`SmallCNN` (eval mode) and a record.
+                  temperature: float = 0.2, seed: int = 0, mean=None, std=None, log=None):
+    """:func:`ats_wsi.encoders.simclr.train_simclr` with this script's arguments; ``log(step, loss)`` every 10 steps."""
+    settings = SimCLRSettings(steps=steps, batch=batch, lr=lr, temperature=temperature, dim=dim, seed=seed)
 
-    The net sees views normalised with ``mean``/``std`` (default: the pool's own), as
-    :class:`ats_wsi.encoders.PatchEncoder` will feed it. ``log(step, loss)`` is called every 10 steps.
-    """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    if mean is None or std is None:
-        mean, std = pool_mean_std(patches)
-    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    net = SmallCNN(dim)
-    proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 64))
-    params = list(net.parameters()) + list(proj.parameters())
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * i / max(1, steps))))
-    net.train(), proj.train()
-    losses = []
-    t0 = time.perf_counter()
-    for step in range(steps):
-        idx = torch.randint(0, len(patches), (min(batch, len(patches)),), generator=gen)
-        x = patches[idx]
-        v1, v2 = (augment(x, gen) - m) / s, (augment(x, gen) - m) / s
-        loss = info_nce(proj(net(v1)), proj(net(v2)), temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    def every_tenth(step, loss):
         if log is not None and (step % 10 == 0 or step == steps - 1):
-            log(step, losses[-1])
-    net.eval()
-    record = {"steps": steps, "batch": batch, "lr": lr, "temperature": temperature, "seed": seed,
-              "patches": int(len(patches)), "seconds": time.perf_counter() - t0,
-              "loss_first10": float(np.mean(losses[:10])) if losses else None,
-              "loss_last10": float(np.mean(losses[-10:])) if losses else None,
-              "chance_loss": math.log(2 * min(batch, len(patches)) - 1), "mean": list(mean), "std": list(std)}
-    return net, record
+            log(step, loss)
+
+    return train_simclr(patches, settings, mean=mean, std=std, on_step=every_tenth)
 
 
 # --------------------------------------------------------------------------- export and load back
-
-def export_encoder(net: SmallCNN, out_dir: str | os.PathLike, *, mean, std, mpp: float = 0.5, patch_px: int = 128,
-                   name: str = "lesion-simclr", notes: str = "") -> tuple[Path, Path]:
-    """Write ``out_dir/encoder.pt2`` (torch.export, dynamic batch) and ``out_dir/spec.json``.
-
-    The spec's ``weights`` is the ``.pt2``'s absolute path (``--feature-net`` overrides it).
-    Both are written under temporary names and renamed.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    net = net.eval()
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    example = torch.zeros(2, 3, patch_px, patch_px)
-    program = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
-    pt2, spec_path = out / "encoder.pt2", out / "spec.json"
-    tmp = out / f".encoder.tmp-{os.getpid()}.pt2"
-    torch.export.save(program, str(tmp))
-    os.replace(tmp, pt2)
-    spec = {"name": name, "source": "export", "weights": str(pt2.resolve()), "mpp": float(mpp),
-            "patch_px": int(patch_px), "input_px": int(patch_px), "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std], "dtype": "float32", "pooling": "model", "dim": int(net.dim),
-            "notes": notes or "SmallCNN trained with SimCLR on unlabelled synthetic patches "
-                              "(benchmarks/lesion_encoder.py)"}
-    tmp = out / f".spec.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(spec, indent=1))
-    os.replace(tmp, spec_path)
-    return pt2, spec_path
-
 
 def check_export(spec_path, net: SmallCNN, patches: torch.Tensor) -> dict:
     """Load ``spec_path`` through ``ats_wsi.encoders.build_encoder`` (frozen) and compare its features on
@@ -389,7 +241,8 @@ def run(manifest, out_dir, *, patches: int = 2048, steps: int = 200, batch: int 
         net, record["training"] = train_encoder(
             pool, dim=dim, steps=steps, batch=batch, lr=lr, seed=seed, mean=mean, std=std,
             log=lambda i, loss: log(f"step {i:4d}  InfoNCE {loss:.3f}"))
-        pt2, spec_path = export_encoder(net, out, mean=mean, std=std, mpp=mpp, patch_px=patch_px)
+        pt2, spec_path = export_encoder(net, out, mean=mean, std=std, mpp=mpp, patch_px=patch_px,
+                                        name="lesion-simclr")
         record["export_check"] = check_export(spec_path, net, pool[:32])
         record.update(encoder_file=str(pt2), spec_path=str(spec_path))
         log(f"wrote {pt2} and {spec_path}; loaded back: max |diff| {record['export_check']['max_abs_diff']:.2e}")

@@ -7,6 +7,7 @@ One module per sub-command, each with ``register(subparsers)`` and
   train     train an attention-sampling classifier from a manifest CSV
   predict   classify slides (files, folders, globs) with a checkpoint
   view      a slide in napari with its attention map, boxes and the widget
+  pretrain  a patch encoder from the cohort's unlabelled tissue (SimCLR), to freeze
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import sys
 
 from .. import __version__
 from ..errors import AtsError
-from . import demo, info, predict, train, view
+from . import demo, info, predict, pretrain, train, view
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (info, demo, train, predict, view)
+COMMANDS = (info, demo, train, predict, view, pretrain)
 
 
 def build_parser() -> argparse.ArgumentParser:

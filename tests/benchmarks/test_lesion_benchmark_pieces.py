@@ -49,7 +49,8 @@ def exported(tiny, tmp_path_factory):
     mean, std = lesion_encoder.pool_mean_std(patches)
     net, record = lesion_encoder.train_encoder(patches, dim=32, steps=2, batch=8, seed=0, mean=mean, std=std)
     assert record["steps"] == 2 and np.isfinite(record["loss_last10"])
-    _, spec_path = lesion_encoder.export_encoder(net, tmp_path_factory.mktemp("enc"), mean=mean, std=std)
+    _, spec_path = lesion_encoder.export_encoder(net, tmp_path_factory.mktemp("enc"), mean=mean, std=std,
+                                                 mpp=0.5, patch_px=128)
     return net, spec_path, patches
 
 
