@@ -108,6 +108,7 @@ class TiffLayout:
     levels: list[TiffLevel]
     properties: dict
     mpp_xy: tuple[float, float] | None
+    mpp_source: str
     associated: dict = field(default_factory=dict)  # name -> (page index, ICC bytes or None)
     icc: bytes | None = None  # level 0's ICC profile
 
@@ -138,7 +139,7 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
             if tif.is_svs:  # openslide's rule: every tiled page is a level (also in libvips-written SVS)
                 pages = _tiffextras.aperio_levels(tif)
             levels = [_tiff_level(path, i, page, size, fast_only) for i, page in enumerate(pages)]
-            fmt, props, mpp_xy = _metadata(tif, pages[0])
+            fmt, props, mpp_xy, mpp_source = _metadata(tif, pages[0])
             associated, icc = _tiffextras.openslide_extras(path, tif, fmt, pages[0], props)
         except (CorruptSlideError, NotForTifffile):
             raise
@@ -147,7 +148,7 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
     for prev, cur in zip(levels, levels[1:]):
         if cur.level.width > prev.level.width or cur.level.height > prev.level.height:
             raise NotForTifffile(path, "pyramid levels are not ordered from large to small")
-    return TiffLayout(fmt, levels, props, mpp_xy, associated, icc)
+    return TiffLayout(fmt, levels, props, mpp_xy, mpp_source, associated, icc)
 
 
 @contextmanager
@@ -245,24 +246,24 @@ def _can_decode(compression: int) -> bool:
 
 def _metadata(tif, page0):
     props = _tiffmeta.tiff_properties(page0)
-    mpp_xy = None
+    mpp_xy, source = None, "the slide's metadata"
     if tif.is_svs:
         fmt = "aperio"
         props.update(_tiffmeta.aperio_properties(page0.description))
-        mpp_xy = _tiffmeta.aperio_mpp(props)
+        mpp_xy, source = _tiffmeta.aperio_mpp(props), "Aperio ImageDescription 'MPP'"
         mag = props.get("aperio.AppMag")
         try:
             props["openslide.objective-power"] = str(int(float(mag)))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # AppMag = 1e400 is inf: no objective power
             pass
     elif tif.is_ome:
         fmt = "ome-tiff"
-        mpp_xy = _tiffmeta.ome_mpp(tif.ome_metadata or "")
+        mpp_xy, source = _tiffmeta.ome_mpp(tif.ome_metadata or ""), "OME-XML PhysicalSizeX/Y"
     else:
         fmt = "generic-tiff"
     if mpp_xy is None:
-        mpp_xy = _tiffmeta.resolution_mpp(page0)
-    return fmt, props, mpp_xy
+        mpp_xy, source = _tiffmeta.resolution_mpp(page0), "TIFF XResolution/YResolution"
+    return fmt, props, mpp_xy, source
 
 
 class _PositionalFile:
@@ -323,7 +324,7 @@ class TiffSlide(Slide):
         self._file = _PositionalFile(path)
         self._verified_tiles: dict[int, bytearray] = {}  # level -> 1 per JPEG tile checked to its end (_jpegcrop)
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
-                         properties=layout.properties, mpp_xy=layout.mpp_xy)
+                         properties=layout.properties, mpp_xy=layout.mpp_xy, mpp_source=layout.mpp_source)
 
     def tile_bytes(self, level: int, col: int, row: int) -> bytes | None:
         """The stored bytes of a tile (None: sparse); see :func:`._tiffextras.tile_bytes`."""

@@ -108,7 +108,7 @@ class ZarrSlide(Slide):
         path = os.fspath(path)
         self._open_state(path)
         super().__init__(path, format=self._format, levels=self._zlevels, properties=self._zprops,
-                         mpp_xy=self._zmpp)
+                         mpp_xy=self._zmpp, mpp_source="the OME-Zarr scale of x and y")
 
     def _open_state(self, path: str) -> None:
         import zarr

@@ -93,13 +93,21 @@ class Slide(OpenSlideSurface):
     backend: str = ""
 
     def __init__(self, path, *, format: str, levels: list[Level], properties: dict,
-                 mpp_xy: tuple[float, float] | None):
-        """Called by the backends with the stored levels (largest first); see open_slide."""
+                 mpp_xy: tuple[float, float] | None, mpp_source: str = "the slide's metadata"):
+        """Called by the backends with the stored levels (largest first) and where the
+        µm/px came from (a tag's name, for messages); see open_slide."""
+        from .resolution import plausible_mpp
+
         self.path = os.fspath(path)
         self.format = format
         self._levels = complete_levels(levels)
         self._stored = len(levels)
         self._mpp_xy = None if mpp_xy is None else (float(mpp_xy[0]), float(mpp_xy[1]))
+        # (value, source) of a metadata µm/px outside the plausible range (then mpp is None)
+        self.mpp_rejected: tuple[float, str] | None = None
+        if self._mpp_xy is not None and not all(plausible_mpp(v) for v in self._mpp_xy):
+            bad = next(v for v in self._mpp_xy if not plausible_mpp(v))
+            self.mpp_rejected, self._mpp_xy = (bad, mpp_source), None
         self._properties = openslide_properties(properties, self._levels[:self._stored], format, self._mpp_xy)
         self._srgb = None  # an ImageCms transform to sRGB once open_slide(srgb=True) asked for it
         self._closed = False
@@ -170,7 +178,9 @@ class Slide(OpenSlideSurface):
 
         From openslide's ``openslide.mpp-x/-y``, an Aperio ``MPP``, OME
         ``PhysicalSizeX/Y``, TIFF X/YResolution with unit centimetre or inch,
-        or OME-Zarr ``scale`` with a length unit.
+        or OME-Zarr ``scale`` with a length unit. A value outside
+        ``MIN_MPP``–``MAX_MPP`` (:mod:`.resolution`) is not believed: None,
+        and :attr:`mpp_rejected` says what the file said.
         """
         if self._mpp_xy is None:
             return None
@@ -186,6 +196,7 @@ class Slide(OpenSlideSurface):
         slide keeps it. ``open_slide(path, mpp=...)`` does the same.
         """
         from ..errors import ResolutionError
+        from .resolution import MAX_MPP, MIN_MPP, plausible_mpp
 
         try:
             v = float(value)
@@ -193,8 +204,12 @@ class Slide(OpenSlideSurface):
             v = float("nan")
         if not (v > 0 and v < float("inf")):
             raise ResolutionError(self.path, f"mpp must be a number > 0, got {value!r}")
+        if not plausible_mpp(v):
+            raise ResolutionError(self.path, f"mpp {value!r} µm/px is outside the plausible {MIN_MPP:g}–"
+                                             f"{MAX_MPP:g} µm/px of a slide scan (a level-0 pixel's side in µm)")
         self._mpp_xy = (v, v)
         self._mpp_given = v
+        self.mpp_rejected = None
         self._properties["openslide.mpp-x"] = self._properties["openslide.mpp-y"] = "%.17g" % v
 
     @property
