@@ -50,6 +50,7 @@ one would be page-faulted anew on every read).
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ import torch
 from ..errors import LevelError, RegionError, SamplingError
 from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
+from ..slide._cache import reset_after_fork
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
 from ._buffers import Recycler
 from ._resample import area_weights, block_mean, region_size, resample_area
@@ -69,7 +71,12 @@ try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact 
 except ImportError:  # pragma: no cover - depends on the environment
     _native_block_mean = None
 
-__all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
+__all__ = ["MAX_READ_BYTES", "PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
+
+MAX_READ_BYTES = 1 << 33
+"""Most bytes one :meth:`PatchReader.read` may hold (the batch, plus its regions
+on the µm/px path), checked before anything is allocated: 10^6 patches of 256²
+(183 GiB) are a typed error, not a ``MemoryError``."""
 
 
 @dataclass
@@ -290,12 +297,24 @@ class PatchReader:
         can = getattr(slide, "can_decode_into", None)
         self.crop = bool(crop and self.cache.max_bytes <= 0 and can is not None and can(self.level))
         self.stats = ReaderStats()
-        self._stats_lock = threading.Lock()
+        self._batches = Recycler()  # returned batches, reused once the caller has dropped them
+        self._regions = Recycler()  # region buffers of the mpp path (no page faults per batch)
+        self._start_threads()
+        reset_after_fork(self)
+
+    def _start_threads(self) -> None:
+        """The decode pool, the read-ahead pool (made on first use) and the locks."""
         self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ats-tile") if self.workers > 1 else None
         self._batch_pool: ThreadPoolExecutor | None = None
         self._batch_lock = threading.Lock()
-        self._batches = Recycler()  # returned batches, reused once the caller has dropped them
-        self._regions = Recycler()  # region buffers of the mpp path (no page faults per batch)
+        self._stats_lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): the parent's pool threads do not exist here,
+        and a lock one of them held stays held; make new ones (the parent's are left alone)."""
+        self._start_threads()
+        self._batches = Recycler()
+        self._regions = Recycler()
 
     def __repr__(self) -> str:
         at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
@@ -331,6 +350,7 @@ class PatchReader:
         if isinstance(xy, torch.Tensor):
             xy = xy.detach().cpu().numpy()
         origin = self.level_origin(xy)
+        self._check_bytes(len(origin))
         out = self._empty((len(origin),))
         self.read_level_into(origin, out.numpy())
         return self._deliver(out)
@@ -368,6 +388,7 @@ class PatchReader:
         pw, ph = self.patch_wh
         if out.shape != (len(origin_xy), ph, pw, 3):
             raise ValueError(f"out must be [{len(origin_xy)}, {ph}, {pw}, 3], got {out.shape}")
+        self._check_bytes(len(origin_xy), batch=False)
         plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
         region = out if self.factor == 1 else self._regions.empty((len(origin_xy), *self.region_wh[::-1], 3))
         for i in plan.partial.tolist():
@@ -403,6 +424,18 @@ class PatchReader:
         self.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _check_bytes(self, n: int, batch: bool = True) -> None:
+        """Refuse a read of ``n`` patches that would hold over :data:`MAX_READ_BYTES`."""
+        pw, ph = self.patch_wh
+        rw, rh = self.region_wh
+        need = (n * pw * ph * 3 if batch else 0) + (n * rw * rh * 3 if self.factor != 1 else 0)
+        if need > MAX_READ_BYTES:
+            raise RegionError(self.slide.path, f"reading {n:,} patches of {pw} x {ph} px"
+                                               + (f" (regions of {rw} x {rh} px at level {self.level})"
+                                                  if self.factor != 1 else "")
+                                               + f" needs {need / 2**30:.1f} GiB, over the {MAX_READ_BYTES / 2**30:g}"
+                                                 f" GiB one read may hold; read them in smaller batches")
 
     def _empty(self, lead: tuple[int, ...]) -> torch.Tensor:
         """An uninitialised uint8 ``[*lead, h, w, 3]`` host tensor (pinned for CUDA)."""

@@ -128,14 +128,16 @@ class SlideSource:
         slide = self.slides[b]
         key = (id(slide), self.levels[b], tuple(size_wh), self.mpp)
         reader = self._readers.get(key)
-        if reader is None and self.mpp is not None:
+        if reader is not None:
+            return reader
+        if self.mpp is not None:
             reader = PatchReader(slide, patch_size=tuple(size_wh), mpp=self.mpp, workers=self._workers,
                                  cache_bytes=self._cache_bytes, device="cpu", **self._mpp_args)
-        if reader is None:
+        else:
             reader = PatchReader(slide, self.levels[b], tuple(size_wh), workers=self._workers,
                                  cache_bytes=self._cache_bytes, device="cpu")
-            self._readers[key] = reader
-            self._owned.append(reader)
+        self._readers[key] = reader  # made once, kept (its tile cache and threads) and closed by close()
+        self._owned.append(reader)
         return reader
 
     def level_xy(self, xy: Tensor, size_wh) -> Tensor:
