@@ -200,6 +200,13 @@ def _vendor_kind(tif) -> str | None:
     return None
 
 
+MAX_TILE_PIXELS = 1 << 27
+"""Most pixels one stored tile or strip may have (384 MiB decoded as RGB)."""
+APERIO_JP2K_YCBCR = 33003
+"""Aperio's JPEG 2000 whose components are YCbCr without the codestream's colour
+transform: openslide converts them, tifffile does not."""
+
+
 def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) -> TiffLevel:
     shape = page.shape  # (h, w) or (h, w, S) for contiguous samples
     samples = page.samplesperpixel
@@ -214,6 +221,10 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
     compression = int(page.compression)
     if fast_only and compression not in FAST_COMPRESSIONS:
         raise NotForTifffile(path, f"compression {compression} (openslide decodes it faster)")
+    if compression == APERIO_JP2K_YCBCR:  # tifffile gives its YCbCr samples as RGB: wrong colours, silently
+        raise NotForTifffile(path, "Aperio JPEG 2000 in YCbCr (compression 33003): tifffile would return its "
+                                   "YCbCr samples as RGB (wrong colours); read it with backend='openslide' "
+                                   "(or 'auto')")
     if compression != 1 and not _can_decode(compression):
         raise NotForTifffile(path, f"compression {compression} (no decoder in imagecodecs)")
     height, width = shape[0], shape[1]
@@ -221,6 +232,11 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
         tw, th = page.tilewidth, page.tilelength
     else:
         tw, th = width, min(page.rowsperstrip or height, height)
+    if tw * th > MAX_TILE_PIXELS:  # one strip of a whole 40000² image: gigabytes per decode
+        raise NotForTifffile(path, f"level {index} is stored in {'tiles' if page.is_tiled else 'strips'} of "
+                                   f"{tw} x {th} pixels ({tw * th * 3 / 2**20:,.0f} MiB each decoded), over the "
+                                   f"{MAX_TILE_PIXELS:,} pixels one decode may hold; convert it to a tiled "
+                                   f"pyramid (e.g. vips tiffsave --tile --pyramid)")
     level = Level(width, height, tw, th)
     offsets, counts = _tile_table(path, f"level {index}", page, file_size)
     if len(offsets) != level.cols * level.rows or len(counts) != len(offsets):
@@ -351,7 +367,7 @@ class TiffSlide(Slide):
                 segment, _, _ = tl.decode(data, index, jpegtables=tl.jpegtables)
             except Exception as exc:  # codec errors come in many types
                 raise CorruptSlideError(self.path, f"cannot decode level {level} tile ({col}, {row}): "
-                                                   f"{exc}") from exc
+                                                   f"{type(exc).__name__}: {exc}") from exc
             pixels = segment[0, :h, :w]  # (depth, length, width, samples) -> clipped (h, w, S)
         if pixels.shape[:2] != (h, w):
             raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) decodes to "
