@@ -84,37 +84,34 @@ def _encoders(root: Path) -> None:
         (root / f"spec-{name}.json").write_text(json.dumps(spec))
 
 
-def _cache_folder(root: Path) -> None:
-    """Shards a feature cache must treat as misses: a FIFO, empty, truncated, flipped,
-    other width, NaN, ill-shaped; one folder (group) each, beside a good one."""
-    base = root / "cache"
+def _cache_group(base: Path, group: str) -> None:
+    """One cache group ``base/group`` whose shard ``a.npz`` a feature cache must treat as a
+    miss (a FIFO, empty, truncated, flipped, other width, NaN, ill-shaped), or a good one.
+    Made by each case in its own folder: a case rewrites what it reads."""
     boxes = np.array([[0, 0, 32, 32], [32, 0, 32, 32]], np.int64)
-    good = io.BytesIO()
-    np.savez(good, boxes=boxes, features=np.ones((2, 4), np.float32))
-    good = good.getvalue()
-
-    def shard(group: str, data: bytes | None = None, **arrays) -> None:
-        folder = base / group
-        folder.mkdir(parents=True, exist_ok=True)
-        if data is None:
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            data = buf.getvalue()
-        (folder / "a.npz").write_bytes(data)
-
-    (base / "fifo").mkdir(parents=True)
-    os.mkfifo(base / "fifo" / "a.npz")
-    shard("good", good)
-    shard("empty", b"")
-    shard("truncated", good[: len(good) // 2])
-    flipped = bytearray(good)
-    for i in range(60, len(flipped) - 40, 7):
-        flipped[i] ^= 0x5A
-    shard("flipped", bytes(flipped))
-    shard("width", boxes=boxes, features=np.ones((2, 6), np.float32))
-    shard("nan", boxes=boxes, features=np.full((2, 4), np.nan, np.float32))
-    shard("shape", boxes=boxes[:, :3], features=np.ones((2, 4), np.float32))
-    shard("rows", boxes=boxes, features=np.ones((5, 4), np.float32))
+    folder = base / group
+    folder.mkdir(parents=True)
+    if group == "fifo":
+        os.mkfifo(folder / "a.npz")
+        return
+    arrays = {"boxes": boxes, "features": np.ones((2, 4), np.float32)}
+    arrays.update({"width": {"features": np.ones((2, 6), np.float32)},
+                   "nan": {"features": np.full((2, 4), np.nan, np.float32)},
+                   "shape": {"boxes": boxes[:, :3]},
+                   "rows": {"features": np.ones((5, 4), np.float32)}}.get(group, {}))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    if group == "empty":
+        data = b""
+    elif group == "truncated":
+        data = data[: len(data) // 2]
+    elif group == "flipped":
+        flipped = bytearray(data)
+        for i in range(60, len(flipped) - 40, 7):
+            flipped[i] ^= 0x5A
+        data = bytes(flipped)
+    (folder / "a.npz").write_bytes(data)
 
 
 def _checkpoints(root: Path) -> None:
@@ -190,7 +187,6 @@ def build(root: Path) -> None:
                                                     "(128x128) J2K/YUV16 Q=70|AppMag = 20|MPP = 0.5")
     _big_strip(root / "big-strip.tif")
     _encoders(root)
-    _cache_folder(root)
     _checkpoints(root)
 
 
@@ -215,8 +211,9 @@ def _cli(argv, want: str, one_line: bool = True) -> bool:
             and "Traceback" not in err.getvalue())
 
 
-def _out() -> str:
-    return tempfile.mkdtemp(prefix="ats-h26-")
+def _out(p) -> str:
+    """A fresh folder beside the case's file (under the suite's root, removed with it)."""
+    return tempfile.mkdtemp(prefix="out-", dir=Path(p).parent)
 
 
 # --- 1: the low view's size is bounded before allocation
@@ -254,35 +251,39 @@ def _ckpt_load(p):
 
 
 case("ckpt-low-1e-9.pt:cli predict", "ckpt-low-1e-9.pt", expect=("correct",))(
-    lambda p: _cli(["predict", p, Path(p).with_name("good.tif"), "--out", _out(), "--no-progress"],
+    lambda p: _cli(["predict", p, Path(p).with_name("good.tif"), "--out", _out(p), "--no-progress"],
                    "CheckpointError"))
 case("manifest.csv:cli train --low-downsample 0.001", "manifest.csv", expect=("correct",))(
-    lambda p: _cli(["train", p, "--out", _out(), "--low-downsample", "0.001", "--epochs", "1", "--no-progress"],
+    lambda p: _cli(["train", p, "--out", _out(p), "--low-downsample", "0.001", "--epochs", "1", "--no-progress"],
                    "low_downsample"))
 
 
 # --- 2, 8: the feature cache: untrusted shards are misses, never a hang or a failed slide
 
 for _group in ("fifo", "empty", "truncated", "flipped", "width", "nan", "shape", "rows"):
-    @case(f"cache/{_group}:get and put", "cache", expect=("correct",))
+    @case(f"cache/{_group}:get and put", "good.tif", expect=("correct",))
     def _cache(p, group=_group):
         from ats_wsi.encoders import FeatureCache
 
-        cache = FeatureCache(p)
+        folder = Path(_out(p))
+        _cache_group(folder, group)
+        cache = FeatureCache(folder)
         boxes = np.array([[0, 0, 32, 32], [32, 0, 32, 32]], np.int64)
         if any(f is not None for f in cache.get(group, boxes, dim=4)) or cache.broken != 1:
             return False
         new = np.arange(8, dtype=np.float32).reshape(2, 4)
         cache.put(group, boxes, new)
-        again = FeatureCache(p).get(group, boxes, dim=4)  # a fresh process's view: the rewritten shard
+        again = FeatureCache(folder).get(group, boxes, dim=4)  # a fresh process's view: the rewritten shard
         return all(f is not None for f in again) and _same(np.stack(again), new)
 
 
-@case("cache/good:get", "cache", expect=("correct",))
+@case("cache/good:get", "good.tif", expect=("correct",))
 def _cache_good(p):
     from ats_wsi.encoders import FeatureCache
 
-    cache = FeatureCache(p)
+    folder = Path(_out(p))
+    _cache_group(folder, "good")
+    cache = FeatureCache(folder)
     got = cache.get("good", np.array([[0, 0, 32, 32], [32, 0, 32, 32]]), dim=4)
     return cache.broken == 0 and all(f is not None and (f == 1).all() for f in got)
 
@@ -321,7 +322,7 @@ def _reader_fork(p):
 
 case("ckpt-nan.pt:load_model", "ckpt-nan.pt", expect=("typed",))(_ckpt_load)
 case("ckpt-nan.pt:cli predict", "ckpt-nan.pt", expect=("correct",))(
-    lambda p: _cli(["predict", p, Path(p).with_name("good.tif"), "--out", _out(), "--no-progress"],
+    lambda p: _cli(["predict", p, Path(p).with_name("good.tif"), "--out", _out(p), "--no-progress"],
                    "CheckpointError"))
 
 
@@ -399,11 +400,11 @@ def _freeze(p):
 
 case("manifest-mpp.csv:cli train --feature-net enc-tuple.pt --freeze-features", "manifest-mpp.csv",
      expect=("correct",))(
-    lambda p: _cli(["train", p, "--out", _out(), "--feature-net", Path(p).with_name("enc-tuple.pt"),
+    lambda p: _cli(["train", p, "--out", _out(p), "--feature-net", Path(p).with_name("enc-tuple.pt"),
                     "--feature-spec", Path(p).with_name("enc-tuple.json"), "--freeze-features", "--epochs", "1",
                     "--no-progress", "--n-patches", "2", "--low-downsample", "8"], "EncoderError"))
 case("manifest-mpp-1e-300.csv:cli train --patch-mpp 0.5", "manifest-mpp-1e-300.csv", expect=("correct",))(
-    lambda p: _cli(["train", p, "--out", _out(), "--patch-mpp", "0.5", "--epochs", "1", "--no-progress"],
+    lambda p: _cli(["train", p, "--out", _out(p), "--patch-mpp", "0.5", "--epochs", "1", "--no-progress"],
                    "mpp 1e-300 µm/px is outside", one_line=False))
 
 
