@@ -63,7 +63,7 @@ from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
 from ..slide._cache import reset_after_fork
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
-from ._buffers import Recycler
+from ._buffers import MAX_READ_BYTES, Recycler, check_read_bytes
 from ._resample import area_weights, block_mean, region_size, resample_area
 
 try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact block mean
@@ -72,11 +72,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _native_block_mean = None
 
 __all__ = ["MAX_READ_BYTES", "PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
-
-MAX_READ_BYTES = 1 << 33
-"""Most bytes one :meth:`PatchReader.read` may hold (the batch, plus its regions
-on the µm/px path), checked before anything is allocated: 10^6 patches of 256²
-(183 GiB) are a typed error, not a ``MemoryError``."""
 
 
 @dataclass
@@ -427,15 +422,8 @@ class PatchReader:
 
     def _check_bytes(self, n: int, batch: bool = True) -> None:
         """Refuse a read of ``n`` patches that would hold over :data:`MAX_READ_BYTES`."""
-        pw, ph = self.patch_wh
-        rw, rh = self.region_wh
-        need = (n * pw * ph * 3 if batch else 0) + (n * rw * rh * 3 if self.factor != 1 else 0)
-        if need > MAX_READ_BYTES:
-            raise RegionError(self.slide.path, f"reading {n:,} patches of {pw} x {ph} px"
-                                               + (f" (regions of {rw} x {rh} px at level {self.level})"
-                                                  if self.factor != 1 else "")
-                                               + f" needs {need / 2**30:.1f} GiB, over the {MAX_READ_BYTES / 2**30:g}"
-                                                 f" GiB one read may hold; read them in smaller batches")
+        check_read_bytes(self.slide.path, n, self.patch_wh if batch else None,
+                         self.region_wh if self.factor != 1 else None, self.level)
 
     def _empty(self, lead: tuple[int, ...]) -> torch.Tensor:
         """An uninitialised uint8 ``[*lead, h, w, 3]`` host tensor (pinned for CUDA)."""

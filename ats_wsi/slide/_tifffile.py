@@ -139,7 +139,7 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
             if tif.is_svs:  # openslide's rule: every tiled page is a level (also in libvips-written SVS)
                 pages = _tiffextras.aperio_levels(tif)
             levels = [_tiff_level(path, i, page, size, fast_only) for i, page in enumerate(pages)]
-            fmt, props, mpp_xy, mpp_source = _metadata(tif, pages[0])
+            fmt, props, mpp_xy, mpp_source = _tiffmeta.tiff_metadata(tif, pages[0])
             associated, icc = _tiffextras.openslide_extras(path, tif, fmt, pages[0], props)
         except (CorruptSlideError, NotForTifffile):
             raise
@@ -258,28 +258,6 @@ def _can_decode(compression: int) -> bool:
     except (KeyError, ValueError, ImportError):
         return False
     return True
-
-
-def _metadata(tif, page0):
-    props = _tiffmeta.tiff_properties(page0)
-    mpp_xy, source = None, "the slide's metadata"
-    if tif.is_svs:
-        fmt = "aperio"
-        props.update(_tiffmeta.aperio_properties(page0.description))
-        mpp_xy, source = _tiffmeta.aperio_mpp(props), "Aperio ImageDescription 'MPP'"
-        mag = props.get("aperio.AppMag")
-        try:
-            props["openslide.objective-power"] = str(int(float(mag)))
-        except (TypeError, ValueError, OverflowError):  # AppMag = 1e400 is inf: no objective power
-            pass
-    elif tif.is_ome:
-        fmt = "ome-tiff"
-        mpp_xy, source = _tiffmeta.ome_mpp(tif.ome_metadata or ""), "OME-XML PhysicalSizeX/Y"
-    else:
-        fmt = "generic-tiff"
-    if mpp_xy is None:
-        mpp_xy, source = _tiffmeta.resolution_mpp(page0), "TIFF XResolution/YResolution"
-    return fmt, props, mpp_xy, source
 
 
 class _PositionalFile:

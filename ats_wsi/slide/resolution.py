@@ -56,6 +56,29 @@ def plausible_mpp(value) -> bool:
     return MIN_MPP <= v <= MAX_MPP
 
 
+def believed_mpp(mpp_xy, source: str) -> tuple[tuple[float, float] | None, tuple[float, str] | None]:
+    """``(mpp_xy, None)`` for a plausible metadata µm/px (or none), else ``(None, (value, source))``."""
+    if mpp_xy is None:
+        return None, None
+    xy = (float(mpp_xy[0]), float(mpp_xy[1]))
+    bad = [v for v in xy if not plausible_mpp(v)]
+    return (None, (bad[0], source)) if bad else (xy, None)
+
+
+def given_mpp(value, path) -> float:
+    """A µm/px a user gives (``open_slide(mpp=)``, ``slide.mpp = ``), checked; else ResolutionError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (v > 0 and v < float("inf")):
+        raise ResolutionError(path, f"mpp must be a number > 0, got {value!r}")
+    if not plausible_mpp(v):
+        raise ResolutionError(path, f"mpp {value!r} µm/px is outside the plausible {MIN_MPP:g}–{MAX_MPP:g} µm/px "
+                                    f"of a slide scan (a level-0 pixel's side in µm)")
+    return v
+
+
 def implausible_mpp_reason(value, source: str) -> str:
     """The sentence saying a µm/px is out of range, where it came from, and the fix."""
     return (f"{source} says {value!r} µm/px, outside the plausible {MIN_MPP:g}–{MAX_MPP:g} µm/px of a slide "

@@ -96,18 +96,14 @@ class Slide(OpenSlideSurface):
                  mpp_xy: tuple[float, float] | None, mpp_source: str = "the slide's metadata"):
         """Called by the backends with the stored levels (largest first) and where the
         µm/px came from (a tag's name, for messages); see open_slide."""
-        from .resolution import plausible_mpp
+        from .resolution import believed_mpp
 
         self.path = os.fspath(path)
         self.format = format
         self._levels = complete_levels(levels)
         self._stored = len(levels)
-        self._mpp_xy = None if mpp_xy is None else (float(mpp_xy[0]), float(mpp_xy[1]))
-        # (value, source) of a metadata µm/px outside the plausible range (then mpp is None)
-        self.mpp_rejected: tuple[float, str] | None = None
-        if self._mpp_xy is not None and not all(plausible_mpp(v) for v in self._mpp_xy):
-            bad = next(v for v in self._mpp_xy if not plausible_mpp(v))
-            self.mpp_rejected, self._mpp_xy = (bad, mpp_source), None
+        # mpp_rejected: (value, source) of a metadata µm/px outside the plausible range (then mpp is None)
+        self._mpp_xy, self.mpp_rejected = believed_mpp(mpp_xy, mpp_source)
         self._properties = openslide_properties(properties, self._levels[:self._stored], format, self._mpp_xy)
         self._srgb = None  # an ImageCms transform to sRGB once open_slide(srgb=True) asked for it
         self._closed = False
@@ -195,18 +191,9 @@ class Slide(OpenSlideSurface):
         it, ``properties`` says it as ``openslide.mpp-x/-y``, and a pickled
         slide keeps it. ``open_slide(path, mpp=...)`` does the same.
         """
-        from ..errors import ResolutionError
-        from .resolution import MAX_MPP, MIN_MPP, plausible_mpp
+        from .resolution import given_mpp
 
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            v = float("nan")
-        if not (v > 0 and v < float("inf")):
-            raise ResolutionError(self.path, f"mpp must be a number > 0, got {value!r}")
-        if not plausible_mpp(v):
-            raise ResolutionError(self.path, f"mpp {value!r} µm/px is outside the plausible {MIN_MPP:g}–"
-                                             f"{MAX_MPP:g} µm/px of a slide scan (a level-0 pixel's side in µm)")
+        v = given_mpp(value, self.path)
         self._mpp_xy = (v, v)
         self._mpp_given = v
         self.mpp_rejected = None
