@@ -10,6 +10,7 @@ from torch import Tensor
 from ..errors import SamplingError
 from ..geometry import level_to_level0, size_wh as _size_wh
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, resolution_plan
+from ._buffers import check_read_bytes
 from .reader import PatchReader, empty_batch
 
 __all__ = ["SlideSource"]
@@ -209,6 +210,7 @@ class SlideSource:
             raise SamplingError(f"xy must be [B={len(self.slides)}, n, 2] (x, y), got {tuple(xy.shape)}")
         xy = self.level_xy(xy.detach().to("cpu", torch.long), (pw, ph))
         batch, n = xy.shape[:2]
+        check_read_bytes(self.slides[0].path, batch * n, (pw, ph), None, self.levels[0])  # before allocating
         pin = self.device.type == "cuda"
         out = empty_batch((batch, n, ph, pw, 3), pin=pin)
         buf = out.numpy()
@@ -226,6 +228,7 @@ class SlideSource:
             raise SamplingError(f"extract_slide needs a slide index in 0..{len(self.slides) - 1} and xy [k, 2], "
                                 f"got {b} and {tuple(xy.shape)}")
         xy = self._own_scale(int(b), xy.detach().to("cpu", torch.long), (pw, ph))  # as extract does for slide b
+        check_read_bytes(self.slides[int(b)].path, len(xy), (pw, ph), None, self.levels[int(b)])
         pin = self.device.type == "cuda"
         out = empty_batch((len(xy), ph, pw, 3), pin=pin)
         self._read_into(int(b), xy, (pw, ph), out.numpy())

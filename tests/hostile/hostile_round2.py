@@ -432,3 +432,15 @@ def _many_boxes(p):
     with _open(p) as s, PatchReader(s, patch_size=256, workers=1) as r:
         r.read(np.zeros((10**6, 2), np.int64))
     return False
+
+
+@case("good.tif:SlideSource.extract(10^5 boxes of 512²)", "good.tif", expect=("typed",))
+def _many_boxes_source(p):
+    import torch
+
+    from ats_wsi.patches import SlideSource
+
+    with _open(p) as s:
+        source = SlideSource([s], 0, low_downsample=8.0, workers=1)
+        source.extract(torch.zeros(1, 10**5, 2, dtype=torch.long), 512)  # 73 GiB
+    return False
