@@ -23,7 +23,7 @@ from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
 from .config import ModelConfig
 from .inputs import SlideInput
-from .prediction import SlidePrediction, slide_seed
+from .prediction import MAX_SAMPLES, SlidePrediction, slide_seed
 
 __all__ = ["Normalize", "SlideClassifier", "build_model"]
 
@@ -179,6 +179,8 @@ class SlideClassifier(nn.Module):
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
         """
         start = time.perf_counter()
+        if int(samples) > MAX_SAMPLES:  # each sampling reads its patches: bounded work
+            raise SamplingError(f"samples must be at most {MAX_SAMPLES} samplings per slide, got {samples!r}")
         self.eval()
         given = isinstance(slide, SlideInput)
         item = slide if given else SlideInput(slide, self.config, workers=workers)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SlidePrediction", "slide_seed"]
+__all__ = ["MAX_SAMPLES", "SlidePrediction", "slide_seed"]
+
+MAX_SAMPLES = 4096
+"""Most samplings :meth:`SlideClassifier.predict` averages per slide (each reads its patches)."""
 
 
 @dataclass

@@ -164,9 +164,10 @@ class PatchEncoder(nn.Module):
             else:
                 mpp = getattr(slide, "mpp", None)
                 if not mpp:
-                    raise EncoderResolutionError(getattr(slide, "path", None), (
-                        f"the slide has no µm/px, and encoder {spec.name!r} takes patches at {spec.mpp:g} µm/px; "
-                        f"give the slide's µm/px (--mpp, or a manifest 'mpp' column)"))
+                    from ..slide.resolution import missing_mpp_reason
+
+                    raise EncoderResolutionError(getattr(slide, "path", None), missing_mpp_reason(
+                        f"encoder {spec.name!r} takes patches at {spec.mpp:g} µm/px", slide))
                 read = float(mpp) * source.level_downsample(b)
             if abs(read / spec.mpp - 1.0) > self.mpp_tolerance:
                 raise EncoderResolutionError(getattr(slide, "path", None), (
