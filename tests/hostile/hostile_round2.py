@@ -205,8 +205,12 @@ def _cli(argv, want: str, one_line: bool = True) -> bool:
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main([str(a) for a in argv])
+        try:
+            code, usage = main([str(a) for a in argv]), False
+        except SystemExit as exc:  # argparse's usage errors: the usage, then one line "error: ..."
+            code, usage = exc.code, True
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    lines = lines[-1:] if usage and "error:" in lines[-1] else lines
     return (code in (1, 2) and bool(lines) and (len(lines) == 1 or not one_line) and want in err.getvalue()
             and "Traceback" not in err.getvalue())
 
@@ -444,3 +448,12 @@ def _many_boxes_source(p):
         source = SlideSource([s], 0, low_downsample=8.0, workers=1)
         source.extract(torch.zeros(1, 10**5, 2, dtype=torch.long), 512)  # 73 GiB
     return False
+
+
+for _flag, _value, _words in (("--samples", "1000000000", "more than 4096 samplings"),
+                              ("--workers", "100000", "argument --workers: must be in 1.."),
+                              ("--io-threads", "-5", "argument --io-threads: must be in 1..256"),
+                              ("--mpp", "1e-9", "outside the plausible")):
+    case(f"ckpt-good.pt:cli predict {_flag} {_value}", "ckpt-good.pt", expect=("correct",))(
+        lambda p, f=_flag, v=_value, w=_words: _cli(["predict", p, Path(p).with_name("good.tif"), "--out", _out(p),
+                                                     "--no-progress", f, v], w))
