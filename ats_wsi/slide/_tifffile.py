@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import CorruptSlideError, UnsupportedFormatError
 from . import _jpegcrop, _tiffextras, _tiffmeta
 from ._cache import reset_after_fork
-from ._checks import data_pixels, data_table, describe_error as _describe, tile_table as _tile_table
+from ._checks import (data_pixels, data_table, describe_error as _describe, tile_table as _tile_table,
+                      tile_too_big)
 from ._jpeg import JpegDataError, decode_tile
 from ._levels import Level
 from .slide import Slide
@@ -200,8 +201,6 @@ def _vendor_kind(tif) -> str | None:
     return None
 
 
-MAX_TILE_PIXELS = 1 << 27
-"""Most pixels one stored tile or strip may have (384 MiB decoded as RGB)."""
 APERIO_JP2K_YCBCR = 33003
 """Aperio's JPEG 2000 whose components are YCbCr without the codestream's colour
 transform: openslide converts them, tifffile does not."""
@@ -232,11 +231,9 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
         tw, th = page.tilewidth, page.tilelength
     else:
         tw, th = width, min(page.rowsperstrip or height, height)
-    if tw * th > MAX_TILE_PIXELS:  # one strip of a whole 40000² image: gigabytes per decode
-        raise NotForTifffile(path, f"level {index} is stored in {'tiles' if page.is_tiled else 'strips'} of "
-                                   f"{tw} x {th} pixels ({tw * th * 3 / 2**20:,.0f} MiB each decoded), over the "
-                                   f"{MAX_TILE_PIXELS:,} pixels one decode may hold; convert it to a tiled "
-                                   f"pyramid (e.g. vips tiffsave --tile --pyramid)")
+    too_big = tile_too_big(path, f"level {index} is stored in {'tiles' if page.is_tiled else 'strips'}", tw, th)
+    if too_big:  # one strip of a whole 40000² image: gigabytes per decode
+        raise NotForTifffile(path, f"{too_big}; convert it to a tiled pyramid (e.g. vips tiffsave --tile --pyramid)")
     level = Level(width, height, tw, th)
     offsets, counts = _tile_table(path, f"level {index}", page, file_size)
     if len(offsets) != level.cols * level.rows or len(counts) != len(offsets):
