@@ -50,7 +50,6 @@ one would be page-faulted anew on every read).
 """
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass

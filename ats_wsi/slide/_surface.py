@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import RegionError, SlideError
+from ..errors import RegionError
 from ._checks import positive_number
 from ._levels import nearest_level, thumbnail_geometry
 
