@@ -177,6 +177,11 @@ class SlideClassifier(nn.Module):
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
+
+        Raises:
+            PredictionError: the head gave NaN or inf logits (never written as ``nan``).
+            SamplingError: more than ``MAX_SAMPLES`` samplings, or draws that cannot be made.
+            SlideError, EncoderError: the slide or the encoder failed (their messages say why).
         """
         start = time.perf_counter()
         if int(samples) > MAX_SAMPLES:  # each sampling reads its patches: bounded work
