@@ -66,6 +66,15 @@ class CheckpointError(_FileReason, AtsError):
     """A checkpoint file is missing, unreadable or of an unknown config."""
 
 
+class PredictionError(_FileReason, AtsError, ValueError):
+    """A slide's prediction is not a number (NaN or inf logits): never written as ``nan``.
+
+    Args:
+        path: the slide.
+        reason: what was not finite and what to check.
+    """
+
+
 class ManifestError(AtsError, ValueError):
     """A slide manifest (CSV) is missing columns or has bad rows."""
 

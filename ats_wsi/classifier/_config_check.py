@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any
 
 from ..errors import ConfigError
+from ..slide.resolution import MAX_MPP, MIN_MPP
 
 POSITIVE = {"n_classes", "feature_dim", "n_patches", "patch_size"}
+MOST = {"n_classes": 1 << 16, "feature_dim": 1 << 16, "n_patches": 1 << 16, "patch_size": 4096}
+"""Largest value of each size: each one sizes memory (a patch of 4096² is 48 MiB)."""
 PAIRS = (("low_mpp", "low_downsample"),)
 """(a, b): setting ``a`` without ``b`` clears ``b``'s default; setting both is an error."""
 
@@ -92,3 +96,39 @@ def check_user_config(cls, data: Any, source=None) -> dict[str, Any]:
     if out.get("class_names") is not None:
         out["n_classes"] = len(out["class_names"])
     return out
+
+
+def range_problems(config) -> list[str]:
+    """What is out of range in a built config (sizes, resolutions, normalisation, class names).
+
+    Checked for a config a person wrote and for one a checkpoint holds: every
+    number that sizes memory or divides pixels, before anything is built.
+    """
+    problems = []
+    for key, most in MOST.items():
+        value = getattr(config, key)
+        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= most:
+            problems.append(f"{key!r} must be in 1..{most}, got {value!r}")
+    low = config.low_downsample
+    if low is not None and not (isinstance(low, (int, float)) and 1 <= low < math.inf):
+        problems.append(f"'low_downsample' must be a finite number >= 1 (level-0 pixels per low-view pixel; "
+                        f"16 to 64 are usual), got {low!r}")
+    for key in ("low_mpp", "patch_mpp"):
+        value = getattr(config, key)
+        if value is not None and not (isinstance(value, (int, float)) and MIN_MPP <= value <= MAX_MPP):
+            problems.append(f"{key!r} must be µm/px in {MIN_MPP:g}..{MAX_MPP:g}, got {value!r}")
+    for key in ("mean", "std", "feature_mean", "feature_std"):
+        value = getattr(config, key)
+        if value is None and key.startswith("feature"):
+            continue
+        numbers = tuple(value) if isinstance(value, (list, tuple)) else ()
+        if len(numbers) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        and math.isfinite(v) for v in numbers):
+            problems.append(f"{key!r} must be 3 finite numbers (one per RGB channel), got {value!r}")
+        elif key.endswith("std") and not all(v > 0 for v in numbers):
+            problems.append(f"{key!r} must be 3 numbers > 0 (pixels are divided by it), got {value!r}")
+    names = config.class_names
+    if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.n_classes):
+        count = len(names) if isinstance(names, (list, tuple)) else type(names).__name__
+        problems.append(f"'class_names' has {count} names but 'n_classes' is {config.n_classes!r}")
+    return problems

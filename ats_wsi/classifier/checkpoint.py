@@ -18,7 +18,7 @@ from ..atomic import atomic_path
 from .config import ModelConfig
 from .network import SlideClassifier, build_model
 
-__all__ = ["save_checkpoint", "load_model", "read_checkpoint", "checkpoint_id"]
+__all__ = ["save_checkpoint", "load_model", "load_weights", "read_checkpoint", "checkpoint_id"]
 
 FORMAT = "ats-wsi-checkpoint"
 FORMAT_VERSION = 1
@@ -74,9 +74,62 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(path, f"not a readable checkpoint ({_short_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(path, "not an ats-wsi checkpoint (no 'format' marker)")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(path, f"checkpoint format {payload['format_version']} is newer than this ats-wsi reads")
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(path, f"checkpoint format {version!r} is newer than this ats-wsi reads")
+    if not isinstance(payload.get("config"), dict):
+        raise CheckpointError(path, "its model config is missing or not a dict of settings")
+    _check_tensors(path, payload.get("state_dict"), "weights")
+    optimizer = payload.get("optimizer")
+    if optimizer is not None:
+        state = optimizer.get("state") if isinstance(optimizer, dict) else None
+        if not isinstance(state, dict):
+            raise CheckpointError(path, "its optimizer state is not one torch.optim saves")
+        for key, values in state.items():
+            _check_tensors(path, values, f"optimizer state {key!r}")
     return payload
+
+
+def _check_tensors(path: Path, tensors, what: str) -> None:
+    """Refuse a state that is not a dict of tensors, or a floating tensor holding NaN or inf."""
+    if not isinstance(tensors, dict):
+        raise CheckpointError(path, f"its {what} are missing or not a dict of tensors")
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(path, f"its {what}: tensor {key!r} holds {bad} NaN or inf value(s) of "
+                                        f"{value.numel()}: a diverged or damaged run; use an earlier checkpoint")
+
+
+def load_weights(path: str | os.PathLike, model: SlideClassifier, payload: dict[str, Any],
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load a checkpoint's weights (and optimizer state) into a model built from its config.
+
+    Raises:
+        CheckpointError: a tensor of another shape, a key missing or extra,
+            an optimizer state that does not fit the parameters.
+    """
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(path, f"weights do not fit the config ({_first_line(exc)})") from None
+    if optimizer is None or "optimizer" not in payload:
+        return
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise CheckpointError(path, f"its optimizer state does not fit the model ({_first_line(exc)})") from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                    raise CheckpointError(path, f"its optimizer state {name!r} is shaped {tuple(value.shape)} "
+                                                f"for a parameter of {tuple(param.shape)}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _short_reason(exc: Exception) -> str:
@@ -123,10 +176,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
     except Exception as exc:  # noqa: BLE001 - a config that loads but cannot build (bad kwargs, missing timm, ...)
         raise CheckpointError(path, f"its model config does not build a model ({type(exc).__name__}: {exc})") \
             from None
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(path, f"weights do not fit the config ({exc})") from None
+    load_weights(path, model, payload)
     return model.to(device).eval()
 
 

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 __all__ = ["ModelConfig"]
 
@@ -107,7 +107,12 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(path, f"unknown model config keys {unknown} (made by a newer ats-wsi?)")
+        from ._config_check import range_problems
+
         cfg = cls(**data)
+        problems = range_problems(cfg)
+        if problems:
+            raise CheckpointError(path, "its model config is out of range: " + "; ".join(problems))
         cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
         if cfg.feature_mean is not None:
             cfg.feature_mean = tuple(cfg.feature_mean)
@@ -123,9 +128,13 @@ class ModelConfig:
         ``low_mpp`` given without ``low_downsample`` replaces the default
         downsample (the two are alternatives); both given is an error.
         """
-        from ._config_check import check_user_config
+        from ._config_check import check_user_config, range_problems
 
-        return cls.from_dict(check_user_config(cls, data, source))
+        checked = check_user_config(cls, data, source)
+        problems = range_problems(cls(**checked))
+        if problems:
+            raise ConfigError(source, "; ".join(problems))
+        return cls.from_dict(checked)
 
     def low_resolution(self) -> dict[str, float]:
         """``{"downsample": ...}`` or ``{"mpp": ...}`` for :func:`ats_wsi.slide.read_low_view`."""

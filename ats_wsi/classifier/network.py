@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import SamplingError
+from ..errors import PredictionError, SamplingError
 from ..model import AttentionResult, AttentionSampler
 from ..sampling import expectation
 from ..geometry import cell_grid_level0
@@ -23,7 +23,7 @@ from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
 from .config import ModelConfig
 from .inputs import SlideInput
-from .prediction import SlidePrediction, slide_seed
+from .prediction import MAX_SAMPLES, SlidePrediction, slide_seed
 
 __all__ = ["Normalize", "SlideClassifier", "build_model"]
 
@@ -177,8 +177,15 @@ class SlideClassifier(nn.Module):
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
+
+        Raises:
+            PredictionError: the head gave NaN or inf logits (never written as ``nan``).
+            SamplingError: more than ``MAX_SAMPLES`` samplings, or draws that cannot be made.
+            SlideError, EncoderError: the slide or the encoder failed (their messages say why).
         """
         start = time.perf_counter()
+        if int(samples) > MAX_SAMPLES:  # each sampling reads its patches: bounded work
+            raise SamplingError(f"samples must be at most {MAX_SAMPLES} samplings per slide, got {samples!r}")
         self.eval()
         given = isinstance(slide, SlideInput)
         item = slide if given else SlideInput(slide, self.config, workers=workers, device=self.device)
@@ -209,7 +216,12 @@ class SlideClassifier(nn.Module):
         for _ in range(samples):
             result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
                           deterministic=deterministic)
-            probs.append(torch.softmax(self.slide_logits(result).float(), dim=-1)[0].cpu())
+            logits = self.slide_logits(result).float()
+            if not bool(torch.isfinite(logits).all()):  # a NaN must never reach predictions.csv
+                raise PredictionError(item.path, "the slide head gave NaN or inf logits: the model's weights or "
+                                                 "the patch features are not finite (check the checkpoint, the "
+                                                 "encoder and the feature cache)")
+            probs.append(torch.softmax(logits, dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
         p = torch.stack(probs).mean(0).numpy()
@@ -231,7 +243,7 @@ class SlideClassifier(nn.Module):
             box_attention=torch.cat(box_attention).numpy(),
             seconds=time.perf_counter() - start,
             patches_read=source.patches_read,
-            pixels_read=int((boxes_xywh[:, 2] * boxes_xywh[:, 3]).sum()),
+            pixels_read=int(source.patches_read * boxes_xywh[0, 2] * boxes_xywh[0, 3]) if len(boxes_xywh) else 0,
             slide_pixels=int(w0) * int(h0),
             mpp=item.slide.mpp,
             low_downsample=float(item.low.downsample),

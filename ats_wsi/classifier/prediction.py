@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SlidePrediction", "slide_seed"]
+__all__ = ["MAX_SAMPLES", "SlidePrediction", "slide_seed"]
+
+MAX_SAMPLES = 4096
+"""Most samplings :meth:`SlideClassifier.predict` averages per slide (each reads its patches)."""
 
 
 @dataclass
@@ -28,7 +31,8 @@ class SlidePrediction:
         box_attention: float32 [samples · n], the attention of each box's cell.
         seconds: wall time of the prediction, reading included.
         patches_read: patches read from the slide.
-        pixels_read: level-0 pixels covered by the patches read (with repeats).
+        pixels_read: level-0 pixels covered by the patches read (with repeats; boxes a
+            feature cache served were not read and are not counted).
         slide_pixels: level-0 pixels of the slide.
         mpp: the slide's µm/px (None if unknown).
         low_downsample: level-0 pixels per pixel of the low view.

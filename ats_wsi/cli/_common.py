@@ -18,6 +18,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def int_in(low: int, high: int):
+    """argparse type: an int in ``low..high`` (a count that sizes work or memory is bounded)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+    return parse
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (so that a bad value is a usage error, not a traceback)."""
     try:

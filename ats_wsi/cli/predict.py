@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import _encoder
 from ..errors import OutputLockedError
-from ._common import HelpFormatter, LibraryLog, check_device, error, format_table, positive_int, progress_bar
+from ._common import (HelpFormatter, LibraryLog, check_device, error, format_table, int_in, positive_int,
+                      progress_bar)
 
 EXIT_LOCKED = 75
 """Exit status when another run holds --out's lock (EX_TEMPFAIL: try again once it has ended)."""
@@ -22,7 +24,7 @@ def register(sub) -> None:
                                              "a path column; with labels, metrics are computed)")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--split", help="only the manifest's rows of this split (train, val, test; default: all)")
-    p.add_argument("--bootstrap", type=positive_int, default=1000,
+    p.add_argument("--bootstrap", type=int_in(1, 10**6), default=1000,
                    help="bootstrap resamples of the 95%% intervals in metrics.json (seed 0)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="average K samplings per slide (one attention map, K draws)")
@@ -33,8 +35,8 @@ def register(sub) -> None:
     p.add_argument("--sampler", choices=["attention", "uniform"],
                    help="uniform: draw the patches uniformly over tissue instead of from the attention map, "
                         "everything else the same (the random-patch ablation; default: the checkpoint's)")
-    p.add_argument("--io-threads", type=int, default=2, help="tile-decoding threads per slide")
-    p.add_argument("--torch-threads", type=positive_int, default=1,
+    p.add_argument("--io-threads", type=int_in(1, 256), default=2, help="tile-decoding threads per slide")
+    p.add_argument("--torch-threads", type=int_in(1, 1024), default=1,
                    help="torch threads per slide (as on dask workers); results are "
                         "equal bit for bit only between runs with the same value")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.4", help="OME-Zarr version of the maps")
@@ -43,7 +45,8 @@ def register(sub) -> None:
                         "level-0 pixels, for QuPath (File > Import objects)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
-    where.add_argument("--workers", type=positive_int, help="start a local dask cluster with N worker processes")
+    where.add_argument("--workers", type=int_in(1, 4 * (os.cpu_count() or 1)),
+                       help="start a local dask cluster with N worker processes (at most 4 per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     _register_resolution(p)
     _encoder.register_predict(p)
@@ -162,6 +165,15 @@ def run(args: argparse.Namespace) -> int:
         return error("ats-wsi predict: no slides found" + (f" in split {args.split!r}" if args.split else ""))
     if args.mpp is not None and not 0 < args.mpp < float("inf"):
         return error(f"ats-wsi predict: --mpp must be a number > 0, got {args.mpp}")
+    from ..slide.resolution import MAX_MPP, MIN_MPP, plausible_mpp
+
+    if args.mpp is not None and not plausible_mpp(args.mpp):
+        return error(f"ats-wsi predict: --mpp {args.mpp:g} is outside the plausible {MIN_MPP:g}–{MAX_MPP:g} µm/px "
+                     f"of a slide scan")
+    from ..classifier.prediction import MAX_SAMPLES
+
+    if args.samples > MAX_SAMPLES:
+        return error(f"ats-wsi predict: --samples {args.samples} is more than {MAX_SAMPLES} samplings per slide")
     if model is None:
         model = load_model(args.checkpoint, feature_weights=args.feature_weights)
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,

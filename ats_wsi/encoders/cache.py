@@ -31,13 +31,25 @@ shards). ``DIR/<spec>/spec.json`` records the spec the features belong to.
 Features are stored as computed: a cached feature is bitwise the one the
 encoder gave when its box was first drawn (device and batch may change the
 last bits of a recompute).
+
+A shard that cannot be trusted is a miss, never an error and never a wait:
+anything but a regular file (a FIFO named ``*.npz`` is never opened: its
+mode is checked with ``lstat`` before, and ``fstat`` after, a non-blocking
+open), a file numpy cannot read (empty, truncated, byte-flipped), arrays of
+another shape, dtype or width than the encoder's ``D``, or NaN/inf
+features. Its boxes are encoded again and written to a new shard; a broken
+regular file is removed, and ``broken`` counts every such shard. A folder
+that cannot be written (a full disk, read-only) is an
+:class:`~ats_wsi.errors.OutputError` naming the cache folder.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -45,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_bytes_atomic, write_json_atomic
+from ..errors import OutputError
 
 __all__ = ["FeatureCache", "slide_fingerprint", "geometry_digest"]
 
@@ -95,7 +108,8 @@ class FeatureCache:
 
     ``hits`` / ``misses`` count boxes looked up since the last
     :meth:`take_stats` (``disk_hits``: hits served by a feature this process
-    read from the folder, each such feature counted once).
+    read from the folder, each such feature counted once; ``broken``: shards
+    that could not be trusted, see the module docstring).
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, *, memory_bytes: int = 256 * 2**20):
@@ -105,7 +119,7 @@ class FeatureCache:
         self._bytes = 0
         self._index: dict[str, dict[tuple, str]] = {}  # group -> box -> shard file
         self._specs: set[str] = set()
-        self.hits = self.misses = self.disk_hits = 0
+        self.hits = self.misses = self.disk_hits = self.broken = 0
         self._from_disk: set[tuple] = set()  # keys read from the folder and not served yet
 
     def __repr__(self) -> str:
@@ -123,18 +137,24 @@ class FeatureCache:
             return
         target = self.directory / spec_digest[:16] / "spec.json"
         if not target.is_file():
-            write_json_atomic(target, {"digest": spec_digest, "spec": spec})
+            try:
+                write_json_atomic(target, {"digest": spec_digest, "spec": spec})
+            except OSError as exc:
+                raise self._write_error(exc) from None
         self._specs.add(spec_digest)
 
-    def get(self, group: str, boxes: np.ndarray) -> list[np.ndarray | None]:
-        """The cached feature of each box of ``boxes`` int ``[n, 4]`` (None where there is none)."""
+    def get(self, group: str, boxes: np.ndarray, dim: int | None = None) -> list[np.ndarray | None]:
+        """The cached feature of each box of ``boxes`` int ``[n, 4]`` (None where there is none).
+
+        ``dim``: the encoder's D; a shard of another width is not trusted (a miss).
+        """
         out: list[np.ndarray | None] = []
         index = self._disk_index(group)
         for box in map(tuple, np.asarray(boxes, dtype=np.int64).tolist()):
             key = (group, box)
             value = self._lru.get(key)
             if value is None and box in index:
-                self._load_shard(group, index[box])
+                self._load_shard(group, index[box], dim)
                 value = self._lru.get(key)
             if value is None:
                 self.misses += 1
@@ -160,16 +180,30 @@ class FeatureCache:
         name = f"{uuid.uuid4().hex}.npz"
         buf = io.BytesIO()
         np.savez(buf, boxes=boxes, features=features)
-        write_bytes_atomic(self.directory / group / name, buf.getvalue())
+        try:
+            write_bytes_atomic(self.directory / group / name, buf.getvalue())
+        except OSError as exc:
+            raise self._write_error(exc) from None
         index = self._disk_index(group)
         for box in map(tuple, boxes.tolist()):
             index[box] = name
 
     def take_stats(self) -> dict[str, int]:
-        """``{"hits", "misses", "disk_hits"}`` since the last call, and reset them."""
-        stats = {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits}
-        self.hits = self.misses = self.disk_hits = 0
+        """``{"hits", "misses", "disk_hits", "broken"}`` since the last call, and reset them."""
+        stats = {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits, "broken": self.broken}
+        self.hits = self.misses = self.disk_hits = self.broken = 0
         return stats
+
+    def _write_error(self, exc: OSError) -> OutputError:
+        """A write into the cache folder failed: say so, naming the folder (not ``--out``)."""
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            what = "no space left on the device (or the disk quota is used up)"
+        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            what = f"cannot write ({exc.strerror or 'permission denied'})"
+        else:
+            what = f"cannot write ({exc.strerror or type(exc).__name__})"
+        return OutputError(self.directory, f"feature cache folder: {what}; free space there, or give "
+                                           f"--feature-cache another folder (or leave it out)")
 
     # -- inside ------------------------------------------------------------
 
@@ -194,42 +228,95 @@ class FeatureCache:
             if len(shards) > MERGE_SHARDS:
                 shards = self._merge(folder, shards)
             for shard in shards:
-                try:
-                    with np.load(shard) as data:
-                        boxes = data["boxes"]
-                except (OSError, ValueError, KeyError):  # a foreign or broken file: ignored, never trusted
-                    continue
+                boxes = self._read(shard, "boxes")
                 for box in map(tuple, boxes.tolist()):
                     index[box] = shard.name
         self._index[group] = index
         return index
 
-    def _load_shard(self, group: str, name: str) -> None:
-        try:
-            with np.load(self.directory / group / name) as data:
-                boxes, features = data["boxes"], data["features"]
-        except (OSError, ValueError, KeyError):
+    def _load_shard(self, group: str, name: str, dim: int | None = None) -> None:
+        shard = self.directory / group / name
+        read = self._read(shard, "boxes", "features", dim=dim)
+        if not len(read[0]):  # not to be trusted: its boxes are misses from now on
+            index = self._index.get(group, {})
+            for box in [b for b, n in index.items() if n == name]:
+                del index[box]
             return
+        boxes, features = read
         for box, row in zip(map(tuple, boxes.tolist()), features):
             self._remember((group, box), np.array(row, dtype=np.float32))
             self._from_disk.add((group, box))
+
+    def _read(self, shard: Path, *keys: str, dim: int | None = None):
+        """The arrays ``keys`` of a shard, checked; empty arrays when it cannot be trusted.
+
+        Returns ``boxes`` int64 ``[m, 4]`` for one key, ``(boxes, features
+        float32 [m, D])`` for two. A shard that is not a regular file is
+        never opened; a broken regular one is removed and counted.
+        """
+        empty = (np.zeros((0, 4), np.int64), np.zeros((0, dim or 0), np.float32))
+        untrusted = empty if len(keys) > 1 else empty[0]
+        try:
+            if not stat.S_ISREG(os.lstat(shard).st_mode):  # a FIFO, device, link, folder: never opened
+                self.broken += 1
+                return untrusted
+            fd = os.open(shard, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # gone (merged by another process) or unreadable: a miss
+            return untrusted
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped for another kind meanwhile
+                    self.broken += 1
+                    return untrusted
+                with np.load(fh, allow_pickle=False) as data:
+                    arrays = _checked([np.asarray(data[k]) for k in keys], dim)
+        except Exception:  # noqa: BLE001 - zipfile, numpy and the OS raise many types for a bad file
+            arrays = None
+        if arrays is None:  # a regular file of ours that is broken: recomputed and written anew
+            self.broken += 1
+            try:
+                shard.unlink()
+            except OSError:
+                pass
+            return untrusted
+        return arrays[0] if len(keys) == 1 else tuple(arrays)
 
     def _merge(self, folder: Path, shards: list[Path]) -> list[Path]:
         """Many small shards -> one (written atomically; only the shards read are removed)."""
         boxes, features, read = [], [], []
         for shard in shards:
-            try:
-                with np.load(shard) as data:
-                    boxes.append(data["boxes"])
-                    features.append(data["features"])
+            b, f = self._read(shard, "boxes", "features")
+            if len(b):
+                boxes.append(b)
+                features.append(f)
                 read.append(shard)
-            except (OSError, ValueError, KeyError):
-                continue
+        widths = {f.shape[1] for f in features}
+        if len(widths) > 1:  # shards of two widths in one group: leave them to the readers' checks
+            return shards
         if not read:
             return shards
         buf = io.BytesIO()
         np.savez(buf, boxes=np.concatenate(boxes), features=np.concatenate(features))
-        merged = write_bytes_atomic(folder / f"{uuid.uuid4().hex}.npz", buf.getvalue())
+        try:
+            merged = write_bytes_atomic(folder / f"{uuid.uuid4().hex}.npz", buf.getvalue())
+        except OSError as exc:
+            raise self._write_error(exc) from None
         for shard in read:
             shard.unlink(missing_ok=True)
         return [merged] + [s for s in shards if s not in read]
+
+
+def _checked(arrays: list[np.ndarray], dim: int | None) -> list[np.ndarray] | None:
+    """``[boxes]`` or ``[boxes, features]`` as int64 ``[m, 4]`` / float32 ``[m, D]``, or None
+    when they are not that (other shapes, dtypes, width ``!= dim``, NaN/inf features)."""
+    boxes = arrays[0]
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.dtype.kind not in "iu":
+        return None
+    out = [boxes.astype(np.int64, copy=False)]
+    if len(arrays) > 1:
+        features = arrays[1]
+        if (features.ndim != 2 or len(features) != len(boxes) or features.dtype.kind != "f"
+                or (dim is not None and features.shape[1] != dim) or not np.isfinite(features).all()):
+            return None
+        out.append(features.astype(np.float32, copy=False))
+    return out

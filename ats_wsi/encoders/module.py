@@ -65,7 +65,8 @@ class PatchEncoder(nn.Module):
         self._digest = spec.digest()
         self._checked: set[tuple] = set()
         if self.frozen:
-            backbone.requires_grad_(False)
+            for parameter in backbone.parameters():  # a ScriptModule has no requires_grad_()
+                parameter.requires_grad_(False)
             _set_mode(backbone, False)
             self.register_state_dict_post_hook(_drop_backbone)
             self.register_load_state_dict_pre_hook(_keep_backbone)
@@ -89,15 +90,36 @@ class PatchEncoder(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
         with self._autocast(x.device):
-            if self.spec.pooling == "model":
-                out = self.backbone(x)
-            else:
-                forward = getattr(self.backbone, "forward_features", None)
-                out = self._pool(forward(x) if callable(forward) else self.backbone(x))
-        if out.ndim != 2 or out.shape[1] != self.spec.dim:
-            raise EncoderError(None, f"encoder {self.spec.name!r} gave features of shape {tuple(out.shape)}, "
-                                     f"its spec says [N, {self.spec.dim}] (pooling {self.spec.pooling!r})")
-        return out.float()
+            try:
+                if self.spec.pooling == "model":
+                    out = self.backbone(x)
+                else:
+                    forward = getattr(self.backbone, "forward_features", None)
+                    out = self._pool(forward(x) if callable(forward) else self.backbone(x))
+            except EncoderError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a user's network may raise anything
+                first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+                raise EncoderError(self.spec.weights, f"encoder {self.spec.name!r} failed on a batch of "
+                                                      f"{tuple(x.shape)} ({type(error).__name__}: {first})") from None
+        return self._valid_output(out, len(x)).float()
+
+    def _valid_output(self, out, n: int) -> Tensor:
+        """The encoder's output if it is a finite tensor ``[n, spec.dim]``, else :class:`EncoderError`."""
+        name, dim = self.spec.name, self.spec.dim
+        if not isinstance(out, Tensor):
+            raise EncoderError(self.spec.weights, f"encoder {name!r} returned a {type(out).__name__}, not a tensor "
+                                                  f"[N, {dim}]: export a module whose forward returns the "
+                                                  f"features alone (pooling {self.spec.pooling!r})")
+        if out.ndim != 2 or out.shape[0] != n or out.shape[1] != dim:
+            raise EncoderError(self.spec.weights, f"encoder {name!r} gave features of shape {tuple(out.shape)} for "
+                                                  f"{n} patches, its spec says [N, {dim}] with N = {n} "
+                                                  f"(pooling {self.spec.pooling!r})")
+        if not bool(torch.isfinite(out).all()):
+            raise EncoderError(self.spec.weights, f"encoder {name!r} gave NaN or inf features: broken weights, or "
+                                                  f"an input its spec does not fit (mean/std, dtype "
+                                                  f"{self.spec.dtype})")
+        return out
 
     def forward(self, patches: Tensor) -> Tensor:
         """``[N, 3, h, w]`` -> ``[N, out_features]`` (the adapter after the encoder, if any)."""
@@ -142,9 +164,10 @@ class PatchEncoder(nn.Module):
             else:
                 mpp = getattr(slide, "mpp", None)
                 if not mpp:
-                    raise EncoderResolutionError(getattr(slide, "path", None), (
-                        f"the slide has no µm/px, and encoder {spec.name!r} takes patches at {spec.mpp:g} µm/px; "
-                        f"give the slide's µm/px (--mpp, or a manifest 'mpp' column)"))
+                    from ..slide.resolution import missing_mpp_reason
+
+                    raise EncoderResolutionError(getattr(slide, "path", None), missing_mpp_reason(
+                        f"encoder {spec.name!r} takes patches at {spec.mpp:g} µm/px", slide))
                 read = float(mpp) * source.level_downsample(b)
             if abs(read / spec.mpp - 1.0) > self.mpp_tolerance:
                 raise EncoderResolutionError(getattr(slide, "path", None), (
@@ -162,9 +185,9 @@ class PatchEncoder(nn.Module):
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     def _pool(self, tokens: Tensor) -> Tensor:
-        if tokens.ndim != 3:
+        if not isinstance(tokens, Tensor) or tokens.ndim != 3:
             raise EncoderError(None, f"encoder {self.spec.name!r}: pooling {self.spec.pooling!r} needs tokens "
-                                     f"[N, T, d], got {tuple(tokens.shape)}")
+                                     f"[N, T, d], got {_shape(tokens)}")
         prefix = self.spec.prefix_tokens
         if prefix is None:
             prefix = int(getattr(self.backbone, "num_prefix_tokens", 1))
@@ -193,7 +216,7 @@ class PatchEncoder(nn.Module):
         out = np.empty((batch, n, self.spec.dim), dtype=np.float32)
         todo: list[tuple[int, int]] = []
         for b in range(batch):
-            for i, found in enumerate(cache.get(groups[b], boxes[b])):
+            for i, found in enumerate(cache.get(groups[b], boxes[b], dim=self.spec.dim)):
                 if found is None:
                     todo.append((b, i))
                 else:
@@ -215,6 +238,11 @@ class PatchEncoder(nn.Module):
         pw, ph = (patch_wh, patch_wh) if isinstance(patch_wh, int) else tuple(patch_wh)
         empty = torch.empty(batch, 0, 3, int(ph), int(pw), device=like.device)
         return empty, features
+
+
+def _shape(value) -> str:
+    """A tensor's shape, or what the value is instead."""
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else f"a {type(value).__name__}"
 
 
 def _set_mode(module: nn.Module, mode: bool) -> None:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EncoderError
+from ..slide.resolution import MAX_MPP, MIN_MPP
 
 __all__ = ["EncoderSpec", "SOURCES", "POOLINGS", "DTYPES"]
 
@@ -38,6 +40,12 @@ timm's ``forward_features``) returns: the CLS token, CLS ⊕ mean of the patch t
 DTYPES = ("float32", "float16", "bfloat16")
 """Precision the encoder runs in: anything but float32 runs under autocast (bf16 on CPU,
 the spec's dtype on CUDA); the features always come out float32."""
+
+MAX_PATCH_PX = 4096
+"""Largest ``patch_px`` / ``input_px`` a spec may ask for: one RGB float32 patch of
+4096² is 192 MiB already (65536 would be 48 GiB per patch)."""
+MAX_DIM = 1 << 16
+"""Largest embedding width ``dim`` a spec may declare."""
 
 # Fields that decide the features an encoder gives (the rest is documentation).
 _FEATURE_FIELDS = ("source", "arch", "kwargs", "weights_sha256", "mpp", "patch_px", "input_px", "mean",
@@ -110,16 +118,23 @@ class EncoderSpec:
             problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.source == "timm" and not self.arch:
             problems.append("a timm encoder needs 'arch' (a timm model name)")
-        for key in ("patch_px", "input_px", "dim"):
+        for key, most in (("patch_px", MAX_PATCH_PX), ("input_px", MAX_PATCH_PX), ("dim", MAX_DIM)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{key} must be a positive integer, got {value!r}")
-        if isinstance(self.mpp, bool) or not isinstance(self.mpp, (int, float)) or not self.mpp > 0:
-            problems.append(f"mpp must be a positive number (µm/px), got {self.mpp!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                problems.append(f"{key} must be an integer in 1..{most}, got {value!r}")
+        if isinstance(self.mpp, bool) or not isinstance(self.mpp, (int, float)) or not MIN_MPP <= self.mpp <= MAX_MPP:
+            problems.append(f"mpp must be a number of µm/px in {MIN_MPP:g}..{MAX_MPP:g}, got {self.mpp!r}")
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if len(tuple(value)) != 3 or not all(isinstance(v, (int, float)) for v in value):
-                problems.append(f"{key} must be 3 numbers, got {value!r}")
+            try:
+                numbers = tuple(value)
+            except TypeError:
+                numbers = ()
+            if len(numbers) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            and math.isfinite(v) for v in numbers):
+                problems.append(f"{key} must be 3 finite numbers, got {value!r}")
+            elif key == "std" and not all(v > 0 for v in numbers):
+                problems.append(f"std must be 3 numbers > 0 (pixels are divided by it), got {value!r}")
         if not isinstance(self.kwargs, dict):
             problems.append(f"kwargs must be an object, got {self.kwargs!r}")
         if problems:

@@ -18,7 +18,28 @@ import threading
 
 import numpy as np
 
-__all__ = ["Recycler"]
+from ..errors import RegionError
+
+__all__ = ["MAX_READ_BYTES", "Recycler", "check_read_bytes"]
+
+MAX_READ_BYTES = 1 << 33
+"""Most bytes one patch read may hold (the batch, plus its regions on the µm/px
+path), checked before anything is allocated: 10^6 patches of 256² (183 GiB) are
+a typed error, not a ``MemoryError``."""
+
+
+def check_read_bytes(path, n: int, patch_wh: tuple[int, int] | None, region_wh: tuple[int, int] | None,
+                     level: int) -> None:
+    """Refuse ``n`` patches of ``patch_wh`` (None: the caller's buffer) and regions of
+    ``region_wh`` (None: none) over :data:`MAX_READ_BYTES`, with a :class:`RegionError`."""
+    need = sum(n * w * h * 3 for w, h in filter(None, (patch_wh, region_wh)))
+    if need <= MAX_READ_BYTES:
+        return
+    size = patch_wh or region_wh
+    regions = f" (regions of {region_wh[0]} x {region_wh[1]} px at level {level})" if region_wh else ""
+    raise RegionError(path, f"reading {n:,} patches of {size[0]} x {size[1]} px{regions} needs {need / 2**30:.1f} "
+                            f"GiB, over the {MAX_READ_BYTES / 2**30:g} GiB one read may hold; read them in "
+                            f"smaller batches")
 
 
 class Recycler:

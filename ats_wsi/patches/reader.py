@@ -60,9 +60,11 @@ import torch
 from ..errors import LevelError, RegionError, SamplingError
 from ..geometry import level0_to_level, size_wh
 from ..slide import FILL_VALUE, TileCache
+from ..slide._cache import reset_after_fork
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, ResolutionPlan, resolution_plan
-from ._buffers import Recycler
+from ._buffers import MAX_READ_BYTES, Recycler, check_read_bytes
 from ._nvimgcodec import select_decoder
+from ._plan import TilePlan, plan_tiles
 from ._resample import area_weights, block_mean, region_size, resample_area
 
 try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact block mean
@@ -70,7 +72,7 @@ try:  # optional C extension (native/): cropped JPEG decoding, and a fast exact 
 except ImportError:  # pragma: no cover - depends on the environment
     _native_block_mean = None
 
-__all__ = ["PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
+__all__ = ["MAX_READ_BYTES", "PatchReader", "ReaderStats", "TileCache", "TilePlan", "empty_batch", "plan_tiles"]
 
 
 @dataclass
@@ -91,78 +93,6 @@ class ReaderStats:
     cache_hits: int = 0
     batches: int = 0
     pixels_read: int = 0
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """The tiles a batch of patches needs and where their pixels go.
-
-    Attributes:
-        tiles: int64 [t, 2], ``(col, row)`` of each needed tile, each once,
-            in row-major (file) order.
-        starts: int64 [t + 1]; the pairs of tile ``k`` are
-            ``pairs[starts[k]:starts[k + 1]]``.
-        pairs: int64 [p, 7], one row per (patch, tile) overlap:
-            ``(patch, py0, py1, px0, px1, ty0, tx0)``: the tile's pixels from
-            ``(ty0, tx0)`` fill rows ``py0:py1`` and cols ``px0:px1`` of the
-            patch.
-        partial: int64 [m], patches not entirely inside the level (they need
-            ``FILL_VALUE`` around the pasted pixels).
-    """
-
-    tiles: np.ndarray
-    starts: np.ndarray
-    pairs: np.ndarray
-    partial: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.tiles)
-
-
-def plan_tiles(
-    origin_xy: np.ndarray, patch_wh: tuple[int, int], tile_wh: tuple[int, int], level_wh: tuple[int, int]
-) -> TilePlan:
-    """Which tiles each patch needs, and where each tile's pixels go (no Python loop per patch).
-
-    Args:
-        origin_xy: int [n, 2], top-left ``(x, y)`` of each patch in pixels of
-            the level (may be negative or past the level).
-        patch_wh: ``(w, h)`` of a patch in pixels of the level.
-        tile_wh: ``(w, h)`` of the level's tiles.
-        level_wh: ``(w, h)`` of the level.
-
-    Returns:
-        :class:`TilePlan`. Patches entirely outside the level need no tile.
-    """
-    pw, ph = (int(v) for v in patch_wh)
-    tw, th = (int(v) for v in tile_wh)
-    lw, lh = (int(v) for v in level_wh)
-    origin_xy = np.asarray(origin_xy, dtype=np.int64).reshape(-1, 2)
-    x0, y0 = origin_xy[:, 0], origin_xy[:, 1]
-    # the part of each patch inside the level, in level pixels
-    vx0, vy0 = np.maximum(x0, 0), np.maximum(y0, 0)
-    vx1, vy1 = np.minimum(x0 + pw, lw), np.minimum(y0 + ph, lh)
-    inside = (vx1 > vx0) & (vy1 > vy0)
-    partial = np.flatnonzero((vx0 != x0) | (vy0 != y0) | (vx1 != x0 + pw) | (vy1 != y0 + ph))
-    c0, r0 = vx0 // tw, vy0 // th
-    ncols = np.where(inside, (vx1 - 1) // tw - c0 + 1, 0)
-    nrows = np.where(inside, (vy1 - 1) // th - r0 + 1, 0)
-    count = ncols * nrows
-    patch = np.repeat(np.arange(len(origin_xy)), count)  # [p]
-    k = np.arange(len(patch)) - np.repeat(np.cumsum(count) - count, count)  # pair index within its patch
-    col = c0[patch] + k % ncols[patch]
-    row = r0[patch] + k // ncols[patch]
-    xa, xb = np.maximum(vx0[patch], col * tw), np.minimum(vx1[patch], (col + 1) * tw)
-    ya, yb = np.maximum(vy0[patch], row * th), np.minimum(vy1[patch], (row + 1) * th)
-    px, py = x0[patch], y0[patch]
-    pairs = np.stack([patch, ya - py, yb - py, xa - px, xb - px, ya - row * th, xa - col * tw], axis=1)
-    key = row * (-(-lw // tw)) + col
-    order = np.argsort(key, kind="stable")
-    key, pairs = key[order], pairs[order]
-    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
-    tiles = np.stack([col[order][first], row[order][first]], axis=1) if len(key) else np.zeros((0, 2), np.int64)
-    starts = np.r_[first, len(key)].astype(np.int64)
-    return TilePlan(tiles.astype(np.int64), starts, pairs.astype(np.int64), partial.astype(np.int64))
 
 
 def corners(xy, path=None) -> np.ndarray:
@@ -295,14 +225,26 @@ class PatchReader:
         can = getattr(slide, "can_decode_into", None)
         self.crop = bool(crop and self.cache.max_bytes <= 0 and can is not None and can(self.level))
         self.stats = ReaderStats()
-        self._stats_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ats-tile") if self.workers > 1 else None
-        self._batch_pool: ThreadPoolExecutor | None = None
-        self._batch_lock = threading.Lock()
         self._batches = Recycler()  # returned batches, reused once the caller has dropped them
         self._regions = Recycler()  # region buffers of the mpp path (no page faults per batch)
         self._nv = select_decoder(slide, self.level, decoder, self.device)  # None: the native decoder
         self.decoder = "native" if self._nv is None else "nvimgcodec"
+        self._start_threads()
+        reset_after_fork(self)
+
+    def _start_threads(self) -> None:
+        """The decode pool, the read-ahead pool (made on first use) and the locks."""
+        self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="ats-tile") if self.workers > 1 else None
+        self._batch_pool: ThreadPoolExecutor | None = None
+        self._batch_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): the parent's pool threads do not exist here,
+        and a lock one of them held stays held; make new ones (the parent's are left alone)."""
+        self._start_threads()
+        self._batches = Recycler()
+        self._regions = Recycler()
 
     def __repr__(self) -> str:
         at = "" if self.mpp is None else f"mpp={self.mpp:g}, factor={self.factor:g}, "
@@ -341,6 +283,7 @@ class PatchReader:
 
     def read_level(self, origin_xy: np.ndarray) -> torch.Tensor:
         """:meth:`read` of top-left corners int64 ``[n, 2]`` given in pixels of the reader's level."""
+        self._check_bytes(len(origin_xy))
         if self._nv is not None and self.device.type == "cuda":  # decoded and resampled on the GPU
             plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
             out, tiles, pixels = self._nv.read_batch(plan, len(origin_xy), self)
@@ -383,6 +326,7 @@ class PatchReader:
         pw, ph = self.patch_wh
         if out.shape != (len(origin_xy), ph, pw, 3):
             raise ValueError(f"out must be [{len(origin_xy)}, {ph}, {pw}, 3], got {out.shape}")
+        self._check_bytes(len(origin_xy), batch=False)
         plan = plan_tiles(origin_xy, self.region_wh, self.tile_wh, self.level_wh)
         region = out if self.factor == 1 else self._regions.empty((len(origin_xy), *self.region_wh[::-1], 3))
         for i in plan.partial.tolist():
@@ -428,6 +372,11 @@ class PatchReader:
         self.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _check_bytes(self, n: int, batch: bool = True) -> None:
+        """Refuse a read of ``n`` patches that would hold over :data:`MAX_READ_BYTES`."""
+        check_read_bytes(self.slide.path, n, self.patch_wh if batch else None,
+                         self.region_wh if self.factor != 1 else None, self.level)
 
     def _empty(self, lead: tuple[int, ...]) -> torch.Tensor:
         """An uninitialised uint8 ``[*lead, h, w, 3]`` host tensor (pinned for CUDA)."""

@@ -10,6 +10,7 @@ from torch import Tensor
 from ..errors import SamplingError
 from ..geometry import level_to_level0, size_wh as _size_wh
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE, resolution_plan
+from ._buffers import check_read_bytes
 from .reader import PatchReader, empty_batch
 
 __all__ = ["SlideSource"]
@@ -208,6 +209,7 @@ class SlideSource:
             raise SamplingError(f"xy must be [B={len(self.slides)}, n, 2] (x, y), got {tuple(xy.shape)}")
         xy = self.level_xy(xy.detach().to("cpu", torch.long), (pw, ph))
         batch, n = xy.shape[:2]
+        check_read_bytes(self.slides[0].path, batch * n, (pw, ph), None, self.levels[0])  # before allocating
         if self.device.type == "cuda" and any(self.reader(b, (pw, ph)).decoder == "nvimgcodec" for b in range(batch)):
             out = torch.empty((batch, n, ph, pw, 3), dtype=torch.uint8, device=self.device)
             for b in range(batch):  # on the GPU where nvImageCodec decodes; pinned + non_blocking elsewhere
@@ -230,6 +232,7 @@ class SlideSource:
             raise SamplingError(f"extract_slide needs a slide index in 0..{len(self.slides) - 1} and xy [k, 2], "
                                 f"got {b} and {tuple(xy.shape)}")
         xy = self._own_scale(int(b), xy.detach().to("cpu", torch.long), (pw, ph))  # as extract does for slide b
+        check_read_bytes(self.slides[int(b)].path, len(xy), (pw, ph), None, self.levels[int(b)])
         if self.device.type == "cuda" and self.reader(int(b), (pw, ph)).decoder == "nvimgcodec":
             return self._read_level(int(b), xy, (pw, ph))
         pin = self.device.type == "cuda"

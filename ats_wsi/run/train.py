@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..classifier import ModelConfig, SlideClassifier, SlideInput, SlideInputs, build_model
-from ..classifier.checkpoint import read_checkpoint, save_checkpoint
+from ..classifier.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from ..data.manifest import ManifestRow, read_cohort
 from ..encoders import attach_feature_cache
 from ..errors import CheckpointError, ManifestError
@@ -221,10 +221,8 @@ def train(
             cache = attach_feature_cache(model, settings.feature_cache)
             optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr,
                                           weight_decay=settings.weight_decay)
-            if payload is not None:
-                model.load_state_dict(payload["state_dict"])
-                if "optimizer" in payload:
-                    optimizer.load_state_dict(payload["optimizer"])
+            if payload is not None:  # a tampered last.pt is a CheckpointError, as for predict
+                load_weights(out / "last.pt", model, payload, optimizer)
             # Buffers (BatchNorm statistics) are kept equal by _RunningStats, not broadcast from rank 0.
             net = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
                    if procs.distributed else model)

@@ -25,6 +25,19 @@ fill value. Above the bound the read raises
 hours: store a pyramid (``vips tiffsave --tile --pyramid``) or raise this
 (``ats_wsi.slide._checks.MAX_DERIVED_PIXELS``)."""
 
+MAX_TILE_PIXELS = 1 << 27
+"""Most pixels one stored tile, strip or zarr chunk may have (384 MiB decoded as
+RGB): one decode holds it whole, so a single strip of a 40000² TIFF or a chunk
+of a whole level is refused at open, not met as a ``MemoryError`` mid-read."""
+
+
+def tile_too_big(path: str, what: str, tile_w: int, tile_h: int) -> str | None:
+    """Why tiles of ``tile_w x tile_h`` cannot be read (over :data:`MAX_TILE_PIXELS`), or None."""
+    if tile_w * tile_h <= MAX_TILE_PIXELS:
+        return None
+    return (f"{what} of {tile_w} x {tile_h} pixels ({tile_w * tile_h * 3 / 2**20:,.0f} MiB each decoded), over "
+            f"the {MAX_TILE_PIXELS:,} pixels one decode may hold")
+
 
 def as_int(value, what: str, path) -> int:
     """An integer (Python or numpy; not bool-like floats), or RegionError."""

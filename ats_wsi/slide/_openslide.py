@@ -59,7 +59,9 @@ class OpenSlideSlide(Slide):
             # openslide's own downsample: some vendors store it rather than the size ratio
             levels.append(Level(int(w), int(h), tw, th, float(osr.level_downsamples[i])))
         super().__init__(path, format=props.get("openslide.vendor", "openslide"), levels=levels,
-                         properties=props, mpp_xy=_mpp(props))
+                         properties=props, mpp_xy=_mpp(props),
+                         mpp_source="openslide.mpp-x/-y (from the file's metadata"
+                                    + (", aperio.MPP)" if "aperio.MPP" in props else ")"))
 
     def _handle(self):
         if self._pid != os.getpid():  # forked: never use the parent's handle

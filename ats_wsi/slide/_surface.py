@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import RegionError, SlideError
+from ..errors import RegionError
 from ._checks import positive_number
 from ._levels import nearest_level, thumbnail_geometry
 
@@ -194,7 +194,10 @@ class OpenSlideSurface:
             raise TypeError("level_for takes exactly one of downsample= or mpp=")
         if mpp is not None:
             if self.mpp is None:
-                raise SlideError(self.path, "the slide has no known resolution (mpp), so no level can be chosen by mpp")
+                from ..errors import ResolutionError  # (a SlideError)
+                from .resolution import missing_mpp_reason
+
+                raise ResolutionError(self.path, missing_mpp_reason(f"a level at {mpp!r} µm/px was asked for", self))
             downsample = positive_number(mpp, "mpp", self.path) / self.mpp
         return nearest_level(self._levels, positive_number(downsample, "downsample", self.path))
 

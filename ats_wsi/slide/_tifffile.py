@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import CorruptSlideError, UnsupportedFormatError
 from . import _jpegcrop, _tiffextras, _tiffmeta
 from ._cache import reset_after_fork
-from ._checks import data_pixels, data_table, describe_error as _describe, tile_table as _tile_table
+from ._checks import (data_pixels, data_table, describe_error as _describe, tile_table as _tile_table,
+                      tile_too_big)
 from ._jpeg import JpegDataError, decode_tile
 from ._levels import Level
 from .slide import Slide
@@ -109,6 +110,7 @@ class TiffLayout:
     levels: list[TiffLevel]
     properties: dict
     mpp_xy: tuple[float, float] | None
+    mpp_source: str
     associated: dict = field(default_factory=dict)  # name -> (page index, ICC bytes or None)
     icc: bytes | None = None  # level 0's ICC profile
 
@@ -139,7 +141,7 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
             if tif.is_svs:  # openslide's rule: every tiled page is a level (also in libvips-written SVS)
                 pages = _tiffextras.aperio_levels(tif)
             levels = [_tiff_level(path, i, page, size, fast_only) for i, page in enumerate(pages)]
-            fmt, props, mpp_xy = _metadata(tif, pages[0])
+            fmt, props, mpp_xy, mpp_source = _tiffmeta.tiff_metadata(tif, pages[0])
             associated, icc = _tiffextras.openslide_extras(path, tif, fmt, pages[0], props)
         except (CorruptSlideError, NotForTifffile):
             raise
@@ -148,7 +150,7 @@ def inspect_tiff(path: str, fast_only: bool = True) -> TiffLayout:
     for prev, cur in zip(levels, levels[1:]):
         if cur.level.width > prev.level.width or cur.level.height > prev.level.height:
             raise NotForTifffile(path, "pyramid levels are not ordered from large to small")
-    return TiffLayout(fmt, levels, props, mpp_xy, associated, icc)
+    return TiffLayout(fmt, levels, props, mpp_xy, mpp_source, associated, icc)
 
 
 @contextmanager
@@ -200,6 +202,11 @@ def _vendor_kind(tif) -> str | None:
     return None
 
 
+APERIO_JP2K_YCBCR = 33003
+"""Aperio's JPEG 2000 whose components are YCbCr without the codestream's colour
+transform: openslide converts them, tifffile does not."""
+
+
 def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) -> TiffLevel:
     shape = page.shape  # (h, w) or (h, w, S) for contiguous samples
     samples = page.samplesperpixel
@@ -214,6 +221,10 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
     compression = int(page.compression)
     if fast_only and compression not in FAST_COMPRESSIONS:
         raise NotForTifffile(path, f"compression {compression} (openslide decodes it faster)")
+    if compression == APERIO_JP2K_YCBCR:  # tifffile gives its YCbCr samples as RGB: wrong colours, silently
+        raise NotForTifffile(path, "Aperio JPEG 2000 in YCbCr (compression 33003): tifffile would return its "
+                                   "YCbCr samples as RGB (wrong colours); read it with backend='openslide' "
+                                   "(or 'auto')")
     if compression != 1 and not _can_decode(compression):
         raise NotForTifffile(path, f"compression {compression} (no decoder in imagecodecs)")
     height, width = shape[0], shape[1]
@@ -221,6 +232,9 @@ def _tiff_level(path: str, index: int, page, file_size: int, fast_only: bool) ->
         tw, th = page.tilewidth, page.tilelength
     else:
         tw, th = width, min(page.rowsperstrip or height, height)
+    too_big = tile_too_big(path, f"level {index} is stored in {'tiles' if page.is_tiled else 'strips'}", tw, th)
+    if too_big:  # one strip of a whole 40000² image: gigabytes per decode
+        raise NotForTifffile(path, f"{too_big}; convert it to a tiled pyramid (e.g. vips tiffsave --tile --pyramid)")
     level = Level(width, height, tw, th)
     offsets, counts = _tile_table(path, f"level {index}", page, file_size)
     if len(offsets) != level.cols * level.rows or len(counts) != len(offsets):
@@ -242,28 +256,6 @@ def _can_decode(compression: int) -> bool:
     except (KeyError, ValueError, ImportError):
         return False
     return True
-
-
-def _metadata(tif, page0):
-    props = _tiffmeta.tiff_properties(page0)
-    mpp_xy = None
-    if tif.is_svs:
-        fmt = "aperio"
-        props.update(_tiffmeta.aperio_properties(page0.description))
-        mpp_xy = _tiffmeta.aperio_mpp(props)
-        mag = props.get("aperio.AppMag")
-        try:
-            props["openslide.objective-power"] = str(int(float(mag)))
-        except (TypeError, ValueError):
-            pass
-    elif tif.is_ome:
-        fmt = "ome-tiff"
-        mpp_xy = _tiffmeta.ome_mpp(tif.ome_metadata or "")
-    else:
-        fmt = "generic-tiff"
-    if mpp_xy is None:
-        mpp_xy = _tiffmeta.resolution_mpp(page0)
-    return fmt, props, mpp_xy
 
 
 class _PositionalFile:
@@ -324,7 +316,7 @@ class TiffSlide(Slide):
         self._file = _PositionalFile(path)
         self._verified_tiles: dict[int, bytearray] = {}  # level -> 1 per JPEG tile checked to its end (_jpegcrop)
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
-                         properties=layout.properties, mpp_xy=layout.mpp_xy)
+                         properties=layout.properties, mpp_xy=layout.mpp_xy, mpp_source=layout.mpp_source)
 
     def tile_bytes(self, level: int, col: int, row: int) -> bytes | None:
         """The stored bytes of a tile (None: sparse); see :func:`._tiffextras.tile_bytes`."""
@@ -351,7 +343,7 @@ class TiffSlide(Slide):
                 segment, _, _ = tl.decode(data, index, jpegtables=tl.jpegtables)
             except Exception as exc:  # codec errors come in many types
                 raise CorruptSlideError(self.path, f"cannot decode level {level} tile ({col}, {row}): "
-                                                   f"{exc}") from exc
+                                                   f"{type(exc).__name__}: {exc}") from exc
             pixels = segment[0, :h, :w]  # (depth, length, width, samples) -> clipped (h, w, S)
         if pixels.shape[:2] != (h, w):
             raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) decodes to "

@@ -116,3 +116,26 @@ def tiff_properties(page) -> dict[str, str]:
     if "tiff.ImageDescription" in props:
         props["openslide.comment"] = props["tiff.ImageDescription"]
     return props
+
+
+def tiff_metadata(tif, page0) -> tuple[str, dict, tuple[float, float] | None, str]:
+    """``(format, properties, (mpp_x, mpp_y) or None, the tag the µm/px came from)`` of a TIFF."""
+    props = tiff_properties(page0)
+    mpp_xy, source = None, "the slide's metadata"
+    if tif.is_svs:
+        fmt = "aperio"
+        props.update(aperio_properties(page0.description))
+        mpp_xy, source = aperio_mpp(props), "Aperio ImageDescription 'MPP'"
+        mag = props.get("aperio.AppMag")
+        try:
+            props["openslide.objective-power"] = str(int(float(mag)))
+        except (TypeError, ValueError, OverflowError):  # AppMag = 1e400 is inf: no objective power
+            pass
+    elif tif.is_ome:
+        fmt = "ome-tiff"
+        mpp_xy, source = ome_mpp(tif.ome_metadata or ""), "OME-XML PhysicalSizeX/Y"
+    else:
+        fmt = "generic-tiff"
+    if mpp_xy is None:
+        mpp_xy, source = resolution_mpp(page0), "TIFF XResolution/YResolution"
+    return fmt, props, mpp_xy, source

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from ..errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
+from ._checks import tile_too_big
 from ._levels import Level
 from ._ngff import check_levels, validate_multiscale
 from .slide import Slide
@@ -108,7 +109,7 @@ class ZarrSlide(Slide):
         path = os.fspath(path)
         self._open_state(path)
         super().__init__(path, format=self._format, levels=self._zlevels, properties=self._zprops,
-                         mpp_xy=self._zmpp)
+                         mpp_xy=self._zmpp, mpp_source="the OME-Zarr scale of x and y")
 
     def _open_state(self, path: str) -> None:
         import zarr
@@ -149,6 +150,10 @@ class ZarrSlide(Slide):
         self._zlevels = [Level(int(a.shape[ix]), int(a.shape[iy]), int(a.chunks[ix]), int(a.chunks[iy]))
                          for a in arrays]
         check_levels(path, [(lv.width, lv.height) for lv in self._zlevels])
+        for k, lv in enumerate(self._zlevels):  # zarr decodes a whole chunk for any pixel of it
+            too_big = tile_too_big(path, f"level {k} is stored in chunks", lv.tile_width, lv.tile_height)
+            if too_big:
+                raise UnsupportedFormatError(path, f"{too_big}; rechunk it (e.g. 512 x 512 chunks)")
         self._format, self._zprops, self._zmpp = fmt, props, mpp
 
     @staticmethod

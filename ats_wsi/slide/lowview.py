@@ -9,14 +9,20 @@ more than 1 %. Its tissue mask is :func:`ats_wsi.slide.tissue_mask` with
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SlideError
+from ..errors import RegionError, ResolutionError, SlideError
 from ._tissue import histogram, otsu_threshold_of_histogram, saturation, tissue_mask
 
-__all__ = ["LowView", "LowViewReader", "TissueThreshold", "read_low_view"]
+__all__ = ["MAX_LOW_VIEW_PIXELS", "LowView", "LowViewReader", "TissueThreshold", "read_low_view"]
+
+MAX_LOW_VIEW_PIXELS = 2 ** 28
+"""Most pixels a low view may have (16384², 768 MiB as RGB): the attention net, its
+map and the tissue mask all scale with it, so it is checked before anything is
+read or allocated (a downsample of 1e-9 once asked for 10^24 pixels)."""
 
 RESAMPLE_TOLERANCE = 0.01
 """Relative difference between the nearest level's downsample and the wanted
@@ -95,14 +101,8 @@ class LowViewReader:
     def __init__(self, slide, *, downsample: float | None = None, mpp: float | None = None):
         if (downsample is None) == (mpp is None):
             raise TypeError("read_low_view takes exactly one of downsample= or mpp=")
-        if mpp is not None:
-            if slide.mpp is None:
-                from ..errors import ResolutionError  # (a SlideError)
-                from .resolution import missing_mpp_reason
-
-                raise ResolutionError(slide.path, missing_mpp_reason(f"the low view at {mpp:g} µm/px was asked for"))
-            downsample = float(mpp) / slide.mpp
-        downsample = float(downsample)
+        downsample = _view_downsample(slide, downsample, mpp)
+        _check_view_size(slide, downsample, mpp)
         self.slide = slide
         pyramid = slide.pyramid  # computed levels included: a single-level slide is never read whole
         level = slide.level_for(downsample=downsample)
@@ -146,6 +146,51 @@ class LowViewReader:
     def _read_level(self, y: int, x: int, h: int, w: int, ds: float) -> np.ndarray:
         """Pixels of :attr:`level` at level pixels ``(x, y)``: ``round(x · ds)`` maps back exactly."""
         return self.slide.read_region((int(round(x * ds)), int(round(y * ds))), self.level, (int(w), int(h)))
+
+
+def _view_downsample(slide, downsample, mpp) -> float:
+    """Level-0 pixels per low pixel of the view asked for, a finite number >= 1, or a typed error."""
+    if mpp is not None:
+        try:
+            wanted = float(mpp)
+        except (TypeError, ValueError):
+            wanted = float("nan")
+        if not 0 < wanted < float("inf"):
+            raise ResolutionError(slide.path, f"the low view's µm/px must be a finite number > 0, got {mpp!r} "
+                                              f"(--low-mpp, or the checkpoint's low_mpp)")
+        if slide.mpp is None:
+            from .resolution import missing_mpp_reason
+
+            raise ResolutionError(slide.path, missing_mpp_reason(f"the low view at {wanted:g} µm/px was asked for",
+                                                                 slide))
+        ds = wanted / float(slide.mpp)
+        if not ds >= 1.0 / (1.0 + RESAMPLE_TOLERANCE):
+            raise ResolutionError(slide.path, f"the low view at {wanted:g} µm/px is finer than the slide's level 0 "
+                                              f"({float(slide.mpp):g} µm/px); the attention net needs a coarse "
+                                              f"view: a --low-mpp of several µm/px (8 is the default)")
+        return ds
+    try:
+        ds = float(downsample)
+    except (TypeError, ValueError):
+        ds = float("nan")
+    if not 1.0 / (1.0 + RESAMPLE_TOLERANCE) <= ds < float("inf"):
+        raise RegionError(slide.path, f"the low view's downsample must be a finite number >= 1 (level-0 pixels "
+                                      f"per low pixel), got {downsample!r} (--low-downsample, or the "
+                                      f"checkpoint's low_downsample); 16 to 64 are usual")
+    return ds
+
+
+def _check_view_size(slide, downsample: float, mpp) -> None:
+    """Refuse a view of more than :data:`MAX_LOW_VIEW_PIXELS` before anything is read."""
+    w0, h0 = slide.dimensions
+    rows, cols = max(1, round(h0 / downsample)), max(1, round(w0 / downsample))
+    if rows * cols > MAX_LOW_VIEW_PIXELS:
+        asked = f"{float(mpp):g} µm/px" if mpp is not None else f"downsample {downsample:g}"
+        least = math.sqrt(w0 * h0 / MAX_LOW_VIEW_PIXELS)
+        fix = (f"a --low-mpp of at least {least * float(slide.mpp):.3g}" if mpp is not None
+               else f"a --low-downsample of at least {least:.3g}")
+        raise RegionError(slide.path, f"the low view at {asked} would be {cols} x {rows} pixels, over the "
+                                      f"{MAX_LOW_VIEW_PIXELS:,} a low view may have; use {fix}")
 
 
 def _area_taps(start: int, count: int, ratio: float, src_len: int):

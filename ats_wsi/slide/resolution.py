@@ -31,12 +31,59 @@ from dataclasses import dataclass
 from ..errors import ResolutionError
 
 __all__ = [
-    "DEFAULT_MPP_TOLERANCE", "ResolutionPlan", "format_magnification", "magnification_to_mpp",
+    "DEFAULT_MPP_TOLERANCE", "MAX_MPP", "MIN_MPP", "ResolutionPlan", "plausible_mpp", "format_magnification", "magnification_to_mpp",
     "mpp_to_magnification", "objective_power", "resolution_plan", "stored_levels",
 ]
 
 DEFAULT_MPP_TOLERANCE = 0.05
 """Relative tolerance of µm/px matching (5 %): 0.2527 µm/px counts as 0.25."""
+
+MIN_MPP = 0.01
+"""Finest level-0 µm/px believed (10 nm, past any light microscope): an Aperio
+``MPP = 1e-7`` or an OME size in picometres would size reads in petabytes."""
+MAX_MPP = 1000.0
+"""Coarsest level-0 µm/px believed (1 mm per pixel): no slide scan is coarser."""
+MIN_MAGNIFICATION, MAX_MAGNIFICATION = 0.1, 1000.0
+"""Objective powers believed (``AppMag``); others are ignored as unknown."""
+
+
+def plausible_mpp(value) -> bool:
+    """True for a level-0 µm/px in ``[MIN_MPP, MAX_MPP]`` (a finite number)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return MIN_MPP <= v <= MAX_MPP
+
+
+def believed_mpp(mpp_xy, source: str) -> tuple[tuple[float, float] | None, tuple[float, str] | None]:
+    """``(mpp_xy, None)`` for a plausible metadata µm/px (or none), else ``(None, (value, source))``."""
+    if mpp_xy is None:
+        return None, None
+    xy = (float(mpp_xy[0]), float(mpp_xy[1]))
+    bad = [v for v in xy if not plausible_mpp(v)]
+    return (None, (bad[0], source)) if bad else (xy, None)
+
+
+def given_mpp(value, path) -> float:
+    """A µm/px a user gives (``open_slide(mpp=)``, ``slide.mpp = ``), checked; else ResolutionError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (v > 0 and v < float("inf")):
+        raise ResolutionError(path, f"mpp must be a number > 0, got {value!r}")
+    if not plausible_mpp(v):
+        raise ResolutionError(path, f"mpp {value!r} µm/px is outside the plausible {MIN_MPP:g}–{MAX_MPP:g} µm/px "
+                                    f"of a slide scan (a level-0 pixel's side in µm)")
+    return v
+
+
+def implausible_mpp_reason(value, source: str) -> str:
+    """The sentence saying a µm/px is out of range, where it came from, and the fix."""
+    return (f"{source} says {value!r} µm/px, outside the plausible {MIN_MPP:g}–{MAX_MPP:g} µm/px of a slide "
+            f"scan; give the slide's real µm/px: open_slide(path, mpp=...) or slide.mpp = ..., an `mpp` "
+            f"column in the manifest, or --mpp on the command line")
 
 
 @dataclass(frozen=True)
@@ -89,8 +136,12 @@ def stored_levels(slide) -> list[int]:
     return list(range(slide.level_count))
 
 
-def missing_mpp_reason(what: str) -> str:
-    """The sentence every read in µm/px says when the slide has no resolution."""
+def missing_mpp_reason(what: str, slide=None) -> str:
+    """The sentence every read in µm/px says when the slide has no resolution
+    (or only one its metadata gives out of range: ``slide.mpp_rejected``)."""
+    rejected = getattr(slide, "mpp_rejected", None)
+    if rejected is not None:
+        return f"{what}, but its metadata's µm/px is not believed: " + implausible_mpp_reason(*rejected)
     return (f"{what}, but the slide has no µm/px in its metadata; give it: open_slide(path, mpp=...) "
             f"or slide.mpp = ..., an `mpp` column in the manifest, or --mpp on the command line")
 
@@ -124,7 +175,7 @@ def resolution_plan(slide, mpp: float, *, tolerance: float = DEFAULT_MPP_TOLERAN
     if not 0 <= tol < 1:
         raise ResolutionError(path, f"mpp tolerance must be in [0, 1), got {tolerance!r}")
     if slide.mpp is None:
-        raise ResolutionError(path, missing_mpp_reason(f"patches at {target:g} µm/px were asked for"))
+        raise ResolutionError(path, missing_mpp_reason(f"patches at {target:g} µm/px were asked for", slide))
     slide_mpp = float(slide.mpp)
     effective = target / slide_mpp
     downsamples = slide.level_downsamples
@@ -174,7 +225,7 @@ def objective_power(slide) -> tuple[float | None, bool]:
             value = float(props[key])
         except (KeyError, TypeError, ValueError):
             continue
-        if value > 0 and math.isfinite(value):
+        if MIN_MAGNIFICATION <= value <= MAX_MAGNIFICATION:
             return value, False
     if slide.mpp is None:
         return None, True

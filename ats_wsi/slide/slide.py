@@ -93,13 +93,17 @@ class Slide(OpenSlideSurface):
     backend: str = ""
 
     def __init__(self, path, *, format: str, levels: list[Level], properties: dict,
-                 mpp_xy: tuple[float, float] | None):
-        """Called by the backends with the stored levels (largest first); see open_slide."""
+                 mpp_xy: tuple[float, float] | None, mpp_source: str = "the slide's metadata"):
+        """Called by the backends with the stored levels (largest first) and where the
+        µm/px came from (a tag's name, for messages); see open_slide."""
+        from .resolution import believed_mpp
+
         self.path = os.fspath(path)
         self.format = format
         self._levels = complete_levels(levels)
         self._stored = len(levels)
-        self._mpp_xy = None if mpp_xy is None else (float(mpp_xy[0]), float(mpp_xy[1]))
+        # mpp_rejected: (value, source) of a metadata µm/px outside the plausible range (then mpp is None)
+        self._mpp_xy, self.mpp_rejected = believed_mpp(mpp_xy, mpp_source)
         self._properties = openslide_properties(properties, self._levels[:self._stored], format, self._mpp_xy)
         self._srgb = None  # an ImageCms transform to sRGB once open_slide(srgb=True) asked for it
         self._closed = False
@@ -170,7 +174,9 @@ class Slide(OpenSlideSurface):
 
         From openslide's ``openslide.mpp-x/-y``, an Aperio ``MPP``, OME
         ``PhysicalSizeX/Y``, TIFF X/YResolution with unit centimetre or inch,
-        or OME-Zarr ``scale`` with a length unit.
+        or OME-Zarr ``scale`` with a length unit. A value outside
+        ``MIN_MPP``–``MAX_MPP`` (:mod:`.resolution`) is not believed: None,
+        and :attr:`mpp_rejected` says what the file said.
         """
         if self._mpp_xy is None:
             return None
@@ -185,16 +191,12 @@ class Slide(OpenSlideSurface):
         it, ``properties`` says it as ``openslide.mpp-x/-y``, and a pickled
         slide keeps it. ``open_slide(path, mpp=...)`` does the same.
         """
-        from ..errors import ResolutionError
+        from .resolution import given_mpp
 
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            v = float("nan")
-        if not (v > 0 and v < float("inf")):
-            raise ResolutionError(self.path, f"mpp must be a number > 0, got {value!r}")
+        v = given_mpp(value, self.path)
         self._mpp_xy = (v, v)
         self._mpp_given = v
+        self.mpp_rejected = None
         self._properties["openslide.mpp-x"] = self._properties["openslide.mpp-y"] = "%.17g" % v
 
     @property

@@ -65,7 +65,7 @@ def test_mixed_precision_runs_under_bf16_autocast_on_cpu_and_gives_float32(tiny_
 
 def test_a_wrong_dimension_is_an_error_naming_both(tiny_files):
     encoder = build_encoder(spec_dict("export", tiny_files["export"], dim=20))
-    with pytest.raises(EncoderError, match=r"shape \(1, 16\), its spec says \[N, 20\]"):
+    with pytest.raises(EncoderError, match=r"shape \(1, 16\) for 1 patches, its spec says \[N, 20\]"):
         encoder(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 

@@ -45,8 +45,12 @@ def test_a_json_spec_may_start_from_a_registry_entry(tmp_path):
 @pytest.mark.parametrize("data, words", [
     ({"name": "x", "source": "timm", "arch": "vit", "dim": 8, "pooling": "max"}, "pooling must be one of"),
     ({"name": "x", "source": "timm", "dim": 8}, "needs 'arch'"),
-    ({"name": "x", "source": "export", "dim": 0}, "dim must be a positive integer"),
-    ({"name": "x", "source": "export", "dim": 8, "mpp": -1}, "mpp must be a positive number"),
+    ({"name": "x", "source": "export", "dim": 0}, "dim must be an integer in 1..65536, got 0"),
+    ({"name": "x", "source": "export", "dim": 8, "mpp": -1}, "mpp must be a number of µm/px in 0.01..1000, got -1"),
+    ({"name": "x", "source": "export", "dim": 8, "patch_px": 65536}, "patch_px must be an integer in 1..4096, got 65536"),
+    ({"name": "x", "source": "export", "dim": 8, "input_px": 100000}, "input_px must be an integer in 1..4096"),
+    ({"name": "x", "source": "export", "dim": 8, "std": [0.2, 0, 0.2]}, "std must be 3 numbers > 0"),
+    ({"name": "x", "source": "export", "dim": 8, "mean": [0.5, 0.5]}, "mean must be 3 finite numbers"),
     ({"name": "x", "source": "export", "dim": 8, "colour": "red"}, "unknown encoder spec keys ['colour']"),
     ({"base": "nope"}, "'base': 'nope' is not a registered encoder"),
 ])

@@ -139,3 +139,19 @@ def test_attention_sampler_reads_its_patches_from_slides(two_slides):
     expected = read_regions(two_slides, [0, 0], boxes[..., :2], (64, 40)).float() / 255
     torch.testing.assert_close(result.patches, expected, rtol=0, atol=0)
     source.close()
+
+
+def test_readers_made_for_a_resolution_are_made_once_and_closed_with_the_source(two_slides):
+    slide = two_slides[1]
+    slide.mpp = 0.25
+    source = SlideSource([slide], low_downsample=8.0, mpp=0.5, workers=2)
+    xy = torch.tensor([[[10, 20], [300, 400]]])
+    first = source.extract(xy, 32)
+    reader = source.reader(0, (32, 32))
+    assert source.reader(0, (32, 32)) is reader  # before issue 26: a new reader (and pool) per call
+    decoded = reader.stats.tiles_decoded
+    again = source.extract(xy, 32)
+    assert reader.stats.tiles_decoded == decoded and reader.stats.cache_hits > 0
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    source.close()
+    assert reader._pool._shutdown and not source._owned

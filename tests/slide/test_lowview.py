@@ -58,3 +58,26 @@ def test_tissue_mask_finds_tissue_and_never_comes_back_empty():
     mask = tissue_mask(rgb, never_empty=True)
     assert mask[5:10, 5:20].all() and mask.sum() == 5 * 15
     assert tissue_mask(np.full((4, 4, 3), 250, np.uint8), never_empty=True).all()  # nothing stands out: keep all
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"downsample": 1e-9}, "downsample must be a finite number >= 1"),
+    ({"downsample": 0.001}, "downsample must be a finite number >= 1"),
+    ({"downsample": float("inf")}, "downsample must be a finite number >= 1"),
+    ({"mpp": 0.1}, "finer than the slide's level 0 (0.5 µm/px)"),
+    ({"mpp": -1.0}, "µm/px must be a finite number > 0"),
+])
+def test_a_view_finer_than_level_0_is_refused_before_anything_is_read(slide_path, kw, words):
+    with open_slide(slide_path) as slide, pytest.raises(SlideError) as info:
+        read_low_view(slide, **kw)
+    assert words in str(info.value) and str(slide_path) in str(info.value)
+
+
+def test_a_view_over_the_pixel_bound_says_the_least_downsample_that_fits(slide_path, monkeypatch):
+    monkeypatch.setattr(lowview, "MAX_LOW_VIEW_PIXELS", 100 * 100)  # the 3072 x 2048 slide: ds >= 25.08
+    with open_slide(slide_path) as slide:
+        with pytest.raises(SlideError, match=r"3072 x 2048 pixels, over the 10,000 .* at least 25.1"):
+            read_low_view(slide, downsample=1)
+        with pytest.raises(SlideError, match=r"--low-mpp of at least 12.5"):
+            lowview.LowViewReader(slide, mpp=0.5)
+        assert read_low_view(slide, downsample=32).image.shape == (64, 96, 3)  # 6,144 pixels: fits

@@ -191,3 +191,26 @@ def test_a_directory_path_without_zarr_metadata_names_the_directory(tmp_path):
     with pytest.raises(SlideNotFoundError, match="directory without a slide") as info:
         open_slide(tmp_path / "some.zarr")
     assert info.value.path == os.fspath(tmp_path / "some.zarr")
+
+
+def test_a_zarr_chunk_or_tiff_strip_too_big_to_decode_is_refused_at_open(tmp_path):
+    """A decode holds a whole chunk or strip: 12000² of them (412 MiB) say so at open (issue 26),
+    where a read of one pixel used to fail later as 'corrupt' ("Unable to allocate output buffer")."""
+    import json
+
+    import tifffile
+
+    from ats_wsi.errors import UnsupportedFormatError
+
+    root = tmp_path / "chunky.zarr"
+    (root / "0").mkdir(parents=True)
+    (root / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (root / "0" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [12000, 12000, 3], "chunks": [12000, 12000, 3], "dtype": "|u1",
+        "compressor": {"id": "zlib", "level": 1}, "fill_value": 0, "order": "C", "filters": None}))
+    with pytest.raises(UnsupportedFormatError, match=r"chunks of 12000 x 12000 pixels \(412 MiB each decoded\)"):
+        open_slide(root)
+    strips = tmp_path / "strips.tif"  # tiles and strips up to the bound still open
+    tifffile.imwrite(strips, np.zeros((512, 640, 3), np.uint8), photometric="rgb", rowsperstrip=512)
+    with open_slide(strips) as slide:
+        assert slide.tile_size(0) == (640, 512)

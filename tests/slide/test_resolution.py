@@ -88,3 +88,25 @@ def test_a_given_mpp_shows_in_properties_and_survives_pickling(tiff_flat):
         back.close()
     with pytest.raises(ResolutionError, match="mpp must be a number > 0"):
         open_slide(tiff_flat.path, mpp=0)
+
+
+def test_an_absurd_mpp_in_metadata_is_not_believed_and_reads_say_which_tag(tmp_path):
+    import tifffile
+
+    from ats_wsi.errors import ResolutionError
+    from ats_wsi.patches import PatchReader
+
+    img = np.full((256, 384, 3), 200, np.uint8)
+    path = tmp_path / "tiny-mpp.svs"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb",
+                     description="Aperio Image Library v12.0.0\r\n384x256 [0,0 384x256] (128x128)|MPP = 1e-7")
+    with open_slide(path, backend="tifffile") as slide:
+        assert slide.mpp is None and slide.mpp_rejected == (1e-7, "Aperio ImageDescription 'MPP'")
+        with pytest.raises(ResolutionError, match=r"Aperio ImageDescription 'MPP' says 1e-07 µm/px, outside the "
+                                                  r"plausible 0.01–1000 µm/px.*open_slide\(path, mpp=\.\.\.\)"):
+            PatchReader(slide, patch_size=64, mpp=0.5)
+        slide.mpp = 0.25  # the fix the message names
+        assert slide.mpp == 0.25 and slide.mpp_rejected is None
+    for bad in (1e-6, 1e-300, 5000.0):
+        with pytest.raises(ResolutionError, match="outside the plausible"):
+            open_slide(path, mpp=bad)
