@@ -127,6 +127,11 @@ class EncoderResolutionError(EncoderError, ValueError):
     """Patches would be read at another µm/px than the encoder's spec (``path``: the slide)."""
 
 
+class MissingExtraError(AtsError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (``pip install 'ats-wsi[hdf5]'``)."""
+
+
 class OutputError(AtsError, OSError):
     """A results folder that cannot be written: a full disk, a read-only or
     immutable folder, no permission. It stops a run (every later slide would

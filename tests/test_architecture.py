@@ -15,7 +15,7 @@ FLOORS = [
     {"slide"},
     {"sampling", "patches"},
     {"model", "reference_api", "nets", "encoders"},
-    {"classifier", "outputs", "geojson", "data"},
+    {"classifier", "outputs", "geojson", "data", "exports"},
     {"run"},
     {"cli"},
 ]

@@ -205,13 +205,16 @@ class SlideClassifier(nn.Module):
             x_low, mask = item.low_inputs(device)
             attention, grid_mask = self.sampler.attend(x_low, mask)
             draw = partial(self.sampler.draw, x_low)
-        probs, boxes, box_attention = [], [], []
+        probs, boxes, box_attention, patch_features, embeddings = [], [], [], [], []
         for _ in range(samples):
             result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
                           deterministic=deterministic)
             probs.append(torch.softmax(self.slide_logits(result).float(), dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
+            embeddings.append(result.features[0].float().reshape(-1).cpu())
+            if result.patch_features is not None:  # [n, D] (axes after the first flattened)
+                patch_features.append(result.patch_features[0].float().reshape(len(result.xy[0]), -1).cpu())
         p = torch.stack(probs).mean(0).numpy()
         boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
         attention_np = attention[0].float().cpu().numpy()
@@ -235,6 +238,8 @@ class SlideClassifier(nn.Module):
             slide_pixels=int(w0) * int(h0),
             mpp=item.slide.mpp,
             low_downsample=float(item.low.downsample),
+            patch_features=torch.cat(patch_features).numpy() if len(patch_features) == samples else None,
+            embeddings=torch.stack(embeddings).numpy(),
         )
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import _encoder
+from . import _encoder, _exports
 from ..errors import OutputLockedError
 from ._common import HelpFormatter, LibraryLog, check_device, error, format_table, positive_int, progress_bar
 
@@ -47,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     _register_resolution(p)
     _encoder.register_predict(p)
+    _exports.register(p)
     p.set_defaults(func=run)
 
 
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.manifest import is_manifest, normalise_split
     from ..run.predict import PredictSettings, predict_slides
 
-    bad = check_device("predict", args.device)
+    bad = check_device("predict", args.device) or _exports.check(args)
     if bad:
         return error(bad)
     manifests = [a for a in args.slides if is_manifest(a)]
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
                                geojson=args.geojson, feature_cache=args.feature_cache,
                                feature_weights=args.feature_weights, sampler=args.sampler,
-                               slide_mpp=_manifest_mpp(args, model) if manifests else {})
+                               slide_mpp=_manifest_mpp(args, model) if manifests else {}, **_exports.settings(args))
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 
     def progress(name, status):

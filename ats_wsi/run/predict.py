@@ -15,6 +15,8 @@ Outputs of :func:`predict_slides` in ``out_dir``:
   colour bar) + the sampled boxes numbered in draw order + the predicted class;
 - ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention
   regions for QuPath (:mod:`ats_wsi.geojson`);
+- ``features/<name>.h5`` (``export_features``), ``patches/<name>/`` (``export_patches``):
+  the sampled features for TRIDENT/CLAM heads and the top-attention patches (:mod:`ats_wsi.exports`);
 - ``.done/<name>.json``: the finished row, written last; a re-run with the
   same checkpoint skips slides that have it.
 
@@ -41,6 +43,7 @@ import torch
 from ..classifier import SlideClassifier, checkpoint_id, load_model
 from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
+from ..exports import export_files, write_slide_exports
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
 from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
@@ -83,6 +86,10 @@ class PredictSettings:
     """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
     sampler: str | None = None
     """``"uniform"``: draw uniformly over tissue instead of from the attention (``--sampler``); None: the model's."""
+    export_features: bool = False
+    """Also write ``features/<name>.h5``: the sampled patches' features, TRIDENT/CLAM layout (``--export-features``)."""
+    export_patches: int = 0
+    """Also write the K top-attention patches as PNG and a contact sheet, ``patches/<name>/`` (``--export-patches``)."""
 
 
 MAX_NAME_BYTES = 200
@@ -152,6 +159,8 @@ def run_key(settings: PredictSettings) -> str:
         parts.append("geojson")
     if settings.sampler is not None:  # (absent otherwise, as above)
         parts.append(["sampler", settings.sampler])
+    if settings.export_features or settings.export_patches:  # (absent otherwise, as above)
+        parts.append(["exports", settings.export_features, settings.export_patches])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -223,6 +232,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         write_overlay_png(out / "overlays" / f"{name}.png", image)
         if settings.geojson:
             write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path))
+        write_slide_exports(out, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
+                            features=settings.export_features, patches=settings.export_patches)
     row = {
         "slide": str(path),
         "name": name,
@@ -247,7 +258,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
 
 def _output_files(name: str, settings: PredictSettings) -> list[str]:
     """A slide's outputs (relative to ``out_dir``) that its done marker vouches for."""
-    return [f"maps/{name}.zarr", f"overlays/{name}.png", *([f"geojson/{name}.geojson"] if settings.geojson else [])]
+    return [f"maps/{name}.zarr", f"overlays/{name}.png", *([f"geojson/{name}.geojson"] if settings.geojson else []),
+            *export_files(name, features=settings.export_features, patches=settings.export_patches)]
 
 
 def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
