@@ -134,3 +134,11 @@ def test_the_clam_style_example_loads_the_bags(run):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "one.h5: features (8, 8), coords (8, 2), label -1"
+
+
+def test_too_many_export_patches_is_one_line_before_anything_is_read(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ats_wsi.cli", "predict", str(tmp_path / "none.pt"),
+                           str(tmp_path), "--out", str(tmp_path / "out"), "--export-patches", "257"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()  # a usage error
+    assert proc.stderr.strip() == "ats-wsi predict: --export-patches must be at most 256, got 257"
