@@ -107,7 +107,8 @@ def _report_metrics(args, rows, errors, config) -> None:
     out = Path(args.out)
     m = write_prediction_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
                                  seed=0, extra={"failed": len(errors), "split": args.split,
-                                                "checkpoint": str(args.checkpoint)})
+                                                "checkpoint": str(args.checkpoint),
+                                                **_exports.curves(args, out, rows, config)})
     b = m["bootstrap"]
     print(f"\nmetrics of {m['n']} labelled slide(s) -> {out / 'metrics.json'} (95% intervals: "
           f"{b['resamples']} bootstrap resamples, seed {b['seed']})")
@@ -122,6 +123,7 @@ def _report_metrics(args, rows, errors, config) -> None:
     names = m["class_names"]
     print("\nconfusion matrix (rows: true class, columns: predicted)")
     print(format_table([[n, *map(str, r)] for n, r in zip(names, m["confusion_matrix"])], ["", *names]))
+    _exports.print_curves(m, out)
     if errors:
         print(f"({len(errors)} slide(s) failed and are not counted)")
 
