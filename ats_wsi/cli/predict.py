@@ -39,8 +39,9 @@ def register(sub) -> None:
                         "equal bit for bit only between runs with the same value")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.4", help="OME-Zarr version of the maps")
     p.add_argument("--geojson", action="store_true",
-                   help="also write geojson/NAME.geojson: the sampled boxes and the top-attention regions in "
-                        "level-0 pixels, for QuPath (File > Import objects)")
+                   help="also write geojson/NAME.geojson for QuPath (File > Import objects), level-0 pixels: the "
+                        "prediction as a classified annotation, the attention map as detection tiles, the "
+                        "sampled boxes and the top-attention regions")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     where.add_argument("--workers", type=positive_int, help="start a local dask cluster with N worker processes")

@@ -231,7 +231,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
                                title=prediction_title(pred.predicted_name, pred.probabilities[pred.predicted]))
         write_overlay_png(out / "overlays" / f"{name}.png", image)
         if settings.geojson:
-            write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path))
+            write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path), slide_wh=slide.dimensions)
         write_slide_exports(out, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
                             features=settings.export_features, patches=settings.export_patches)
     row = {

@@ -18,6 +18,7 @@ from ats_wsi.data.synthetic import write_synthetic_slide
 from ats_wsi.errors import MissingExtraError
 from ats_wsi.exports import require_h5py, top_patches
 from ats_wsi.exports.patches import read_patch
+from ats_wsi.outputs import attention_scale, read_attention_zarr
 from ats_wsi.run.predict import PredictSettings, predict_slides
 from ats_wsi.slide import open_slide
 
@@ -25,6 +26,8 @@ from ats_wsi.slide import open_slide
 # features and the head reads it alone: both facts are checked against the file below
 TINY = dict(n_patches=4, patch_size=64, feature_dim=8, low_downsample=16.0, replace=True, instance_head=False)
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_geojson import check_geojson, check_qupath  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +77,33 @@ def test_features_h5_has_the_trident_clam_layout_and_the_boxes_of_the_run(run, m
         probabilities = fh.attrs["probabilities"]
         assert fh.attrs["format"] == "ats-wsi features 1" and fh.attrs["encoder"] == ""
         assert fh.attrs["feature_net"] == "feature-small" and fh.attrs["checkpoint"] == row["checkpoint"]
-        attention = fh["attention"][:]
+        attention, x_cells = fh["attention"][:], fh["attention_x_cells"][:]
     # with replacement the estimator is the mean of each sampling's drawn features
     assert np.allclose(embeddings, features.reshape(2, 4, 8).mean(1), atol=1e-6)
     with torch.no_grad():  # the head reads the embedding: the slide's probabilities again
         logits = load_model(model_path).head(torch.from_numpy(embeddings))
     assert np.allclose(torch.softmax(logits, -1).mean(0).numpy(), probabilities, atol=1e-5)
     assert np.allclose(probabilities, [float(row[f"p{k}"]) for k in range(2)], atol=1e-6)
-    measured = [f["properties"]["measurements"]["attention"] for f in patches]
-    assert np.allclose(measured, attention, rtol=1e-5)
+    # one unit of attention in the GeoJSON and the file (x cells, as on the overlay), and the probability beside it
+    assert np.allclose([f["properties"]["measurements"]["attention"] for f in patches], x_cells, rtol=1e-5)
+    assert np.allclose([f["properties"]["measurements"]["attention_probability"] for f in patches], attention)
+
+
+def test_the_runs_geojson_follows_the_qupath_rules_with_the_map_as_detections(run, slide):
+    out, row = run
+    data = json.loads((out / "geojson" / "one.geojson").read_text())
+    check_geojson(data)
+    kinds = [f["properties"]["objectType"] for f in data["features"]]
+    for f, kind in zip(data["features"], kinds):
+        check_qupath(f, kind)
+    first = data["features"][0]["properties"]
+    assert first["name"] == "ats-wsi prediction" and first["classification"]["name"] == f"class {row['predicted']}"
+    assert first["measurements"]["probability"] == pytest.approx(float(row[f"p{row['predicted']}"]), abs=1e-6)
+    zarr_map = read_attention_zarr(out / "maps" / "one.zarr")
+    tiles = [f for f in data["features"] if f["properties"]["objectType"] == "detection"]
+    scaled = attention_scale(zarr_map.data)
+    assert len(tiles) == int((scaled >= 1.0).sum()) > 0  # one tile per cell at or above uniform
+    assert max(t["properties"]["measurements"]["attention"] for t in tiles) == pytest.approx(float(scaled.max()))
 
 
 def test_top_patches_are_the_pixels_of_the_highest_attention_boxes(run, slide):
