@@ -69,7 +69,8 @@ def test_multipolygons_include_and_exclude_classes(tmp_path):
                              _feature({"type": "Point"}, "Point", "Tumor")])
     grid = read_roi(path, exclude=["Pen"]).raster((2, 6), 50.0)
     assert grid.tolist() == [[True, False, False, False, False, True], [True, True, False, False, True, True]]
-    assert read_roi(path).raster((2, 6), 50.0).tolist() == [[True, True, False, False, True, True]] * 2
+    everything = read_roi(path).raster((2, 6), 50.0)  # no class excluded: the pen mark is part of the region
+    assert everything.tolist() == [[True] * 6, [True, True, False, False, True, True]]
     only_pen = read_roi(path, include=["Nothing"], exclude=["Pen"])  # excluded only: the rest of the slide
     assert only_pen.raster((2, 6), 50.0).tolist() == [[True, False, False, False, False, True], [True] * 6]
 
