@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import RoiError
 
-__all__ = ["Roi", "read_roi", "roi_file_for", "MAX_RASTER_PIXELS"]
+__all__ = ["Roi", "read_roi", "roi_file_for", "roi_for_slide", "MAX_RASTER_PIXELS"]
 
 MAX_RASTER_PIXELS = 16 * 2**20
 """The largest raster :meth:`Roi.boxes_inside` makes (its downsample grows to stay under it)."""
@@ -218,3 +218,11 @@ def roi_file_for(roi: str | os.PathLike, slide: str | os.PathLike) -> Path:
             return candidate
     raise RoiError(roi, f"no ROI file for slide {Path(slide).name}: expected {stem}.geojson (or {stem}.json) "
                         "in this folder")
+
+
+def roi_for_slide(roi: str | os.PathLike | None, slide: str | os.PathLike, *, include: Sequence[str] | None = None,
+                  exclude: Sequence[str] | None = None) -> Roi | None:
+    """The :class:`Roi` of ``slide`` from ``--roi`` (a file, or a folder matched by slide name), or None."""
+    if roi is None or roi == "":
+        return None
+    return read_roi(roi_file_for(roi, slide), include=include, exclude=exclude)

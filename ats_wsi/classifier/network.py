@@ -21,6 +21,7 @@ from ..sampling import expectation
 from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
+from ._roi import restrict_to_roi, roi_grid
 from .config import ModelConfig
 from .inputs import SlideInput
 from .prediction import SlidePrediction, slide_seed
@@ -154,6 +155,7 @@ class SlideClassifier(nn.Module):
         workers: int = 2,
         stream: bool = True,
         sampler: str | None = None,
+        roi=None,
     ) -> SlidePrediction:
         """Classify one slide: the low view, the attention map once, ``samples`` draws.
 
@@ -174,6 +176,8 @@ class SlideClassifier(nn.Module):
             sampler: ``"uniform"`` draws uniformly over tissue cells instead of
                 from the attention map (the random-patch ablation of a trained
                 model); ``None``: the model's own.
+            roi: a :class:`~ats_wsi.roi.Roi`: draw only cells whose whole patch box lies in
+                it (and on tissue), the attention renormalised over them.
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
@@ -187,13 +191,14 @@ class SlideClassifier(nn.Module):
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
             return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
-                                 seed=seed, deterministic=deterministic, stream=stream)
+                                 seed=seed, deterministic=deterministic, stream=stream, roi=roi)
         finally:
             self.sampler.sampler_kind = own
             if not given:
                 item.close()
 
-    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic, stream):
+    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic, stream,
+                 roi=None):
         device = self.device
         source = item.source(device)
         generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
@@ -205,6 +210,10 @@ class SlideClassifier(nn.Module):
             x_low, mask = item.low_inputs(device)
             attention, grid_mask = self.sampler.attend(x_low, mask)
             draw = partial(self.sampler.draw, x_low)
+        if roi is not None:
+            inside = roi_grid(self.sampler, source, item.low.shape, attention.shape[-2:], roi, item.slide.dimensions)
+            attention, grid_mask = restrict_to_roi(attention, grid_mask, inside, slide=str(item.path),
+                                                   roi_path=roi.path)
         probs, boxes, box_attention, patch_features, embeddings = [], [], [], [], []
         for _ in range(samples):
             result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,

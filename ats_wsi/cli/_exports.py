@@ -91,3 +91,25 @@ def print_curves(m: dict, out) -> None:
               f"{num(op['sensitivity'])}, specificity {num(op['specificity'])}")
     if m.get("curves"):
         print(f"ROC and PR curves -> {out}/curves/ (roc.csv, roc.png, pr.csv, pr.png)")
+
+
+def register_roi(p) -> None:
+    """``--roi``, ``--roi-include``, ``--roi-exclude`` (``train`` and ``predict``)."""
+    g = p.add_argument_group("regions of interest (docs/cli.md#regions-of-interest)")
+    g.add_argument("--roi", metavar="FILE|DIR",
+                   help="draw patches only inside annotations: a GeoJSON file (QuPath: Export objects) in level-0 "
+                        "pixels, or a folder of NAME.geojson per slide (NAME: the slide's file name without its "
+                        "suffix); polygons with holes and MultiPolygons")
+    g.add_argument("--roi-include", metavar="CLASS", action="append",
+                   help="only features of this class make the region (repeat for more; default: every class "
+                        "not excluded)")
+    g.add_argument("--roi-exclude", metavar="CLASS", action="append",
+                   help="cut features of this class out of the region, e.g. Artifact, Pen (repeat for more)")
+
+
+def roi_settings(args: argparse.Namespace) -> dict:
+    """The ``roi``, ``roi_include``, ``roi_exclude`` settings of the flags (train and predict alike)."""
+    from pathlib import Path
+
+    return {"roi": str(Path(args.roi).resolve()) if args.roi else None, "roi_include": list(args.roi_include) if args.roi_include else None,
+            "roi_exclude": list(args.roi_exclude or [])}

@@ -49,6 +49,7 @@ def register(sub) -> None:
     _register_resolution(p)
     _encoder.register_predict(p)
     _exports.register(p)
+    _exports.register_roi(p)
     p.set_defaults(func=run)
 
 
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
                                geojson=args.geojson, feature_cache=args.feature_cache,
                                feature_weights=args.feature_weights, sampler=args.sampler,
-                               slide_mpp=_manifest_mpp(args, model) if manifests else {}, **_exports.settings(args))
+                               slide_mpp=_manifest_mpp(args, model) if manifests else {}, **_exports.settings(args),
+                               **_exports.roi_settings(args))
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 
     def progress(name, status):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .features import feature_arrays, require_h5py, write_features_h5
 from .patches import MAX_EXPORT_PATCHES, top_patches, write_top_patches
-from .slide_exports import export_files, write_slide_exports
+from .slide_exports import export_files, outline_roi, write_slide_exports
 
 __all__ = ["feature_arrays", "require_h5py", "write_features_h5", "MAX_EXPORT_PATCHES", "top_patches",
-           "write_top_patches", "export_files", "write_slide_exports"]
+           "write_top_patches", "export_files", "outline_roi", "write_slide_exports"]

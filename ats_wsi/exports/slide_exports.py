@@ -9,7 +9,21 @@ from pathlib import Path
 from .features import write_features_h5
 from .patches import write_top_patches
 
-__all__ = ["export_files", "write_slide_exports"]
+__all__ = ["export_files", "write_slide_exports", "outline_roi"]
+
+
+def outline_roi(image, roi, downsample: float, colour=(0, 160, 0)):
+    """Draw ``roi``'s rings (included green, excluded red) on a PIL ``image`` of ``downsample`` level-0
+    pixels per pixel; returns the image."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(image)
+    for polygons, fill in ((roi.include, colour), (roi.exclude, (220, 0, 0))):
+        for polygon in polygons:
+            for ring in polygon:
+                points = [(float(x) / downsample, float(y) / downsample) for x, y in ring.tolist()]
+                draw.line(points + points[:1], fill=fill, width=2)
+    return image
 
 
 def export_files(name: str, *, features: bool = False, patches: int = 0) -> list[str]:

@@ -43,7 +43,8 @@ import torch
 from ..classifier import SlideClassifier, checkpoint_id, load_model
 from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
-from ..exports import export_files, write_slide_exports
+from ..exports import export_files, outline_roi, write_slide_exports
+from ..roi import roi_for_slide
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
 from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
@@ -90,6 +91,11 @@ class PredictSettings:
     """Also write ``features/<name>.h5``: the sampled patches' features, TRIDENT/CLAM layout (``--export-features``)."""
     export_patches: int = 0
     """Also write the K top-attention patches as PNG and a contact sheet, ``patches/<name>/`` (``--export-patches``)."""
+    roi: str | None = None
+    """A GeoJSON file, or a folder of ``<slide name>.geojson``: draw only inside its polygons (``--roi``)."""
+    roi_include: list[str] | None = None
+    roi_exclude: list[str] = field(default_factory=list)
+    """Class names of the ROI's features that make the region / are cut out of it (``--roi-include/-exclude``)."""
 
 
 MAX_NAME_BYTES = 200
@@ -159,6 +165,8 @@ def run_key(settings: PredictSettings) -> str:
         parts.append("geojson")
     if settings.sampler is not None:  # (absent otherwise, as above)
         parts.append(["sampler", settings.sampler])
+    if settings.roi is not None:  # (absent otherwise, as above)
+        parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude)])
     if settings.export_features or settings.export_patches:  # (absent otherwise, as above)
         parts.append(["exports", settings.export_features, settings.export_patches])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
@@ -210,10 +218,11 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     cache = _feature_cache(model)
     if cache is not None:
         cache.take_stats()  # count this slide's lookups only
+    roi = roi_for_slide(settings.roi, path, include=settings.roi_include, exclude=settings.roi_exclude)
     with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers,
-                             sampler=settings.sampler)
+                             sampler=settings.sampler, roi=roi)
         write_attention_zarr(
             out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
             origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
@@ -229,6 +238,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
                                origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh,
                                title=prediction_title(pred.predicted_name, pred.probabilities[pred.predicted]))
+        image = image if roi is None else outline_roi(image, roi, thumb_ds)
         write_overlay_png(out / "overlays" / f"{name}.png", image)
         if settings.geojson:
             write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path), slide_wh=slide.dimensions)

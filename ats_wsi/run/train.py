@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +31,7 @@ from ..encoders import attach_feature_cache
 from ..errors import CheckpointError, ManifestError
 from ..atomic import write_csv_atomic, write_json_atomic
 from ..curves import youden_threshold
+from ..roi import roi_for_slide
 from ..metrics import roc_auc
 from ._aids import distill_loss, exploration, instance_loss
 from ._running_stats import _RunningStats
@@ -83,6 +84,11 @@ class TrainSettings:
     """The label meaning "nothing found", for the per-patch losses."""
     distill: str = "bce"
     """``"bce"`` (absolute scores) or ``"rank"`` (within-slide ranking); see :func:`._aids.distill_loss`."""
+    roi: str | None = None
+    """A GeoJSON file, or a folder of ``<slide name>.geojson``: draw only inside its polygons (``--roi``)."""
+    roi_include: list[str] | None = None
+    roi_exclude: list[str] = field(default_factory=list)
+    """Class names of the ROI's features that make the region / are cut out of it."""
 
 
 @dataclass
@@ -218,7 +224,10 @@ def train(
     _check_labels(manifest, train_rows + val_rows, config)
     try:
         given_mpp = {str(r.path): r.mpp for r in train_rows + val_rows if getattr(r, "mpp", None) is not None}
-        with SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device) as inputs:
+        rois = {str(r.path): roi_for_slide(settings.roi, r.path, include=settings.roi_include,
+                                           exclude=settings.roi_exclude)
+                for r in train_rows + val_rows} if settings.roi else None
+        with SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device, rois=rois) as inputs:
             # Every slide is opened (in parallel) before the first epoch; they stay open.
             train_rows, val_rows = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
                                                rank=procs.rank, progress=progress)
