@@ -104,3 +104,21 @@ def test_training_masks_the_low_view_to_roi_and_tissue_and_records_the_roi(setup
     with pytest.raises(RoiError, match="no tissue of slide .*one.svs lies inside the region of interest"):
         train(manifest, tmp_path / "run-off", config, TrainSettings(epochs=1, batch_size=1, roi=str(off)),
               progress=False)
+
+
+def test_the_command_takes_roi_flags(setup, tmp_path):
+    import subprocess
+    import sys
+
+    folder, slide, roi = setup
+    proc = subprocess.run([sys.executable, "-m", "ats_wsi.cli", "predict", str(folder / "model.pt"), str(slide),
+                           "--out", str(tmp_path / "out"), "--no-progress", "--roi", str(roi.parent),
+                           "--roi-exclude", "Pen", "--roi-include", "Tumor"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    boxes = json.loads((tmp_path / "out" / ".done" / "one.json").read_text())["boxes_xywh"]
+    assert len(boxes) == 16 and all(_inside(b, OUTER) and not _overlaps(b, HOLE) for b in boxes)
+    proc = subprocess.run([sys.executable, "-m", "ats_wsi.cli", "predict", str(folder / "model.pt"), str(slide),
+                           "--out", str(tmp_path / "out2"), "--no-progress", "--roi", str(roi.parent),
+                           "--roi-include", "Stroma"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "RoiError" in proc.stderr and "--roi-include names ['Stroma']" in proc.stderr
