@@ -279,6 +279,15 @@ def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str,
         return predict_one(path, name, settings)
 
 
+def _predict_caught(path: str, name: str, settings: PredictSettings):
+    """:func:`_predict_owned` on a dask worker: a slide's failure comes back as a value, so that the
+    worker does not log it as a failed task with its traceback (the driver records it, one line)."""
+    try:
+        return _predict_owned(path, name, settings)
+    except Exception as exc:  # recorded by the driver in errors.csv; typed errors pickle with their reason
+        return exc
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run with ``n`` intra-op threads, then restore: CPU kernels sum in an order
@@ -423,12 +432,12 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
     # Task keys unique to this run: on a shared scheduler another run's task of
     # the same slide name would otherwise be taken for this one.
     run = uuid.uuid4().hex[:8]
-    futures = {executor.submit(_predict_owned, path, name, settings, pure=False,
+    futures = {executor.submit(_predict_caught, path, name, settings, pure=False,
                                key=f"ats-predict-{name}-{run}"): (path, name)
                for path, name in todo}
     for future in as_completed(list(futures)):
         path, name = futures[future]
         try:
-            yield path, name, future.result()
-        except Exception as exc:  # a worker's exception, re-raised here
+            yield path, name, future.result()  # a row, or the slide's exception as a value
+        except Exception as exc:  # the task itself failed (a worker lost, a result that did not travel)
             yield path, name, exc
