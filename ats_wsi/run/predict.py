@@ -227,6 +227,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
             out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
             origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
             metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
+                      "checkpoint_path": os.path.abspath(settings.checkpoint),
                       "probabilities": [float(v) for v in pred.probabilities],
                       "predicted": pred.predicted, "low_downsample": pred.low_downsample,
                       "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
