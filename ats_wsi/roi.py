@@ -17,6 +17,10 @@ Inside means even-odd over a polygon's rings (a hole is outside), the union
 over polygons. The region is rasterised at pixel centres
 (:meth:`Roi.raster`); :meth:`Roi.boxes_inside` tells whether whole boxes lie
 in it, to the raster's resolution and with one raster pixel of margin.
+
+A binary mask image (PNG, or TIFF at any pyramid level) works too
+(:class:`MaskRoi`): nonzero is inside, and it is aligned to the slide by
+size (it spans the whole slide, at any resolution).
 """
 from __future__ import annotations
 
@@ -31,12 +35,13 @@ import numpy as np
 
 from .errors import RoiError
 
-__all__ = ["Roi", "read_roi", "roi_file_for", "roi_for_slide", "MAX_RASTER_PIXELS"]
+__all__ = ["Roi", "MaskRoi", "read_roi", "read_mask_roi", "roi_file_for", "roi_for_slide", "MAX_RASTER_PIXELS"]
 
 MAX_RASTER_PIXELS = 16 * 2**20
 """The largest raster :meth:`Roi.boxes_inside` makes (its downsample grows to stay under it)."""
 
-ROI_SUFFIXES = (".geojson", ".json")
+ROI_SUFFIXES = (".geojson", ".json", ".png", ".tif", ".tiff")
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 Ring = np.ndarray  # float64 [m, 2], (x, y) in level-0 pixels
 
@@ -60,12 +65,13 @@ class Roi:
         """True when the region is the whole plane minus ``exclude`` (no included polygon)."""
         return not self.include
 
-    def raster(self, shape: tuple[int, int], downsample: float) -> np.ndarray:
+    def raster(self, shape: tuple[int, int], downsample: float, slide_wh=None) -> np.ndarray:
         """bool [rows, cols]: pixel (r, c), centred at level-0 ((c + ½)·ds, (r + ½)·ds), lies in the region.
 
         Args:
             shape: (rows, cols) of the raster.
             downsample: level-0 pixels per raster pixel.
+            slide_wh: the slide's level-0 (width, height) (used by a :class:`MaskRoi`).
         """
         rows, cols = (int(v) for v in shape)
         if rows * cols > 4 * MAX_RASTER_PIXELS:
@@ -89,7 +95,7 @@ class Roi:
         width, height = (int(v) for v in slide_wh)
         ds = max(1.0, math.sqrt(width * height / MAX_RASTER_PIXELS))
         rows, cols = max(1, math.ceil(height / ds)), max(1, math.ceil(width / ds))
-        inside = self.raster((rows, cols), ds)
+        inside = self.raster((rows, cols), ds, (width, height))
         table = np.zeros((rows + 1, cols + 1), dtype=np.int64)
         table[1:, 1:] = np.cumsum(np.cumsum(inside, axis=0), axis=1)
         c0 = np.floor(boxes[:, 0] / ds).astype(np.int64) - 1
@@ -102,6 +108,63 @@ class Roi:
         count = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
         ok = count == (r1 - r0) * (c1 - c0)
         return ok & (~beyond | self.everywhere_else)
+
+
+@dataclass
+class MaskRoi(Roi):
+    """A region given as a binary mask image over the whole slide (nonzero: inside), at any
+    resolution: its pixel (r, c) covers level-0 [c·W/cols, (c+1)·W/cols) × [r·H/rows, (r+1)·H/rows).
+
+    Attributes:
+        mask: bool [rows, cols].
+    """
+
+    mask: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), bool))
+
+    @property
+    def everywhere_else(self) -> bool:
+        return False
+
+    def raster(self, shape: tuple[int, int], downsample: float, slide_wh=None) -> np.ndarray:
+        rows, cols = (int(v) for v in shape)
+        width, height = slide_wh if slide_wh is not None else (cols * downsample, rows * downsample)
+        m_rows, m_cols = self.mask.shape
+        r = np.clip(((np.arange(rows) + 0.5) * downsample * m_rows / height).astype(np.int64), 0, m_rows - 1)
+        c = np.clip(((np.arange(cols) + 0.5) * downsample * m_cols / width).astype(np.int64), 0, m_cols - 1)
+        return self.mask[np.ix_(r, c)]
+
+
+def read_mask_roi(path: str | os.PathLike) -> MaskRoi:
+    """A :class:`MaskRoi` from a PNG or (pyramidal) TIFF mask: the largest level within
+    :data:`MAX_RASTER_PIXELS`, its first channel nonzero inside."""
+    path = str(path)
+    try:
+        if path.lower().endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_RASTER_PIXELS:
+                    raise RoiError(path, f"a PNG mask of {image.width} x {image.height} pixels is over "
+                                         f"{MAX_RASTER_PIXELS}; save it smaller (it is aligned by size)")
+                pixels = np.asarray(image)
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                levels = tif.series[0].levels
+                fits = [lv for lv in levels if int(np.prod(lv.shape[:2])) <= MAX_RASTER_PIXELS]
+                if not fits:
+                    raise RoiError(path, f"no level of this TIFF mask is within {MAX_RASTER_PIXELS} pixels; "
+                                         "add a smaller level or save it smaller")
+                pixels = max(fits, key=lambda lv: int(np.prod(lv.shape[:2]))).asarray()
+    except FileNotFoundError:
+        raise RoiError(path, "no such ROI file") from None
+    except (OSError, ValueError) as exc:
+        raise RoiError(path, f"not a mask image ({type(exc).__name__}: {exc})") from None
+    mask = (pixels[..., 0] if pixels.ndim == 3 else pixels) != 0
+    if mask.ndim != 2 or not mask.any():
+        raise RoiError(path, "the mask marks no pixel (nonzero is inside)")
+    return MaskRoi(path=path, mask=mask)
 
 
 def _fill(polygon: Sequence[Ring], rows: int, cols: int, ds: float) -> np.ndarray:
@@ -216,8 +279,8 @@ def roi_file_for(roi: str | os.PathLike, slide: str | os.PathLike) -> Path:
         candidate = roi / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
-    raise RoiError(roi, f"no ROI file for slide {Path(slide).name}: expected {stem}.geojson (or {stem}.json) "
-                        "in this folder")
+    raise RoiError(roi, f"no ROI file for slide {Path(slide).name}: expected {stem}.geojson (or {stem}.json, "
+                        f"or a mask {stem}.png / {stem}.tif) in this folder")
 
 
 def roi_for_slide(roi: str | os.PathLike | None, slide: str | os.PathLike, *, include: Sequence[str] | None = None,
@@ -225,4 +288,7 @@ def roi_for_slide(roi: str | os.PathLike | None, slide: str | os.PathLike, *, in
     """The :class:`Roi` of ``slide`` from ``--roi`` (a file, or a folder matched by slide name), or None."""
     if roi is None or roi == "":
         return None
-    return read_roi(roi_file_for(roi, slide), include=include, exclude=exclude)
+    path = roi_file_for(roi, slide)
+    if path.suffix.lower() in MASK_SUFFIXES:
+        return read_mask_roi(path)
+    return read_roi(path, include=include, exclude=exclude)

@@ -92,3 +92,27 @@ def test_a_folder_is_matched_by_slide_name(tmp_path):
     assert roi_file_for(path, "/data/other.svs") == path
     with pytest.raises(RoiError, match="no ROI file for slide other.svs: expected other.geojson"):
         roi_file_for(tmp_path, "/data/other.svs")
+
+
+def test_a_mask_image_at_any_resolution_is_aligned_by_size(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from ats_wsi.roi import roi_for_slide
+
+    mask = np.zeros((30, 40), np.uint8)  # a slide of 4000 x 3000 at 1/100
+    mask[10:20, 5:25] = 255  # level-0 x 500..2500, y 1000..2000
+    Image.fromarray(mask).save(tmp_path / "s1.png")
+    tifffile.imwrite(tmp_path / "s2.tif", mask)
+    for name in ("s1.svs", "s2.svs"):
+        roi = roi_for_slide(tmp_path, name)
+        grid = roi.raster((300, 400), 10.0, (4000, 3000))  # pixel centres at level-0 (c + .5) * 10
+        expected = np.zeros((300, 400), bool)
+        expected[100:200, 50:250] = True
+        assert np.array_equal(grid, expected)
+        inside = roi.boxes_inside(np.array([[600, 1100, 256, 256], [400, 1100, 256, 256], [2300, 1800, 256, 256]]),
+                                  (4000, 3000))
+        assert inside.tolist() == [True, False, False]
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(RoiError, match="empty.png: not a mask image"):
+        roi_for_slide(tmp_path / "empty.png", "x.svs")

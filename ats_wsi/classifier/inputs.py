@@ -92,7 +92,7 @@ class SlideInput:
         image = torch.from_numpy(np.array(self.view.image, copy=True)).permute(2, 0, 1)[None]
         mask = self.view.mask
         if self.roi is not None:
-            mask = mask & self.roi.raster(mask.shape, self.view.downsample)
+            mask = mask & self.roi.raster(mask.shape, self.view.downsample, self.slide.dimensions)
             if not mask.any():
                 from ..errors import RoiError
 
