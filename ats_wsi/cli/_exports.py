@@ -111,5 +111,6 @@ def roi_settings(args: argparse.Namespace) -> dict:
     """The ``roi``, ``roi_include``, ``roi_exclude`` settings of the flags (train and predict alike)."""
     from pathlib import Path
 
-    return {"roi": str(Path(args.roi).resolve()) if args.roi else None, "roi_include": list(args.roi_include) if args.roi_include else None,
+    return {"roi": str(Path(args.roi).resolve()) if args.roi else None,
+            "roi_include": list(args.roi_include) if args.roi_include else None,
             "roi_exclude": list(args.roi_exclude or [])}
