@@ -4,6 +4,8 @@
   layout TRIDENT and CLAM read (``predict --export-features``);
 - :mod:`.patches`: the top-K attention patches as PNG and a contact sheet
   (``predict --export-patches K``);
+- :mod:`.curves`: ROC / PR curves (CSV, PNG), AUPRC and the operating point
+  of a labelled run (``metrics.json``);
 - :mod:`.slide_exports`: what ``predict`` writes per slide on request, and
   the files its done marker vouches for.
 """
