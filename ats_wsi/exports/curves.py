@@ -102,7 +102,7 @@ def draw_curves(path: str | os.PathLike, series, title: str, x_label: str, y_lab
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         draw.text((left + 8, top + 6 + 16 * k), str(name), fill=colour, font=font)
-    draw.text((left, 6), title, fill=(0, 0, 0), font=font)
+    draw.text(((left + right - draw.textlength(title, font=font)) / 2, 6), title, fill=(0, 0, 0), font=font)
     draw.text(((left + right) / 2 - 40, size - 20), x_label, fill=(0, 0, 0), font=font)
     draw.text((4, top - 18), y_label, fill=(0, 0, 0), font=font)
     with atomic_path(path) as tmp:
