@@ -113,12 +113,12 @@ def _contact_sheet(tiles) -> "Image.Image":
     cols = max(1, min(len(tiles), int(np.ceil(np.sqrt(len(tiles))))))
     rows = max(1, -(-len(tiles) // cols))
     side = max(1, min(MAX_SHEET_PATCH_PX, max((t[0].width for t in tiles), default=1)))
-    caption_h = 30
-    sheet = Image.new("RGB", (cols * (side + 4) + 4, rows * (side + caption_h + 4) + 4), (255, 255, 255))
+    caption_h, cell_w = 30, max(side, 110)  # small patches still get a readable caption
+    sheet = Image.new("RGB", (cols * (cell_w + 4) + 4, rows * (side + caption_h + 4) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for rank, (image, attention, (x, y, _, _)) in enumerate(tiles):
         r, c = divmod(rank, cols)
-        left, top = 4 + c * (side + 4), 4 + r * (side + caption_h + 4)
+        left, top = 4 + c * (cell_w + 4), 4 + r * (side + caption_h + 4)
         sheet.paste(image.resize((side, side), Image.BILINEAR) if image.width != side else image, (left, top))
         draw.text((left, top + side + 1), f"#{rank + 1}  a={attention:.2f}", fill=(0, 0, 0), font=font)
         draw.text((left, top + side + 14), f"x={int(x)} y={int(y)}", fill=(0, 0, 0), font=font)
