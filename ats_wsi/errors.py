@@ -136,6 +136,16 @@ class EncoderResolutionError(EncoderError, ValueError):
     """Patches would be read at another µm/px than the encoder's spec (``path``: the slide)."""
 
 
+class RoiError(_FileReason, AtsError, ValueError):
+    """A region-of-interest file (``--roi``) that cannot be used: missing, not GeoJSON, no polygon
+    in it, or no patch of the slide inside it (``path``: the ROI file or folder)."""
+
+
+class MissingExtraError(AtsError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (``pip install 'ats-wsi[hdf5]'``)."""
+
+
 class OutputError(AtsError, OSError):
     """A results folder that cannot be written: a full disk, a read-only or
     immutable folder, no permission. It stops a run (every later slide would

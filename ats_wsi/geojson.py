@@ -1,21 +1,34 @@
-"""A prediction as GeoJSON that QuPath imports as annotations.
+"""A prediction as GeoJSON that QuPath imports (*File > Import objects*, QuPath 0.4 and later).
 
 One FeatureCollection in level-0 pixel coordinates (x right, y down, as
-openslide and QuPath count them):
+openslide and QuPath count them). Attention is given in one unit everywhere:
+attention × the map's number of cells (1 = uniform), as on the overlay PNG and
+in napari (:func:`ats_wsi.outputs.attention_scale`).
 
-- one ``Polygon`` per sampled box, in draw order, named ``patch K``
+- the slide's prediction: one annotation over the whole slide, named
+  ``ats-wsi prediction``, classified as the predicted class, with the
+  measurements ``probability`` (of that class) and ``p_<class>`` per class
+  (QuPath ignores the collection's own ``properties``, so this is where it
+  sees the prediction);
+- the attention map as detection tiles: one ``detection`` per cell with
+  attention ≥ ``DETECTION_FLOOR`` (the top ``MAX_DETECTIONS`` at most), with
+  the measurement ``attention`` (named ``attention tile``), so that QuPath's *Measure > Show measurement
+  maps* colours the heatmap;
+- one annotation ``Polygon`` per sampled box, in draw order, named ``patch K``
   (K = 1, 2, ... as the overlay numbers them), with the measurements
-  ``attention`` (the box's cell attention) and ``draw_order`` (K);
-- one ``Polygon`` (with holes where needed) per connected region of the top
-  cells: cells whose attention is at least the ``quantile`` of the map,
-  merged along their shared edges so that the outline follows the cells'
-  borders exactly. Measurements: ``attention`` (summed over the region's
-  cells), ``attention_max`` and ``cells``.
+  ``attention`` (its cell's), ``attention_probability`` (the same as a
+  probability of the map) and ``draw_order`` (K);
+- one annotation ``Polygon`` (with holes where needed) per connected region
+  of the top cells: cells at or above the ``quantile`` of the map and at
+  least ``REGION_FLOOR`` × uniform, merged along their shared edges so that
+  the outline follows the cells' borders exactly (a flat map has none).
+  Measurements: ``attention_mean``, ``attention_max`` (over its cells),
+  ``attention_mass`` (the share of the map's attention in it) and ``cells``.
 
-Every feature has ``properties.objectType = "annotation"`` and a
-``classification`` (``{"name", "color"}``), the shape QuPath's
-*File > Import objects* reads (QuPath 0.4 and later). Coordinates are plain
-floats; rings are closed.
+Every feature has ``properties.objectType`` (``annotation`` or
+``detection``), a ``classification`` (``{"name", "color"}``) and numeric
+``measurements`` (a name -> number object), the shape QuPath reads.
+Coordinates are plain floats; rings are closed.
 """
 from __future__ import annotations
 
@@ -26,13 +39,26 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .outputs import attention_scale
 
-__all__ = ["TOP_QUANTILE", "attention_regions", "prediction_geojson", "write_geojson"]
+__all__ = ["TOP_QUANTILE", "DETECTION_FLOOR", "REGION_FLOOR", "MAX_DETECTIONS", "attention_regions",
+           "attention_detections", "prediction_geojson", "write_geojson"]
 
 TOP_QUANTILE = 0.9
 """Cells at or above this quantile of the attention map are outlined (the top 10 %)."""
 
+DETECTION_FLOOR = 1.0
+"""Cells with at least this attention × cells (uniform attention) become detection tiles."""
+
+REGION_FLOOR = 2.0
+"""Outlined regions hold only cells of at least this attention × cells (twice uniform)."""
+
+MAX_DETECTIONS = 50_000
+"""At most this many detection tiles per slide (the highest); bounds the file (~10 MB) and QuPath's load."""
+
 PATCH_CLASS = {"name": "ats-wsi patch", "color": [0, 255, 255]}
+DETECTION_CLASS = {"name": "ats-wsi attention tile", "color": [215, 48, 39]}
+_CLASS_COLOURS = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [140, 86, 75]]
 REGION_CLASS = {"name": "ats-wsi attention", "color": [252, 141, 89]}
 
 # directed boundary edges, each with the region on its right in (x right, y down) coordinates
@@ -131,23 +157,26 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, n
 
 
-def attention_regions(attention: np.ndarray, quantile: float = TOP_QUANTILE) -> list[dict]:
+def attention_regions(attention: np.ndarray, quantile: float = TOP_QUANTILE, floor: float = 0.0) -> list[dict]:
     """The connected regions of the top cells of an attention map.
 
     Args:
-        attention: float [rows, cols].
+        attention: float [rows, cols], the map (sums to 1).
         quantile: cells with attention >= this quantile of the map (and > 0)
             are kept; 4-connected cells form one region.
+        floor: and only cells of at least ``floor`` × uniform attention
+            (attention × cells; 0: any).
 
     Returns:
         one dict per region, largest attention first: ``rings`` (list of
         rings of cell corners (col, row), the outer ring first, then holes),
-        ``attention`` (sum), ``attention_max``, ``cells``.
+        ``attention`` (the sum of its cells' attention: its share of the map),
+        ``attention_max``, ``cells``.
     """
     values = np.nan_to_num(np.asarray(attention, dtype=np.float64))
     if values.size == 0 or not (values > 0).any():
         return []
-    top = (values >= np.quantile(values, quantile)) & (values > 0)
+    top = (values >= np.quantile(values, quantile)) & (values > 0) & (values * values.size >= floor)
     labels, n = _label(top)
     regions = []
     for k in range(1, n + 1):
@@ -158,44 +187,97 @@ def attention_regions(attention: np.ndarray, quantile: float = TOP_QUANTILE) -> 
     return sorted(regions, key=lambda r: -r["attention"])
 
 
+def attention_detections(attention: np.ndarray, cell_size_xy, origin_xy, *, floor: float = DETECTION_FLOOR,
+                         limit: int = MAX_DETECTIONS) -> list[dict]:
+    """One QuPath detection tile per cell of at least ``floor`` attention × cells, highest first.
+
+    Args:
+        attention: float [rows, cols], the map (sums to 1).
+        cell_size_xy, origin_xy: (w, h) of a cell and (x, y) of cell (0, 0)'s corner, level-0 pixels.
+        floor: the least attention × cells of a tile.
+        limit: at most this many tiles (the highest; the cut is made before any is built).
+
+    Returns:
+        GeoJSON features, ``objectType: "detection"``, measurement ``attention`` (× cells).
+    """
+    scaled = np.nan_to_num(attention_scale(attention)).ravel()
+    keep = np.flatnonzero(scaled >= floor)
+    if len(keep) > limit:
+        keep = keep[np.argpartition(-scaled[keep], limit - 1)[:limit]]
+    keep = keep[np.argsort(-scaled[keep], kind="stable")]
+    cols = np.asarray(attention).shape[1]
+    (cw, ch), (ox, oy) = (tuple(float(v) for v in pair) for pair in (cell_size_xy, origin_xy))
+    out = []
+    for index in keep.tolist():
+        r, c = divmod(index, cols)
+        feature = _feature([_box_ring(ox + c * cw, oy + r * ch, cw, ch)], "attention tile", DETECTION_CLASS,
+                           {"attention": float(scaled[index])}, object_type="detection")
+        out.append(feature)
+    return out
+
+
 def _box_ring(x: float, y: float, w: float, h: float) -> list[list[float]]:
     return [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
 
 
-def _feature(ring_lists: list, name: str, classification: dict, measurements: dict) -> dict:
-    return {
-        "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": ring_lists},
-        "properties": {"objectType": "annotation", "name": name, "classification": dict(classification),
-                       "measurements": measurements},
-    }
+def _feature(ring_lists: list, name: str, classification: dict, measurements: dict,
+             object_type: str = "annotation") -> dict:
+    properties = {"objectType": object_type, "name": name, "classification": dict(classification),
+                  "measurements": measurements}
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ring_lists}, "properties": properties}
 
 
-def prediction_geojson(prediction, *, quantile: float = TOP_QUANTILE, slide: str | None = None) -> dict:
+def _prediction_feature(prediction, bounds_xywh) -> dict:
+    """The slide's prediction as one annotation over ``bounds_xywh``, classified as the predicted class."""
+    names = [str(n) for n in prediction.class_names]
+    probs = [float(v) for v in np.asarray(prediction.probabilities).ravel()]
+    k = int(prediction.predicted)
+    measurements = {"probability": probs[k], **{f"p_{n}": p for n, p in zip(names, probs)}}
+    return _feature([_box_ring(*bounds_xywh)], "ats-wsi prediction",
+                    {"name": names[k], "color": _CLASS_COLOURS[k % len(_CLASS_COLOURS)]}, measurements)
+
+
+def prediction_geojson(prediction, *, quantile: float = TOP_QUANTILE, slide: str | None = None,
+                       slide_wh: tuple[int, int] | None = None) -> dict:
     """The GeoJSON FeatureCollection of a prediction (see the module docstring).
 
     Args:
         prediction: a :class:`~ats_wsi.classifier.SlidePrediction` (or anything
             with ``boxes_xywh`` int [n, 4] level-0 (x, y, w, h) in draw order,
             ``box_attention`` float [n], ``attention`` float [rows, cols],
-            ``cell_size_xy`` and ``origin_xy`` in level-0 pixels).
+            ``cell_size_xy`` and ``origin_xy`` in level-0 pixels; with
+            ``probabilities``, ``predicted`` and ``class_names`` the
+            prediction annotation is written too).
         quantile: which cells are outlined (:func:`attention_regions`).
         slide: the slide's path, recorded in the collection's properties.
+        slide_wh: the slide's level-0 (width, height): the prediction
+            annotation's extent (default: the attention map's).
     """
+    values = np.asarray(prediction.attention, dtype=np.float64)
+    cells = max(values.size, 1)
     boxes = np.asarray(prediction.boxes_xywh, dtype=np.float64).reshape(-1, 4)
     box_attention = np.asarray(prediction.box_attention, dtype=np.float64).reshape(-1)
-    features = [
-        _feature([_box_ring(*map(float, box))], f"patch {k + 1}", PATCH_CLASS,
-                 {"attention": float(box_attention[k]) if k < len(box_attention) else 0.0, "draw_order": k + 1})
-        for k, box in enumerate(boxes)
-    ]
     cw, ch = (float(v) for v in prediction.cell_size_xy)
     ox, oy = (float(v) for v in prediction.origin_xy)
-    for k, region in enumerate(attention_regions(prediction.attention, quantile)):
+    features = []
+    if hasattr(prediction, "probabilities"):
+        extent = (0.0, 0.0, *map(float, slide_wh)) if slide_wh else (ox, oy, values.shape[1] * cw,
+                                                                     values.shape[0] * ch)
+        features.append(_prediction_feature(prediction, extent))
+    features += attention_detections(values, (cw, ch), (ox, oy))
+    for k, box in enumerate(boxes):
+        a = float(box_attention[k]) if k < len(box_attention) else 0.0
+        features.append(_feature([_box_ring(*map(float, box))], f"patch {k + 1}", PATCH_CLASS,
+                                 {"attention": a * cells, "attention_probability": a, "draw_order": k + 1}))
+    for k, region in enumerate(attention_regions(values, quantile, floor=REGION_FLOOR)):
         rings = [[[ox + c * cw, oy + r * ch] for c, r in [*ring, ring[0]]] for ring in region["rings"]]
-        measurements = {key: region[key] for key in ("attention", "attention_max", "cells")}
+        measurements = {"attention_mean": region["attention"] / region["cells"] * cells,
+                        "attention_max": region["attention_max"] * cells, "attention_mass": region["attention"],
+                        "cells": region["cells"]}
         features.append(_feature(rings, f"attention region {k + 1}", REGION_CLASS, measurements))
-    properties = {"coordinates": "level-0 pixels (x right, y down)", "top_quantile": float(quantile)}
+    properties = {"coordinates": "level-0 pixels (x right, y down)", "top_quantile": float(quantile),
+                  "attention_unit": "attention x cells (1 = uniform)", "detection_floor": DETECTION_FLOOR,
+                  "region_floor": REGION_FLOOR}
     if slide is not None:
         properties["slide"] = str(slide)
     return {"type": "FeatureCollection", "properties": properties, "features": features}

@@ -214,6 +214,9 @@ def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None =
     return np.round(rgb).astype(np.uint8)
 
 
+ATTENTION_UNIT = "attention x cells (1 = uniform)"
+"""The unit of attention on overlays, in napari and in the GeoJSON: what a colour bar is labelled."""
+
 ATTENTION_SCALE_MAX = 16.0
 """Top of the absolute attention scale (attention x number of cells): 16 times uniform
 and above get the brightest colour; 1 is uniform attention, 0 none."""
@@ -321,7 +324,7 @@ def _draw_colorbar(draw, width: int, height: int) -> None:
     """The absolute attention scale in the bottom-right corner: 0 .. ATTENTION_SCALE_MAX."""
     bar_w, bar_h = max(40, min(200, width * 2 // 5)), max(4, min(10, height // 30))
     font = _font(max(8, min(12, width // 60)))
-    caption = "attention x cells (1 = uniform)"
+    caption = ATTENTION_UNIT
     text_h = draw.textbbox((0, 0), caption, font=font)[3] + 2
     x0, y1 = width - bar_w - 8, height - 6
     y0 = y1 - bar_h - 2 * text_h

@@ -11,11 +11,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ats_wsi"
 
 # Floors, lowest first. A module may import its own floor's packages and those below.
 FLOORS = [
-    {"errors", "_lazy", "atomic", "geometry", "metrics"},
+    {"errors", "_lazy", "atomic", "geometry", "metrics", "curves", "roi"},
     {"slide"},
     {"sampling", "patches"},
     {"model", "reference_api", "nets", "encoders"},
-    {"classifier", "outputs", "geojson", "data"},
+    {"classifier", "outputs", "geojson", "data", "exports"},
     {"run"},
     {"cli"},
 ]

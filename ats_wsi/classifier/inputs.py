@@ -41,12 +41,16 @@ class SlideInput:
         device: where the model runs; on CUDA the patch reader decodes JPEG
             tiles there with nvImageCodec when it is installed (``decoder="auto"``
             of :class:`~ats_wsi.patches.PatchReader`).
+        roi: a :class:`~ats_wsi.roi.Roi`: the tissue mask of :meth:`low_inputs` (training) keeps
+            only the low view's pixels whose centre lies in it (prediction restricts whole boxes:
+            ``SlideClassifier.predict(roi=...)``).
 
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, slide, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 64 * 2**20,
-                 mpp: float | None = None, device: str | torch.device = "cpu"):
+                 mpp: float | None = None, device: str | torch.device = "cpu", roi=None):
+        self.roi = roi
         self._own = not hasattr(slide, "read_region")
         self.slide = open_slide(slide, mpp=mpp) if self._own else slide
         try:
@@ -86,7 +90,15 @@ class SlideInput:
         (:meth:`ats_wsi.model.AttentionSampler.grid_mask`).
         """
         image = torch.from_numpy(np.array(self.view.image, copy=True)).permute(2, 0, 1)[None]
-        return image.to(device), torch.from_numpy(self.view.mask)[None].to(device)
+        mask = self.view.mask
+        if self.roi is not None:
+            mask = mask & self.roi.raster(mask.shape, self.view.downsample, self.slide.dimensions)
+            if not mask.any():
+                from ..errors import RoiError
+
+                raise RoiError(self.roi.path, f"no tissue of slide {self.path} lies inside the region of interest; "
+                                              "check that it is in the slide's level-0 pixels")
+        return image.to(device), torch.from_numpy(mask)[None].to(device)
 
     def source(self, device: str | torch.device = "cpu") -> SlideSource:
         """A patch source over this slide for one forward pass (shares the reader and its cache)."""
@@ -114,12 +126,14 @@ class SlideInputs:
 
     Training reads the same slides every epoch: their low views and decoded
     tiles are made once for the whole run. ``mpp`` maps slide paths to a
-    µm/px that overrides their metadata (a manifest's ``mpp`` column).
+    µm/px that overrides their metadata (a manifest's ``mpp`` column); ``rois`` maps
+    them to a :class:`~ats_wsi.roi.Roi` (``--roi``).
     """
 
     def __init__(self, config: ModelConfig, *, workers: int = 2, cache_bytes: int = 16 * 2**20,
-                 mpp: dict[str, float] | None = None, device: str | torch.device = "cpu"):
+                 mpp: dict[str, float] | None = None, device: str | torch.device = "cpu", rois: dict | None = None):
         self.config, self.workers, self.cache_bytes, self.device = config, workers, cache_bytes, device
+        self.rois = {str(k): v for k, v in (rois or {}).items()}
         self.mpp = {str(k): float(v) for k, v in (mpp or {}).items() if v is not None}
         self._inputs: dict[str, SlideInput] = {}
 
@@ -127,7 +141,7 @@ class SlideInputs:
         key = str(path)
         if key not in self._inputs:
             self._inputs[key] = SlideInput(key, self.config, workers=self.workers, cache_bytes=self.cache_bytes,
-                                           mpp=self.mpp.get(key), device=self.device)
+                                           mpp=self.mpp.get(key), device=self.device, roi=self.rois.get(key))
         return self._inputs[key]
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from ..sampling import expectation
 from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
+from ._roi import restrict_to_roi, roi_grid
 from .config import ModelConfig
 from .inputs import SlideInput
 from .prediction import MAX_SAMPLES, SlidePrediction, slide_seed
@@ -154,6 +155,7 @@ class SlideClassifier(nn.Module):
         workers: int = 2,
         stream: bool = True,
         sampler: str | None = None,
+        roi=None,
     ) -> SlidePrediction:
         """Classify one slide: the low view, the attention map once, ``samples`` draws.
 
@@ -174,6 +176,8 @@ class SlideClassifier(nn.Module):
             sampler: ``"uniform"`` draws uniformly over tissue cells instead of
                 from the attention map (the random-patch ablation of a trained
                 model); ``None``: the model's own.
+            roi: a :class:`~ats_wsi.roi.Roi`: draw only cells whose whole patch box lies in
+                it (and on tissue), the attention renormalised over them.
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
@@ -194,13 +198,14 @@ class SlideClassifier(nn.Module):
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
             return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
-                                 seed=seed, deterministic=deterministic, stream=stream)
+                                 seed=seed, deterministic=deterministic, stream=stream, roi=roi)
         finally:
             self.sampler.sampler_kind = own
             if not given:
                 item.close()
 
-    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic, stream):
+    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic, stream,
+                 roi=None):
         device = self.device
         source = item.source(device)
         generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
@@ -212,7 +217,11 @@ class SlideClassifier(nn.Module):
             x_low, mask = item.low_inputs(device)
             attention, grid_mask = self.sampler.attend(x_low, mask)
             draw = partial(self.sampler.draw, x_low)
-        probs, boxes, box_attention = [], [], []
+        if roi is not None:
+            inside = roi_grid(self.sampler, source, item.low.shape, attention.shape[-2:], roi, item.slide.dimensions)
+            attention, grid_mask = restrict_to_roi(attention, grid_mask, inside, slide=str(item.path),
+                                                   roi_path=roi.path)
+        probs, boxes, box_attention, patch_features, embeddings = [], [], [], [], []
         for _ in range(samples):
             result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
                           deterministic=deterministic)
@@ -224,6 +233,9 @@ class SlideClassifier(nn.Module):
             probs.append(torch.softmax(logits, dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
+            embeddings.append(result.features[0].float().reshape(-1).cpu())
+            if result.patch_features is not None:  # [n, D] (axes after the first flattened)
+                patch_features.append(result.patch_features[0].float().reshape(len(result.xy[0]), -1).cpu())
         p = torch.stack(probs).mean(0).numpy()
         boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
         attention_np = attention[0].float().cpu().numpy()
@@ -247,6 +259,8 @@ class SlideClassifier(nn.Module):
             slide_pixels=int(w0) * int(h0),
             mpp=item.slide.mpp,
             low_downsample=float(item.low.downsample),
+            patch_features=torch.cat(patch_features).numpy() if len(patch_features) == samples else None,
+            embeddings=torch.stack(embeddings).numpy(),
         )
 
 

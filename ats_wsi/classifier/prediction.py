@@ -36,6 +36,11 @@ class SlidePrediction:
         slide_pixels: level-0 pixels of the slide.
         mpp: the slide's µm/px (None if unknown).
         low_downsample: level-0 pixels per pixel of the low view.
+        patch_features: float32 [samples · n, D], each drawn patch's features,
+            row for row with ``boxes_xywh`` (None if the feature net gave none).
+        embeddings: float32 [samples, D], the estimator's output of each
+            sampling (the slide embedding the head reads; its mean over the
+            samplings is :attr:`embedding`).
     """
 
     slide: str
@@ -53,11 +58,24 @@ class SlidePrediction:
     slide_pixels: int
     mpp: float | None
     low_downsample: float
+    patch_features: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
 
     @property
     def predicted_name(self) -> str:
         """The name of the predicted class."""
         return self.class_names[self.predicted]
+
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """float32 [D]: the slide embedding, the mean of :attr:`embeddings` over the samplings."""
+        return None if self.embeddings is None else self.embeddings.mean(axis=0)
+
+    @property
+    def draws_per_sampling(self) -> int:
+        """Patches drawn in each sampling (``boxes_xywh`` holds the samplings one after another)."""
+        samplings = 1 if self.embeddings is None else max(len(self.embeddings), 1)
+        return len(self.boxes_xywh) // samplings
 
     @property
     def fraction_read(self) -> float:

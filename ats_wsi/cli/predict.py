@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import _encoder
+from . import _encoder, _exports
 from ..errors import OutputLockedError
 from ._common import (HelpFormatter, LibraryLog, check_device, error, format_table, int_in, positive_int,
                       progress_bar)
@@ -41,8 +41,9 @@ def register(sub) -> None:
                         "equal bit for bit only between runs with the same value")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.4", help="OME-Zarr version of the maps")
     p.add_argument("--geojson", action="store_true",
-                   help="also write geojson/NAME.geojson: the sampled boxes and the top-attention regions in "
-                        "level-0 pixels, for QuPath (File > Import objects)")
+                   help="also write geojson/NAME.geojson for QuPath (File > Import objects), level-0 pixels: the "
+                        "prediction as a classified annotation, the attention map as detection tiles, the "
+                        "sampled boxes and the top-attention regions")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     where.add_argument("--workers", type=int_in(1, 4 * (os.cpu_count() or 1)),
@@ -50,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     _register_resolution(p)
     _encoder.register_predict(p)
+    _exports.register(p)
+    _exports.register_roi(p)
     p.set_defaults(func=run)
 
 
@@ -109,7 +112,8 @@ def _report_metrics(args, rows, errors, config) -> None:
     out = Path(args.out)
     m = write_prediction_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
                                  seed=0, extra={"failed": len(errors), "split": args.split,
-                                                "checkpoint": str(args.checkpoint)})
+                                                "checkpoint": str(args.checkpoint),
+                                                **_exports.curves(args, out, rows, config)})
     b = m["bootstrap"]
     print(f"\nmetrics of {m['n']} labelled slide(s) -> {out / 'metrics.json'} (95% intervals: "
           f"{b['resamples']} bootstrap resamples, seed {b['seed']})")
@@ -124,6 +128,7 @@ def _report_metrics(args, rows, errors, config) -> None:
     names = m["class_names"]
     print("\nconfusion matrix (rows: true class, columns: predicted)")
     print(format_table([[n, *map(str, r)] for n, r in zip(names, m["confusion_matrix"])], ["", *names]))
+    _exports.print_curves(m, out)
     if errors:
         print(f"({len(errors)} slide(s) failed and are not counted)")
 
@@ -147,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.manifest import is_manifest, normalise_split
     from ..run.predict import PredictSettings, predict_slides
 
-    bad = check_device("predict", args.device)
+    bad = check_device("predict", args.device) or _exports.check(args)
     if bad:
         return error(bad)
     manifests = [a for a in args.slides if is_manifest(a)]
@@ -182,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
                                geojson=args.geojson, feature_cache=args.feature_cache,
                                feature_weights=args.feature_weights, sampler=args.sampler,
-                               slide_mpp=_manifest_mpp(args, model) if manifests else {})
+                               slide_mpp=_manifest_mpp(args, model) if manifests else {}, **_exports.settings(args),
+                               **_exports.roi_settings(args))
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 
     def progress(name, status):

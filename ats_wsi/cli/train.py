@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import _encoder
+from . import _encoder, _exports
 from ._common import HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
@@ -42,6 +42,7 @@ def register(sub) -> None:
     _encoder.register_train(p)
     _register_training(p)
     _register_aids(p)
+    _exports.register_roi(p)
     p.set_defaults(func=run)
 
 
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
                              schedule=args.schedule, select=args.select,
                              class_weights=None if args.class_weights == "none" else args.class_weights,
                              skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
-                             feature_cache=args.feature_cache, **aids)
+                             feature_cache=args.feature_cache, **aids, **_exports.roi_settings(args))
 
     def report(m):
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}  acc {m.train_acc:.3f}  "

@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("slide", help="a slide file (or OME-Zarr folder)")
     p.add_argument("--results", help="a folder written by `ats-wsi predict`: show the slide's attention map, "
                                      "sampled boxes and predicted class from it")
-    p.add_argument("--checkpoint", help="preselect this checkpoint in the widget")
+    p.add_argument("--checkpoint", help="preselect this checkpoint in the widget (default: the one the --results "
+                                        "were predicted with, where that file still is)")
     p.add_argument("--no-widget", action="store_true", help="do not dock the Attention sampling widget")
     p.set_defaults(func=run)
 
@@ -79,7 +80,10 @@ def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, sh
         heat = viewer.open(str(found), plugin=PLUGIN)[0]
         if getattr(heat, "colorbar", None) is not None:
             heat.colorbar.visible = True
-        _show_prediction(viewer, heat.metadata.get("map_metadata") or {})
+        meta = heat.metadata.get("map_metadata") or {}
+        _show_prediction(viewer, meta)
+        checkpoint = checkpoint if checkpoint is not None else _results_checkpoint(meta)
+    _fit_with_scale_bar(viewer)
     if widget:
         _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
         if checkpoint is not None:
@@ -87,15 +91,31 @@ def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, sh
     return viewer
 
 
+def _results_checkpoint(meta: dict) -> str | None:
+    """The checkpoint a ``predict`` map was made with, where that file still is (its path is in the map)."""
+    path = meta.get("checkpoint_path")
+    return path if path and Path(path).is_file() else None
+
+
+def _fit_with_scale_bar(viewer) -> None:
+    """Fit the canvas to the slide, with the scale bar on (in µm: napari reads the unit from the
+    layers, which the plugin gives in micrometres when the slide's µm/px is known)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)  # napari >= 0.9
+    bar = getattr(overlays, "scale_bar", None) or viewer.scale_bar
+    bar.visible = True
+    viewer.reset_view()
+
+
 def _show_prediction(viewer, meta: dict) -> None:
     """Write the predicted class and probability of a ``predict`` map on the canvas."""
-    from ..outputs import prediction_title
+    from ..outputs import ATTENTION_UNIT, prediction_title
 
     probabilities, predicted = meta.get("probabilities"), meta.get("predicted")
     if probabilities is None or predicted is None:
         return
     name = meta.get("predicted_name") or str(predicted)
-    viewer.text_overlay.text = prediction_title(name, probabilities[int(predicted)])
+    title = prediction_title(name, probabilities[int(predicted)])
+    viewer.text_overlay.text = f"{title}\nheatmap: {ATTENTION_UNIT}"  # napari's colour bar has no label of its own
     viewer.text_overlay.visible = True
 
 

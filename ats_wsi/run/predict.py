@@ -15,6 +15,8 @@ Outputs of :func:`predict_slides` in ``out_dir``:
   colour bar) + the sampled boxes numbered in draw order + the predicted class;
 - ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention
   regions for QuPath (:mod:`ats_wsi.geojson`);
+- ``features/<name>.h5`` (``export_features``), ``patches/<name>/`` (``export_patches``):
+  the sampled features for TRIDENT/CLAM heads and the top-attention patches (:mod:`ats_wsi.exports`);
 - ``.done/<name>.json``: the finished row, written last; a re-run with the
   same checkpoint skips slides that have it.
 
@@ -41,6 +43,8 @@ import torch
 from ..classifier import SlideClassifier, checkpoint_id, load_model
 from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
+from ..exports import export_files, outline_roi, write_slide_exports
+from ..roi import roi_for_slide
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
 from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
@@ -83,6 +87,15 @@ class PredictSettings:
     """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
     sampler: str | None = None
     """``"uniform"``: draw uniformly over tissue instead of from the attention (``--sampler``); None: the model's."""
+    export_features: bool = False
+    """Also write ``features/<name>.h5``: the sampled patches' features, TRIDENT/CLAM layout (``--export-features``)."""
+    export_patches: int = 0
+    """Also write the K top-attention patches as PNG and a contact sheet, ``patches/<name>/`` (``--export-patches``)."""
+    roi: str | None = None
+    """A GeoJSON file, or a folder of ``<slide name>.geojson``: draw only inside its polygons (``--roi``)."""
+    roi_include: list[str] | None = None
+    roi_exclude: list[str] = field(default_factory=list)
+    """Class names of the ROI's features that make the region / are cut out of it (``--roi-include/-exclude``)."""
 
 
 MAX_NAME_BYTES = 200
@@ -152,6 +165,10 @@ def run_key(settings: PredictSettings) -> str:
         parts.append("geojson")
     if settings.sampler is not None:  # (absent otherwise, as above)
         parts.append(["sampler", settings.sampler])
+    if settings.roi is not None:  # (absent otherwise, as above)
+        parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude)])
+    if settings.export_features or settings.export_patches:  # (absent otherwise, as above)
+        parts.append(["exports", settings.export_features, settings.export_patches])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -201,14 +218,16 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     cache = _feature_cache(model)
     if cache is not None:
         cache.take_stats()  # count this slide's lookups only
+    roi = roi_for_slide(settings.roi, path, include=settings.roi_include, exclude=settings.roi_exclude)
     with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers,
-                             sampler=settings.sampler)
+                             sampler=settings.sampler, roi=roi)
         write_attention_zarr(
             out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
             origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
             metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
+                      "checkpoint_path": os.path.abspath(settings.checkpoint),
                       "probabilities": [float(v) for v in pred.probabilities],
                       "predicted": pred.predicted, "low_downsample": pred.low_downsample,
                       "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
@@ -220,9 +239,12 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
                                origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh,
                                title=prediction_title(pred.predicted_name, pred.probabilities[pred.predicted]))
+        image = image if roi is None else outline_roi(image, roi, thumb_ds)
         write_overlay_png(out / "overlays" / f"{name}.png", image)
         if settings.geojson:
-            write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path))
+            write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path), slide_wh=slide.dimensions)
+        write_slide_exports(out, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
+                            features=settings.export_features, patches=settings.export_patches)
     row = {
         "slide": str(path),
         "name": name,
@@ -247,7 +269,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
 
 def _output_files(name: str, settings: PredictSettings) -> list[str]:
     """A slide's outputs (relative to ``out_dir``) that its done marker vouches for."""
-    return [f"maps/{name}.zarr", f"overlays/{name}.png", *([f"geojson/{name}.geojson"] if settings.geojson else [])]
+    return [f"maps/{name}.zarr", f"overlays/{name}.png", *([f"geojson/{name}.geojson"] if settings.geojson else []),
+            *export_files(name, features=settings.export_features, patches=settings.export_patches)]
 
 
 def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
@@ -255,6 +278,15 @@ def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str,
     with owned_by(settings.run_id) if settings.run_id else contextlib.nullcontext():
         invalidate_marker(settings.out_dir, name)
         return predict_one(path, name, settings)
+
+
+def _predict_caught(path: str, name: str, settings: PredictSettings):
+    """:func:`_predict_owned` on a dask worker: a slide's failure comes back as a value, so that the
+    worker does not log it as a failed task with its traceback (the driver records it, one line)."""
+    try:
+        return _predict_owned(path, name, settings)
+    except Exception as exc:  # recorded by the driver in errors.csv; typed errors pickle with their reason
+        return exc
 
 
 @contextlib.contextmanager
@@ -401,12 +433,12 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
     # Task keys unique to this run: on a shared scheduler another run's task of
     # the same slide name would otherwise be taken for this one.
     run = uuid.uuid4().hex[:8]
-    futures = {executor.submit(_predict_owned, path, name, settings, pure=False,
+    futures = {executor.submit(_predict_caught, path, name, settings, pure=False,
                                key=f"ats-predict-{name}-{run}"): (path, name)
                for path, name in todo}
     for future in as_completed(list(futures)):
         path, name = futures[future]
         try:
-            yield path, name, future.result()
-        except Exception as exc:  # a worker's exception, re-raised here
+            yield path, name, future.result()  # a row, or the slide's exception as a value
+        except Exception as exc:  # the task itself failed (a worker lost, a result that did not travel)
             yield path, name, exc

@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,8 @@ from ..data.manifest import ManifestRow, read_cohort
 from ..encoders import attach_feature_cache
 from ..errors import CheckpointError, ManifestError
 from ..atomic import write_csv_atomic, write_json_atomic
+from ..curves import youden_threshold
+from ..roi import roi_for_slide
 from ..metrics import roc_auc
 from ._aids import distill_loss, exploration, instance_loss
 from ._running_stats import _RunningStats
@@ -82,6 +84,11 @@ class TrainSettings:
     """The label meaning "nothing found", for the per-patch losses."""
     distill: str = "bce"
     """``"bce"`` (absolute scores) or ``"rank"`` (within-slide ranking); see :func:`._aids.distill_loss`."""
+    roi: str | None = None
+    """A GeoJSON file, or a folder of ``<slide name>.geojson``: draw only inside its polygons (``--roi``)."""
+    roi_include: list[str] | None = None
+    roi_exclude: list[str] = field(default_factory=list)
+    """Class names of the ROI's features that make the region / are cut out of it."""
 
 
 @dataclass
@@ -95,6 +102,9 @@ class EpochMetrics:
     lr: float
     val_auc: float = float("nan")
     """ROC AUC of the validation slides (one-vs-rest macro for > 2 classes; NaN with one class)."""
+    val_threshold: float = float("nan")
+    """Two classes: the threshold on P(class 1) that maximises Youden's J on the validation slides
+    (``predict`` reports sensitivity and specificity at it; NaN otherwise)."""
     feature_hits: int = 0
     """Patch boxes whose features the feature cache served this epoch (training and validation)."""
     feature_misses: int = 0
@@ -114,10 +124,10 @@ def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
     return net(x_low, item.source(device), mask, generator=generator)
 
 
-def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[float, float, float]:
-    """Validation loss, accuracy and ROC AUC."""
+def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[float, float, float, float]:
+    """Validation loss, accuracy, ROC AUC and (two classes) Youden's threshold on P(class 1)."""
     if not rows:
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     model.eval()
     losses, correct, probs = [], 0, []
     with torch.no_grad():
@@ -129,7 +139,9 @@ def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[fl
             correct += int(logits.argmax(-1).item() == row.label)
             probs.append(torch.softmax(logits.double(), -1)[0].cpu().numpy())
     auc = roc_auc([r.label for r in rows], np.stack(probs))
-    return float(np.mean(losses)), correct / len(rows), auc
+    threshold = (youden_threshold([r.label == 1 for r in rows], np.stack(probs)[:, 1]) if len(probs[0]) == 2
+                 else float("nan"))
+    return float(np.mean(losses)), correct / len(rows), auc, threshold
 
 
 @dataclass
@@ -212,7 +224,10 @@ def train(
     _check_labels(manifest, train_rows + val_rows, config)
     try:
         given_mpp = {str(r.path): r.mpp for r in train_rows + val_rows if getattr(r, "mpp", None) is not None}
-        with SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device) as inputs:
+        rois = {str(r.path): roi_for_slide(settings.roi, r.path, include=settings.roi_include,
+                                           exclude=settings.roi_exclude)
+                for r in train_rows + val_rows} if settings.roi else None
+        with SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device, rois=rois) as inputs:
             # Every slide is opened (in parallel) before the first epoch; they stay open.
             train_rows, val_rows = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
                                                rank=procs.rank, progress=progress)
@@ -235,12 +250,14 @@ def train(
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
                 train_loss, train_acc = epoch.run(index, inputs, progress)
-                val_loss, val_acc, val_auc = (_evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
-                                              if procs.rank == 0 else (0.0, 0.0, 0.0))
+                val_loss, val_acc, val_auc, val_threshold = (
+                    _evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
+                    if procs.rank == 0 else (0.0, 0.0, 0.0, float("nan")))
                 stats = cache.take_stats() if cache is not None else {"hits": 0, "misses": 0}
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
                                        time.perf_counter() - t0, optimizer.param_groups[0]["lr"], val_auc,
-                                       feature_hits=stats["hits"], feature_misses=stats["misses"])
+                                       feature_hits=stats["hits"], feature_misses=stats["misses"],
+                                       val_threshold=val_threshold)
                 history.append(metrics)
                 if procs.rank == 0:
                     _save_epoch(out, model, optimizer, metrics, history, settings)

@@ -45,6 +45,9 @@ ATTENTION_KIND = "attention"
 HEATMAP_COLORMAP_NAME = "ats-wsi inferno"
 HEATMAP_OPACITY = 0.6
 HEATMAP_BLENDING = "translucent"
+HEATMAP_FLOOR = 1.0
+"""Attention × cells below which the heatmap is fully transparent (below uniform: no halo of
+faint colour around the tissue where the attention is low)."""
 
 LayerData = tuple[Any, dict, str]
 ReaderFunction = Callable[[Any], list[LayerData]]
@@ -186,13 +189,17 @@ def read_slides(path: Any) -> list[LayerData]:
 
 
 def heatmap_colormap():
-    """napari Colormap: inferno RGB, alpha = sqrt(t) from 0 (transparent) at the low limit to 1."""
+    """napari Colormap over the contrast limits (0, ATTENTION_SCALE_MAX): inferno's 256 colours;
+    alpha 0 (transparent) at every control up to :data:`HEATMAP_FLOOR`, then rising as sqrt to 1."""
     from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap
+
+    from ats_wsi.outputs import ATTENTION_SCALE_MAX
 
     colors = np.array(AVAILABLE_COLORMAPS["inferno"].colors, dtype=np.float32)
     t = np.linspace(0.0, 1.0, len(colors), dtype=np.float32)
-    colors[:, 3] = np.sqrt(t)
-    return Colormap(colors, display_name="inferno (transparent low)", name=HEATMAP_COLORMAP_NAME, controls=t)
+    floor = HEATMAP_FLOOR / ATTENTION_SCALE_MAX
+    colors[:, 3] = np.sqrt(np.clip((t - floor) / (1 - floor), 0.0, 1.0))
+    return Colormap(colors, display_name="attention x cells (1 = uniform)", name=HEATMAP_COLORMAP_NAME, controls=t)
 
 
 def _contrast_limits(data: np.ndarray) -> tuple[float, float]:

@@ -31,6 +31,7 @@ and the predicted class and probability are written on the canvas.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ._reader import KIND_KEY, SLIDE_KIND, attention_layer_data, box_rectangles, boxes_layer_data
+from ._reader import ATTENTION_KIND, KIND_KEY, SLIDE_KIND, attention_layer_data, box_rectangles, boxes_layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -137,12 +138,30 @@ def show_scale(heat_layer) -> None:
         colorbar.visible = True
 
 
+def remove_layers_over(viewer, slide_path) -> int:
+    """Remove the heatmaps and box layers drawn over the slide at ``slide_path`` (by the widget or read
+    from a ``predict`` folder); returns how many."""
+    if not slide_path:
+        return 0
+    target = os.path.realpath(slide_path)
+    gone = 0
+    for layer in list(viewer.layers):
+        meta = layer.metadata or {}
+        if meta.get(KIND_KEY) not in (ATTENTION_KIND, "patches"):
+            continue
+        over = meta.get("slide") or (meta.get("map_metadata") or {}).get("slide")
+        if over and os.path.realpath(over) == target:
+            viewer.layers.remove(layer)
+            gone += 1
+    return gone
+
+
 def show_title(viewer, prediction) -> None:
     """Write the predicted class and its probability on the canvas (napari's text overlay)."""
-    from ats_wsi.outputs import prediction_title
+    from ats_wsi.outputs import ATTENTION_UNIT, prediction_title
 
-    viewer.text_overlay.text = prediction_title(prediction.predicted_name,
-                                                prediction.probabilities[prediction.predicted])
+    title = prediction_title(prediction.predicted_name, prediction.probabilities[prediction.predicted])
+    viewer.text_overlay.text = f"{title}\nheatmap: {ATTENTION_UNIT}"  # napari's colour bar has no label of its own
     viewer.text_overlay.visible = True
 
 
@@ -416,6 +435,7 @@ class AttentionSamplingWidget(Container):
         """Add the heatmap and the sampled boxes of ``pred`` over ``slide_layer``; return both layers."""
         from ats_wsi.outputs import AttentionMap
 
+        remove_layers_over(self._viewer, slide_layer.metadata.get("path"))  # Run replaces, never piles up
         scale_yx = np.asarray(slide_layer.scale, dtype=np.float64)[-2:]
         translate_yx = np.asarray(slide_layer.translate, dtype=np.float64)[-2:]
         # The slide reader sets scale = mpp when the mpp is known: the map is then in µm.

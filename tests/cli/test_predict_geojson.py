@@ -19,12 +19,16 @@ def test_predict_geojson_writes_boxes_at_their_level0_positions(checkpoint, pred
     data = json.loads((out / "geojson" / f"{slide.stem}.geojson").read_text())
     check_geojson(data)
     done = json.loads((out / ".done" / f"{slide.stem}.json").read_text())
-    boxes = [f for f in data["features"] if f["properties"]["name"].startswith("patch ")]
+    boxes = [f for f in data["features"] if f["properties"].get("name", "").startswith("patch ")]
     assert len(boxes) == len(done["boxes_xywh"]) > 0
     for k, (feature, (x, y, w, h)) in enumerate(zip(boxes, done["boxes_xywh"])):
         check_qupath(feature)
         ring = feature["geometry"]["coordinates"][0]
         assert ring[0] == [x, y] and ring[2] == [x + w, y + h]
         assert feature["properties"]["measurements"]["draw_order"] == k + 1
-    assert any(f["properties"]["name"].startswith("attention region") for f in data["features"])
+    prediction = data["features"][0]  # what QuPath shows of the slide's class (it ignores the top-level properties)
+    check_qupath(prediction)
+    row = done
+    assert prediction["properties"]["classification"]["name"] == f"class {row['predicted']}"
+    assert abs(prediction["properties"]["measurements"]["probability"] - float(row[f"p{row['predicted']}"])) < 1e-6
     assert data["properties"]["slide"] == str(slide)

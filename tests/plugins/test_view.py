@@ -16,7 +16,7 @@ import napari
 import numpy as np
 import pytest
 
-from _napari_plugin import MANIFEST_PATH, PLUGIN
+from _napari_plugin import MANIFEST_PATH, PLUGIN, has_display
 from ats_wsi.cli import main
 from ats_wsi.cli.view import open_viewer, results_map
 from ats_wsi.outputs import ATTENTION_SCALE_MAX
@@ -53,8 +53,8 @@ def test_readme_example_runs_as_written(predicted, darkness, tmp_path, monkeypat
     exec(compile(code, str(README), "exec"), namespace)  # as written
     viewer = namespace["viewer"]
     names = [layer.name for layer in viewer.layers]
-    assert names[:3] == ["slide.svs", "slide.zarr", "slide.zarr patches"]
-    assert len(viewer.layers) == 5  # + the widget's heatmap and boxes
+    # the widget's Run replaced the heatmap and boxes read from the results with its own
+    assert len(viewer.layers) == 3 and names[:1] == ["slide.svs"]
     pred = namespace["prediction"]
     assert pred.predicted_name == "tumour"
     assert namespace["widget"].result is pred
@@ -116,3 +116,49 @@ def test_ats_wsi_view_says_what_is_missing(predicted, tmp_path, capsys):
     assert main(["view", str(slide), "--results", str(tmp_path / "empty")]) == 2
     assert "no attention map" in capsys.readouterr().err
     assert results_map(results, slide) == results / "maps" / "slide.zarr"
+
+
+def test_view_opens_fitted_with_a_scale_bar_and_run_replaces_its_layers(predicted, darkness, lesion_slide,
+                                                                      make_napari_viewer):
+    slide, results, _ = predicted
+    viewer = open_viewer(slide, results, viewer=make_napari_viewer())  # no --checkpoint: the results' one
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    assert (getattr(overlays, "scale_bar", None) or viewer.scale_bar).visible
+    assert all(str(u) == "micrometer" for u in viewer.layers[0].units)  # the bar's unit comes from the layers
+    width_um, height_um = (n * lesion_slide.mpp for n in (2048, 1536))
+    np.testing.assert_allclose(viewer.camera.center[-2:], (height_um / 2, width_um / 2), rtol=0.05)
+    assert viewer.text_overlay.text.endswith("heatmap: attention x cells (1 = uniform)")
+    docked = viewer.window.dock_widgets
+    widget = docked[next(n for n in docked if "Attention sampling" in n)]
+    assert widget.checkpoint == Path(darkness.checkpoint)
+    widget.n_patches = 4
+    for _ in range(2):
+        widget.run_blocking()
+        kinds = [layer.metadata.get("ats_wsi") for layer in viewer.layers]
+        assert kinds == ["slide", "attention", "patches"], [layer.name for layer in viewer.layers]
+
+
+@pytest.mark.gui
+def test_view_screenshot_shows_the_scale_bar(predicted, make_napari_viewer):
+    if not has_display():
+        pytest.skip("no display: run under Xvfb (./scripts/test does) to render napari's canvas")
+    slide, results, _ = predicted
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1100, 800)
+    open_viewer(slide, results, widget=False, viewer=viewer)
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    bar = getattr(overlays, "scale_bar", None) or viewer.scale_bar
+    with_bar = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    bar.visible = False
+    without = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert without.any(), "the canvas rendered nothing (no OpenGL context?)"
+    changed = np.argwhere(np.abs(with_bar - without).sum(-1) > 30)
+    rows, cols = with_bar.shape[:2]
+    assert len(changed) > 50 and changed[:, 0].min() > rows / 2 and changed[:, 1].min() > cols / 2  # bottom right
+
+
+def test_the_heatmap_is_transparent_below_uniform_attention():
+    from napari_ats_wsi._reader import heatmap_colormap
+
+    alpha = heatmap_colormap().map(np.array([0.0, 0.3, 0.9, 1.1, 2.0, 16.0]) / ATTENTION_SCALE_MAX)[:, 3]
+    assert alpha[:3].tolist() == [0.0, 0.0, 0.0] and 0 < alpha[3] < alpha[4] < alpha[5] == pytest.approx(1.0)

@@ -323,6 +323,7 @@ def test_screenshot_shows_heat_over_the_lesion_on_pink_tissue(
     after = viewer.screenshot(canvas_only=True, flash=False)[..., :3]
     for layer in viewer.layers[1:]:
         layer.visible = False
+    viewer.text_overlay.visible = False  # its grey anti-aliased letters are not the lesion
     before = viewer.screenshot(canvas_only=True, flash=False)[..., :3]  # the slide alone, same view
     from PIL import Image
 
