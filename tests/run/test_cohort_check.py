@@ -30,7 +30,8 @@ TINY = dict(n_patches=2, patch_size=32, feature_dim=4, low_downsample=16, patch_
 def slides(tmp_path_factory) -> list[tuple[Path, int]]:
     """Four small synthetic Aperio slides (JPEG tiles of 256), two per class."""
     folder = tmp_path_factory.mktemp("cohort_slides")
-    manifest = make_slide_set(folder, n_slides=4, size=(1024, 768), seed=5, val_fraction=0, test_fraction=0)
+    manifest = make_slide_set(folder, n_slides=4, size=(1024, 768), seed=5, val_fraction=0, test_fraction=0,
+                              lesion_size_um=(40.0, 80.0), n_lesions=(1, 1), n_spots=(1, 2))
     with open(manifest, newline="") as fh:
         return [(Path(r["path"]), int(r["label"])) for r in csv.DictReader(fh)]
 
@@ -97,7 +98,7 @@ def test_a_broken_level0_tile_is_found_before_training_and_the_others_pass(slide
     with SlideInputs(config) as inputs:
         bad, _ = check_slides(rows, inputs, checks=SlideChecks(tiles=64, physical=False))
         assert [u.row.path for u in bad] == [broken]
-        assert bad[0].reason.startswith("CorruptSlideError: level 0 tile (1, 2): ")
+        assert bad[0].reason.startswith("CorruptSlideError: level 0 tile (1, 2) has broken JPEG data")
     with SlideInputs(config) as inputs:  # without decoding tiles it opens fine: what happened before
         assert check_slides(rows, inputs)[0] == []
 
@@ -125,7 +126,7 @@ def test_a_libvips_tiff_without_resolution_tags_is_reported_with_the_fix(tmp_pat
 
 
 def _settings(**kw) -> TrainSettings:
-    return TrainSettings(epochs=1, batch_size=2, workers=1, open_threads=2, **kw)
+    return TrainSettings(**{"epochs": 1, "batch_size": 2, "workers": 1, "open_threads": 2, **kw})
 
 
 def test_a_slide_that_breaks_in_an_epoch_is_skipped_and_recorded_or_stops_the_run(slides, tmp_path):
