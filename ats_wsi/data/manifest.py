@@ -88,6 +88,8 @@ class Manifest:
     class_names: list[str] | None
     """Class names in label order: from the labels when they are names (or from
     ``classes=``); None for index labels read without ``classes=``."""
+    columns: tuple[str, ...] = ()
+    """The roles the file has a column for (``"path"``, ``"label"``, ``"split"``, ``"slide_id"``, ``"mpp"``)."""
 
     def split(self, name: str | None) -> list[ManifestRow]:
         """Rows of one split (``validation`` etc. accepted); all rows for None."""
@@ -284,7 +286,7 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
         raise ManifestError(bad_rows(path, problems))
     rows = [ManifestRow(slide, label, split, slide_id, mpp, name, line)
             for (line, slide, _, split, slide_id, mpp), (label, name) in zip(raw, labels)]
-    return Manifest(path, rows, names)
+    return Manifest(path, rows, names, tuple(cols))
 
 
 def bad_rows(path, problems: Sequence[str], what: str = "bad row(s)", limit: int = MAX_LISTED) -> str:

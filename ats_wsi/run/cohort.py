@@ -32,7 +32,7 @@ from ..errors import ManifestError
 from ..metrics import evaluate
 
 __all__ = ["Unreadable", "UnreadableSlides", "SlideChecks", "MidRunFailures", "check_slides", "open_slides", "write_skipped", "class_weights", "best_epoch",
-           "SELECT", "prediction_metrics", "write_prediction_metrics", "SKIPPED_FIELDS",
+           "SELECT", "prediction_metrics", "write_prediction_metrics", "write_split_metrics", "SKIPPED_FIELDS",
            "bar_width"]
 
 SELECT = ("accuracy", "auc", "loss")
@@ -317,6 +317,22 @@ def write_prediction_metrics(out: Path, rows: Sequence[dict], n_classes: int,
               **(extra or {})}
     write_json_atomic(Path(out) / "metrics.json", _json_safe(result))
     return result
+
+
+def write_split_metrics(out: Path, rows: Sequence[dict], n_classes: int, class_names: Sequence[str] | None = None,
+                        *, resamples: int = 1000, seed: int = 0,
+                        extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`prediction_metrics` of each split of ``rows`` (their ``split`` cell), in
+    ``out/metrics.json`` as ``{"splits": {split: metrics}, "split": null, ...extra}``: training slides
+    are never pooled with held-out ones. Returns ``{split: metrics}`` (train, val, test first)."""
+    from ..atomic import write_json_atomic
+
+    names = sorted({r.get("split") or "" for r in rows if r.get("label") not in (None, "")},
+                   key=lambda s: (("train", "val", "test").index(s) if s in ("train", "val", "test") else 3, s))
+    per = {s: prediction_metrics([r for r in rows if (r.get("split") or "") == s], n_classes, class_names,
+                                 resamples=resamples, seed=seed) for s in names}
+    write_json_atomic(Path(out) / "metrics.json", _json_safe({"splits": per, **(extra or {}), "split": None}))
+    return per
 
 
 def _json_safe(obj):
