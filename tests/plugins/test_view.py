@@ -116,3 +116,28 @@ def test_ats_wsi_view_says_what_is_missing(predicted, tmp_path, capsys):
     assert main(["view", str(slide), "--results", str(tmp_path / "empty")]) == 2
     assert "no attention map" in capsys.readouterr().err
     assert results_map(results, slide) == results / "maps" / "slide.zarr"
+
+
+def test_view_puts_the_slide_on_the_mpp_its_map_was_made_with(lesion_slide, darkness, tmp_path,
+                                                               make_napari_viewer, capsys):
+    """After `predict --mpp`, the map is in the given µm/px: `view` without --mpp draws the slide
+    there and says so; with the same --mpp it is silent (issue 25)."""
+    slide = Path(shutil.copyfile(lesion_slide.path, tmp_path / "slide.svs"))
+    given = lesion_slide.mpp * 2
+    results = tmp_path / "results"
+    predict_one(str(slide), slide.stem, PredictSettings(checkpoint=str(darkness.checkpoint), out_dir=str(results),
+                                                        n_patches=4, mpp=given))
+    warned = []
+    viewer = open_viewer(slide, results, widget=False, viewer=make_napari_viewer(), on_warning=warned.append)
+    slide_layer, heat, boxes = viewer.layers
+    np.testing.assert_allclose(slide_layer.scale, (given, given))
+    np.testing.assert_allclose(boxes.scale, slide_layer.scale)
+    assert warned == [f"{slide}: the slide has {lesion_slide.mpp:g} µm/px and its attention map was made at "
+                      f"{given:g} µm/px (predict --mpp); drawn at the map's (pass --mpp to choose)"]
+    warned.clear()
+    viewer = open_viewer(slide, results, widget=False, viewer=make_napari_viewer(), mpp=given,
+                         on_warning=warned.append)
+    np.testing.assert_allclose(viewer.layers[0].scale, (given, given))
+    assert warned == []
+    assert main(["view", str(slide), "--mpp", "0"]) == 2
+    assert "--mpp must be a number > 0" in capsys.readouterr().err
