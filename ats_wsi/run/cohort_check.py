@@ -162,11 +162,11 @@ def check_cohort(manifest, rows: Sequence[ManifestRow], n_classes: int, names: S
     problems = class_problems(manifest, rows, n_classes, names, train_split)
     if not allow_duplicates:
         problems = duplicates + problems
-        if duplicates:
-            problems.append("(the same slide in two splits leaks into validation; twice in one split it weighs "
-                            "double: remove the copies, or pass --allow-duplicates if that is what you want)")
     if problems:
-        raise CohortError(bad_rows(manifest, problems, "problem(s) of the cohort"))
+        hint = ("\n(the same slide in two splits leaks into validation; twice in one split it weighs double: remove "
+                "the copies, or pass --allow-duplicates if that is what you want)"
+                if duplicates and not allow_duplicates else "")
+        raise CohortError(bad_rows(manifest, problems, "problem(s) of the cohort") + hint)
     return duplicates
 
 
@@ -275,7 +275,8 @@ def summarise(manifest, cohort_rows: Sequence[ManifestRow], used: Sequence[Manif
         if r.line in left_out or r.label is None:
             continue
         per = counts.setdefault(r.split, {})
-        per[names[r.label]] = per.get(names[r.label], 0) + 1
+        name = names[r.label] if r.label < len(names) else str(r.label)
+        per[name] = per.get(name, 0) + 1
     groups = _groups(used, inputs)
     odd = [f"line {r.line}: {inputs[r.path].slide.mpp:g}" for r in used if mpp_problem(inputs[r.path].slide.mpp)]
     if odd:

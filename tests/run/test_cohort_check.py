@@ -168,3 +168,28 @@ def test_a_run_folder_is_refused_unless_resumed_or_overwritten(slides, tmp_path)
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(CheckpointError, match="cannot resume: no last.pt and no checkpoints/epoch-NNN.pt"):
         train(manifest, out, config, _settings(), resume=True, progress=False)
+
+
+def test_a_cohort_of_two_resolutions_trained_in_pixels_is_summarised_with_a_warning(slides, tmp_path):
+    fine = make_slide_set(tmp_path / "fine", n_slides=2, size=(1024, 768), seed=6, val_fraction=0, test_fraction=0,
+                          lesion_size_um=(20.0, 40.0), n_lesions=(1, 1), n_spots=(1, 2), mpp=0.25)
+    with open(fine, newline="") as fh:
+        more = [(Path(r["path"]), int(r["label"])) for r in csv.DictReader(fh)]
+    rows = [(p, lab, "train") for p, lab in slides[:2] + more] + [(slides[2][0], slides[2][1], "test")]
+    manifest = _manifest(tmp_path / "m.csv", rows)
+    seen = []
+    train(manifest, tmp_path / "run", ModelConfig(**TINY), _settings(check_tiles=4), progress=False,
+          on_cohort=seen.append)
+    [summary] = seen
+    assert [(g.scanner, g.mpp, g.slides, g.patch_levels) for g in summary.groups] == [
+        ("aperio", 0.25, 2, [0]), ("aperio", 0.5, 2, [0])]
+    assert summary.slides == {"train": {"0": sum(lab == 0 for _, lab, _ in rows[:4]),
+                                        "1": sum(lab == 1 for _, lab, _ in rows[:4])},
+                              "test": {str(slides[2][1]): 1}}
+    assert summary.warnings[0] == (
+        "patches are read in pixels of level 0 and the slides come in 2 resolutions (aperio @ 0.25 µm/px: 2 "
+        "slide(s); aperio @ 0.5 µm/px: 2 slide(s)): a patch covers 8 µm on one and 16 µm on another, a shortcut "
+        "when a class comes mostly from one scanner; use --patch-mpp")
+    assert summary.warnings[1].startswith("the low view is a downsample of level 0 and the slides come in 2 "
+                                          "resolutions") and len(summary.warnings) == 2
+    assert (tmp_path / "run" / "cohort.txt").read_text() == summary.text() + "\n"
