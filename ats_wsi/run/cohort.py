@@ -60,7 +60,8 @@ class UnreadableSlides(ManifestError):
         lines = [f"  line {u.row.line}: {u.row.path}: {u.reason}" for u in self.bad[:MAX_LISTED]]
         if len(self.bad) > MAX_LISTED:
             lines.append(f"  ... and {len(self.bad) - MAX_LISTED} more")
-        super().__init__(f"{manifest}: {len(self.bad)} of {total} slide(s) cannot be read "
+        what = "read" if not any("µm/px" in u.reason for u in self.bad) else "read or used"
+        super().__init__(f"{manifest}: {len(self.bad)} of {total} slide(s) cannot be {what} "
                          f"(--skip-unreadable trains on the others):\n" + "\n".join(lines))
 
     def __reduce__(self):
@@ -139,7 +140,9 @@ def _failed_open(path: str, exc: BaseException, mpp: float | None) -> str:
     if isinstance(exc, ResolutionError):
         try:
             with open_slide(path, mpp=mpp) as slide:
-                problem = mpp_problem(slide.mpp)
+                problem = mpp_problem(slide.mpp) or (None if slide.mpp is not None else (
+                    "ResolutionError: the slide has no µm/px in its metadata and the model reads in µm/px: give "
+                    "the true µm/px in the manifest's mpp column, or --mpp for every slide"))
         except Exception:  # the reason of the first failure stands
             problem = None
         if problem:

@@ -193,3 +193,31 @@ def test_a_cohort_of_two_resolutions_trained_in_pixels_is_summarised_with_a_warn
     assert summary.warnings[1].startswith("the low view is a downsample of level 0 and the slides come in 2 "
                                           "resolutions") and len(summary.warnings) == 2
     assert (tmp_path / "run" / "cohort.txt").read_text() == summary.text() + "\n"
+
+
+def test_many_unreadable_slides_are_counted_and_the_first_twenty_listed(tmp_path):
+    rows = [(tmp_path / f"missing-{i}.svs", i % 2, "train") for i in range(2000)]
+    manifest = _manifest(tmp_path / "m.csv", rows)
+    read = read_cohort(manifest).rows
+    with SlideInputs(ModelConfig(**TINY)) as inputs:
+        bad, _ = check_slides(read, inputs, threads=2)
+    text = str(UnreadableSlides(manifest, bad, len(read)))
+    assert text.startswith(f"{manifest}: 2000 of 2000 slide(s) cannot be read (--skip-unreadable trains on the "
+                           f"others):\n  line 2: {tmp_path / 'missing-0.svs'}: SlideNotFoundError")
+    assert f"line 21: {tmp_path / 'missing-19.svs'}" in text and "line 22:" not in text
+    assert text.endswith("  ... and 1980 more") and len(text.splitlines()) == 22
+
+
+def test_a_slide_without_any_mpp_is_named_with_the_fix_when_the_model_reads_in_mpp(tmp_path, slides):
+    img = np.random.default_rng(0).integers(0, 255, (512, 768, 3), dtype=np.uint8)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb")  # no resolution tags at all
+    manifest = _manifest(tmp_path / "m.csv", [(path, 0, "train"), (slides[1][0], 1, "train")])
+    rows = read_cohort(manifest).rows
+    config = ModelConfig(**{**TINY, "low_downsample": None, "low_mpp": 8.0, "patch_level": None, "patch_mpp": 0.5})
+    with SlideInputs(config) as inputs:
+        bad, _ = check_slides(rows, inputs, checks=SlideChecks(tiles=0, physical=True))
+    assert [u.reason for u in bad] == [
+        "ResolutionError: the slide has no µm/px in its metadata and the model reads in µm/px: give the true µm/px "
+        "in the manifest's mpp column, or --mpp for every slide"]
+    assert "cannot be read or used" in str(UnreadableSlides(manifest, bad, 2))
