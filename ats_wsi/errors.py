@@ -188,3 +188,7 @@ class OutputError(AtsError, OSError):
 
 class OutputLockedError(OutputError):
     """Another run holds the results folder (``OUT/.ats-wsi.lock``): two runs never write one folder."""
+
+
+class RunExistsError(OutputError):
+    """``ats-wsi train`` into a folder that already holds a run, without ``--resume`` or ``--overwrite``."""

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     grabbed = {}
     import ats_wsi.run.train as train_module
 
-    original = train_module._set_exploration
+    original = train_module.set_exploration
 
     def grab(model, settings, epoch):  # the live model, for the gradient probe after each epoch
         grabbed["model"] = model
@@ -174,13 +174,13 @@ def main(argv=None) -> int:
         diag.epochs.append(row)
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
 
-    train_module._set_exploration = grab
+    train_module.set_exploration = grab
     t0 = time.perf_counter()
     try:
         train(args.manifest, out, ModelConfig(**model_kw), TrainSettings(**train_kw), progress=False,
               on_epoch=on_epoch, on_slide=diag.on_slide)
     finally:
-        train_module._set_exploration = original
+        train_module.set_exploration = original
     train_seconds = time.perf_counter() - t0
     test = evaluate(out / "best.pt", args.manifest, args.samples)
     report = dict(command=" ".join(sys.argv), model=model_kw, train=train_kw, epochs=diag.epochs,

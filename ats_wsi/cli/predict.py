@@ -75,13 +75,14 @@ def _register_resolution(p) -> None:
                                              "without one; a checkpoint trained at --patch-mpp needs it)")
 
 
-def _slides_and_labels(args, model) -> tuple[list, list | None]:
-    """Slides of the inputs, in order, and their labels (None without a manifest)."""
+def _slides_and_labels(args, model) -> tuple[list, list | None, list | None, list | None]:
+    """Slides of the inputs, in order, and their labels, slide IDs and splits (each None where no
+    manifest gives them)."""
     from ..data.manifest import is_manifest, read_cohort
     from ..errors import ManifestError
     from ..slide import find_slides
 
-    slides, labels, seen = [], [], set()
+    slides, labels, ids, splits, seen = [], [], [], [], set()
     for item in args.slides:
         if is_manifest(item):
             names = model.config.class_names
@@ -89,33 +90,54 @@ def _slides_and_labels(args, model) -> tuple[list, list | None]:
             if cohort.class_names and not names:
                 raise ManifestError(f"{item}: labels are class names {cohort.class_names}, but the checkpoint "
                                     f"has none; write its labels as class indices 0..{model.config.n_classes - 1}")
-            found = [(r.path, r.label) for r in cohort.split(args.split)]
+            has_split = "split" in cohort.columns
+            found = [(r.path, r.label, r.slide_id, r.split if has_split else None) for r in cohort.split(args.split)]
             for r in cohort.split(args.split):
                 if r.label is not None and r.label >= model.config.n_classes:
                     raise ManifestError(f"{item}:{r.line}: label {r.label}, but the checkpoint has "
                                         f"{model.config.n_classes} classes")
         else:
-            found = [(p, None) for p in find_slides([item])]
-        for path, label in found:
+            found = [(p, None, None, None) for p in find_slides([item])]
+        for path, label, slide_id, split in found:
             if str(path) not in seen:
                 seen.add(str(path))
                 slides.append(path)
                 labels.append(label)
+                ids.append(slide_id)
+                splits.append(split)
     has_manifest = any(is_manifest(a) for a in args.slides)
-    return slides, (labels if has_manifest else None)
+    return (slides, labels if has_manifest else None, ids if any(ids) else None,
+            splits if any(v is not None for v in splits) else None)
 
 
 def _report_metrics(args, rows, errors, config) -> None:
-    """metrics.json and the table of them."""
-    from ..run.cohort import write_prediction_metrics
+    """metrics.json and the table of them: per split when the rows come from several splits."""
+    from ..data.manifest import normalise_split
+    from ..run.cohort import write_prediction_metrics, write_split_metrics
 
     out = Path(args.out)
-    m = write_prediction_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
-                                 seed=0, extra={"failed": len(errors), "split": args.split,
-                                                "checkpoint": str(args.checkpoint),
-                                                **_exports.curves(args, out, rows, config)})
+    extra = {"failed": len(errors), "checkpoint": str(args.checkpoint)}
+    labelled = {r.get("split") or "" for r in rows if r.get("label") not in (None, "")}
+    if args.split is None and len(labelled) > 1:
+        per = write_split_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
+                                  seed=0, extra=extra)
+        print(f"\nmetrics per split ({', '.join(per)}) -> {out / 'metrics.json'}: never pooled across splits")
+        for split, m in per.items():
+            _print_metrics(m, f"split {split}: ")
+    else:
+        split = normalise_split(args.split) if args.split else (labelled.pop() or None if labelled else None)
+        m = write_prediction_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
+                                     seed=0, extra={**extra, "split": split, **_exports.curves(args, out, rows, config)})
+        _print_metrics(m, f"split {split}: " if split else "", out / "metrics.json")
+        _exports.print_curves(m, out)
+    if errors:
+        print(f"({len(errors)} slide(s) failed and are not counted)")
+
+
+def _print_metrics(m, head: str, path=None) -> None:
+    """The table of one set of metrics."""
     b = m["bootstrap"]
-    print(f"\nmetrics of {m['n']} labelled slide(s) -> {out / 'metrics.json'} (95% intervals: "
+    print(f"\n{head}metrics of {m['n']} labelled slide(s){' -> ' + str(path) if path else ''} (95% intervals: "
           f"{b['resamples']} bootstrap resamples, seed {b['seed']})")
 
     def num(v):
@@ -128,9 +150,6 @@ def _report_metrics(args, rows, errors, config) -> None:
     names = m["class_names"]
     print("\nconfusion matrix (rows: true class, columns: predicted)")
     print(format_table([[n, *map(str, r)] for n, r in zip(names, m["confusion_matrix"])], ["", *names]))
-    _exports.print_curves(m, out)
-    if errors:
-        print(f"({len(errors)} slide(s) failed and are not counted)")
 
 
 def _client(args):
@@ -165,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             return error(f"ats-wsi predict: --split: {exc}")
     # A bad checkpoint fails here, before a cluster is started (its class names read the manifests).
     model = load_model(args.checkpoint, feature_weights=args.feature_weights) if manifests else None
-    slides, labels = _slides_and_labels(args, model)
+    slides, labels, slide_ids, splits = _slides_and_labels(args, model)
     if not slides:
         return error("ats-wsi predict: no slides found" + (f" in split {args.split!r}" if args.split else ""))
     if args.mpp is not None and not 0 < args.mpp < float("inf"):
@@ -200,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     client, cluster = _client(args)
     try:
         with LibraryLog(out / "predict.log") as log:
-            rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels)
+            rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels,
+                                          slide_ids=slide_ids, splits=splits)
     except OutputLockedError as exc:  # another run writes --out (a full or read-only one: exit 1, one line)
         print(f"ats-wsi predict: {exc}", file=sys.stderr)
         return EXIT_LOCKED

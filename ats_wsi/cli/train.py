@@ -102,13 +102,25 @@ def _register_training(p) -> None:
     g.add_argument("--open-threads", type=positive_int, default=4,
                    help="threads that open and check every slide before the first epoch")
     g.add_argument("--skip-unreadable", action="store_true",
-                   help="train on the slides that open and list the others in OUT/skipped.csv "
-                        "(default: list them all and stop)")
+                   help="train on the slides that open and pass the checks, and on without a slide that fails in an "
+                        "epoch; list the others in OUT/skipped.csv (default: name them and stop)")
+    g.add_argument("--check-tiles", type=int, default=16, metavar="N",
+                   help="tiles per slide decoded before the first epoch, under tissue at the level patches are read "
+                        "from (at most 5 s per slide; 0: none)")
+    g.add_argument("--allow-duplicates", action="store_true",
+                   help="train although a slide is on several rows (same path, hard link or content; default: an "
+                        "error listing them)")
+    g.add_argument("--mpp", type=float, help="level-0 µm/px of every slide, overriding its metadata (for TIFFs "
+                                             "without one; a manifest's mpp column wins)")
     g.add_argument("--select", choices=["accuracy", "auc", "loss"], default=d["select"],
                    help="the validation number best.pt is chosen by (ties: lower loss, then later epoch)")
     g.add_argument("--class-weights", choices=["none", "balanced"], default="none",
                    help="balanced: weight each slide's loss by n / (classes x slides of its class)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    again = g.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT from its last.pt (or newest checkpoints/epoch-NNN.pt)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in OUT (its checkpoints, metrics and logs; other files stay)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
 
 
@@ -265,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
     bad = check_device("train", args.device)
     if bad:
         return error(bad)
+    if args.mpp is not None and not 0 < args.mpp < float("inf"):
+        return error(f"ats-wsi train: --mpp must be a number > 0, got {args.mpp}")
     try:
         config = model_config(args)
     except (ConfigError, EncoderError) as exc:
@@ -294,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
                              schedule=args.schedule, select=args.select,
                              class_weights=None if args.class_weights == "none" else args.class_weights,
                              skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
+                             check_tiles=max(0, args.check_tiles), allow_duplicates=args.allow_duplicates, mpp=args.mpp,
                              feature_cache=args.feature_cache, **aids, **_exports.roi_settings(args))
 
     def report(m):
@@ -301,11 +316,16 @@ def run(args: argparse.Namespace) -> int:
               f"val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.3f}  val_auc {m.val_auc:.3f}  {m.seconds:.1f}s"
               f"{_encoder.cache_note(m)}", flush=True)
 
+    def show_cohort(summary):
+        print(summary.text(), flush=True)
+        if summary.resumed_from is not None:
+            print(f"resumed from epoch {summary.resumed_from}", flush=True)
+
     out, speaks = Path(args.out), int(os.environ.get("RANK", "0")) == 0  # under torchrun, one process speaks
     with LibraryLog(out / "train.log") as log:
         try:
-            train(args.manifest, out, config, settings, resume=args.resume, progress=not args.no_progress,
-                  on_epoch=report)
+            train(args.manifest, out, config, settings, resume=args.resume, overwrite=args.overwrite,
+                  progress=not args.no_progress, on_epoch=report, on_cohort=show_cohort)
         finally:
             if speaks and log.summary("train"):
                 print(log.summary("train"), file=sys.stderr)

@@ -15,7 +15,10 @@ mpp            ``mpp``, ``mpp_x``, ``um_per_px`` (optional: the slide's µm/px, 
 
 Labels are class indices (``0``, ``1``, also written ``1.0``) or class names
 (``tumor``); names are numbered in the order given (``classes=``, e.g. from
-``--classes a,b,c`` or a checkpoint) or else sorted. Splits are ``train``,
+``--classes a,b,c`` or a checkpoint) or else sorted. Names are matched
+without regard to case and spacing (``Normal``, ``normal ``: one class), and
+names one small edit apart (``Tumour``, ``tumor``) are refused as suspected
+typos unless ``classes=`` names both (:mod:`ats_wsi.data.labels`). Splits are ``train``,
 ``val`` (also ``validation``, ``valid``, ``dev``) and ``test``, any case; an
 empty cell is ``train``. Any other value is an error naming the row: every
 bad row of a file is reported in one :class:`~ats_wsi.errors.ManifestError`.
@@ -32,9 +35,10 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ManifestError
+from .labels import label_key, spelling_of, suspected_typos
 
 __all__ = ["Manifest", "ManifestRow", "read_manifest", "read_cohort", "is_manifest", "normalise_split",
-           "SPLITS", "COLUMNS", "MANIFEST_SUFFIXES"]
+           "bad_rows", "SPLITS", "COLUMNS", "MANIFEST_SUFFIXES", "MAX_LISTED"]
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "path": ("path", "slide_path", "file_path", "filename", "file_name", "file", "slide"),
@@ -47,6 +51,8 @@ SPLITS: dict[str, str] = {"train": "train", "training": "train", "val": "val", "
                           "valid": "val", "dev": "val", "test": "test", "testing": "test"}
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".tab")
 MAX_LISTED = 20  # bad rows named in one error message
+MAX_MANIFEST_BYTES = 256 * 2**20  # ~10^6 rows of long paths; a bigger file is not a manifest
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ class ManifestRow:
         split: ``"train"``, ``"val"`` or ``"test"``.
         slide_id: the ``slide_id`` column, if any.
         mpp: the row's µm/px (``mpp`` column), None when not given.
-        class_name: the label as written, when labels are class names.
+        class_name: the row's class name, when labels are class names (the class's
+            spelling: ``Normal`` in a class named ``normal`` gives ``normal``).
         line: the row's line in the file (for messages; not compared).
     """
 
@@ -81,6 +88,8 @@ class Manifest:
     class_names: list[str] | None
     """Class names in label order: from the labels when they are names (or from
     ``classes=``); None for index labels read without ``classes=``."""
+    columns: tuple[str, ...] = ()
+    """The roles the file has a column for (``"path"``, ``"label"``, ``"split"``, ``"slide_id"``, ``"mpp"``)."""
 
     def split(self, name: str | None) -> list[ManifestRow]:
         """Rows of one split (``validation`` etc. accepted); all rows for None."""
@@ -165,9 +174,68 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _read_text(path: Path) -> str:
+    """The manifest's text; ManifestError for a missing, huge, unreadable or non-UTF-8 file."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path}: {size} bytes, more than a manifest of slides can be "
+                                f"({MAX_MANIFEST_BYTES >> 20} MiB); is it the right file?")
+        return path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet CSVs start with a BOM
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                            f"save the manifest as UTF-8 CSV") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+
+
+def _records(path: Path, text: str, require_labels: bool):
+    """``(columns, [(line, {header: cell})])`` of the file; ManifestError for a broken CSV
+    (a cell over the csv module's field limit, a quote left open)."""
+    header = text.split("\n", 1)[0]
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(path, header))
+    try:
+        cols = _columns(path, reader.fieldnames, require_labels)
+        return cols, [(reader.line_num, rec) for rec in reader]
+    except csv.Error as exc:
+        raise ManifestError(f"{path}:{reader.line_num + 1}: not a readable CSV row ({exc}); a cell holds "
+                            f"a path, a label or a number, never {csv.field_size_limit()} characters") from None
+
+
+def _slide_path(manifest: Path, raw: str) -> Path:
+    """The slide a path cell names, relative to the manifest's folder. Spaces around the
+    cell are dropped unless only the cell as written names an existing file."""
+    stripped = raw.strip()
+    candidates = [stripped] + ([raw.strip("\r\n")] if raw.strip("\r\n") != stripped else [])
+    resolved = []
+    for text in candidates:
+        slide = Path(os.path.expanduser(text))
+        resolved.append(slide if slide.is_absolute() else (manifest.parent / slide).resolve())
+    return next((p for p in resolved if p.exists()), resolved[0])
+
+
+def _path_problem(cell: str) -> str | None:
+    if not cell:
+        return "empty path"
+    if "\0" in cell:
+        return "the path holds a NUL byte (no file name can); is the manifest binary or corrupted?"
+    if len(cell) > MAX_PATH_CHARS:
+        return f"a path of {len(cell)} characters, longer than any file system allows ({MAX_PATH_CHARS})"
+    return None
+
+
 def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
                 require_labels: bool = True) -> Manifest:
     """Read a manifest (CSV or TSV) with all its rows.
+
+    Labels written as names are matched without regard to case, spaces,
+    ``_`` or ``-`` (:func:`~ats_wsi.data.labels.label_key`): ``Normal`` and
+    ``normal`` are one class, named by its most frequent spelling. Without
+    ``classes``, names that differ from another only by a small edit
+    (``Tumour``/``tumor``) are refused as suspected typos, listing their rows:
+    correct them, or name every class in ``classes`` (``--classes``).
 
     Args:
         path: the manifest file.
@@ -178,60 +246,54 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             may then be empty (``label`` None).
 
     Raises:
-        ManifestError: a missing file or column, or bad rows: all of them
-            listed, each as ``FILE:LINE: what is wrong``.
+        ManifestError: a missing, huge or broken file, a missing column, or
+            bad rows: all of them counted, the first ``MAX_LISTED`` listed,
+            each as ``FILE:LINE: what is wrong``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: no such manifest file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet CSVs start with a BOM
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                            f"save the manifest as UTF-8 CSV") from None
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-    header = text.split("\n", 1)[0]
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(path, header))
-    cols = _columns(path, reader.fieldnames, require_labels)
+    cols, records = _records(path, _read_text(path), require_labels)
     problems: list[str] = []
     raw = []  # (line, path, label text, split, slide_id, mpp)
-    for rec in reader:
-        line = reader.line_num
-        cells = {role: (rec.get(name) or "").strip() for role, name in cols.items()}
+    for line, rec in records:
         if not any((v or "").strip() for v in rec.values() if isinstance(v, str)):
             continue  # a row of empty cells (",,"): a spreadsheet's trailing line
+        cells = {role: (rec.get(name) or "").strip() for role, name in cols.items()}
         bad = []
-        if not cells["path"]:
-            bad.append("empty path")
+        path_problem = _path_problem(cells["path"])
+        if path_problem:
+            bad.append(path_problem)
+        bad += [f"the {role} cell holds a NUL byte" for role in ("label", "split", "slide_id", "mpp")
+                if "\0" in cells.get(role, "")]
         try:
             split = normalise_split(cells.get("split", ""))
         except ValueError as exc:
-            bad.append(str(exc))
+            bad.append(str(exc)[:200])
             split = "train"
         mpp = None
         if cells.get("mpp"):
             mpp = _number(cells["mpp"])
             if mpp is None or mpp <= 0:
-                bad.append(f"mpp {cells['mpp']!r} is not a positive number of µm per pixel")
+                bad.append(f"mpp {cells['mpp'][:50]!r} is not a positive number of µm per pixel")
                 mpp = None
         label = cells.get("label", "")
         if not label and require_labels:
             bad.append("empty label")
         problems += [f"{path}:{line}: {b}" for b in bad]
-        slide = Path(os.path.expanduser(cells["path"]))
-        if not slide.is_absolute():
-            slide = (path.parent / slide).resolve()
+        slide = Path() if path_problem else _slide_path(path, rec.get(cols["path"]) or "")
         raw.append((line, slide, label, split, cells.get("slide_id") or None, mpp))
     labels, names = _labels(path, [(line, text) for line, _, text, *_ in raw], classes, problems)
     if problems:
-        shown = problems[:MAX_LISTED] + ([f"... and {len(problems) - MAX_LISTED} more"]
-                                         if len(problems) > MAX_LISTED else [])
-        head = f"{path}: {len(problems)} bad row(s):\n  " if len(problems) > 1 else ""
-        raise ManifestError(head + "\n  ".join(shown))
+        raise ManifestError(bad_rows(path, problems))
     rows = [ManifestRow(slide, label, split, slide_id, mpp, name, line)
             for (line, slide, _, split, slide_id, mpp), (label, name) in zip(raw, labels)]
-    return Manifest(path, rows, names)
+    return Manifest(path, rows, names, tuple(cols))
+
+
+def bad_rows(path, problems: Sequence[str], what: str = "bad row(s)", limit: int = MAX_LISTED) -> str:
+    """One message of many problems: their number, the first ``limit``, ``... and K more``."""
+    shown = list(problems[:limit]) + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+    head = f"{path}: {len(problems)} {what}:\n  " if len(problems) > 1 else ""
+    return head + "\n  ".join(shown)
 
 
 def _labels(path: Path, texts: list[tuple[int, str]], classes: Sequence[str] | None,
@@ -240,23 +302,18 @@ def _labels(path: Path, texts: list[tuple[int, str]], classes: Sequence[str] | N
     given = [t for _, t in texts if t]
     classes = None if classes is None else [str(c) for c in classes]
     numeric = all(_number(t) is not None for t in given)
-    by_name = bool(given) and (not numeric or (classes is not None and all(t in classes for t in given)))
-    out: list[tuple[int | None, str | None]] = []
+    keys = None if classes is None else {label_key(c) for c in classes}
+    by_name = bool(given) and (not numeric or (keys is not None and all(label_key(t) in keys for t in given)))
     if by_name:
-        names = classes if classes is not None else sorted(set(given))
-        index = {n: i for i, n in enumerate(names)}
-        for line, t in texts:
-            if t and t not in index:
-                problems.append(f"{path}:{line}: label {t!r} is not one of the classes {names}")
-            out.append((index.get(t), t or None) if t else (None, None))
-        return out, list(names)
+        return _name_labels(path, texts, classes, problems)
+    out: list[tuple[int | None, str | None]] = []
     for line, t in texts:
         if not t:
             out.append((None, None))
             continue
         value = _number(t)
         if value is None or value < 0 or value != int(value):
-            problems.append(f"{path}:{line}: label {t!r} is not a class index (0, 1, ...) or a class name")
+            problems.append(f"{path}:{line}: label {t[:50]!r} is not a class index (0, 1, ...) or a class name")
             out.append((None, None))
             continue
         if classes is not None and value >= len(classes):
@@ -264,6 +321,44 @@ def _labels(path: Path, texts: list[tuple[int, str]], classes: Sequence[str] | N
                             f"classes {classes}")
         out.append((int(value), None))
     return out, None if classes is None else list(classes)
+
+
+def _name_labels(path: Path, texts: list[tuple[int, str]], classes: list[str] | None,
+                 problems: list[str]) -> tuple[list[tuple[int | None, str | None]], list[str]]:
+    """Labels written as class names, matched by :func:`label_key`."""
+    if classes is None:
+        spellings: dict[str, list[str]] = {}
+        for _, t in texts:
+            if t:
+                spellings.setdefault(label_key(t), []).append(t)
+        names = sorted((spelling_of(v) for v in spellings.values()), key=label_key)
+        _typos(path, texts, names, problems)
+    else:
+        names = list(classes)
+    index = {label_key(n): i for i, n in enumerate(names)}
+    out: list[tuple[int | None, str | None]] = []
+    for line, t in texts:
+        k = index.get(label_key(t)) if t else None
+        if t and k is None:
+            near = [n for n in names if suspected_typos({n: 2, t: 1})]
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            problems.append(f"{path}:{line}: label {t[:50]!r} is not one of the classes {names}{hint}")
+        out.append((k, names[k] if k is not None else None))
+    return out, names
+
+
+def _typos(path: Path, texts: list[tuple[int, str]], names: list[str], problems: list[str]) -> None:
+    """A problem per label that is probably a misspelt other class (see :mod:`.labels`)."""
+    keyed = {label_key(n): n for n in names}
+    lines: dict[str, list[int]] = {}
+    for line, t in texts:
+        if t:
+            lines.setdefault(keyed[label_key(t)], []).append(line)
+    for rare, common in suspected_typos({n: len(v) for n, v in lines.items()}):
+        shown = ", ".join(map(str, lines[rare][:10])) + (" ..." if len(lines[rare]) > 10 else "")
+        problems.append(f"{path}: label {rare!r} ({len(lines[rare])} row(s), line(s) {shown}) looks like a "
+                        f"typo of {common!r} ({len(lines[common])} row(s)); correct it, or name every class "
+                        f"with --classes if both are real classes")
 
 
 def read_manifest(path: str | os.PathLike, split: str | None = None, *, classes: Sequence[str] | None = None,

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DISTILL", "exploration", "instance_loss", "distill_loss"]
+__all__ = ["DISTILL", "aid_losses", "check_aids", "distill_loss", "exploration", "instance_loss", "set_exploration"]
 
 
 def exploration(epoch: int, *, explore: float, explore_epochs: int, final: float) -> float:
@@ -105,3 +105,39 @@ def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int 
         odds = torch.logit(finding.clamp(1e-6, 1 - 1e-6))
         target = torch.softmax(odds, dim=0)
     return -(target * torch.log_softmax(sampled_logits.float() / temperature, dim=0)).sum()
+
+
+# ---------------------------------------------------------------- what train() calls
+
+def check_aids(settings, model) -> None:
+    """The per-patch losses need an instance head; the negative class must exist
+    (``settings``: :class:`~ats_wsi.run.train.TrainSettings`, ``model``: a SlideClassifier)."""
+    if (settings.instance_weight or settings.distill_weight) and model.instance_head is None:
+        raise ValueError("instance_weight and distill_weight need a model with an instance head "
+                         "(ModelConfig(instance_head=True); ats-wsi train: --instance-head)")
+    if not 0 <= settings.negative_class < model.config.n_classes:
+        raise ValueError(f"negative_class {settings.negative_class} is not a class of this "
+                         f"{model.config.n_classes}-class model")
+
+
+def set_exploration(model, settings, epoch: int) -> None:
+    """This epoch's attention smoothing and number of draws (exploring, then the model's own)."""
+    exploring = epoch < settings.explore_epochs
+    model.sampler.softmax.smoothing = exploration(epoch, explore=settings.explore,
+                                                  explore_epochs=settings.explore_epochs,
+                                                  final=model.config.smoothing)
+    more = settings.explore_patches if exploring and settings.explore_patches else None
+    model.sampler.n_patches = int(more or model.config.n_patches)
+
+
+def aid_losses(model, settings, result, label: int):
+    """The per-patch losses of one slide (0 when off): instance loss and attention distillation."""
+    if not (settings.instance_weight or settings.distill_weight):
+        return 0.0
+    inst = model.instance_logits(result)[0]  # [n, C]
+    loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
+    if settings.distill_weight and model.sampler.sampler_kind == "attention":
+        loss = loss + settings.distill_weight * distill_loss(
+            result.sampled_logits[0], inst, settings.negative_class, kind=settings.distill,
+            temperature=model.sampler.softmax.temperature)
+    return loss

@@ -27,12 +27,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import write_csv_atomic
-from ..data.manifest import ManifestRow
+from ..data.manifest import MAX_LISTED, ManifestRow
 from ..errors import ManifestError
 from ..metrics import evaluate
 
-__all__ = ["UnreadableSlides", "check_slides", "open_slides", "write_skipped", "class_weights", "best_epoch",
-           "SELECT", "prediction_metrics", "write_prediction_metrics", "SKIPPED_FIELDS",
+__all__ = ["Unreadable", "UnreadableSlides", "SlideChecks", "MidRunFailures", "check_slides", "open_slides", "write_skipped", "class_weights", "best_epoch",
+           "SELECT", "prediction_metrics", "write_prediction_metrics", "write_split_metrics", "SKIPPED_FIELDS",
            "bar_width"]
 
 SELECT = ("accuracy", "auc", "loss")
@@ -57,8 +57,11 @@ class UnreadableSlides(ManifestError):
 
     def __init__(self, manifest, bad: Sequence[Unreadable], total: int):
         self.manifest, self.bad, self.total = manifest, list(bad), total
-        lines = [f"  line {u.row.line}: {u.row.path}: {u.reason}" for u in self.bad]
-        super().__init__(f"{manifest}: {len(self.bad)} of {total} slide(s) cannot be read "
+        lines = [f"  line {u.row.line}: {u.row.path}: {u.reason}" for u in self.bad[:MAX_LISTED]]
+        if len(self.bad) > MAX_LISTED:
+            lines.append(f"  ... and {len(self.bad) - MAX_LISTED} more")
+        what = "read" if not any("µm/px" in u.reason for u in self.bad) else "read or used"
+        super().__init__(f"{manifest}: {len(self.bad)} of {total} slide(s) cannot be {what} "
                          f"(--skip-unreadable trains on the others):\n" + "\n".join(lines))
 
     def __reduce__(self):
@@ -100,17 +103,67 @@ def _capture(logger_names=("tifffile",)):
             lg.propagate = propagate
 
 
-def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4,
-                 progress: bool = False) -> tuple[list[Unreadable], dict[str, list[str]]]:
+@dataclass(frozen=True)
+class SlideChecks:
+    """What :func:`check_slides` does to each slide beyond opening it and reading its low view."""
+
+    tiles: int = 16
+    """Tiles decoded per slide at the level patches are read from, under tissue (0: none)."""
+    seconds: float = 5.0
+    """Time per slide after which no further tile is decoded."""
+    physical: bool = True
+    """Whether the model reads in µm/px: a level-0 µm/px no scanner produces is then an error."""
+
+
+def _check_one(item, checks: SlideChecks) -> str | None:
+    """Why an opened slide cannot be trained on (its µm/px, a broken tile), or None."""
+    from ..slide.tilecheck import check_tiles
+    from .cohort_check import mpp_problem
+
+    problem = mpp_problem(item.slide.mpp)
+    if problem and checks.physical:
+        return problem
+    if checks.tiles > 0:
+        done = check_tiles(item.slide, item.reader.level, n=checks.tiles, seconds=checks.seconds,
+                           mask=item.view.mask)
+        if done.error:
+            return f"CorruptSlideError: {done.error}"
+    return None
+
+
+def _failed_open(path: str, exc: BaseException, mpp: float | None) -> str:
+    """The reason for a slide that did not open: its µm/px when that is the cause, with the fix."""
+    from ..errors import ResolutionError
+    from ..slide import open_slide
+    from .cohort_check import mpp_problem
+
+    if isinstance(exc, ResolutionError):
+        try:
+            with open_slide(path, mpp=mpp) as slide:
+                problem = mpp_problem(slide.mpp) or (None if slide.mpp is not None else (
+                    "ResolutionError: the slide has no µm/px in its metadata and the model reads in µm/px: give "
+                    "the true µm/px in the manifest's mpp column, or --mpp for every slide"))
+        except Exception:  # the reason of the first failure stands
+            problem = None
+        if problem:
+            return problem
+    return _reason(exc)
+
+
+def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4, progress: bool = False,
+                 checks: SlideChecks | None = None) -> tuple[list[Unreadable], dict[str, list[str]]]:
     """Open every slide of ``rows`` through ``inputs`` (a :class:`~ats_wsi.classifier.SlideInputs`).
 
-    Each slide is opened and its low view and tissue mask read, in
-    ``threads`` threads; what opened stays open in ``inputs`` for training.
+    Each slide is opened, its low view and tissue mask read and (``checks``)
+    its level-0 µm/px checked and a sample of its tiles decoded
+    (:func:`ats_wsi.slide.tilecheck.check_tiles`), in ``threads`` threads;
+    what opened stays open in ``inputs`` for training.
 
     Returns:
         ``(unreadable rows, {slide path: [library warnings]})``; the warnings
         (tifffile's) are collected per slide instead of being printed.
     """
+    checks = checks or SlideChecks(tiles=0, physical=False)
     paths = list(dict.fromkeys(str(r.path) for r in rows))  # one open per distinct slide
     failed: dict[str, str] = {}
     bar = _bar(len(paths), "checking slides", "slide", progress)
@@ -119,9 +172,11 @@ def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4,
         def open_one(path: str) -> None:
             handler.slide[threading.get_ident()] = path
             try:
-                inputs[path]
+                problem = _check_one(inputs[path], checks)
+                if problem:
+                    failed[path] = problem
             except Exception as exc:  # any failure of a slide is reported with its row
-                failed[path] = _reason(exc)
+                failed[path] = _failed_open(path, exc, inputs.mpp.get(path))
             finally:
                 handler.slide.pop(threading.get_ident(), None)
 
@@ -142,15 +197,18 @@ def write_skipped(out: Path, bad: Sequence[Unreadable]) -> Path:
 
 
 def open_slides(manifest, out: Path, train_rows: list[ManifestRow], val_rows: list[ManifestRow], inputs,
-                settings, *, rank: int = 0, progress: bool = False) -> tuple[list, list]:
-    """Open every slide of training (:func:`check_slides`) before the first epoch.
+                settings, *, rank: int = 0, progress: bool = False,
+                checks: SlideChecks | None = None) -> tuple[list, list, list[Unreadable]]:
+    """Open and check every slide of training (:func:`check_slides`) before the first epoch.
 
-    Unreadable rows raise :class:`UnreadableSlides` naming them all, or with
+    Unreadable rows raise :class:`UnreadableSlides` naming them, or with
     ``settings.skip_unreadable`` are dropped and listed in ``out/skipped.csv``.
-    Creates the run folder (rank 0). Returns the readable train and val rows.
+    Creates the run folder (rank 0). Returns the readable train and val rows
+    and the unreadable ones.
     """
     rows = list(train_rows) + list(val_rows)
-    bad, warned = check_slides(rows, inputs, threads=settings.open_threads, progress=progress and rank == 0)
+    bad, warned = check_slides(rows, inputs, threads=settings.open_threads, progress=progress and rank == 0,
+                               checks=checks)
     for path, messages in warned.items():
         _log.warning("%s: %d reader warning(s) while opening, first: %s", path, len(messages), messages[0])
     if bad and not settings.skip_unreadable:
@@ -166,7 +224,37 @@ def open_slides(manifest, out: Path, train_rows: list[ManifestRow], val_rows: li
         raise ManifestError(f"{manifest}: none of the slides in split {settings.train_split!r} can be read")
     for u in bad:
         _log.warning("skipped line %d: %s: %s", u.row.line, u.row.path, u.reason)
-    return train_rows, val_rows
+    return train_rows, val_rows, bad
+
+
+class MidRunFailures:
+    """Slides that fail while training (a broken tile the check before training did not decode).
+
+    :meth:`record` stops the run naming the slide (:class:`UnreadableSlides`), or
+    with ``skip_unreadable`` (one process only: under DDP every process must
+    run the same slides) adds it to ``skipped.csv`` and leaves it out of later
+    steps and epochs.
+    """
+
+    def __init__(self, manifest, out: Path, skipped: Sequence[Unreadable], total: int, *, skip: bool,
+                 write: bool = True):
+        self.manifest, self.out, self.total, self.skip, self.write = manifest, Path(out), total, skip, write
+        self.skipped = list(skipped)
+        self.failed: set[str] = set()
+
+    def __contains__(self, row: ManifestRow) -> bool:
+        return str(row.path) in self.failed
+
+    def record(self, row: ManifestRow, exc: BaseException, epoch: int) -> None:
+        """Skip ``row`` from now on, or raise :class:`UnreadableSlides` naming it."""
+        bad = Unreadable(row, f"in epoch {epoch + 1}: {_reason(exc)}")
+        if not self.skip:
+            raise UnreadableSlides(self.manifest, [bad], self.total) from None
+        self.failed.add(str(row.path))
+        self.skipped.append(bad)
+        if self.write:
+            write_skipped(self.out, self.skipped)
+        _log.warning("skipped line %d: %s: %s", row.line, row.path, bad.reason)
 
 
 def class_weights(rows: Sequence[ManifestRow], n_classes: int, mode: str | None) -> list[float] | None:
@@ -232,6 +320,22 @@ def write_prediction_metrics(out: Path, rows: Sequence[dict], n_classes: int,
               **(extra or {})}
     write_json_atomic(Path(out) / "metrics.json", _json_safe(result))
     return result
+
+
+def write_split_metrics(out: Path, rows: Sequence[dict], n_classes: int, class_names: Sequence[str] | None = None,
+                        *, resamples: int = 1000, seed: int = 0,
+                        extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`prediction_metrics` of each split of ``rows`` (their ``split`` cell), in
+    ``out/metrics.json`` as ``{"splits": {split: metrics}, "split": null, ...extra}``: training slides
+    are never pooled with held-out ones. Returns ``{split: metrics}`` (train, val, test first)."""
+    from ..atomic import write_json_atomic
+
+    names = sorted({r.get("split") or "" for r in rows if r.get("label") not in (None, "")},
+                   key=lambda s: (("train", "val", "test").index(s) if s in ("train", "val", "test") else 3, s))
+    per = {s: prediction_metrics([r for r in rows if (r.get("split") or "") == s], n_classes, class_names,
+                                 resamples=resamples, seed=seed) for s in names}
+    write_json_atomic(Path(out) / "metrics.json", _json_safe({"splits": per, **(extra or {}), "split": None}))
+    return per
 
 
 def _json_safe(obj):

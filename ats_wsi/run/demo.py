@@ -17,6 +17,7 @@ import numpy as np
 from ..classifier import ModelConfig
 from ..data.manifest import read_manifest
 from ..data.synthetic import load_lesions, make_slide_set
+from .outdir import epoch_checkpoints
 from .predict import PredictSettings, predict_slides
 from .train import TrainSettings, train
 
@@ -120,10 +121,11 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
                                    device=settings.device, seed=settings.seed)
     log(f"[2/3] training for {settings.epochs} epochs (run folder {out / 'run'})")
     run = out / "run"
-    resume = (run / "last.pt").is_file()
+    resume = (run / "last.pt").is_file() or bool(epoch_checkpoints(run))
     if resume:
         log("      resuming from the last checkpoint in the run folder")
-    train(manifest, run, demo_model_config(), train_settings, resume=resume,
+    # a run stopped before its first checkpoint is started again
+    train(manifest, run, demo_model_config(), train_settings, resume=resume, overwrite=not resume,
           on_epoch=lambda m: log(f"      epoch {m.epoch:2d}: loss {m.train_loss:.3f}, train acc {m.train_acc:.2f}, "
                                  f"val acc {m.val_acc:.2f} ({m.seconds:.0f} s)"))
     timings["train"] = time.perf_counter() - t

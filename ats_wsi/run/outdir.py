@@ -17,6 +17,9 @@ that pair with the files they vouch for, and a full or read-only disk as a typed
   (:func:`output_digests`); a marker is trusted only when every output still
   has its digest (:func:`outputs_match`), so a row is never paired with the
   map or overlay of another run.
+- **Training runs** (:func:`prepare_run_folder`): a folder that holds a run is
+  refused unless the run is resumed or overwritten; a run killed before its
+  first ``last.pt`` resumes from its newest ``checkpoints/epoch-NNN.pt``.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -33,10 +37,11 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from ..atomic import fault_point, fsync_dir, new_owner, temporary_owner
-from ..errors import AtsError, OutputError, OutputLockedError
+from ..errors import AtsError, OutputError, OutputLockedError, RunExistsError
 
 __all__ = ["LOCK_NAME", "hold_results_folder", "holding_results_folder", "remove_stale_temporaries",
-           "invalidate_marker", "output_digests", "outputs_match", "as_output_error"]
+           "invalidate_marker", "output_digests", "outputs_match", "as_output_error", "RUN_FILES",
+           "epoch_checkpoints", "holds_run", "prepare_run_folder"]
 
 LOCK_NAME = ".ats-wsi.lock"
 
@@ -212,3 +217,54 @@ def as_output_error(exc: BaseException, out: str | os.PathLike) -> OutputError |
                 break
         return OutputError.from_os_error(where, exc)
     return None
+
+
+# --------------------------------------------------------------------------- training run folders
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "skipped.csv", "cohort.json", "cohort.txt",
+             "train.log")
+"""What ``ats-wsi train`` writes into a run folder, beside ``checkpoints/epoch-NNN.pt``."""
+_EPOCH = re.compile(r"epoch-(\d+)\.pt")
+
+
+def epoch_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``[(epoch, checkpoints/epoch-NNN.pt)]`` of a run folder, oldest first."""
+    folder = Path(out) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
+             if (m := _EPOCH.fullmatch(p.name)) and p.is_file()]
+    return sorted(found)
+
+
+def holds_run(out: str | os.PathLike) -> list[str]:
+    """The files of a training run in ``out`` (relative names), empty when it holds none."""
+    out = Path(out)
+    found = [name for name in RUN_FILES[:4] if (out / name).is_file()]
+    return found + [p.relative_to(out).as_posix() for _, p in epoch_checkpoints(out)]
+
+
+def prepare_run_folder(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> list[str]:
+    """Make sure a new training run may write ``out``: refuse a folder that holds a run
+    (:class:`~ats_wsi.errors.RunExistsError`) unless ``resume`` (kept) or ``overwrite`` (its run files
+    are removed: :data:`RUN_FILES` and ``checkpoints/epoch-NNN.pt``; other files stay). Returns what was removed."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    out = Path(out)
+    existing = holds_run(out)
+    if resume or not existing:
+        return []
+    if not overwrite:
+        shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        raise RunExistsError(out, f"holds a training run ({shown}); pass --resume to continue it, --overwrite "
+                                  f"to replace it, or choose another --out")
+    removed = []
+    try:
+        for name in RUN_FILES:
+            if (out / name).is_file():
+                (out / name).unlink()
+                removed.append(name)
+        for _, path in epoch_checkpoints(out):
+            path.unlink()
+            removed.append(path.relative_to(out).as_posix())
+    except OSError as exc:
+        raise OutputError.from_os_error(getattr(exc, "filename", None) or out, exc) from None
+    return removed

@@ -112,10 +112,18 @@ def _short(stem: str) -> str:
     return f"{cut}-{hashlib.sha1(os.fsencode(stem)).hexdigest()[:8]}"
 
 
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """A file-system-safe output name per slide: its stem (cut with a hash when over
-    ``MAX_NAME_BYTES``), made unique when stems repeat."""
-    stems = [_short(p.name[: -len(p.suffix)] if p.suffix else p.name) for p in paths]
+def _safe_id(slide_id: str) -> str:
+    """A slide ID as a file name: characters other than letters, digits, ``.``, ``_``, ``-`` as ``_``."""
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in slide_id.strip())
+    return name if name.strip("._") else ""
+
+
+def output_names(paths: Sequence[Path], slide_ids: Sequence[str | None] | None = None) -> list[str]:
+    """A file-system-safe output name per slide: its slide ID where one is given (a manifest's
+    ``slide_id`` column, unsafe characters as ``_``), else its stem (cut with a hash when over
+    ``MAX_NAME_BYTES``), made unique when names repeat."""
+    ids = [_safe_id(i) if i else "" for i in (slide_ids or [None] * len(paths))]
+    stems = [_short(i or (p.name[: -len(p.suffix)] if p.suffix else p.name)) for p, i in zip(paths, ids)]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
@@ -173,13 +181,14 @@ def run_key(settings: PredictSettings) -> str:
 
 
 def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
-                      labelled: bool = False, feature_cache: bool = False) -> list[str]:
+                      labelled: bool = False, feature_cache: bool = False, slide_ids: bool = False,
+                      splits: bool = False) -> list[str]:
     """Columns of ``predictions.csv``. After the columns of every run come, with a
     feature cache, ``feature_hits`` / ``feature_misses`` / ``feature_disk_hits``
     (patch features served by the cache, computed, and served from its folder);
     for a checkpoint with class names, ``p_<name>`` per class and
     ``predicted_class``; for slides given with labels (a manifest), ``label``
-    (and ``label_class``)."""
+    (and ``label_class``); then the manifest's ``slide_id`` and ``split`` where given."""
     fields = ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
               "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
     if feature_cache:
@@ -188,7 +197,7 @@ def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
         fields += [f"p_{n}" for n in class_names] + ["predicted_class"]
     if labelled:
         fields += ["label"] + (["label_class"] if class_names else [])
-    return fields
+    return fields + (["slide_id"] if slide_ids else []) + (["split"] if splits else [])
 
 
 def _labelled(row: dict, class_names: Sequence[str] | None, label: int | None, labelled: bool) -> dict:
@@ -341,6 +350,8 @@ def predict_slides(
     executor=None,
     progress: Callable[[str, str], None] | None = None,
     labels: Sequence[int | None] | None = None,
+    slide_ids: Sequence[str | None] | None = None,
+    splits: Sequence[str | None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
 
@@ -352,6 +363,9 @@ def predict_slides(
             status in {"done", "skipped", "failed"}.
         labels: the class index of each slide (None: unknown), written beside
             its prediction (``label``; see :func:`prediction_fields`).
+        slide_ids: each slide's ID (a manifest's ``slide_id``): a column, and
+            the slide's output name (:func:`output_names`).
+        splits: each slide's split (a manifest's): a column.
 
     Returns:
         ``(rows, errors)`` in input order; also written to predictions.csv
@@ -371,18 +385,22 @@ def predict_slides(
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(os.path.abspath(p)) for p in slides]
-    names = output_names(paths)
+    for what, values in (("labels", labels), ("slide IDs", slide_ids), ("splits", splits)):
+        if values is not None and len(values) != len(slides):
+            raise ValueError(f"{len(values)} {what} for {len(slides)} slides")
+    names = output_names(paths, slide_ids)
     rows, todo = _finished_and_todo(out, paths, names, settings.checkpoint_id, key, progress)
     errors: dict[str, dict] = {}
 
-    if labels is not None and len(labels) != len(slides):
-        raise ValueError(f"{len(labels)} labels for {len(slides)} slides")
     class_names = list(model.config.class_names) if model.config.class_names else None
     label_of = dict(zip(names, labels)) if labels is not None else {}
-    fields = prediction_fields(n_classes, class_names, labels is not None, settings.feature_cache is not None)
+    fields = prediction_fields(n_classes, class_names, labels is not None, settings.feature_cache is not None,
+                               slide_ids is not None, splits is not None)
+    extra = {n: {**({"slide_id": slide_ids[i] or ""} if slide_ids is not None else {}),
+                 **({"split": splits[i] or ""} if splits is not None else {})} for i, n in enumerate(names)}
 
     def final(name):
-        return _labelled(rows[name], class_names, label_of.get(name), labels is not None)
+        return {**_labelled(rows[name], class_names, label_of.get(name), labels is not None), **extra[name]}
 
     def flush():
         try:

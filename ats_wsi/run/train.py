@@ -26,16 +26,20 @@ from torch import nn
 
 from ..classifier import ModelConfig, SlideClassifier, SlideInput, SlideInputs, build_model
 from ..classifier.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from ..data.manifest import ManifestRow, read_cohort
+from ..data.manifest import Manifest, ManifestRow, bad_rows, read_cohort
 from ..encoders import attach_feature_cache
-from ..errors import CheckpointError, ManifestError
+from ..errors import CheckpointError, ManifestError, SlideError
+from ..atomic import new_owner
 from ..atomic import write_csv_atomic, write_json_atomic
 from ..curves import youden_threshold
 from ..roi import roi_for_slide
 from ..metrics import roc_auc
-from ._aids import distill_loss, exploration, instance_loss
+from ._aids import aid_losses, check_aids, set_exploration
 from ._running_stats import _RunningStats
-from .cohort import SELECT, bar_width, best_epoch, class_weights, open_slides
+from ._schedule import all_mean, param_groups, set_lr
+from .cohort import SELECT, MidRunFailures, SlideChecks, bar_width, best_epoch, class_weights, open_slides
+from .cohort_check import CohortError, CohortSummary, check_cohort, class_problems, summarise, write_summary
+from .outdir import epoch_checkpoints, hold_results_folder, prepare_run_folder, remove_stale_temporaries
 
 __all__ = ["TrainSettings", "train", "EpochMetrics"]
 
@@ -89,6 +93,12 @@ class TrainSettings:
     roi_include: list[str] | None = None
     roi_exclude: list[str] = field(default_factory=list)
     """Class names of the ROI's features that make the region / are cut out of it."""
+    allow_duplicates: bool = False
+    """Train although a slide is on several rows (else: an error listing them, :mod:`.cohort_check`)."""
+    check_tiles: int = 16
+    """Tiles per slide decoded before the first epoch (0: none; :class:`.cohort.SlideChecks`)."""
+    mpp: float | None = None
+    """Level-0 µm/px of every slide, overriding its metadata (a manifest's ``mpp`` column wins)."""
 
 
 @dataclass
@@ -124,24 +134,36 @@ def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
     return net(x_low, item.source(device), mask, generator=generator)
 
 
-def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device) -> tuple[float, float, float, float]:
-    """Validation loss, accuracy, ROC AUC and (two classes) Youden's threshold on P(class 1)."""
-    if not rows:
-        return float("nan"), float("nan"), float("nan"), float("nan")
+def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device,
+              failures: MidRunFailures | None = None) -> tuple[float, float, float, float]:
+    """Validation loss, accuracy, ROC AUC and (two classes) Youden's threshold on P(class 1)
+    (slides that fail: see :class:`.cohort.MidRunFailures`)."""
     model.eval()
-    losses, correct, probs = [], 0, []
+    losses, correct, probs, labels = [], 0, [], []
     with torch.no_grad():
         for i, row in enumerate(rows):
+            if failures is not None and row in failures:
+                continue
             gen = torch.Generator(device=device).manual_seed(_item_seed(seed + 1, epoch, i))
-            logits, _ = forward_slide(model, inputs[row.path], gen, device)
+            try:
+                logits, _ = forward_slide(model, inputs[row.path], gen, device)
+            except SlideError as exc:
+                if failures is None:
+                    raise
+                failures.record(row, exc, epoch)
+                continue
+            labels.append(row.label)
             target = torch.tensor([row.label], device=device)
             losses.append(F.cross_entropy(logits, target).item())
             correct += int(logits.argmax(-1).item() == row.label)
             probs.append(torch.softmax(logits.double(), -1)[0].cpu().numpy())
-    auc = roc_auc([r.label for r in rows], np.stack(probs))
-    threshold = (youden_threshold([r.label == 1 for r in rows], np.stack(probs)[:, 1]) if len(probs[0]) == 2
+    if not labels:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    stacked = np.stack(probs)
+    auc = roc_auc(labels, stacked)
+    threshold = (youden_threshold([label == 1 for label in labels], stacked[:, 1]) if stacked.shape[1] == 2
                  else float("nan"))
-    return float(np.mean(losses)), correct / len(rows), auc, threshold
+    return float(np.mean(losses)), correct / len(labels), auc, threshold
 
 
 @dataclass
@@ -183,9 +205,11 @@ def train(
     settings: TrainSettings | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_slide: Callable[..., None] | None = None,
+    on_cohort: Callable[[CohortSummary], None] | None = None,
 ) -> list[EpochMetrics]:
     """Train a slide classifier; checkpoints every epoch into ``out_dir``.
 
@@ -195,18 +219,27 @@ def train(
             config's ``class_names`` (sorted, unless the config names them).
         out_dir: gets ``checkpoints/epoch-NNN.pt``, ``last.pt``, ``best.pt``
             (best by ``settings.select``; the last without a val split),
-            ``metrics.csv``, ``config.json`` and, when slides were skipped,
-            ``skipped.csv``. Every slide is opened before the first epoch:
-            unreadable ones raise :class:`~ats_wsi.run.cohort.UnreadableSlides`
-            naming them all, or with ``settings.skip_unreadable`` are skipped.
+            ``metrics.csv``, ``config.json``, ``cohort.json``/``cohort.txt``
+            (:class:`~ats_wsi.run.cohort_check.CohortSummary`) and, when slides
+            were skipped, ``skipped.csv``. The cohort is checked first
+            (duplicates, classes: :func:`~ats_wsi.run.cohort_check.check_cohort`),
+            then every slide opened, its µm/px checked and a sample of its
+            tiles decoded: unreadable ones raise
+            :class:`~ats_wsi.run.cohort.UnreadableSlides` naming them, or with
+            ``settings.skip_unreadable`` are skipped, as is a slide that fails
+            in an epoch. A folder that holds a run is refused
+            (:class:`~ats_wsi.errors.RunExistsError`) unless ``resume`` or ``overwrite``.
         config: the model (ignored on resume: the checkpoint's is used).
         settings: :class:`TrainSettings`.
-        resume: continue from ``out_dir/last.pt``.
+        resume: continue from ``out_dir/last.pt`` (or the newest ``checkpoints/epoch-NNN.pt``
+            when the run stopped before writing it).
+        overwrite: remove the folder's run files first.
         progress: show a progress bar per epoch (stderr).
         on_epoch: called with each epoch's metrics.
         on_slide: called after each training slide's backward pass as
             ``on_slide(epoch, row, slide_input, logits, result)``
             (diagnostics: where the draws fell, what the head saw).
+        on_cohort: called with the cohort summary before the first epoch.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs as DDP (gloo on CPU,
     nccl on CUDA); only rank 0 writes files.
@@ -219,22 +252,41 @@ def train(
     procs = _Processes.start(settings.device)
     if settings.select not in SELECT:
         raise ValueError(f"select must be one of {SELECT}, got {settings.select!r}")
+    if procs.rank == 0 and not overwrite:
+        prepare_run_folder(out, resume=resume, overwrite=False)  # refused before any work
     config, payload, history = _resume_state(out, config, resume)
-    train_rows, val_rows, config = _read_splits(manifest, settings, procs, config)
+    cohort, train_rows, val_rows, config = _read_splits(manifest, settings, procs, config)
     _check_labels(manifest, train_rows + val_rows, config)
+    duplicates = check_cohort(manifest, cohort.rows, config.n_classes, config.class_names,
+                              train_split=settings.train_split, allow_duplicates=settings.allow_duplicates)
     try:
-        given_mpp = {str(r.path): r.mpp for r in train_rows + val_rows if getattr(r, "mpp", None) is not None}
+        given_mpp = {str(r.path): r.mpp if r.mpp is not None else settings.mpp
+                     for r in train_rows + val_rows if (r.mpp or settings.mpp) is not None}
         rois = {str(r.path): roi_for_slide(settings.roi, r.path, include=settings.roi_include,
                                            exclude=settings.roi_exclude)
                 for r in train_rows + val_rows} if settings.roi else None
-        with SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device, rois=rois) as inputs:
+        with _run_folder(out, procs.rank, resume, overwrite), \
+                SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device, rois=rois) as inputs:
+            checks = SlideChecks(settings.check_tiles, physical=(config.patch_mpp or config.low_mpp) is not None)
             # Every slide is opened (in parallel) before the first epoch; they stay open.
-            train_rows, val_rows = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
-                                               rank=procs.rank, progress=progress)
+            train_rows, val_rows, bad = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
+                                                    rank=procs.rank, progress=progress, checks=checks)
+            problems = class_problems(manifest, train_rows + val_rows, config.n_classes, config.class_names,
+                                      settings.train_split)  # what the skipped slides left
+            if problems:
+                raise CohortError(bad_rows(manifest, problems, "problem(s) of the cohort"))
+            summary = summarise(manifest, cohort.rows, train_rows + val_rows, inputs, config,
+                                [u.as_dict() for u in bad], duplicates)
+            summary.resumed_from = None if payload is None else int(payload["epoch"])
+            if procs.rank == 0:
+                write_summary(out, summary)
+                on_cohort is not None and on_cohort(summary)
+            failures = MidRunFailures(manifest, out, bad, len(train_rows) + len(val_rows),
+                                      skip=settings.skip_unreadable and not procs.distributed, write=procs.rank == 0)
             torch.manual_seed(settings.seed)
             model: SlideClassifier = build_model(config).to(procs.device)
             cache = attach_feature_cache(model, settings.feature_cache)
-            optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr,
+            optimizer = torch.optim.AdamW(param_groups(model, settings), lr=settings.lr,
                                           weight_decay=settings.weight_decay)
             if payload is not None:  # a tampered last.pt is a CheckpointError, as for predict
                 load_weights(out / "last.pt", model, payload, optimizer)
@@ -243,15 +295,15 @@ def train(
                    if procs.distributed else model)
             if procs.rank == 0:
                 write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
-            _check_aids(settings, model)
+            check_aids(settings, model)
             epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows,
-                           class_weights(train_rows, config.n_classes, settings.class_weights), on_slide)
+                           class_weights(train_rows, config.n_classes, settings.class_weights), on_slide, failures)
             start = 0 if payload is None else int(payload["epoch"])
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
                 train_loss, train_acc = epoch.run(index, inputs, progress)
                 val_loss, val_acc, val_auc, val_threshold = (
-                    _evaluate(model, inputs, val_rows, settings.seed, index, procs.device)
+                    _evaluate(model, inputs, val_rows, settings.seed, index, procs.device, failures)
                     if procs.rank == 0 else (0.0, 0.0, 0.0, float("nan")))
                 stats = cache.take_stats() if cache is not None else {"hits": 0, "misses": 0}
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
@@ -267,9 +319,23 @@ def train(
     return history
 
 
+@contextlib.contextmanager
+def _run_folder(out: Path, rank: int, resume: bool, overwrite: bool):
+    """Hold the run folder's lock (rank 0; a second run into it is refused), replace its run
+    (``overwrite``) and remove a killed run's temporaries (``.ats.tmp-*``)."""
+    if rank != 0:
+        yield
+        return
+    run_id = new_owner()
+    with hold_results_folder(out, run_id):
+        prepare_run_folder(out, resume=resume, overwrite=overwrite)
+        remove_stale_temporaries(out, run_id)
+        yield
+
+
 def _read_splits(manifest, settings: TrainSettings, procs: _Processes,
-                 config: ModelConfig) -> tuple[list, list, ModelConfig]:
-    """Train and val rows, and the config with the manifest's class names (labels written as names)."""
+                 config: ModelConfig) -> tuple[Manifest, list, list, ModelConfig]:
+    """The manifest, its train and val rows, and the config with its class names (labels written as names)."""
     cohort = read_cohort(manifest, classes=config.class_names)
     if cohort.class_names is not None and config.class_names is None:
         config = replace(config, class_names=list(cohort.class_names), n_classes=len(cohort.class_names))
@@ -280,19 +346,24 @@ def _read_splits(manifest, settings: TrainSettings, procs: _Processes,
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {procs.world} processes")
     if settings.batch_size < 1 or settings.epochs < 0:
         raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {settings.batch_size} and {settings.epochs}")
-    return train_rows, val_rows, config
+    return cohort, train_rows, val_rows, config
 
 
 def _resume_state(out: Path, config: ModelConfig | None, resume: bool):
     """``(config, payload or None, history)``: the run folder's last checkpoint when resuming."""
     if not resume:
         return config or ModelConfig(), None, []
-    last = out / "last.pt"
-    if not last.is_file():
-        raise CheckpointError(last, "cannot resume: no last.pt in the run folder")
-    payload = read_checkpoint(last)
+    found = [out / "last.pt"] if (out / "last.pt").is_file() else []
+    found += [path for _, path in reversed(epoch_checkpoints(out))][:1]
+    if not found:
+        raise CheckpointError(out / "last.pt", "cannot resume: no last.pt and no checkpoints/epoch-NNN.pt in the "
+                                               "run folder (it stopped before its first epoch ended); start again "
+                                               "with --overwrite")
+    payloads = [read_checkpoint(path) for path in found]
+    # a run killed between checkpoints/epoch-N.pt and last.pt: the epoch checkpoint is newer
+    payload, path = max(zip(payloads, found), key=lambda pp: int(pp[0].get("epoch", 0)))
     history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
-    return ModelConfig.from_dict(payload["config"], path=last), payload, history
+    return ModelConfig.from_dict(payload["config"], path=path), payload, history
 
 
 def _check_labels(manifest, rows: list[ManifestRow], config: ModelConfig) -> None:
@@ -315,12 +386,15 @@ class _Epoch:
     rows: list[ManifestRow]
     class_weight: list[float] | None = None
     on_slide: Callable[..., None] | None = None
+    failures: MidRunFailures | None = None
 
     def run(self, epoch: int, inputs: SlideInputs, progress: bool) -> tuple[float, float]:
         """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
         s = self.settings
-        _set_lr(self.optimizer, s, epoch)
-        _set_exploration(self.model, s, epoch)
+        if self.failures is not None:
+            self.rows = [r for r in self.rows if r not in self.failures]
+        set_lr(self.optimizer, s, epoch)
+        set_exploration(self.model, s, epoch)
         order = np.random.default_rng([s.seed, epoch]).permutation(len(self.rows))
         self.net.train()
         tally = [[], 0, 0]  # losses, correct, seen
@@ -333,7 +407,7 @@ class _Epoch:
                 bar.set_postfix(loss=f"{np.mean(tally[0]):.3f}", acc=f"{tally[1] / max(tally[2], 1):.2f}")
         if bar is not None:
             bar.close()
-        return _all_mean(*tally, self.procs.distributed)
+        return all_mean(*tally, self.procs.distributed)
 
     def step(self, epoch: int, batch: np.ndarray, inputs: SlideInputs, tally: list) -> None:
         """Accumulate the gradients of this process's slides of ``batch``; one optimiser step."""
@@ -344,16 +418,24 @@ class _Epoch:
         self.optimizer.zero_grad(set_to_none=True)
         for j, (idx, weight) in enumerate(mine):
             row = self.rows[idx]
+            if self.failures is not None and row in self.failures:
+                continue
             gen = torch.Generator(device=device).manual_seed(_item_seed(self.settings.seed, epoch, idx))
             last = not self.procs.distributed or j == len(mine) - 1
             sync = contextlib.nullcontext() if last else self.net.no_sync()
             # capture() restores the BatchNorm buffers only after the backward, which reads them.
-            with sync, self.running_stats.capture(keep=weight > 0):
-                logits, result = forward_slide(self.net, inputs[row.path], gen, device)
-                ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
-                loss = ce if self.class_weight is None else ce * self.class_weight[row.label]
-                loss = loss + result.entropy_loss + _aid_losses(self.model, self.settings, result, row.label)
-                (loss * (weight * world / len(batch))).backward()
+            try:
+                with sync, self.running_stats.capture(keep=weight > 0):
+                    logits, result = forward_slide(self.net, inputs[row.path], gen, device)
+                    ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
+                    loss = ce if self.class_weight is None else ce * self.class_weight[row.label]
+                    loss = loss + result.entropy_loss + aid_losses(self.model, self.settings, result, row.label)
+                    (loss * (weight * world / len(batch))).backward()
+            except SlideError as exc:  # a broken tile met in the epoch: stop naming it, or skip it
+                if self.failures is None:
+                    raise
+                self.failures.record(row, exc, epoch)
+                continue
             if self.on_slide is not None and weight:
                 self.on_slide(epoch, row, inputs[row.path], logits.detach(), result)
             if weight:
@@ -362,86 +444,6 @@ class _Epoch:
                 tally[2] += 1
         self.optimizer.step()
         self.running_stats.fold(len(batch), world, self.procs.distributed)
-
-
-def _check_aids(settings: TrainSettings, model: SlideClassifier) -> None:
-    """The per-patch losses need an instance head; the negative class must exist."""
-    if (settings.instance_weight or settings.distill_weight) and model.instance_head is None:
-        raise ValueError("instance_weight and distill_weight need a model with an instance head "
-                         "(ModelConfig(instance_head=True); ats-wsi train: --instance-head)")
-    if not 0 <= settings.negative_class < model.config.n_classes:
-        raise ValueError(f"negative_class {settings.negative_class} is not a class of this "
-                         f"{model.config.n_classes}-class model")
-
-
-def _set_exploration(model: SlideClassifier, settings: TrainSettings, epoch: int) -> None:
-    """This epoch's attention smoothing and number of draws (exploring, then the model's own)."""
-    exploring = epoch < settings.explore_epochs
-    model.sampler.softmax.smoothing = exploration(epoch, explore=settings.explore,
-                                                  explore_epochs=settings.explore_epochs,
-                                                  final=model.config.smoothing)
-    more = settings.explore_patches if exploring and settings.explore_patches else None
-    model.sampler.n_patches = int(more or model.config.n_patches)
-
-
-def _aid_losses(model: SlideClassifier, settings: TrainSettings, result, label: int):
-    """The per-patch losses of one slide (0 when off): instance loss and attention distillation."""
-    if not (settings.instance_weight or settings.distill_weight):
-        return 0.0
-    inst = model.instance_logits(result)[0]  # [n, C]
-    loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
-    if settings.distill_weight and model.sampler.sampler_kind == "attention":
-        loss = loss + settings.distill_weight * distill_loss(
-            result.sampled_logits[0], inst, settings.negative_class, kind=settings.distill,
-            temperature=model.sampler.softmax.temperature)
-    return loss
-
-
-def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
-    """One param group, or two (attention net first) when ``attention_lr`` is set.
-
-    Each group carries its ``base_lr``, which :func:`_set_lr` scales per epoch.
-    """
-    trained = [p for p in model.parameters() if p.requires_grad]  # not a frozen encoder's
-    if settings.attention_lr is None:
-        return [{"params": trained, "base_lr": settings.lr}]
-    attention = list(model.sampler.attention_net.parameters())
-    ids = {id(p) for p in attention}
-    rest = [p for p in trained if id(p) not in ids]
-    return [{"params": rest, "base_lr": settings.lr},
-            {"params": attention, "lr": settings.attention_lr, "base_lr": settings.attention_lr}]
-
-
-def lr_factor(settings: TrainSettings, epoch: int) -> float:
-    """The multiplier of the base learning rates in ``epoch`` (0-based)."""
-    warm = max(int(settings.warmup_epochs), 0)
-    if epoch < warm:
-        return (epoch + 1) / (warm + 1)
-    if settings.schedule == "constant":
-        return 1.0
-    if settings.schedule == "cosine":
-        span = max(settings.epochs - warm, 1)
-        t = min(max(epoch - warm, 0) / span, 1.0)
-        low = float(settings.min_lr_ratio)
-        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
-    raise ValueError(f"schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
-
-
-def _set_lr(optimizer, settings: TrainSettings, epoch: int) -> None:
-    # A function of the epoch alone, so a resumed run continues the same schedule.
-    factor = lr_factor(settings, epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = group.get("base_lr", settings.lr) * factor
-
-
-def _all_mean(losses, correct, seen, distributed) -> tuple[float, float]:
-    totals = torch.tensor([float(np.sum(losses)), float(correct), float(seen)], dtype=torch.float64)
-    if distributed:
-        import torch.distributed as dist
-
-        dist.all_reduce(totals)
-    loss_sum, correct_sum, n = totals.tolist()
-    return loss_sum / max(n, 1), correct_sum / max(n, 1)
 
 
 def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, settings: TrainSettings) -> None:

@@ -183,8 +183,9 @@ def resolution_plan(slide, mpp: float, *, tolerance: float = DEFAULT_MPP_TOLERAN
     if not fine_enough:
         if not upsample:
             raise ResolutionError(path, f"patches at {target:g} µm/px are finer than the slide's level 0 "
-                                        f"({slide_mpp:g} µm/px, tolerance {tol:.0%}); pass upsample=True "
-                                        f"to enlarge level 0")
+                                        f"({slide_mpp:g} µm/px, tolerance {tol:.0%}): read coarser patches, or, "
+                                        f"if the slide's µm/px is wrong, give the true one (an mpp column of the "
+                                        f"manifest, --mpp)")
         level = 0
     else:
         level = max(fine_enough, key=lambda k: downsamples[k])

@@ -80,7 +80,11 @@ def test_predict_on_a_manifest_writes_labels_and_metrics_equal_to_sklearn(cohort
     assert [w["slide"] for w in written] == [r[1] for r in test_rows]
     assert list(written[0])[:11] == ["slide", "name", "p0", "p1", "predicted", "seconds", "patches_read",
                                      "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
-    assert list(written[0])[11:] == ["p_normal", "p_tumor", "predicted_class", "label", "label_class"]
+    assert list(written[0])[11:] == ["p_normal", "p_tumor", "predicted_class", "label", "label_class",
+                                     "slide_id", "split"]
+    # the manifest's slide IDs are carried, and name the outputs (issue 25)
+    assert [(w["slide_id"], w["name"], w["split"]) for w in written] == [(r[0], r[0], "test") for r in test_rows]
+    assert all((out / "overlays" / f"{r[0]}.png").is_file() for r in test_rows)
     assert [w["label_class"] for w in written] == [r[2] for r in test_rows]
     assert [int(w["label"]) for w in written] == [{"normal": 0, "tumor": 1}[r[2]] for r in test_rows]
     for w in written:
@@ -103,6 +107,26 @@ def test_predict_on_a_manifest_writes_labels_and_metrics_equal_to_sklearn(cohort
     assert "300 bootstrap resamples, seed 0" in proc.stdout
     assert f"ROC AUC (binary)   {m['roc_auc']['value']:.3f}" in proc.stdout
     assert "confusion matrix (rows: true class, columns: predicted)" in proc.stdout
+
+
+def test_predict_on_a_whole_manifest_reports_metrics_per_split_never_pooled(cohort_run, cohort, tmp_path):
+    run, _ = cohort_run
+    manifest, rows = cohort
+    out = tmp_path / "R"
+    proc = cli("predict", run / "best.pt", manifest, "--out", out, "--no-progress", "--bootstrap", "50")
+    assert proc.returncode == 0, explain(proc)
+    written = read_csv(out / "predictions.csv")
+    assert [w["split"] for w in written] == [{"train": "train", "Validation": "val", "TEST": "test"}[r[3]]
+                                             for r in rows]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] is None and sorted(m["splits"]) == ["test", "train", "val"] and "accuracy" not in m
+    for split, got in m["splits"].items():
+        mine = [w for w in written if w["split"] == split]
+        y = np.array([int(w["label"]) for w in mine])
+        pred = np.array([int(w["predicted"]) for w in mine])
+        assert got["n"] == len(mine)
+        assert got["accuracy"]["value"] == pytest.approx(sk.accuracy_score(y, pred), abs=1e-12)
+        assert f"split {split}: metrics of {len(mine)} labelled slide(s)" in proc.stdout
 
 
 def test_predict_on_plain_slides_with_a_named_checkpoint_adds_only_class_columns(cohort_run, cohort, tmp_path):

@@ -27,17 +27,17 @@ def test_exploration_and_per_patch_losses_reach_every_part_of_the_model(slide_se
 
     import ats_wsi.run.train as train_module
 
-    original = train_module._set_exploration
+    original = train_module.set_exploration
 
     def spy(model, s, epoch):
         original(model, s, epoch)
         model_smoothing[0] = model.sampler.softmax.smoothing
 
-    train_module._set_exploration = spy
+    train_module.set_exploration = spy
     try:
         train(slide_set.manifest, tmp_path / "run", config, settings, progress=False, on_slide=on_slide)
     finally:
-        train_module._set_exploration = original
+        train_module.set_exploration = original
     by_epoch = {e: (s, n) for e, s, n, _ in seen}
     assert by_epoch[0] == (pytest.approx(1.0), 6)  # uniform over tissue, more draws
     assert by_epoch[1] == (pytest.approx(0.525), 6)

@@ -135,3 +135,76 @@ def test_is_manifest_by_suffix_or_header(tmp_path):
     assert is_manifest(_write(tmp_path, "Slide,Label\n", "a.txt"))
     assert not is_manifest(_write(tmp_path, "hello\n", "b.txt"))
     assert not is_manifest(_write(tmp_path, "x", "a.svs")) and not is_manifest(tmp_path / "none.csv")
+
+
+# ------------------------------------------------------------------ messy manifests (issues 25 and 26)
+
+
+def test_label_case_and_spacing_make_one_class_named_by_its_most_frequent_spelling(tmp_path):
+    manifest = _write(tmp_path, "Slide ID,Slide Path,Diagnosis,Split\n"
+                                "S1,a.svs,normal,Train\nS2,b.svs,Normal ,Validation\nS3,c.svs,normal,Test\n"
+                                "S4,d.svs,TUMOR,Train\nS5,e.svs, tumor,Train\nS6,f.svs,tumor,Test\n")
+    cohort = read_cohort(manifest)
+    assert cohort.class_names == ["normal", "tumor"]
+    assert [r.label for r in cohort.rows] == [0, 0, 0, 1, 1, 1]
+    assert [r.class_name for r in cohort.rows] == ["normal"] * 3 + ["tumor"] * 3
+    assert [r.slide_id for r in cohort.rows] == ["S1", "S2", "S3", "S4", "S5", "S6"]
+    assert [r.split for r in cohort.rows] == ["train", "val", "test", "train", "train", "test"]
+    # classes given: matched the same way
+    cohort = read_cohort(manifest, classes=["Tumor", "Normal"])
+    assert [r.label for r in cohort.rows] == [1, 1, 1, 0, 0, 0]
+
+
+def test_a_label_one_edit_from_another_class_is_refused_as_a_typo_with_its_rows(tmp_path):
+    manifest = _write(tmp_path, "path,label\na,tumor\nb,normal\nc,Tumour\nd,tumor\ne,nromal\nf,normal\n")
+    with pytest.raises(ManifestError) as info:
+        read_cohort(manifest)
+    text = str(info.value)
+    assert "2 bad row(s)" in text
+    assert "label 'Tumour' (1 row(s), line(s) 4) looks like a typo of 'tumor' (2 row(s))" in text
+    assert "label 'nromal' (1 row(s), line(s) 6) looks like a typo of 'normal' (2 row(s))" in text
+    assert "--classes" in text
+    # naming every class accepts them as classes
+    cohort = read_cohort(manifest, classes=["normal", "nromal", "tumor", "tumour"])
+    assert [r.label for r in cohort.rows] == [2, 0, 3, 2, 1, 0]
+    # with the two real classes named, the typo is an unknown class, with a hint
+    with pytest.raises(ManifestError, match=r"m.csv:4: label 'Tumour' is not one of the classes "
+                                            r"\['normal', 'tumor'\]; did you mean 'tumor'\?"):
+        read_cohort(manifest, classes=["normal", "tumor"])
+
+
+@pytest.mark.parametrize("labels", [("grade 1", "grade 2"), ("LUAD", "LUSC"), ("A", "B"), ("G1", "G2"),
+                                    ("benign", "malignant")])
+def test_classes_that_differ_in_digits_short_names_or_much_are_not_typos(tmp_path, labels):
+    manifest = _write(tmp_path, "path,label\n" + "".join(f"s{i},{labels[i % 2]}\n" for i in range(4)))
+    assert read_cohort(manifest).class_names == sorted(labels, key=str.casefold)
+
+
+def test_a_nul_byte_or_a_huge_cell_is_a_manifest_error_naming_the_line(tmp_path):
+    manifest = _write(tmp_path, "path,label\na.svs,0\nb\x00.svs,1\n")
+    with pytest.raises(ManifestError, match=r"m.csv:3: the path holds a NUL byte"):
+        read_cohort(manifest)
+    manifest = _write(tmp_path, "path,label\na.svs,0\n" + "x" * 200_000 + ",1\n")
+    with pytest.raises(ManifestError, match=r"m.csv:3: not a readable CSV row \(field larger than field limit"):
+        read_cohort(manifest)
+    manifest = _write(tmp_path, "path,label\n" + "y" * 5000 + ",1\n")
+    with pytest.raises(ManifestError, match=r"m.csv:2: a path of 5000 characters, longer than any file system"):
+        read_cohort(manifest)
+
+
+def test_many_bad_rows_are_counted_and_the_first_twenty_listed(tmp_path):
+    manifest = _write(tmp_path, "path,label,split\n" + "".join(f"s{i}.svs,0,holdout\n" for i in range(20_000)))
+    with pytest.raises(ManifestError) as info:
+        read_cohort(manifest)
+    text = str(info.value)
+    assert text.startswith(f"{manifest}: 20000 bad row(s):")
+    assert "m.csv:21: split 'holdout'" in text and "m.csv:22:" not in text
+    assert text.endswith("... and 19980 more") and len(text.splitlines()) == 22
+
+
+def test_a_path_cell_keeps_its_spaces_only_when_that_names_the_file(tmp_path):
+    (tmp_path / " lead space.svs").write_bytes(b"x")
+    (tmp_path / "plain.svs").write_bytes(b"x")
+    manifest = _write(tmp_path, "path,label\n lead space.svs,0\n plain.svs ,1\n gone.svs,1\n")
+    assert [r.path for r in read_cohort(manifest).rows] == [
+        tmp_path / " lead space.svs", tmp_path / "plain.svs", (tmp_path / "gone.svs").resolve()]

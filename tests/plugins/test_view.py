@@ -162,3 +162,28 @@ def test_the_heatmap_is_transparent_below_uniform_attention():
 
     alpha = heatmap_colormap().map(np.array([0.0, 0.3, 0.9, 1.1, 2.0, 16.0]) / ATTENTION_SCALE_MAX)[:, 3]
     assert alpha[:3].tolist() == [0.0, 0.0, 0.0] and 0 < alpha[3] < alpha[4] < alpha[5] == pytest.approx(1.0)
+
+
+def test_view_puts_the_slide_on_the_mpp_its_map_was_made_with(lesion_slide, darkness, tmp_path,
+                                                               make_napari_viewer, capsys):
+    """After `predict --mpp`, the map is in the given µm/px: `view` without --mpp draws the slide
+    there and says so; with the same --mpp it is silent (issue 25)."""
+    slide = Path(shutil.copyfile(lesion_slide.path, tmp_path / "slide.svs"))
+    given = lesion_slide.mpp * 2
+    results = tmp_path / "results"
+    predict_one(str(slide), slide.stem, PredictSettings(checkpoint=str(darkness.checkpoint), out_dir=str(results),
+                                                        n_patches=4, mpp=given))
+    warned = []
+    viewer = open_viewer(slide, results, widget=False, viewer=make_napari_viewer(), on_warning=warned.append)
+    slide_layer, heat, boxes = viewer.layers
+    np.testing.assert_allclose(slide_layer.scale, (given, given))
+    np.testing.assert_allclose(boxes.scale, slide_layer.scale)
+    assert warned == [f"{slide}: the slide has {lesion_slide.mpp:g} µm/px and its attention map was made at "
+                      f"{given:g} µm/px (predict --mpp); drawn at the map's (pass --mpp to choose)"]
+    warned.clear()
+    viewer = open_viewer(slide, results, widget=False, viewer=make_napari_viewer(), mpp=given,
+                         on_warning=warned.append)
+    np.testing.assert_allclose(viewer.layers[0].scale, (given, given))
+    assert warned == []
+    assert main(["view", str(slide), "--mpp", "0"]) == 2
+    assert "--mpp must be a number > 0" in capsys.readouterr().err
