@@ -239,12 +239,20 @@ def _apply_defaults(base: dict) -> None:
             base.setdefault(key, json.loads(json.dumps(value)))
 
 
-def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int) -> dict:
+def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True) -> dict:
     """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
     out = {key: getattr(args, key) for key in ("explore", "explore_epochs", "explore_patches",
                                                "instance_weight", "distill_weight", "distill")}
     out["explore_patches"] = out["explore_patches"] or None
     out["negative_class"] = _negative_class(args.negative_class, names, n_classes)
+    if not instance_head:  # --no-instance-head: the per-patch losses are off unless asked for (then an error)
+        from ..errors import ConfigError
+
+        for key, flag in (("instance_weight", "--instance-weight"), ("distill_weight", "--distill-weight")):
+            if out[key] and out[key] != TRAIN_DEFAULTS[key]:
+                raise ConfigError(None, f"{flag} {out[key]:g} needs the instance head: drop --no-instance-head "
+                                        f"or pass {flag} 0")
+            out[key] = 0.0
     return out
 
 
@@ -300,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, ImportError, EncoderError) as exc:
             return error(f"ats-wsi train: bad model settings: {exc}")
     try:
-        aids = _aid_settings(args, names, config.n_classes if not names else len(names))
+        aids = _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head))
     except ConfigError as exc:
         return error(f"ats-wsi train: {exc}")
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,

@@ -135,3 +135,17 @@ def test_a_config_with_an_unknown_sampler_is_refused(slide_set, tmp_path):
     proc = cli("train", slide_set.manifest, "--out", tmp_path / "run", "--config", path, "--epochs", "1",
                "--no-progress")
     assert proc.returncode == 2 and "sampler must be one of ('attention', 'uniform')" in proc.stderr
+
+
+def test_no_instance_head_turns_the_per_patch_losses_off_or_names_the_clash():
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli.train import _aid_settings
+    from ats_wsi.errors import ConfigError
+
+    args = build_parser().parse_args(["train", "m.csv", "--out", "o", "--no-instance-head"])
+    aids = _aid_settings(args, ["normal", "tumor"], 2, instance_head=False)
+    assert (aids["instance_weight"], aids["distill_weight"]) == (0.0, 0.0)
+    assert _aid_settings(args, ["normal", "tumor"], 2, instance_head=True)["instance_weight"] == 1.0
+    args = build_parser().parse_args(["train", "m.csv", "--out", "o", "--no-instance-head", "--distill-weight", "2"])
+    with pytest.raises(ConfigError, match="--distill-weight 2 needs the instance head"):
+        _aid_settings(args, ["normal", "tumor"], 2, instance_head=False)
