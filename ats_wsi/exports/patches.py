@@ -105,7 +105,7 @@ def write_top_patches(folder: str | os.PathLike, slide, prediction, k: int, patc
     return Path(folder)
 
 
-def _contact_sheet(tiles) -> "Image.Image":
+def _contact_sheet(tiles):
     """The patches in a grid, each over a caption ``#rank  a=attention×cells`` / ``x=.. y=..``."""
     from PIL import Image, ImageDraw, ImageFont
 
