@@ -56,16 +56,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _manifest_mpp(args, model) -> dict[str, float]:
-    """Slide path -> µm/px from the manifests' ``mpp`` column (issue 16)."""
+def _manifest_columns(args, model) -> tuple[dict[str, float], dict[str, str]]:
+    """Slide path -> µm/px and -> region of interest, from the manifests' ``mpp`` and ``roi`` columns."""
     from ..data.manifest import is_manifest, read_cohort
 
-    given = {}
+    mpp, roi = {}, {}
     for item in args.slides:
         if is_manifest(item):
-            cohort = read_cohort(item, classes=model.config.class_names, require_labels=False)
-            given.update({str(r.path): r.mpp for r in cohort.split(args.split) if getattr(r, "mpp", None)})
-    return given
+            rows = read_cohort(item, classes=model.config.class_names, require_labels=False).split(args.split)
+            mpp.update({str(r.path): r.mpp for r in rows if r.mpp})
+            roi.update({str(r.path): str(r.roi) for r in rows if r.roi})
+    return mpp, roi
 
 
 def _register_resolution(p) -> None:
@@ -200,13 +201,14 @@ def run(args: argparse.Namespace) -> int:
         return error(f"ats-wsi predict: --samples {args.samples} is more than {MAX_SAMPLES} samplings per slide")
     if model is None:
         model = load_model(args.checkpoint, feature_weights=args.feature_weights)
+    given_mpp, given_roi = _manifest_columns(args, model) if manifests else ({}, {})
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
                                geojson=args.geojson, feature_cache=args.feature_cache,
                                feature_weights=args.feature_weights, sampler=args.sampler,
-                               slide_mpp=_manifest_mpp(args, model) if manifests else {}, **_exports.settings(args),
+                               slide_mpp=given_mpp, slide_roi=given_roi, **_exports.settings(args),
                                **_exports.roi_settings(args))
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)
 

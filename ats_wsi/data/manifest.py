@@ -11,6 +11,8 @@ label          ``label``, ``target``, ``class``, ``diagnosis`` (optional for pre
 split          ``split``, ``fold``, ``set``, ``subset`` (optional: every row is ``train``)
 slide_id       ``slide_id`` (optional)
 mpp            ``mpp``, ``mpp_x``, ``um_per_px`` (optional: the slide's µm/px, overriding its metadata)
+roi            ``roi``, ``roi_path``, ``annotation``, ``geojson`` (optional: the slide's region of interest,
+               a GeoJSON or mask file, relative to the manifest; overrides ``--roi``)
 =============  ===========================================================
 
 Labels are class indices (``0``, ``1``, also written ``1.0``) or class names
@@ -46,6 +48,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "split": ("split", "fold", "set", "subset"),
     "slide_id": ("slide_id",),
     "mpp": ("mpp", "mpp_x", "um_per_px"),
+    "roi": ("roi", "roi_path", "annotation", "geojson"),
 }
 SPLITS: dict[str, str] = {"train": "train", "training": "train", "val": "val", "validation": "val",
                           "valid": "val", "dev": "val", "test": "test", "testing": "test"}
@@ -68,6 +71,8 @@ class ManifestRow:
         class_name: the row's class name, when labels are class names (the class's
             spelling: ``Normal`` in a class named ``normal`` gives ``normal``).
         line: the row's line in the file (for messages; not compared).
+        roi: the row's region of interest (``roi`` column: a GeoJSON or mask
+            file, absolute), None when not given.
     """
 
     path: Path
@@ -77,6 +82,7 @@ class ManifestRow:
     mpp: float | None = None
     class_name: str | None = None
     line: int = field(default=0, compare=False)
+    roi: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,7 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
     path = Path(path)
     cols, records = _records(path, _read_text(path), require_labels)
     problems: list[str] = []
-    raw = []  # (line, path, label text, split, slide_id, mpp)
+    raw = []  # (line, path, label text, split, slide_id, mpp, roi)
     for line, rec in records:
         if not any((v or "").strip() for v in rec.values() if isinstance(v, str)):
             continue  # a row of empty cells (",,"): a spreadsheet's trailing line
@@ -262,7 +268,7 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
         path_problem = _path_problem(cells["path"])
         if path_problem:
             bad.append(path_problem)
-        bad += [f"the {role} cell holds a NUL byte" for role in ("label", "split", "slide_id", "mpp")
+        bad += [f"the {role} cell holds a NUL byte" for role in ("label", "split", "slide_id", "mpp", "roi")
                 if "\0" in cells.get(role, "")]
         try:
             split = normalise_split(cells.get("split", ""))
@@ -280,12 +286,13 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             bad.append("empty label")
         problems += [f"{path}:{line}: {b}" for b in bad]
         slide = Path() if path_problem else _slide_path(path, rec.get(cols["path"]) or "")
-        raw.append((line, slide, label, split, cells.get("slide_id") or None, mpp))
+        roi = _slide_path(path, cells["roi"]) if cells.get("roi") and "\0" not in cells["roi"] else None
+        raw.append((line, slide, label, split, cells.get("slide_id") or None, mpp, roi))
     labels, names = _labels(path, [(line, text) for line, _, text, *_ in raw], classes, problems)
     if problems:
         raise ManifestError(bad_rows(path, problems))
-    rows = [ManifestRow(slide, label, split, slide_id, mpp, name, line)
-            for (line, slide, _, split, slide_id, mpp), (label, name) in zip(raw, labels)]
+    rows = [ManifestRow(slide, label, split, slide_id, mpp, name, line, roi)
+            for (line, slide, _, split, slide_id, mpp, roi), (label, name) in zip(raw, labels)]
     return Manifest(path, rows, names, tuple(cols))
 
 

@@ -81,6 +81,8 @@ class PredictSettings:
     """Level-0 µm/px given for every slide, overriding its metadata (``--mpp``)."""
     slide_mpp: dict[str, float] = field(default_factory=dict)
     """Level-0 µm/px of single slides by path (a manifest's ``mpp`` column); before ``mpp``."""
+    slide_roi: dict[str, str] = field(default_factory=dict)
+    """Regions of interest of single slides by path (a manifest's ``roi`` column); before ``roi``."""
     feature_cache: str | None = None
     """Folder of a frozen encoder's features per patch box (``--feature-cache``)."""
     feature_weights: str | None = None
@@ -173,8 +175,9 @@ def run_key(settings: PredictSettings) -> str:
         parts.append("geojson")
     if settings.sampler is not None:  # (absent otherwise, as above)
         parts.append(["sampler", settings.sampler])
-    if settings.roi is not None:  # (absent otherwise, as above)
-        parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude)])
+    if settings.roi is not None or settings.slide_roi:  # (absent otherwise, as above)
+        parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude),
+                      sorted(settings.slide_roi.items())])
     if settings.export_features or settings.export_patches:  # (absent otherwise, as above)
         parts.append(["exports", settings.export_features, settings.export_patches])
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
@@ -227,7 +230,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     cache = _feature_cache(model)
     if cache is not None:
         cache.take_stats()  # count this slide's lookups only
-    roi = roi_for_slide(settings.roi, path, include=settings.roi_include, exclude=settings.roi_exclude)
+    roi = roi_for_slide(settings.slide_roi.get(str(path), settings.roi), path, include=settings.roi_include,
+                        exclude=settings.roi_exclude)
     with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
         pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
                              deterministic=settings.deterministic, workers=settings.workers,

@@ -262,9 +262,9 @@ def train(
     try:
         given_mpp = {str(r.path): r.mpp if r.mpp is not None else settings.mpp
                      for r in train_rows + val_rows if (r.mpp or settings.mpp) is not None}
-        rois = {str(r.path): roi_for_slide(settings.roi, r.path, include=settings.roi_include,
-                                           exclude=settings.roi_exclude)
-                for r in train_rows + val_rows} if settings.roi else None
+        rois = {str(r.path): roi_for_slide(r.roi or settings.roi, r.path, include=settings.roi_include,
+                                           exclude=settings.roi_exclude)  # the manifest's roi column wins
+                for r in train_rows + val_rows} if settings.roi or any(r.roi for r in train_rows + val_rows) else None
         with _run_folder(out, procs.rank, resume, overwrite), \
                 SlideInputs(config, workers=settings.workers, mpp=given_mpp, device=procs.device, rois=rois) as inputs:
             checks = SlideChecks(settings.check_tiles, physical=(config.patch_mpp or config.low_mpp) is not None)

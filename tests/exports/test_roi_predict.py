@@ -93,12 +93,18 @@ def test_training_masks_the_low_view_to_roi_and_tissue_and_records_the_roi(setup
         _, tissue = plain.low_inputs()
         expected = tissue[0].numpy() & region.raster(tissue.shape[1:], item.view.downsample)
         assert np.array_equal(mask[0].numpy(), expected) and 0 < expected.sum() < tissue.sum()
+    rois = tmp_path / "rois"  # a folder with the region of each slide (the same polygons)
+    rois.mkdir()
+    other = tmp_path / "two.svs"  # a classifier needs both classes in train
+    write_synthetic_slide(other, 2048, 1536, n_lesions=0, seed=6)
+    for name in ("one", "two"):
+        (rois / f"{name}.geojson").write_text(roi.read_text())
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"path,label\n{slide},1\n")
-    train(manifest, tmp_path / "run", config, TrainSettings(epochs=1, batch_size=1, roi=str(roi.parent),
+    manifest.write_text(f"path,label\n{slide},1\n{other},0\n")
+    train(manifest, tmp_path / "run", config, TrainSettings(epochs=1, batch_size=1, roi=str(rois),
                                                             roi_exclude=["Pen"]), progress=False)
     stored = read_checkpoint(tmp_path / "run" / "last.pt")["train_config"]
-    assert stored["roi"] == str(roi.parent) and stored["roi_exclude"] == ["Pen"]
+    assert stored["roi"] == str(rois) and stored["roi_exclude"] == ["Pen"]
     off = tmp_path / "off.geojson"  # outside the slide: training reads no slide through it
     off.write_text(json.dumps({"type": "Polygon", "coordinates": [_rect(5000, 5000, 6000, 6000)]}))
     with pytest.raises(RoiError, match="no tissue of slide .*one.svs lies inside the region of interest"):
@@ -122,3 +128,29 @@ def test_the_command_takes_roi_flags(setup, tmp_path):
                            "--out", str(tmp_path / "out2"), "--no-progress", "--roi", str(roi.parent),
                            "--roi-include", "Stroma"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "RoiError" in proc.stderr and "--roi-include names ['Stroma']" in proc.stderr
+
+
+def test_a_manifest_roi_column_restricts_predict_and_train(setup, tmp_path):
+    from ats_wsi.cli import main
+    from ats_wsi.data.manifest import read_cohort
+
+    folder, slide, roi = setup
+    manifest = tmp_path / "m.csv"  # the roi cell relative to the manifest's folder, as slide paths are
+    relative = roi.relative_to(folder)
+    manifest.write_text(f"path,label,roi\n{slide},1,{roi}\n")
+    assert read_cohort(manifest).rows[0].roi == roi
+    (folder / "m2.csv").write_text(f"path,label,roi\none.svs,1,{relative}\n")
+    assert read_cohort(folder / "m2.csv").rows[0].roi == roi
+    out = tmp_path / "out"
+    assert main(["predict", str(folder / "model.pt"), str(manifest), "--out", str(out), "--no-progress",
+                 "--roi-exclude", "Pen"]) == 0
+    boxes = json.loads((out / ".done" / "one.json").read_text())["boxes_xywh"]
+    assert len(boxes) == 16 and all(_inside(b, OUTER) and not _overlaps(b, HOLE) for b in boxes)
+    other = tmp_path / "two.svs"
+    write_synthetic_slide(other, 2048, 1536, n_lesions=0, seed=6)
+    off = tmp_path / "off.geojson"  # a row's roi is used in training: this one misses the slide
+    off.write_text(json.dumps({"type": "Polygon", "coordinates": [_rect(5000, 5000, 6000, 6000)]}))
+    (tmp_path / "m3.csv").write_text(f"path,label,roi\n{slide},1,{off}\n{other},0,\n")
+    with pytest.raises(RoiError, match="no tissue of slide .*one.svs lies inside the region of interest"):
+        train(tmp_path / "m3.csv", tmp_path / "run", ModelConfig(**TINY), TrainSettings(epochs=1, batch_size=1),
+              progress=False)
