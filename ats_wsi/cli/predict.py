@@ -120,11 +120,18 @@ def _report_metrics(args, rows, errors, config) -> None:
     extra = {"failed": len(errors), "checkpoint": str(args.checkpoint)}
     labelled = {r.get("split") or "" for r in rows if r.get("label") not in (None, "")}
     if args.split is None and len(labelled) > 1:
+        curves = {}  # ROC/PR of each split in splits/SPLIT/curves/
+        for split in labelled:
+            got = _exports.curves(args, out / "splits" / (split or "none"),
+                                  [r for r in rows if (r.get("split") or "") == split], config)
+            got["curves"] = {k: f"splits/{split or 'none'}/{v}" for k, v in got.get("curves", {}).items()}
+            curves[split] = got
         per = write_split_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,
-                                  seed=0, extra=extra)
+                                  seed=0, extra=extra, per_split=curves)
         print(f"\nmetrics per split ({', '.join(per)}) -> {out / 'metrics.json'}: never pooled across splits")
         for split, m in per.items():
             _print_metrics(m, f"split {split}: ")
+            _exports.print_curves(m, out / "splits" / (split or "none"))
     else:
         split = normalise_split(args.split) if args.split else (labelled.pop() or None if labelled else None)
         m = write_prediction_metrics(out, rows, config.n_classes, config.class_names, resamples=args.bootstrap,

@@ -324,16 +324,18 @@ def write_prediction_metrics(out: Path, rows: Sequence[dict], n_classes: int,
 
 def write_split_metrics(out: Path, rows: Sequence[dict], n_classes: int, class_names: Sequence[str] | None = None,
                         *, resamples: int = 1000, seed: int = 0,
-                        extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+                        extra: dict[str, Any] | None = None,
+                        per_split: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """:func:`prediction_metrics` of each split of ``rows`` (their ``split`` cell), in
     ``out/metrics.json`` as ``{"splits": {split: metrics}, "split": null, ...extra}``: training slides
-    are never pooled with held-out ones. Returns ``{split: metrics}`` (train, val, test first)."""
+    are never pooled with held-out ones. ``per_split[split]`` is added to that split's metrics.
+    Returns ``{split: metrics}`` (train, val, test first)."""
     from ..atomic import write_json_atomic
 
     names = sorted({r.get("split") or "" for r in rows if r.get("label") not in (None, "")},
                    key=lambda s: (("train", "val", "test").index(s) if s in ("train", "val", "test") else 3, s))
     per = {s: prediction_metrics([r for r in rows if (r.get("split") or "") == s], n_classes, class_names,
-                                 resamples=resamples, seed=seed) for s in names}
+                                 resamples=resamples, seed=seed) | (per_split or {}).get(s, {}) for s in names}
     write_json_atomic(Path(out) / "metrics.json", _json_safe({"splits": per, **(extra or {}), "split": None}))
     return per
 

@@ -53,7 +53,7 @@ def test_predict_writes_curves_auprc_and_the_operating_point(trained, tmp_path, 
     folder, manifest = trained
     out = tmp_path / "out"
     extra = [] if given is None else ["--threshold", given]
-    proc = _cli("predict", folder / "run" / "best.pt", manifest, "--out", out, "--no-progress",
+    proc = _cli("predict", folder / "run" / "best.pt", manifest, "--out", out, "--no-progress", "--split", "val",
                 "--bootstrap", "50", *extra)
     assert proc.returncode == 0, proc.stderr
     with open(out / "predictions.csv", newline="") as fh:
@@ -82,6 +82,27 @@ def test_predict_writes_curves_auprc_and_the_operating_point(trained, tmp_path, 
     assert np.allclose([float(r["precision"]) for r in pr], precision)
     for name in ("roc.png", "pr.png"):
         assert (out / "curves" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_manifest_of_several_splits_gets_curves_per_split(trained, tmp_path):
+    folder, manifest = trained
+    out = tmp_path / "out"
+    proc = _cli("predict", folder / "run" / "best.pt", manifest, "--out", out, "--no-progress", "--bootstrap", "20")
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] is None and sorted(m["splits"]) == ["train", "val"]
+    for split in ("train", "val"):
+        mine = [r for r in rows if r["split"] == split]
+        y = np.array([int(r["label"]) for r in mine])
+        p1 = np.array([float(r["p1"]) for r in mine])
+        got = m["splits"][split]
+        assert got["n"] == len(mine) == (2 if split == "train" else 4)
+        assert got["auprc"]["1"]["value"] == pytest.approx(skm.average_precision_score(y == 1, p1))
+        assert got["curves"]["roc"] == f"splits/{split}/curves/roc.csv"
+        assert (out / got["curves"]["roc"]).is_file() and (out / got["curves"]["pr"]).is_file()
+    assert not (out / "curves").exists()  # never pooled
 
 
 def test_a_threshold_outside_0_1_is_a_usage_error(tmp_path):
