@@ -140,9 +140,11 @@ def _failed_open(path: str, exc: BaseException, mpp: float | None) -> str:
     if isinstance(exc, ResolutionError):
         try:
             with open_slide(path, mpp=mpp) as slide:
-                problem = mpp_problem(slide.mpp) or (None if slide.mpp is not None else (
-                    "ResolutionError: the slide has no µm/px in its metadata and the model reads in µm/px: give "
-                    "the true µm/px in the manifest's mpp column, or --mpp for every slide"))
+                rejected = getattr(slide, "mpp_rejected", None)  # (value, tag) the metadata gave out of range
+                problem = mpp_problem(slide.mpp if rejected is None else rejected[0]) or (
+                    None if slide.mpp is not None else (
+                        "ResolutionError: the slide has no µm/px in its metadata and the model reads in µm/px: give "
+                        "the true µm/px in the manifest's mpp column, or --mpp for every slide"))
         except Exception:  # the reason of the first failure stands
             problem = None
         if problem:

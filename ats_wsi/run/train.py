@@ -363,7 +363,12 @@ def _resume_state(out: Path, config: ModelConfig | None, resume: bool):
     # a run killed between checkpoints/epoch-N.pt and last.pt: the epoch checkpoint is newer
     payload, path = max(zip(payloads, found), key=lambda pp: int(pp[0].get("epoch", 0)))
     history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
-    return ModelConfig.from_dict(payload["config"], path=path), payload, history
+    config = ModelConfig.from_dict(payload["config"], path=path)
+    head = payload.get("state_dict", {}).get("head.weight")
+    if head is not None and head.shape[0] != config.n_classes:  # before the cohort is checked against it
+        raise CheckpointError(path, f"its config says {config.n_classes} classes but its slide head has "
+                                    f"{head.shape[0]} outputs: not a checkpoint ats-wsi wrote; start again with --overwrite")
+    return config, payload, history
 
 
 def _check_labels(manifest, rows: list[ManifestRow], config: ModelConfig) -> None:
