@@ -327,6 +327,25 @@ def _huge_thumbnail(p):
         return thumb.shape == (128, 128, 3) and not thumb.any()
 
 
+def in_forked_child(target, args: tuple, ref: np.ndarray):
+    """Run ``target(*args, conn)`` in a forked child: ``"hang"`` after 10 s, else whether what it
+    sent equals ``ref``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=target, args=(*args, send))
+    child.start()
+    send.close()
+    if not recv.poll(10):
+        child.kill()
+        child.join()
+        return "hang"
+    got = recv.recv()
+    child.join()
+    return _same(got, ref)
+
+
 def _thumb_in_child(blob: bytes, conn) -> None:
     slide = pickle.loads(blob)
     conn.send(slide.thumbnail(64))
@@ -335,23 +354,10 @@ def _thumb_in_child(blob: bytes, conn) -> None:
 
 @case("forkme.tif:fork-after-computed-level", "forkme.tif")
 def _fork(p):
-    import multiprocessing
-
     with _open(p) as s:
         ref = s.thumbnail(64)  # computes the derived levels in this process
         blob = pickle.dumps(s)
-        ctx = multiprocessing.get_context("fork")
-        recv, send = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=_thumb_in_child, args=(blob, send))
-        child.start()
-        send.close()
-        if not recv.poll(10):
-            child.kill()
-            child.join()
-            return "hang"
-        got = recv.recv()
-        child.join()
-        return _same(got, ref)
+        return in_forked_child(_thumb_in_child, (blob,), ref)
 
 
 for _name in ("jpeg-zeroed.svs", "jpeg-random.svs", "jpeg-early-eoi.svs"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hostile_cases import _rgb, _same, case
+from hostile_cases import _rgb, _same, case, in_forked_child
 
 _TINY = {"n_patches": 4, "patch_size": 32, "feature_dim": 8, "low_downsample": 8.0}
 """A model small enough to predict good.tif (600 x 400) in a second."""
@@ -301,25 +301,12 @@ def _read_in_child(reader, xy, conn) -> None:
 
 @case("good.tif:PatchReader(workers=2) after fork", "good.tif")
 def _reader_fork(p):
-    import multiprocessing
-
     from ats_wsi.patches import PatchReader
 
     xy = [[0, 0], [200, 100], [400, 300], [100, 200]]
     with _open(p) as s, PatchReader(s, patch_size=200, workers=2, cache_bytes=0) as reader:
         ref = reader.read(xy).numpy().copy()  # the pool's threads exist in this process now
-        ctx = multiprocessing.get_context("fork")
-        recv, send = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=_read_in_child, args=(reader, xy, send))
-        child.start()
-        send.close()
-        if not recv.poll(10):
-            child.kill()
-            child.join()
-            return "hang"
-        got = recv.recv()
-        child.join()
-        return _same(got, ref)
+        return in_forked_child(_read_in_child, (reader, xy), ref)
 
 
 # --- 4, 11: NaN never reaches a result

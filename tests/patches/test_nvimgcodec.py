@@ -24,6 +24,7 @@ from ats_wsi.patches import PatchReader, SlideSource
 from ats_wsi.patches._nvimgcodec import device_area_resample, device_block_mean
 from ats_wsi.patches.reader import plan_tiles
 from ats_wsi.patches._resample import area_weights, block_mean, region_size, resample_area
+from test_crop_decode import _abbreviate  # the JPEG tables splitter of the crop-decode tests
 
 MAX_ABS, MEAN_ABS = 2, 0.1  # CPU backend (measured: 0 and 0)
 GPU_MAX_ABS, GPU_MEAN_ABS = 16, 1.0  # nvJPEG against libjpeg-turbo
@@ -35,22 +36,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def nv():
     return pytest.importorskip("nvidia.nvimgcodec", reason="nvImageCodec is not installed (pip install "
                                                            "nvidia-nvimgcodec-cu12)")
-
-
-def _split_tables(jpeg: bytes) -> tuple[bytes, bytes]:
-    """A complete JPEG -> (tables-only stream, abbreviated stream without tables or APPn markers)."""
-    segments, i = [], 2
-    while i < len(jpeg):
-        marker = jpeg[i + 1]
-        if marker == 0xDA:  # start of scan: the rest is entropy-coded data
-            segments.append((marker, jpeg[i:]))
-            break
-        n = int.from_bytes(jpeg[i + 2:i + 4], "big")
-        segments.append((marker, jpeg[i:i + 2 + n]))
-        i += 2 + n
-    tables = b"".join(s for m, s in segments if m in (0xDB, 0xC4))
-    rest = b"".join(s for m, s in segments if m not in (0xDB, 0xC4) and not 0xE0 <= m <= 0xEF)
-    return b"\xff\xd8" + tables + b"\xff\xd9", b"\xff\xd8" + rest
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +52,7 @@ def aperio_tables(base_image, tmp_path_factory) -> str:
             block = np.zeros((tile, tile, 3), np.uint8)
             part = img[r:r + tile, c:c + tile]
             block[:part.shape[0], :part.shape[1]] = part
-            t, body = _split_tables(imagecodecs.jpeg8_encode(block, level=90, colorspace="RGB", outcolorspace="RGB"))
+            t, body = _abbreviate(imagecodecs.jpeg8_encode(block, level=90, colorspace="RGB", outcolorspace="RGB"))
             tables = tables or t
             tiles.append(body)
     h, w = img.shape[:2]
