@@ -142,7 +142,7 @@ _MODELS: dict[tuple[str, str, str], SlideClassifier] = {}
 
 def _model_for(settings: PredictSettings) -> SlideClassifier:
     """The checkpoint's model, loaded once per process (per dask worker)."""
-    key = (settings.checkpoint, settings.checkpoint_id, settings.device)
+    key = _model_key(settings)
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = load_model(settings.checkpoint, settings.device, feature_weights=settings.feature_weights)
@@ -152,6 +152,11 @@ def _model_for(settings: PredictSettings) -> SlideClassifier:
     if (cache is None) != (wanted is None) or (cache is not None and cache.directory != wanted):
         attach_feature_cache(model, settings.feature_cache)  # one cache per folder and process: its memory stays
     return model
+
+
+def _model_key(settings: PredictSettings) -> tuple[str, str, str]:
+    """What identifies a loaded model in this process: checkpoint file, its content id, device."""
+    return settings.checkpoint, settings.checkpoint_id, settings.device
 
 
 def _feature_cache(model):
@@ -356,6 +361,7 @@ def predict_slides(
     labels: Sequence[int | None] | None = None,
     slide_ids: Sequence[str | None] | None = None,
     splits: Sequence[str | None] | None = None,
+    model: SlideClassifier | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
 
@@ -370,6 +376,10 @@ def predict_slides(
         slide_ids: each slide's ID (a manifest's ``slide_id``): a column, and
             the slide's output name (:func:`output_names`).
         splits: each slide's split (a manifest's): a column.
+        model: the checkpoint's model, already loaded by the caller (with
+            ``settings.feature_weights``): it is not loaded again. In process it
+            predicts (moved to ``settings.device``); with an ``executor`` only
+            its config is read here, and each worker loads its own.
 
     Returns:
         ``(rows, errors)`` in input order; also written to predictions.csv
@@ -380,9 +390,14 @@ def predict_slides(
     if not os.path.isfile(settings.checkpoint):
         raise CheckpointError(settings.checkpoint, "no such checkpoint file")
     settings.checkpoint_id = checkpoint_id(settings.checkpoint)
-    # A checkpoint that does not load fails the run here, not slide by slide.
-    model = (_model_for(settings) if executor is None
-             else load_model(settings.checkpoint, "cpu", feature_weights=settings.feature_weights))
+    # A checkpoint that does not load fails the run here, not slide by slide; it is loaded once.
+    if model is not None and executor is None:
+        _MODELS.clear()
+        _MODELS[_model_key(settings)] = model.to(settings.device).eval()
+    if executor is None:
+        model = _model_for(settings)
+    elif model is None:
+        model = load_model(settings.checkpoint, "cpu", feature_weights=settings.feature_weights)
     n_classes = int(model.config.n_classes)
     settings.out_dir = os.path.abspath(settings.out_dir)
     key = run_key(settings)
