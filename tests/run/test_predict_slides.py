@@ -94,3 +94,28 @@ def _manifest(folder, slide) -> str:
     path = folder / "manifest.csv"
     path.write_text(f"path,label\n{slide},0\n")
     return str(path)
+
+
+def test_on_result_gives_typed_results_and_a_rerun_reads_the_same_back(checkpoint, slide, tmp_path):
+    """A fresh slide's result carries its prediction; a skipped one is read back from its done
+    marker and map, and answers the same (the demo scores either)."""
+    from ats_wsi.run.results import ResultsFolder
+
+    out, runs = tmp_path / "out", []
+    for _ in range(2):
+        got = []
+        predict_slides([slide], PredictSettings(checkpoint=str(checkpoint), out_dir=str(out), samples=2),
+                       on_result=got.append)
+        runs.append(got[0])
+    fresh, again = runs
+    assert fresh.prediction is not None and again.prediction is None
+    folder = ResultsFolder(out)
+    assert fresh.folder == again.folder == folder and fresh.name == again.name == "one"
+    assert folder.map("one").is_dir() and folder.overlay("one").is_file() and folder.marker("one").is_file()
+    assert folder.map_of(slide) == folder.map("one") and folder.overlays() == [folder.overlay("one")]
+    assert fresh.row["outputs"] == again.row["outputs"]
+    assert fresh.predicted == again.predicted == int(fresh.prediction.predicted)
+    assert (fresh.boxes_xywh == again.boxes_xywh).all() and fresh.boxes_xywh.shape == (2 * TINY["n_patches"], 4)
+    assert fresh.top_cell_xywh() == again.top_cell_xywh()
+    assert again.fraction_read == pytest.approx(fresh.fraction_read, abs=1e-6)
+    assert again.seconds == pytest.approx(fresh.seconds, abs=1e-3)
