@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from typing import Any
 
 from ..errors import ConfigError
@@ -34,11 +35,11 @@ def _kind(value: Any, annotation: str) -> str | None:
                 return None
             wanted.append("true or false")
         elif opt == "int":
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 return None
             wanted.append("an integer")
         elif opt == "float":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 return None
             wanted.append("a number")
         elif opt == "str":
@@ -98,6 +99,20 @@ def check_user_config(cls, data: Any, source=None) -> dict[str, Any]:
     return out
 
 
+def config_problems(config) -> list[str]:
+    """Every rule a built config breaks: a value of another type than its field's, a size
+    below 1, then :func:`range_problems` (what :meth:`ModelConfig.__post_init__` checks)."""
+    problems = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        wrong = _kind(value, f.type)
+        if wrong:
+            problems.append(f"{f.name!r}: expected {wrong}, got {value!r}")
+        elif f.name in POSITIVE and value < 1:
+            problems.append(f"{f.name!r}: must be >= 1, got {value!r}")
+    return problems or range_problems(config)
+
+
 def range_problems(config) -> list[str]:
     """What is out of range in a built config (sizes, resolutions, normalisation, class names).
 
@@ -107,25 +122,25 @@ def range_problems(config) -> list[str]:
     problems = []
     for key, most in MOST.items():
         value = getattr(config, key)
-        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= most:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not 1 <= value <= most:
             problems.append(f"{key!r} must be in 1..{most}, got {value!r}")
     low = config.low_downsample
-    if low is not None and not (isinstance(low, (int, float)) and 1 <= low < math.inf):
+    if low is not None and not (isinstance(low, numbers.Real) and 1 <= low < math.inf):
         problems.append(f"'low_downsample' must be a finite number >= 1 (level-0 pixels per low-view pixel; "
                         f"16 to 64 are usual), got {low!r}")
     for key in ("low_mpp", "patch_mpp"):
         value = getattr(config, key)
-        if value is not None and not (isinstance(value, (int, float)) and MIN_MPP <= value <= MAX_MPP):
+        if value is not None and not (isinstance(value, numbers.Real) and MIN_MPP <= value <= MAX_MPP):
             problems.append(f"{key!r} must be µm/px in {MIN_MPP:g}..{MAX_MPP:g}, got {value!r}")
     for key in ("mean", "std", "feature_mean", "feature_std"):
         value = getattr(config, key)
         if value is None and key.startswith("feature"):
             continue
-        numbers = tuple(value) if isinstance(value, (list, tuple)) else ()
-        if len(numbers) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                        and math.isfinite(v) for v in numbers):
+        values = tuple(value) if isinstance(value, (list, tuple)) else ()
+        if len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                       and math.isfinite(v) for v in values):
             problems.append(f"{key!r} must be 3 finite numbers (one per RGB channel), got {value!r}")
-        elif key.endswith("std") and not all(v > 0 for v in numbers):
+        elif key.endswith("std") and not all(v > 0 for v in values):
             problems.append(f"{key!r} must be 3 numbers > 0 (pixels are divided by it), got {value!r}")
     names = config.class_names
     if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.n_classes):

@@ -175,7 +175,9 @@ def _apply_resolution(args: argparse.Namespace, base: dict) -> None:
         if value is not None and not 0 < value < float("inf"):
             raise SystemExit(f"ats-wsi train: {flag} must be a number > 0, got {value}")
     if magnification is not None:
-        mpp = 10.0 / magnification
+        from ..slide.resolution import magnification_to_mpp
+
+        mpp = magnification_to_mpp(magnification)
     if mpp is not None:
         if args.patch_level is not None:
             raise SystemExit("ats-wsi train: give --patch-level or --patch-mpp/--patch-magnification, not both")

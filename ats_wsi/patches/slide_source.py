@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import SamplingError
 from ..geometry import level_to_level0, size_wh as _size_wh
-from ..slide.resolution import DEFAULT_MPP_TOLERANCE, resolution_plan
+from ..slide.resolution import DEFAULT_MPP_TOLERANCE, downsample_to_mpp, resolution_plan
 from ._buffers import check_read_bytes
 from .base import PatchBoxes, ReadGeometry
 from .reader import PatchReader, empty_batch
@@ -127,7 +127,7 @@ class SlideSource:
                                 float(plan.factor), float(plan.read_mpp))
         mpp = slide.mpp
         return ReadGeometry(slide, str(slide.path), int(self.levels[b]), downsample, None, None,
-                            float(mpp) * downsample if mpp else None)
+                            downsample_to_mpp(downsample, mpp) if mpp else None)
 
     def ratio(self, b: int) -> float:
         """Pixels of slide ``b``'s patch level per pixel of its low image."""
