@@ -17,6 +17,8 @@ from ..slide.resolution import MAX_MPP, MIN_MPP
 POSITIVE = {"n_classes", "feature_dim", "n_patches", "patch_size"}
 MOST = {"n_classes": 1 << 16, "feature_dim": 1 << 16, "n_patches": 1 << 16, "patch_size": 4096}
 """Largest value of each size: each one sizes memory (a patch of 4096² is 48 MiB)."""
+IGNORED_WITH = {"patch_level": "patch_mpp"}
+"""Keys a config may leave None where the other key is set (it is ignored then)."""
 PAIRS = (("low_mpp", "low_downsample"),)
 """(a, b): setting ``a`` without ``b`` clears ``b``'s default; setting both is an error."""
 
@@ -105,6 +107,8 @@ def config_problems(config) -> list[str]:
     problems = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.name in IGNORED_WITH and value is None and getattr(config, IGNORED_WITH[f.name]) is not None:
+            continue
         wrong = _kind(value, f.type)
         if wrong:
             problems.append(f"{f.name!r}: expected {wrong}, got {value!r}")

@@ -17,6 +17,7 @@ import numpy as np
 from ..classifier import ModelConfig
 from ..data.manifest import read_manifest
 from ..data.synthetic import load_lesions, make_slide_set
+from ._progress import ProgressFactory
 from .outdir import epoch_checkpoints
 from .predict import PredictSettings, predict_slides
 from .results import ResultsFolder, SlideResult
@@ -102,8 +103,13 @@ def _overlaps(box, lesions) -> bool:
     return any(x < lx + lw and lx < x + w and y < ly + lh and ly < y + h for lx, ly, lw, lh in lesions)
 
 
-def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: None) -> DemoReport:
-    """Run the whole demo into ``settings.out`` and return its report."""
+def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: None,
+             progress: ProgressFactory | None = None) -> DemoReport:
+    """Run the whole demo into ``settings.out`` and return its report.
+
+    ``log`` gets each step's line; ``progress`` makes the training's bars (see
+    :mod:`ats_wsi.run._progress`; ``ats-wsi demo`` draws tqdm bars).
+    """
     out = Path(settings.out)
     timings: dict[str, float] = {}
 
@@ -126,7 +132,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
     if resume:
         log("      resuming from the last checkpoint in the run folder")
     # a run stopped before its first checkpoint is started again
-    train(manifest, run, demo_model_config(), train_settings, resume=resume, overwrite=not resume,
+    train(manifest, run, demo_model_config(), train_settings, resume=resume, overwrite=not resume, progress=progress,
           on_epoch=lambda m: log(f"      epoch {m.epoch:2d}: loss {m.train_loss:.3f}, train acc {m.train_acc:.2f}, "
                                  f"val acc {m.val_acc:.2f} ({m.seconds:.0f} s)"))
     timings["train"] = time.perf_counter() - t
