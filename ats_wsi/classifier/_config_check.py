@@ -102,19 +102,21 @@ def check_user_config(cls, data: Any, source=None) -> dict[str, Any]:
 
 
 def config_problems(config) -> list[str]:
-    """Every rule a built config breaks: a value of another type than its field's, a size
-    below 1, then :func:`range_problems` (what :meth:`ModelConfig.__post_init__` checks)."""
-    problems = []
+    """Every rule a built config breaks (what :meth:`ModelConfig.__post_init__` checks):
+    :func:`range_problems`, then, for the keys those do not name, a value of another type
+    than its field's or a size below 1."""
+    problems = range_problems(config)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in IGNORED_WITH and value is None and getattr(config, IGNORED_WITH[f.name]) is not None:
+        if any(p.startswith(f"{f.name!r}") for p in problems) or (
+                f.name in IGNORED_WITH and value is None and getattr(config, IGNORED_WITH[f.name]) is not None):
             continue
         wrong = _kind(value, f.type)
         if wrong:
             problems.append(f"{f.name!r}: expected {wrong}, got {value!r}")
         elif f.name in POSITIVE and value < 1:
             problems.append(f"{f.name!r}: must be >= 1, got {value!r}")
-    return problems or range_problems(config)
+    return problems
 
 
 def range_problems(config) -> list[str]:

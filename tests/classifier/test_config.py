@@ -10,7 +10,7 @@ from ats_wsi.errors import CheckpointError, ConfigError
 
 
 @pytest.mark.parametrize("kw, says", [
-    (dict(n_patches=0), "'n_patches': must be >= 1, got 0"),
+    (dict(n_patches=0), "'n_patches' must be in 1..65536, got 0"),
     (dict(patch_size="128"), "'patch_size': expected an integer, got '128'"),
     (dict(patch_size=10**6), "'patch_size' must be in 1..4096"),
     (dict(replace=1), "'replace': expected true or false"),
