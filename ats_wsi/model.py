@@ -2,17 +2,14 @@
 
 One forward pass, for a batch of B images seen at low resolution:
 
-1. ``attention_logits(x_low)``: the attention net over the low view gives
-   logits ``[B, 1, h', w']`` (or ``[B, h', w']``);
+1. ``attention_logits(x_low)``: the attention net's logits ``[B, 1, h', w']``;
 2. a spatial softmax (masked where a mask is given) makes them a
    distribution ``attention [B, h', w']`` over the map's cells;
 3. ``n`` cells are drawn from it (no gradient flows through the draw);
 4. :func:`ats_wsi.geometry.cell_to_xy` turns the cells into patch boxes in the
-   source's high-resolution frame, and the source reads only those;
-5. the feature net sees the ``B · n`` patches (uint8 scaled to [0, 1]);
-6. :func:`ats_wsi.sampling.expectation` averages the features with an
-   estimator whose gradient to the attention, carried by the probabilities
-   of the drawn cells (``sampled_attention``), is unbiased.
+   source's frame; the feature step reads only those and runs the feature net;
+5. :func:`ats_wsi.sampling.expectation` averages the features, unbiased in its
+   gradient to the attention (carried by ``sampled_attention``).
 
 The attention is computed in one overridable method, ``attention_logits``.
 Above ``tile_threshold`` low pixels it runs the attention net tile by tile
@@ -27,10 +24,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .encoders.features import patch_features
 from .errors import SamplingError
 from .geometry import cell_to_xy, rowcol_to_wh, size_wh, snap_to_grid
-from .patches import PatchSource, TensorSource
+from .patches import PatchSource, TensorSource, plain_features
 from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, streamed, tiled
 from .sampling.receptive_field import receptive_field as probe_field
 
@@ -89,6 +85,8 @@ class AttentionSampler(nn.Module):
             reference library's habit) return probabilities instead; see
             ``use_logits``.
         feature_net: ``patches [B·n, C, ph, pw] -> [B·n, D]``.
+        feature_step: ``(feature_net, source, xy, patch_wh, like) -> (patches, features)``, how the
+            drawn boxes become features; default :func:`~ats_wsi.patches.plain_features`.
         n_patches: cells drawn per image.
         patch_size: ``(w, h)`` in high-resolution pixels, or one int for a
             square; ``None`` takes the low view's size (as the reference).
@@ -151,6 +149,7 @@ class AttentionSampler(nn.Module):
         sampler: str = "attention",
         smoothing: float = 0.0,
         temperature: float = 1.0,
+        feature_step: Callable | None = None,
     ):
         super().__init__()
 
@@ -158,6 +157,7 @@ class AttentionSampler(nn.Module):
             raise SamplingError(f"n_patches must be a positive int, got {n_patches!r}")
         self.attention_net = attention_net
         self.feature_net = feature_net
+        self.feature_step = plain_features if feature_step is None else feature_step
         self.n_patches = n_patches
         self.patch_size = None if patch_size is None else size_wh(patch_size, "patch_size")  # (w, h)
         self.replace = bool(replace)
@@ -457,8 +457,8 @@ class AttentionSampler(nn.Module):
                         receptive_field=self.receptive_field)
         if self.tile_aligned:
             xy = snap_to_grid(xy, patch_wh)
-        # [B, n, C, h, w] and [B, n, D]; an encoder with a feature cache reads only the boxes it lacks
-        patches, each = patch_features(self.feature_net, source, xy, patch_wh, like)
+        # [B, n, C, h, w] and [B, n, D]; an encoder's step with a feature cache reads only the boxes it lacks
+        patches, each = self.feature_step(self.feature_net, source, xy, patch_wh, like)
         features = expectation(each, sampled_attention, self.replace)
         if self.attention_regularizer is not None:
             entropy_loss = self.attention_regularizer(attention)

@@ -140,3 +140,26 @@ def test_the_graph_sees_imports_inside_functions():
     # cli.predict imports run.predict and classifier inside run(): the rules above must see them
     assert {"ats_wsi.run.predict", "ats_wsi.classifier"} <= GRAPH["ats_wsi.cli.predict"]
     assert "ats_wsi.classifier" in GRAPH["ats_wsi.run.predict"]
+
+
+def test_the_sampler_and_the_encoders_know_nothing_of_each_other():
+    """An encoder embeds pixels; the source owns its boxes and read geometry
+    (patches.SlidePatchSource); the classifier's feature step composes them.
+    encoders/ may read slide.resolution's µm/px bounds (spec checks), nothing else below."""
+    assert not {m for m in GRAPH["ats_wsi.model"] if m.startswith("ats_wsi.encoders")}
+    for name in (m for m in MODULES if m.startswith("ats_wsi.encoders")):
+        below = {m for m in GRAPH[name] if m.startswith(("ats_wsi.patches", "ats_wsi.slide"))}
+        assert below <= {"ats_wsi.slide.resolution"}, f"{name} imports {sorted(below)}"
+    assert "ats_wsi.slide.resolution" not in GRAPH["ats_wsi.encoders.module"]
+
+
+def test_run_draws_nothing():
+    """run/ reports progress through callbacks (run/_progress.py); only cli/ imports tqdm."""
+    for name, path in MODULES.items():
+        if name.startswith("ats_wsi.cli"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                 and any((a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0] == "tqdm"
+                         for a in n.names)]
+        assert not found, f"{path} imports tqdm (lines {found}): take a progress callback instead"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from typing import Any
 
 from ..errors import ConfigError
@@ -16,6 +17,8 @@ from ..slide.resolution import MAX_MPP, MIN_MPP
 POSITIVE = {"n_classes", "feature_dim", "n_patches", "patch_size"}
 MOST = {"n_classes": 1 << 16, "feature_dim": 1 << 16, "n_patches": 1 << 16, "patch_size": 4096}
 """Largest value of each size: each one sizes memory (a patch of 4096² is 48 MiB)."""
+IGNORED_WITH = {"patch_level": "patch_mpp"}
+"""Keys a config may leave None where the other key is set (it is ignored then)."""
 PAIRS = (("low_mpp", "low_downsample"),)
 """(a, b): setting ``a`` without ``b`` clears ``b``'s default; setting both is an error."""
 
@@ -34,11 +37,11 @@ def _kind(value: Any, annotation: str) -> str | None:
                 return None
             wanted.append("true or false")
         elif opt == "int":
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 return None
             wanted.append("an integer")
         elif opt == "float":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 return None
             wanted.append("a number")
         elif opt == "str":
@@ -98,6 +101,24 @@ def check_user_config(cls, data: Any, source=None) -> dict[str, Any]:
     return out
 
 
+def config_problems(config) -> list[str]:
+    """Every rule a built config breaks (what :meth:`ModelConfig.__post_init__` checks):
+    :func:`range_problems`, then, for the keys those do not name, a value of another type
+    than its field's or a size below 1."""
+    problems = range_problems(config)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if any(p.startswith(f"{f.name!r}") for p in problems) or (
+                f.name in IGNORED_WITH and value is None and getattr(config, IGNORED_WITH[f.name]) is not None):
+            continue
+        wrong = _kind(value, f.type)
+        if wrong:
+            problems.append(f"{f.name!r}: expected {wrong}, got {value!r}")
+        elif f.name in POSITIVE and value < 1:
+            problems.append(f"{f.name!r}: must be >= 1, got {value!r}")
+    return problems
+
+
 def range_problems(config) -> list[str]:
     """What is out of range in a built config (sizes, resolutions, normalisation, class names).
 
@@ -107,25 +128,25 @@ def range_problems(config) -> list[str]:
     problems = []
     for key, most in MOST.items():
         value = getattr(config, key)
-        if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= most:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not 1 <= value <= most:
             problems.append(f"{key!r} must be in 1..{most}, got {value!r}")
     low = config.low_downsample
-    if low is not None and not (isinstance(low, (int, float)) and 1 <= low < math.inf):
+    if low is not None and not (isinstance(low, numbers.Real) and 1 <= low < math.inf):
         problems.append(f"'low_downsample' must be a finite number >= 1 (level-0 pixels per low-view pixel; "
                         f"16 to 64 are usual), got {low!r}")
     for key in ("low_mpp", "patch_mpp"):
         value = getattr(config, key)
-        if value is not None and not (isinstance(value, (int, float)) and MIN_MPP <= value <= MAX_MPP):
+        if value is not None and not (isinstance(value, numbers.Real) and MIN_MPP <= value <= MAX_MPP):
             problems.append(f"{key!r} must be µm/px in {MIN_MPP:g}..{MAX_MPP:g}, got {value!r}")
     for key in ("mean", "std", "feature_mean", "feature_std"):
         value = getattr(config, key)
         if value is None and key.startswith("feature"):
             continue
-        numbers = tuple(value) if isinstance(value, (list, tuple)) else ()
-        if len(numbers) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                        and math.isfinite(v) for v in numbers):
+        values = tuple(value) if isinstance(value, (list, tuple)) else ()
+        if len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                       and math.isfinite(v) for v in values):
             problems.append(f"{key!r} must be 3 finite numbers (one per RGB channel), got {value!r}")
-        elif key.endswith("std") and not all(v > 0 for v in numbers):
+        elif key.endswith("std") and not all(v > 0 for v in values):
             problems.append(f"{key!r} must be 3 numbers > 0 (pixels are divided by it), got {value!r}")
     names = config.class_names
     if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.n_classes):

@@ -98,7 +98,22 @@ class ModelConfig:
     temperature: float = 1.0
     instance_head: bool = False
 
+    def __post_init__(self):
+        """Every rule of a valid config, for a config built in code as for one read from a file.
+
+        Raises:
+            ConfigError: a value of the wrong type, a size out of range, a
+                bad resolution or normalisation, class names that do not
+                match ``n_classes`` (every problem named in one message).
+        """
+        from ._config_check import config_problems
+
+        problems = config_problems(self)
+        if problems:
+            raise ConfigError(None, "model config: " + "; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain values (what a checkpoint stores)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -107,12 +122,11 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(path, f"unknown model config keys {unknown} (made by a newer ats-wsi?)")
-        from ._config_check import range_problems
-
-        cfg = cls(**data)
-        problems = range_problems(cfg)
-        if problems:
-            raise CheckpointError(path, "its model config is out of range: " + "; ".join(problems))
+        try:
+            cfg = cls(**data)
+        except ConfigError as exc:
+            raise CheckpointError(path, f"its model config is out of range or of the wrong type: "
+                                        f"{exc.reason.removeprefix('model config: ')}") from None
         cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
         if cfg.feature_mean is not None:
             cfg.feature_mean = tuple(cfg.feature_mean)
@@ -128,12 +142,13 @@ class ModelConfig:
         ``low_mpp`` given without ``low_downsample`` replaces the default
         downsample (the two are alternatives); both given is an error.
         """
-        from ._config_check import check_user_config, range_problems
+        from ._config_check import check_user_config
 
         checked = check_user_config(cls, data, source)
-        problems = range_problems(cls(**checked))
-        if problems:
-            raise ConfigError(source, "; ".join(problems))
+        try:
+            cls(**checked)
+        except ConfigError as exc:
+            raise ConfigError(source, exc.reason.removeprefix("model config: ")) from None
         return cls.from_dict(checked)
 
     def low_resolution(self) -> dict[str, float]:

@@ -23,6 +23,7 @@ from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
 from ._roi import restrict_to_roi, roi_grid
 from .config import ModelConfig
+from .features import EncoderFeatures
 from .inputs import SlideInput
 from .prediction import MAX_SAMPLES, SlidePrediction, slide_seed
 
@@ -87,6 +88,7 @@ class SlideClassifier(nn.Module):
             sampler=config.sampler,
             smoothing=config.smoothing,
             temperature=config.temperature,
+            feature_step=EncoderFeatures() if config.feature_spec is not None else None,
         )
         # Per-patch scores: a linear instance head over each drawn patch's features. Its class
         # probabilities are averaged by the same unbiased estimator as the features, and the slide

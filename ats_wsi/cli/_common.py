@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -52,15 +53,34 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
-    """A tqdm bar on stderr when it is a terminal (None when disabled)."""
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True, *, leave: bool = True):
+    """A tqdm bar on stderr when it is a terminal (None when disabled).
+
+    ``disable=None``: no bar when stderr is not a terminal (logs, CI).
+    """
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    from ..run.cohort import bar_width
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=None, **bar_width())
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=None, **bar_width())
+
+def transient_bars(enabled: bool = True):
+    """The ``progress`` callback of run/ functions (:mod:`ats_wsi.run._progress`): tqdm bars
+    that vanish when done (one per epoch, one for the slide checks); None when disabled."""
+    if not enabled:
+        return None
+    return lambda total, desc, unit: progress_bar(total, desc, unit, leave=False)
+
+
+def bar_width() -> dict:
+    """tqdm's width arguments: follow the terminal, or 100 columns where the terminal
+    reports none (``script``, a ``docker -t`` pseudo-terminal: tqdm would draw an empty bar)."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return {"dynamic_ncols": True} if columns > 0 else {"ncols": 100, "nrows": 24}
 
 
 def check_device(command: str, device: str) -> str | None:

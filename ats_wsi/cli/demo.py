@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import HelpFormatter, check_device, error
+from ._common import HelpFormatter, check_device, error, transient_bars
 
 
 def register(sub) -> None:
@@ -30,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
                             quick=args.quick)
     if args.epochs is not None:
         settings.epochs = args.epochs
-    report = run_demo(settings, log=lambda msg: print(msg, flush=True))
+    report = run_demo(settings, log=lambda msg: print(msg, flush=True), progress=transient_bars())
     print(format_report(report))
     return 0

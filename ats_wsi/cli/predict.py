@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with LibraryLog(out / "predict.log") as log:
             rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels,
-                                          slide_ids=slide_ids, splits=splits)
+                                          slide_ids=slide_ids, splits=splits, model=model)
     except OutputLockedError as exc:  # another run writes --out (a full or read-only one: exit 1, one line)
         print(f"ats-wsi predict: {exc}", file=sys.stderr)
         return EXIT_LOCKED

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from . import _encoder, _exports
-from ._common import HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int
+from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int,
+                      transient_bars)
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
@@ -175,7 +176,9 @@ def _apply_resolution(args: argparse.Namespace, base: dict) -> None:
         if value is not None and not 0 < value < float("inf"):
             raise SystemExit(f"ats-wsi train: {flag} must be a number > 0, got {value}")
     if magnification is not None:
-        mpp = 10.0 / magnification
+        from ..slide.resolution import magnification_to_mpp
+
+        mpp = magnification_to_mpp(magnification)
     if mpp is not None:
         if args.patch_level is not None:
             raise SystemExit("ats-wsi train: give --patch-level or --patch-mpp/--patch-magnification, not both")
@@ -333,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     with LibraryLog(out / "train.log") as log:
         try:
             train(args.manifest, out, config, settings, resume=args.resume, overwrite=args.overwrite,
-                  progress=not args.no_progress, on_epoch=report, on_cohort=show_cohort)
+                  progress=transient_bars(not args.no_progress), on_epoch=report, on_cohort=show_cohort)
         finally:
             if speaks and log.summary("train"):
                 print(log.summary("train"), file=sys.stderr)

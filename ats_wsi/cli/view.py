@@ -13,7 +13,6 @@ the sampled boxes numbered in draw order and the predicted class.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -45,18 +44,9 @@ def results_map(results: str | Path, slide: str | Path) -> Path | None:
     NAME is found in the finished rows (``.done/*.json``, whose ``slide`` is
     the path predicted), else it is the slide's file stem.
     """
-    results, slide = Path(results), Path(slide)
-    for marker in sorted((results / ".done").glob("*.json")):
-        try:
-            row = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            continue
-        if Path(row.get("slide", "")).resolve() == slide.resolve():
-            candidate = results / "maps" / f"{row.get('name', marker.stem)}.zarr"
-            if candidate.is_dir():
-                return candidate
-    candidate = results / "maps" / f"{slide.stem}.zarr"
-    return candidate if candidate.is_dir() else None
+    from ..run.results import ResultsFolder
+
+    return ResultsFolder(results).map_of(slide)
 
 
 def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, show: bool = True, viewer=None,

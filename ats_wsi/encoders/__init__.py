@@ -11,12 +11,15 @@
 - :class:`FeatureCache`: a frozen encoder's features per box, in memory
   (bounded) and on disk.
 
+Pixels in, features out: nothing here knows slides or patch sources (the
+classifier's feature step, :mod:`ats_wsi.classifier.features`, composes a
+source, an encoder and its cache).
+
 timm is imported only when a timm encoder is built.
 """
 from __future__ import annotations
 
 from .cache import FeatureCache, slide_fingerprint
-from .features import as_float, patch_features
 from .loaders import build_backbone, find_weights
 from .module import PatchEncoder, attach_feature_cache, build_encoder
 from .registry import REGISTRY, get_spec, list_specs, load_spec
@@ -27,7 +30,6 @@ __all__ = [
     "FeatureCache",
     "PatchEncoder",
     "REGISTRY",
-    "as_float",
     "attach_feature_cache",
     "build_backbone",
     "build_encoder",
@@ -35,6 +37,5 @@ __all__ = [
     "get_spec",
     "list_specs",
     "load_spec",
-    "patch_features",
     "slide_fingerprint",
 ]

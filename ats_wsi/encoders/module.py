@@ -10,22 +10,24 @@ Frozen (``frozen=True``): the backbone runs in eval mode without gradients,
 its parameters never change, and it is left out of the model's
 ``state_dict`` (a checkpoint records the spec with the weights' sha256 and
 rebuilds the backbone from the same file). An optional adapter
-(LayerNorm, Linear, GELU) between encoder and head trains. With a
-:class:`~ats_wsi.encoders.cache.FeatureCache` attached, :meth:`features_at`
-reads and encodes only the boxes never encoded before.
+(LayerNorm, Linear, GELU) between encoder and head trains.
+
+Pixels in, features out: the encoder knows nothing of slides or patch
+sources. Reading the drawn boxes, checking the µm/px they are read at and
+looking features up in an attached :class:`~ats_wsi.encoders.cache.FeatureCache`
+(``encoder.cache``) is the classifier's feature step
+(:class:`ats_wsi.classifier.features.EncoderFeatures`).
 """
 from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import EncoderError, EncoderResolutionError
-from .cache import FeatureCache, geometry_digest, slide_fingerprint
-from .features import as_float
+from ..errors import EncoderError
+from .cache import FeatureCache
 from .loaders import build_backbone
 from .registry import load_spec
 from .spec import EncoderSpec
@@ -42,10 +44,13 @@ class PatchEncoder(nn.Module):
         frozen: eval mode, no gradients, weights unchanged, not in ``state_dict``.
         adapter: width of a trainable adapter after the encoder (0: none).
         mpp_tolerance: relative tolerance when checking the resolution a
-            slide's patches are read at against ``spec.mpp``.
+            slide's patches are read at against ``spec.mpp`` (the classifier's
+            feature step checks it).
 
     Attributes:
         out_features: what the head receives: ``adapter`` or ``spec.dim``.
+        digest: the spec's digest (:meth:`EncoderSpec.digest`), the first part
+            of a feature cache key.
         cache: a :class:`FeatureCache` or None (used only when frozen).
     """
 
@@ -62,8 +67,7 @@ class PatchEncoder(nn.Module):
                         if adapter else None)
         self.out_features = int(adapter) if adapter else spec.dim
         self.cache: FeatureCache | None = None
-        self._digest = spec.digest()
-        self._checked: set[tuple] = set()
+        self.digest = spec.digest()
         if self.frozen:
             for parameter in backbone.parameters():  # a ScriptModule has no requires_grad_()
                 parameter.requires_grad_(False)
@@ -128,53 +132,11 @@ class PatchEncoder(nn.Module):
                 features = self.embed(patches)
         else:
             features = self.embed(patches)
+        return self.adapt(features)
+
+    def adapt(self, features: Tensor) -> Tensor:
+        """The trainable adapter over embeddings ``[N, spec.dim]`` (the embeddings themselves without one)."""
         return features if self.adapter is None else self.adapter(features)
-
-    def features_at(self, source, xy: Tensor, patch_wh, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(patches, features [B, n, out_features])`` of the boxes at ``xy`` of ``source``.
-
-        Checks the resolution first (:meth:`check_resolution`). Frozen with a
-        cache and a slide source: only the boxes the cache lacks are read and
-        encoded, and ``patches`` is then empty (``[B, 0, 3, h, w]``).
-        """
-        self.check_resolution(source)
-        if self.cache is None or not self.frozen or not hasattr(source, "extract_slide"):
-            patches = as_float(source.extract(xy, patch_wh), like)
-            features = self(patches.flatten(0, 1))
-            return patches, features.reshape(*patches.shape[:2], -1)
-        return self._cached(source, xy, patch_wh, like)
-
-    def check_resolution(self, source) -> None:
-        """Refuse a slide whose patches are not read at the spec's µm/px.
-
-        Raises:
-            EncoderResolutionError: another resolution, or a slide without one.
-        """
-        slides = getattr(source, "slides", None)
-        if slides is None:  # an in-memory source: no resolution to check
-            return
-        spec = self.spec
-        for b, slide in enumerate(slides):
-            key = (id(slide), getattr(source, "mpp", None), source.level_downsample(b))
-            if key in self._checked:
-                continue
-            resolutions = getattr(source, "resolutions", None)
-            if resolutions is not None:
-                read = float(resolutions[b].read_mpp)
-            else:
-                mpp = getattr(slide, "mpp", None)
-                if not mpp:
-                    from ..slide.resolution import missing_mpp_reason
-
-                    raise EncoderResolutionError(getattr(slide, "path", None), missing_mpp_reason(
-                        f"encoder {spec.name!r} takes patches at {spec.mpp:g} µm/px", slide))
-                read = float(mpp) * source.level_downsample(b)
-            if abs(read / spec.mpp - 1.0) > self.mpp_tolerance:
-                raise EncoderResolutionError(getattr(slide, "path", None), (
-                    f"patches would be read at {read:.4g} µm/px, but encoder {spec.name!r} takes "
-                    f"{spec.patch_px} px at {spec.mpp:g} µm/px (tolerance {self.mpp_tolerance:.0%}): its features "
-                    f"would be garbage; set the model's patch_mpp to {spec.mpp:g}"))
-            self._checked.add(key)
 
     # -- inside ------------------------------------------------------------
 
@@ -195,49 +157,6 @@ class PatchEncoder(nn.Module):
             return tokens[:, 0]
         mean = tokens[:, prefix:].mean(dim=1)
         return mean if self.spec.pooling == "mean" else torch.cat([tokens[:, 0], mean], dim=-1)
-
-    def _group(self, source, b: int, patch_wh) -> str:
-        slide = source.slides[b]
-        resolutions = getattr(source, "resolutions", None)
-        plan = resolutions[b] if resolutions is not None else None
-        wh = (patch_wh, patch_wh) if isinstance(patch_wh, int) else patch_wh
-        geometry = geometry_digest(
-            patch_wh=[int(v) for v in wh], mpp=getattr(source, "mpp", None), level=int(source.levels[b]),
-            downsample=round(float(source.level_downsample(b)), 9),
-            factor=None if plan is None else round(float(plan.factor), 9))
-        return FeatureCache.group(self._digest, slide_fingerprint(slide.path), geometry)
-
-    def _cached(self, source, xy: Tensor, patch_wh, like: Tensor) -> tuple[Tensor, Tensor]:
-        cache = self.cache
-        cache.record_spec(self._digest, self.spec.to_dict())
-        batch, n = xy.shape[:2]
-        boxes = source.boxes_level0(xy, patch_wh).numpy()  # [B, n, 4] level-0 (x0, y0, w0, h0)
-        groups = [self._group(source, b, patch_wh) for b in range(batch)]
-        out = np.empty((batch, n, self.spec.dim), dtype=np.float32)
-        todo: list[tuple[int, int]] = []
-        for b in range(batch):
-            for i, found in enumerate(cache.get(groups[b], boxes[b], dim=self.spec.dim)):
-                if found is None:
-                    todo.append((b, i))
-                else:
-                    out[b, i] = found
-        if todo:  # read only the missing boxes, slide by slide (todo is in slide order)
-            patches = torch.cat([source.extract_slide(b, xy[b, [i for bb, i in todo if bb == b]], patch_wh)
-                                 for b in sorted({b for b, _ in todo})])
-            with torch.no_grad():
-                new = self.embed(as_float(patches, like)).cpu().numpy()
-            for b in range(batch):
-                rows = [k for k, (bb, _) in enumerate(todo) if bb == b]
-                if rows:
-                    cells = [todo[k][1] for k in rows]
-                    out[b, cells] = new[rows]
-                    cache.put(groups[b], boxes[b][cells], new[rows])
-        features = torch.from_numpy(out).to(like.device)
-        if self.adapter is not None:
-            features = self.adapter(features)
-        pw, ph = (patch_wh, patch_wh) if isinstance(patch_wh, int) else tuple(patch_wh)
-        empty = torch.empty(batch, 0, 3, int(ph), int(pw), device=like.device)
-        return empty, features
 
 
 def _shape(value) -> str:

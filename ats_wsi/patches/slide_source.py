@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..errors import SamplingError
 from ..geometry import level_to_level0, size_wh as _size_wh
-from ..slide.resolution import DEFAULT_MPP_TOLERANCE, resolution_plan
+from ..slide.resolution import DEFAULT_MPP_TOLERANCE, downsample_to_mpp, resolution_plan
 from ._buffers import check_read_bytes
+from .base import PatchBoxes, ReadGeometry
 from .reader import PatchReader, empty_batch
 
 __all__ = ["SlideSource"]
@@ -113,6 +114,21 @@ class SlideSource:
             return float(self.resolutions[b].downsample)
         return float(self.slides[b].pyramid[self.levels[b]].downsample)
 
+    def geometry(self, b: int) -> ReadGeometry:
+        """How slide ``b``'s patches are read: level, downsample, resample factor, µm/px.
+
+        ``read_mpp`` is the plan's at a physical resolution, else the slide's
+        µm/px times the level's downsample (None where the slide has none).
+        """
+        slide, downsample = self.slides[b], self.level_downsample(b)
+        if self.resolutions is not None:
+            plan = self.resolutions[b]
+            return ReadGeometry(slide, str(slide.path), int(self.levels[b]), downsample, self.mpp,
+                                float(plan.factor), float(plan.read_mpp))
+        mpp = slide.mpp
+        return ReadGeometry(slide, str(slide.path), int(self.levels[b]), downsample, None, None,
+                            downsample_to_mpp(downsample, mpp) if mpp else None)
+
     def ratio(self, b: int) -> float:
         """Pixels of slide ``b``'s patch level per pixel of its low image."""
         return self.low_downsamples[b] / self.level_downsample(b)
@@ -191,6 +207,10 @@ class SlideSource:
         size0 = torch.stack([level_to_level0(torch.tensor([pw, ph]), self.level_downsample(b))
                              for b in range(xy0.shape[0])])  # [B, 2]
         return torch.cat([xy0, size0[:, None, :].expand_as(xy0)], dim=-1)
+
+    def boxes(self, xy: Tensor, size_wh) -> PatchBoxes:
+        """:meth:`boxes_level0` of ``xy`` with each slide's :meth:`geometry`."""
+        return PatchBoxes(self.boxes_level0(xy, size_wh), tuple(self.geometry(b) for b in range(len(self.slides))))
 
     def extract(self, xy: Tensor, size_wh) -> Tensor:
         """Patches at top-left ``xy`` of the patch level.

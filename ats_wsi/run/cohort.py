@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,10 +29,10 @@ from ..atomic import write_csv_atomic
 from ..data.manifest import MAX_LISTED, ManifestRow
 from ..errors import ManifestError
 from ..metrics import evaluate
+from ._progress import ProgressFactory, open_bar
 
 __all__ = ["Unreadable", "UnreadableSlides", "SlideChecks", "MidRunFailures", "check_slides", "open_slides", "write_skipped", "class_weights", "best_epoch",
-           "SELECT", "prediction_metrics", "write_prediction_metrics", "write_split_metrics", "SKIPPED_FIELDS",
-           "bar_width"]
+           "SELECT", "prediction_metrics", "write_prediction_metrics", "write_split_metrics", "SKIPPED_FIELDS"]
 
 SELECT = ("accuracy", "auc", "loss")
 _log = logging.getLogger("ats_wsi.train")
@@ -152,7 +151,7 @@ def _failed_open(path: str, exc: BaseException, mpp: float | None) -> str:
     return _reason(exc)
 
 
-def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4, progress: bool = False,
+def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4, progress: ProgressFactory | None = None,
                  checks: SlideChecks | None = None) -> tuple[list[Unreadable], dict[str, list[str]]]:
     """Open every slide of ``rows`` through ``inputs`` (a :class:`~ats_wsi.classifier.SlideInputs`).
 
@@ -168,7 +167,7 @@ def check_slides(rows: Sequence[ManifestRow], inputs, *, threads: int = 4, progr
     checks = checks or SlideChecks(tiles=0, physical=False)
     paths = list(dict.fromkeys(str(r.path) for r in rows))  # one open per distinct slide
     failed: dict[str, str] = {}
-    bar = _bar(len(paths), "checking slides", "slide", progress)
+    bar = open_bar(progress, len(paths), "checking slides", "slide")
 
     with _capture() as handler:
         def open_one(path: str) -> None:
@@ -199,7 +198,7 @@ def write_skipped(out: Path, bad: Sequence[Unreadable]) -> Path:
 
 
 def open_slides(manifest, out: Path, train_rows: list[ManifestRow], val_rows: list[ManifestRow], inputs,
-                settings, *, rank: int = 0, progress: bool = False,
+                settings, *, rank: int = 0, progress: ProgressFactory | None = None,
                 checks: SlideChecks | None = None) -> tuple[list, list, list[Unreadable]]:
     """Open and check every slide of training (:func:`check_slides`) before the first epoch.
 
@@ -209,7 +208,7 @@ def open_slides(manifest, out: Path, train_rows: list[ManifestRow], val_rows: li
     and the unreadable ones.
     """
     rows = list(train_rows) + list(val_rows)
-    bad, warned = check_slides(rows, inputs, threads=settings.open_threads, progress=progress and rank == 0,
+    bad, warned = check_slides(rows, inputs, threads=settings.open_threads, progress=progress if rank == 0 else None,
                                checks=checks)
     for path, messages in warned.items():
         _log.warning("%s: %d reader warning(s) while opening, first: %s", path, len(messages), messages[0])
@@ -351,25 +350,4 @@ def _json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def _bar(total: int, desc: str, unit: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, **bar_width())
-
-
-def bar_width() -> dict[str, Any]:
-    """tqdm's width arguments: follow the terminal, or 100 columns where the terminal
-    reports none (``script``, a ``docker -t`` pseudo-terminal: tqdm would draw an empty bar)."""
-    import sys
-
-    try:
-        columns = os.get_terminal_size(sys.stderr.fileno()).columns
-    except (OSError, ValueError, AttributeError):
-        columns = 0
-    return {"dynamic_ncols": True} if columns > 0 else {"ncols": 100, "nrows": 24}
 

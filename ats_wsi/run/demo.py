@@ -17,8 +17,10 @@ import numpy as np
 from ..classifier import ModelConfig
 from ..data.manifest import read_manifest
 from ..data.synthetic import load_lesions, make_slide_set
+from ._progress import ProgressFactory
 from .outdir import epoch_checkpoints
 from .predict import PredictSettings, predict_slides
+from .results import ResultsFolder, SlideResult
 from .train import TrainSettings, train
 
 __all__ = ["DemoSettings", "DemoReport", "run_demo", "format_report", "demo_model_config"]
@@ -101,8 +103,13 @@ def _overlaps(box, lesions) -> bool:
     return any(x < lx + lw and lx < x + w and y < ly + lh and ly < y + h for lx, ly, lw, lh in lesions)
 
 
-def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: None) -> DemoReport:
-    """Run the whole demo into ``settings.out`` and return its report."""
+def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: None,
+             progress: ProgressFactory | None = None) -> DemoReport:
+    """Run the whole demo into ``settings.out`` and return its report.
+
+    ``log`` gets each step's line; ``progress`` makes the training's bars (see
+    :mod:`ats_wsi.run._progress`; ``ats-wsi demo`` draws tqdm bars).
+    """
     out = Path(settings.out)
     timings: dict[str, float] = {}
 
@@ -125,55 +132,53 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = lambda _msg: N
     if resume:
         log("      resuming from the last checkpoint in the run folder")
     # a run stopped before its first checkpoint is started again
-    train(manifest, run, demo_model_config(), train_settings, resume=resume, overwrite=not resume,
+    train(manifest, run, demo_model_config(), train_settings, resume=resume, overwrite=not resume, progress=progress,
           on_epoch=lambda m: log(f"      epoch {m.epoch:2d}: loss {m.train_loss:.3f}, train acc {m.train_acc:.2f}, "
                                  f"val acc {m.val_acc:.2f} ({m.seconds:.0f} s)"))
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    test = read_manifest(manifest, "test")
-    log(f"[3/3] predicting {len(test)} held-out slides into {out / 'results'}")
-    pred = PredictSettings(checkpoint=str(run / "best.pt"), out_dir=str(out / "results"),
+    cohort = read_manifest(manifest)  # read once: every split
+    test = [r for r in cohort if r.split == "test"]
+    folder = ResultsFolder(out / "results")
+    log(f"[3/3] predicting {len(test)} held-out slides into {folder.root}")
+    pred = PredictSettings(checkpoint=str(run / "best.pt"), out_dir=str(folder.root),
                            samples=settings.samples, device=settings.device, seed=settings.seed)
-    rows, errors = predict_slides([str(r.path) for r in test], pred)
+    results: list[SlideResult] = []
+    _, errors = predict_slides([str(r.path) for r in test], pred, on_result=results.append)
+    order = {str(r.path): i for i, r in enumerate(test)}
+    results.sort(key=lambda r: order[r.path])  # input order (skipped slides come first)
     timings["predict"] = time.perf_counter() - t
 
-    n_train = len(read_manifest(manifest, "train"))
-    n_val = len(read_manifest(manifest, "val"))
     return DemoReport(
-        n_train=n_train, n_val=n_val, n_test=len(test),
-        overlays=sorted(str(p) for p in (out / "results" / "overlays").glob("*.png")),
+        n_train=sum(r.split == "train" for r in cohort), n_val=sum(r.split == "val" for r in cohort),
+        n_test=len(test),
+        overlays=[str(p) for p in folder.overlays()],
         timings=timings,
-        results_dir=str(out / "results"),
+        results_dir=str(folder.root),
         errors=len(errors),
-        **_score(rows, {str(r.path): r.label for r in test}, out / "results"),
+        **_score(results, {str(r.path): r.label for r in test}),
     )
 
 
-def _score(rows: list[dict], labels: dict[str, int], results: Path) -> dict[str, float]:
-    """Accuracy, cost and where the attention went, from ``predict_slides``' rows and maps."""
-    from ..outputs import read_attention_zarr
-
+def _score(results: list[SlideResult], labels: dict[str, int]) -> dict[str, float]:
+    """Accuracy, cost and where the attention went, from ``predict_slides``' finished slides."""
     correct, hits, boxes, top_hits, positives, secs, frac = 0, 0, 0, 0, 0, [], []
-    for row in rows:
-        label = labels[row["slide"]]
-        correct += int(int(row["predicted"]) == label)
-        secs.append(float(row["seconds"]))
-        frac.append(float(row["fraction_read"]))
+    for result in results:
+        label = labels[result.path]
+        correct += int(result.predicted == label)
+        secs.append(result.seconds)
+        frac.append(result.fraction_read)
         if label != 1:
             continue
-        lesions = load_lesions(row["slide"])
-        for box in row["boxes_xywh"]:
+        lesions = load_lesions(result.path)
+        for box in result.boxes_xywh.tolist():
             boxes += 1
             hits += int(_overlaps(box, lesions))
-        amap = read_attention_zarr(results / "maps" / f"{row['name']}.zarr")
-        r, c = np.unravel_index(int(np.argmax(amap.data)), amap.data.shape)
-        cx, cy = amap.cell_center_xy(int(r), int(c))
-        cw, ch = amap.cell_size_xy
-        top_hits += int(_overlaps((cx - cw / 2, cy - ch / 2, cw, ch), lesions))
+        top_hits += int(_overlaps(result.top_cell_xywh(), lesions))
         positives += 1
     return dict(
-        accuracy=correct / max(len(rows), 1),
+        accuracy=correct / max(len(results), 1),
         seconds_per_slide=float(np.mean(secs)) if secs else float("nan"),
         fraction_read=float(np.mean(frac)) if frac else float("nan"),
         patch_lesion_hit_rate=hits / max(boxes, 1),

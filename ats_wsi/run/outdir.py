@@ -38,6 +38,7 @@ from typing import Iterator, Mapping, Sequence
 
 from ..atomic import fault_point, fsync_dir, new_owner, temporary_owner
 from ..errors import AtsError, OutputError, OutputLockedError, RunExistsError
+from .results import ResultsFolder
 
 __all__ = ["LOCK_NAME", "hold_results_folder", "holding_results_folder", "remove_stale_temporaries",
            "invalidate_marker", "output_digests", "outputs_match", "as_output_error", "RUN_FILES",
@@ -142,7 +143,7 @@ def remove_stale_temporaries(out: str | os.PathLike, run_id: str) -> list[str]:
 
 def invalidate_marker(out: str | os.PathLike, name: str) -> None:
     """Remove ``.done/NAME.json`` (durably) before NAME's outputs are rewritten."""
-    marker = Path(out) / ".done" / f"{name}.json"
+    marker = ResultsFolder(out).marker(name)
     try:
         if marker.exists():
             marker.unlink()

@@ -49,8 +49,9 @@ from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
 from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
 from .outdir import as_output_error, holding_results_folder, invalidate_marker, output_digests, outputs_match
+from .results import MAX_NAME_BYTES, ResultsFolder, SlideResult, output_names
 
-__all__ = ["predict_slides", "PredictSettings", "output_names", "run_key"]
+__all__ = ["predict_slides", "PredictSettings", "SlideResult", "output_names", "run_key", "MAX_NAME_BYTES"]
 
 
 # --------------------------------------------------------------------------- folders
@@ -100,49 +101,12 @@ class PredictSettings:
     """Class names of the ROI's features that make the region / are cut out of it (``--roi-include/-exclude``)."""
 
 
-MAX_NAME_BYTES = 200
-"""Longer output names are cut to 180 bytes + ``-`` + 8 hex digits of their hash, so that
-``NAME.geojson`` and the like stay within the 255 bytes a file name may have."""
-
-
-def _short(stem: str) -> str:
-    if len(os.fsencode(stem)) <= MAX_NAME_BYTES:
-        return stem
-    cut = stem
-    while len(os.fsencode(cut)) > 180:
-        cut = cut[:-1]
-    return f"{cut}-{hashlib.sha1(os.fsencode(stem)).hexdigest()[:8]}"
-
-
-def _safe_id(slide_id: str) -> str:
-    """A slide ID as a file name: characters other than letters, digits, ``.``, ``_``, ``-`` as ``_``."""
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in slide_id.strip())
-    return name if name.strip("._") else ""
-
-
-def output_names(paths: Sequence[Path], slide_ids: Sequence[str | None] | None = None) -> list[str]:
-    """A file-system-safe output name per slide: its slide ID where one is given (a manifest's
-    ``slide_id`` column, unsafe characters as ``_``), else its stem (cut with a hash when over
-    ``MAX_NAME_BYTES``), made unique when names repeat."""
-    ids = [_safe_id(i) if i else "" for i in (slide_ids or [None] * len(paths))]
-    stems = [_short(i or (p.name[: -len(p.suffix)] if p.suffix else p.name)) for p, i in zip(paths, ids)]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    names = []
-    for p, s in zip(paths, stems):
-        if counts[s] > 1:
-            s = f"{s}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
-        names.append(s)
-    return names
-
-
 _MODELS: dict[tuple[str, str, str], SlideClassifier] = {}
 
 
 def _model_for(settings: PredictSettings) -> SlideClassifier:
     """The checkpoint's model, loaded once per process (per dask worker)."""
-    key = (settings.checkpoint, settings.checkpoint_id, settings.device)
+    key = _model_key(settings)
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = load_model(settings.checkpoint, settings.device, feature_weights=settings.feature_weights)
@@ -152,6 +116,11 @@ def _model_for(settings: PredictSettings) -> SlideClassifier:
     if (cache is None) != (wanted is None) or (cache is not None and cache.directory != wanted):
         attach_feature_cache(model, settings.feature_cache)  # one cache per folder and process: its memory stays
     return model
+
+
+def _model_key(settings: PredictSettings) -> tuple[str, str, str]:
+    """What identifies a loaded model in this process: checkpoint file, its content id, device."""
+    return settings.checkpoint, settings.checkpoint_id, settings.device
 
 
 def _feature_cache(model):
@@ -216,15 +185,16 @@ def _labelled(row: dict, class_names: Sequence[str] | None, label: int | None, l
     return row
 
 
-def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
+def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
     """Predict one slide and write its map, overlay and done marker.
 
-    Runs in the calling process or on a dask worker. Returns the row for
-    ``predictions.csv``; raises on failure (the caller records it).
+    Runs in the calling process or on a dask worker. Returns the slide's
+    :class:`SlideResult` (its ``row`` is the row of ``predictions.csv``);
+    raises on failure (the caller records it).
     """
     from ..slide import open_slide
 
-    out = Path(settings.out_dir)
+    folder = ResultsFolder(settings.out_dir)
     model = _model_for(settings)
     mpp = settings.slide_mpp.get(str(path), settings.mpp)
     cache = _feature_cache(model)
@@ -237,7 +207,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
                              deterministic=settings.deterministic, workers=settings.workers,
                              sampler=settings.sampler, roi=roi)
         write_attention_zarr(
-            out / "maps" / f"{name}.zarr", pred.attention, cell_size_xy=pred.cell_size_xy,
+            folder.map(name), pred.attention, cell_size_xy=pred.cell_size_xy,
             origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
             metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
                       "checkpoint_path": os.path.abspath(settings.checkpoint),
@@ -253,10 +223,10 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
                                origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh,
                                title=prediction_title(pred.predicted_name, pred.probabilities[pred.predicted]))
         image = image if roi is None else outline_roi(image, roi, thumb_ds)
-        write_overlay_png(out / "overlays" / f"{name}.png", image)
+        write_overlay_png(folder.overlay(name), image)
         if settings.geojson:
-            write_geojson(out / "geojson" / f"{name}.geojson", pred, slide=str(path), slide_wh=slide.dimensions)
-        write_slide_exports(out, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
+            write_geojson(folder.geojson(name), pred, slide=str(path), slide_wh=slide.dimensions)
+        write_slide_exports(folder.root, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
                             features=settings.export_features, patches=settings.export_patches)
     row = {
         "slide": str(path),
@@ -267,7 +237,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
         "patches_read": pred.patches_read,
         "pixels_read": pred.pixels_read,
         "slide_pixels": pred.slide_pixels,
-        "fraction_read": f"{pred.pixels_read / pred.slide_pixels:.6f}",
+        "fraction_read": f"{pred.fraction_read:.6f}",
         "checkpoint": settings.checkpoint_id,
         "run_key": run_key(settings),
         "boxes_xywh": pred.boxes_xywh.tolist(),
@@ -275,18 +245,19 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> dict[str, An
     if cache is not None:  # features served by the cache / computed, for this slide
         stats = cache.take_stats()
         row.update(feature_hits=stats["hits"], feature_misses=stats["misses"], feature_disk_hits=stats["disk_hits"])
-    row["outputs"] = output_digests(out, _output_files(name, settings))  # the marker vouches for these
-    write_json_atomic(out / ".done" / f"{name}.json", row)
-    return row
+    row["outputs"] = output_digests(folder.root, _output_files(name, settings))  # the marker vouches for these
+    write_json_atomic(folder.marker(name), row)
+    return SlideResult(str(path), name, row, folder, pred)
 
 
 def _output_files(name: str, settings: PredictSettings) -> list[str]:
     """A slide's outputs (relative to ``out_dir``) that its done marker vouches for."""
-    return [f"maps/{name}.zarr", f"overlays/{name}.png", *([f"geojson/{name}.geojson"] if settings.geojson else []),
+    geojson = [ResultsFolder.geojson_rel(name)] if settings.geojson else []
+    return [ResultsFolder.map_rel(name), ResultsFolder.overlay_rel(name), *geojson,
             *export_files(name, features=settings.export_features, patches=settings.export_patches)]
 
 
-def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str, Any]:
+def _predict_owned(path: str, name: str, settings: PredictSettings) -> SlideResult:
     """:func:`predict_one` with this run's temporaries and the slide's done marker removed first."""
     with owned_by(settings.run_id) if settings.run_id else contextlib.nullcontext():
         invalidate_marker(settings.out_dir, name)
@@ -296,8 +267,10 @@ def _predict_owned(path: str, name: str, settings: PredictSettings) -> dict[str,
 def _predict_caught(path: str, name: str, settings: PredictSettings):
     """:func:`_predict_owned` on a dask worker: a slide's failure comes back as a value, so that the
     worker does not log it as a failed task with its traceback (the driver records it, one line)."""
-    try:
-        return _predict_owned(path, name, settings)
+    try:  # only the row travels back, not the prediction's arrays
+        result = _predict_owned(path, name, settings)
+        result.prediction = None
+        return result
     except Exception as exc:  # recorded by the driver in errors.csv; typed errors pickle with their reason
         return exc
 
@@ -315,32 +288,28 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _done_row(out: Path, name: str, checkpoint: str, key: str) -> dict | None:
-    marker = out / ".done" / f"{name}.json"
-    if not marker.is_file():
+def _done_row(folder: ResultsFolder, name: str, checkpoint: str, key: str) -> dict | None:
+    marker = folder.marker(name)
+    row = folder.read_marker(marker) if marker.is_file() else None
+    if row is None or row.get("checkpoint") != checkpoint or row.get("run_key") != key:
         return None
-    try:
-        row = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
+    if not folder.map(name).is_dir() or not folder.overlay(name).is_file():
         return None
-    if row.get("checkpoint") != checkpoint or row.get("run_key") != key:
-        return None
-    if not (out / "maps" / f"{name}.zarr").is_dir() or not (out / "overlays" / f"{name}.png").is_file():
-        return None
-    if not outputs_match(out, row.get("outputs")):  # a map / overlay of another run, or of none
+    if not outputs_match(folder.root, row.get("outputs")):  # a map / overlay of another run, or of none
         return None
     return row
 
 
-def _finished_and_todo(out: Path, paths, names, checkpoint: str, key: str, progress):
+def _finished_and_todo(folder: ResultsFolder, paths, names, checkpoint: str, key: str, progress, on_result):
     """``(rows of slides a same-settings run finished, [(path, name)] still to do)``."""
     rows: dict[str, dict] = {}
     todo = []
     for path, name in zip(paths, names):
-        row = _done_row(out, name, checkpoint, key)
+        row = _done_row(folder, name, checkpoint, key)
         if row is not None:
             rows[name] = row
             progress and progress(name, "skipped")
+            on_result and on_result(SlideResult(str(path), name, row, folder))
         else:
             todo.append((str(path), name))
     return rows, todo
@@ -356,6 +325,8 @@ def predict_slides(
     labels: Sequence[int | None] | None = None,
     slide_ids: Sequence[str | None] | None = None,
     splits: Sequence[str | None] | None = None,
+    model: SlideClassifier | None = None,
+    on_result: Callable[[SlideResult], None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
 
@@ -370,6 +341,12 @@ def predict_slides(
         slide_ids: each slide's ID (a manifest's ``slide_id``): a column, and
             the slide's output name (:func:`output_names`).
         splits: each slide's split (a manifest's): a column.
+        model: the checkpoint's model, already loaded by the caller (with
+            ``settings.feature_weights``): it is not loaded again. In process it
+            predicts (moved to ``settings.device``); with an ``executor`` only
+            its config is read here, and each worker loads its own.
+        on_result: called with each finished slide's :class:`SlideResult`
+            (skipped ones too, read back from their done markers).
 
     Returns:
         ``(rows, errors)`` in input order; also written to predictions.csv
@@ -380,20 +357,26 @@ def predict_slides(
     if not os.path.isfile(settings.checkpoint):
         raise CheckpointError(settings.checkpoint, "no such checkpoint file")
     settings.checkpoint_id = checkpoint_id(settings.checkpoint)
-    # A checkpoint that does not load fails the run here, not slide by slide.
-    model = (_model_for(settings) if executor is None
-             else load_model(settings.checkpoint, "cpu", feature_weights=settings.feature_weights))
+    # A checkpoint that does not load fails the run here, not slide by slide; it is loaded once.
+    if model is not None and executor is None:
+        _MODELS.clear()
+        _MODELS[_model_key(settings)] = model.to(settings.device).eval()
+    if executor is None:
+        model = _model_for(settings)
+    elif model is None:
+        model = load_model(settings.checkpoint, "cpu", feature_weights=settings.feature_weights)
     n_classes = int(model.config.n_classes)
     settings.out_dir = os.path.abspath(settings.out_dir)
     key = run_key(settings)
-    out = Path(settings.out_dir)
+    folder = ResultsFolder(settings.out_dir)
+    out = folder.root
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(os.path.abspath(p)) for p in slides]
     for what, values in (("labels", labels), ("slide IDs", slide_ids), ("splits", splits)):
         if values is not None and len(values) != len(slides):
             raise ValueError(f"{len(values)} {what} for {len(slides)} slides")
     names = output_names(paths, slide_ids)
-    rows, todo = _finished_and_todo(out, paths, names, settings.checkpoint_id, key, progress)
+    rows, todo = _finished_and_todo(folder, paths, names, settings.checkpoint_id, key, progress, on_result)
     errors: dict[str, dict] = {}
 
     class_names = list(model.config.class_names) if model.config.class_names else None
@@ -408,8 +391,8 @@ def predict_slides(
 
     def flush():
         try:
-            write_csv_atomic(out / "predictions.csv", [final(n) for n in names if n in rows], fields)
-            write_csv_atomic(out / "errors.csv", [errors[n] for n in names if n in errors],
+            write_csv_atomic(folder.predictions, [final(n) for n in names if n in rows], fields)
+            write_csv_atomic(folder.errors, [errors[n] for n in names if n in errors],
                              ["slide", "name", "error", "message"])
         except OSError as exc:  # a full or read-only disk: a typed error, not a traceback
             raise as_output_error(exc, out) or OutputError.from_os_error(out, exc) from None
@@ -428,16 +411,17 @@ def predict_slides(
         if isinstance(outcome, BaseException):
             record_failure(path, name, outcome)
         else:
-            rows[name] = outcome
+            rows[name] = outcome.row
             progress and progress(name, "done")
+            on_result and on_result(outcome)
         flush()
     flush()
     return [final(n) for n in names if n in rows], [errors[n] for n in names if n in errors]
 
 
 def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
-               executor) -> Iterator[tuple[str, str, dict | BaseException]]:
-    """``(path, name, row or exception)`` per slide of ``todo``, as each finishes.
+               executor) -> Iterator[tuple[str, str, SlideResult | BaseException]]:
+    """``(path, name, result or exception)`` per slide of ``todo``, as each finishes.
 
     In process (``executor`` None) slides run one after the other in this
     thread; on a ``dask.distributed`` client they run on its workers and come
@@ -461,6 +445,6 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
     for future in as_completed(list(futures)):
         path, name = futures[future]
         try:
-            yield path, name, future.result()  # a row, or the slide's exception as a value
+            yield path, name, future.result()  # a SlideResult, or the slide's exception as a value
         except Exception as exc:  # the task itself failed (a worker lost, a result that did not travel)
             yield path, name, exc

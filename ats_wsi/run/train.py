@@ -37,7 +37,8 @@ from ..metrics import roc_auc
 from ._aids import aid_losses, check_aids, set_exploration
 from ._running_stats import _RunningStats
 from ._schedule import all_mean, param_groups, set_lr
-from .cohort import SELECT, MidRunFailures, SlideChecks, bar_width, best_epoch, class_weights, open_slides
+from ._progress import ProgressFactory, open_bar
+from .cohort import SELECT, MidRunFailures, SlideChecks, best_epoch, class_weights, open_slides
 from .cohort_check import CohortError, CohortSummary, check_cohort, class_problems, summarise, write_summary
 from .outdir import epoch_checkpoints, hold_results_folder, prepare_run_folder, remove_stale_temporaries
 
@@ -206,7 +207,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: ProgressFactory | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_slide: Callable[..., None] | None = None,
     on_cohort: Callable[[CohortSummary], None] | None = None,
@@ -234,7 +235,8 @@ def train(
         resume: continue from ``out_dir/last.pt`` (or the newest ``checkpoints/epoch-NNN.pt``
             when the run stopped before writing it).
         overwrite: remove the folder's run files first.
-        progress: show a progress bar per epoch (stderr).
+        progress: ``progress(total, desc, unit) -> bar`` (:mod:`ats_wsi.run._progress`): a bar
+            per epoch and one for the slide checks, on rank 0 (the CLI draws tqdm bars; None: none).
         on_epoch: called with each epoch's metrics.
         on_slide: called after each training slide's backward pass as
             ``on_slide(epoch, row, slide_input, logits, result)``
@@ -393,7 +395,7 @@ class _Epoch:
     on_slide: Callable[..., None] | None = None
     failures: MidRunFailures | None = None
 
-    def run(self, epoch: int, inputs: SlideInputs, progress: bool) -> tuple[float, float]:
+    def run(self, epoch: int, inputs: SlideInputs, progress: ProgressFactory | None) -> tuple[float, float]:
         """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
         s = self.settings
         if self.failures is not None:
@@ -404,7 +406,7 @@ class _Epoch:
         self.net.train()
         tally = [[], 0, 0]  # losses, correct, seen
         n_batches = math.ceil(len(self.rows) / s.batch_size)
-        bar = _progress(n_batches, f"epoch {epoch + 1}/{s.epochs}", progress and self.procs.rank == 0)
+        bar = open_bar(progress if self.procs.rank == 0 else None, n_batches, f"epoch {epoch + 1}/{s.epochs}", "batch")
         for b in range(n_batches):
             self.step(epoch, order[b * s.batch_size:(b + 1) * s.batch_size], inputs, tally)
             if bar is not None:
@@ -469,12 +471,3 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
             shutil.copyfile(best_ckpt, tmp)
     cached = ["feature_hits", "feature_misses"] if settings.feature_cache else []
     write_csv_atomic(out / "metrics.csv", [asdict(m) for m in history], METRIC_FIELDS + cached)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, **bar_width())

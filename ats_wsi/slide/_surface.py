@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import RegionError
 from ._checks import positive_number
 from ._levels import nearest_level, thumbnail_geometry
+from .resolution import mpp_to_downsample
 
 __all__ = ["TISSUE_DOWNSAMPLE", "AssociatedImages", "OpenSlideSurface", "thumbnail_size"]
 
@@ -198,7 +199,7 @@ class OpenSlideSurface:
                 from .resolution import missing_mpp_reason
 
                 raise ResolutionError(self.path, missing_mpp_reason(f"a level at {mpp!r} µm/px was asked for", self))
-            downsample = positive_number(mpp, "mpp", self.path) / self.mpp
+            downsample = mpp_to_downsample(positive_number(mpp, "mpp", self.path), self.mpp)
         return nearest_level(self._levels, positive_number(downsample, "downsample", self.path))
 
     def level_array(self, level: int):

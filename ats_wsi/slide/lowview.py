@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RegionError, ResolutionError, SlideError
+from .resolution import missing_mpp_reason, mpp_to_downsample
 from ._tissue import histogram, otsu_threshold_of_histogram, saturation, tissue_mask
 
 __all__ = ["MAX_LOW_VIEW_PIXELS", "LowView", "LowViewReader", "TissueThreshold", "read_low_view"]
@@ -159,11 +160,9 @@ def _view_downsample(slide, downsample, mpp) -> float:
             raise ResolutionError(slide.path, f"the low view's µm/px must be a finite number > 0, got {mpp!r} "
                                               f"(--low-mpp, or the checkpoint's low_mpp)")
         if slide.mpp is None:
-            from .resolution import missing_mpp_reason
-
             raise ResolutionError(slide.path, missing_mpp_reason(f"the low view at {wanted:g} µm/px was asked for",
                                                                  slide))
-        ds = wanted / float(slide.mpp)
+        ds = mpp_to_downsample(wanted, slide.mpp)
         if not ds >= 1.0 / (1.0 + RESAMPLE_TOLERANCE):
             raise ResolutionError(slide.path, f"the low view at {wanted:g} µm/px is finer than the slide's level 0 "
                                               f"({float(slide.mpp):g} µm/px); the attention net needs a coarse "

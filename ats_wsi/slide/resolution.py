@@ -32,7 +32,8 @@ from ..errors import ResolutionError
 
 __all__ = [
     "DEFAULT_MPP_TOLERANCE", "MAX_MPP", "MIN_MPP", "ResolutionPlan", "plausible_mpp", "format_magnification", "magnification_to_mpp",
-    "mpp_to_magnification", "objective_power", "resolution_plan", "stored_levels",
+    "mpp_to_magnification", "objective_power", "resolution_plan", "stored_levels", "mpp_to_downsample",
+    "downsample_to_mpp",
 ]
 
 DEFAULT_MPP_TOLERANCE = 0.05
@@ -117,7 +118,21 @@ class ResolutionPlan:
     @property
     def read_mpp(self) -> float:
         """The µm/px actually delivered: ``slide_mpp x downsample`` (within tolerance of ``mpp``)."""
-        return self.slide_mpp * self.downsample
+        return downsample_to_mpp(self.downsample, self.slide_mpp)
+
+
+def mpp_to_downsample(mpp: float, slide_mpp: float) -> float:
+    """Level-0 pixels per pixel read at ``mpp`` µm/px from a slide of level-0 ``slide_mpp`` µm/px.
+
+    The one place µm/px becomes a downsample (``mpp / slide_mpp``): low views,
+    patch reads and ``Slide.level_for`` all go through it.
+    """
+    return float(mpp) / float(slide_mpp)
+
+
+def downsample_to_mpp(downsample: float, slide_mpp: float) -> float:
+    """µm/px of pixels ``downsample`` level-0 pixels wide, on a slide of level-0 ``slide_mpp`` µm/px."""
+    return float(slide_mpp) * float(downsample)
 
 
 def _positive(value, what: str, path) -> float:
@@ -177,9 +192,10 @@ def resolution_plan(slide, mpp: float, *, tolerance: float = DEFAULT_MPP_TOLERAN
     if slide.mpp is None:
         raise ResolutionError(path, missing_mpp_reason(f"patches at {target:g} µm/px were asked for", slide))
     slide_mpp = float(slide.mpp)
-    effective = target / slide_mpp
+    effective = mpp_to_downsample(target, slide_mpp)
     downsamples = slide.level_downsamples
-    fine_enough = [k for k in stored_levels(slide) if slide_mpp * downsamples[k] <= target * (1 + tol)]
+    fine_enough = [k for k in stored_levels(slide)
+                   if downsample_to_mpp(downsamples[k], slide_mpp) <= target * (1 + tol)]
     if not fine_enough:
         if not upsample:
             raise ResolutionError(path, f"patches at {target:g} µm/px are finer than the slide's level 0 "

@@ -147,26 +147,27 @@ def test_a_batch_of_slides_reads_and_encodes_only_the_boxes_the_cache_lacks(tiny
     """Training batches (several slides): cached boxes are neither read nor encoded; the
     features are those of the plain path, in the right slots."""
     from ats_wsi import open_slide
+    from ats_wsi.classifier.features import EncoderFeatures
     from ats_wsi.patches import SlideSource
 
     spec = spec_dict("export", tiny_files["export"])
     encoder = build_model(_config(spec)).sampler.feature_net
     opened = [open_slide(p) for p in slides["paths"][:2]]
     source = SlideSource(opened, 0, low_downsample=16.0, mpp=1.0, workers=1)
-    like = torch.zeros(1)
+    like, step = torch.zeros(1), EncoderFeatures()
     xy = torch.tensor([[[0, 0], [100, 40], [300, 500], [640, 64]], [[32, 32], [900, 700], [64, 0], [500, 500]]])
-    _, plain = encoder.features_at(source, xy, 32, like)
+    _, plain = step(encoder, source, xy, 32, like)
     cache = FeatureCache()
     attach_feature_cache(encoder, cache)
-    encoder.features_at(source, xy[:, [0, 2]], 32, like)  # boxes 0 and 2 of both slides cached
+    step(encoder, source, xy[:, [0, 2]], 32, like)  # boxes 0 and 2 of both slides cached
     cache.take_stats()
     before = source.patches_read
-    _, got = encoder.features_at(source, xy, 32, like)
+    _, got = step(encoder, source, xy, 32, like)
     assert source.patches_read - before == 4  # boxes 1 and 3 of each slide
     assert cache.take_stats() == {"hits": 4, "misses": 4, "disk_hits": 0, "broken": 0}
     torch.testing.assert_close(got, plain, rtol=0, atol=1e-6)
     before = source.patches_read
-    encoder.features_at(source, xy, 32, like)
+    step(encoder, source, xy, 32, like)
     assert source.patches_read == before  # everything cached: nothing read
     for s in opened:
         s.close()

@@ -241,7 +241,7 @@ case("sparse.tif:read_low_view(downsample=8)", "sparse.tif", expect=("typed",))(
 def _low_input(p):
     from ats_wsi.classifier import ModelConfig, SlideInput
 
-    config = ModelConfig(**{**_TINY, "low_downsample": 1e-9})  # the dataclass itself, not validated
+    config = ModelConfig(**{**_TINY, "low_downsample": 1e-9})  # the dataclass refuses it (ConfigError)
     SlideInput(p, config, workers=1).close()
     return False
 

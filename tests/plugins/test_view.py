@@ -28,7 +28,7 @@ README = MANIFEST_PATH.parent / "README.md"
 def _predict(slide: Path, checkpoint: Path, results: Path) -> dict:
     """The real batch path: maps/NAME.zarr, overlays/NAME.png, .done/NAME.json."""
     return predict_one(str(slide), slide.stem, PredictSettings(checkpoint=str(checkpoint), out_dir=str(results),
-                                                               n_patches=4))
+                                                               n_patches=4)).row
 
 
 @pytest.fixture

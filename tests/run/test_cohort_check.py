@@ -221,3 +221,33 @@ def test_a_slide_without_any_mpp_is_named_with_the_fix_when_the_model_reads_in_m
         "ResolutionError: the slide has no µm/px in its metadata and the model reads in µm/px: give the true µm/px "
         "in the manifest's mpp column, or --mpp for every slide"]
     assert "cannot be read or used" in str(UnreadableSlides(manifest, bad, 2))
+
+
+class _Bar:
+    """A progress bar that records what run/ told it (the CLI's is a tqdm)."""
+
+    def __init__(self, log, total, desc, unit):
+        self.log, self.done = log, 0
+        log.append(("open", total, desc, unit))
+
+    def update(self, n=1):
+        self.done += n
+
+    def set_postfix(self, **values):
+        self.log.append(("postfix", sorted(values)))
+
+    def close(self):
+        self.log.append(("close", self.done))
+
+
+def test_train_reports_progress_through_the_callback_and_draws_nothing(slides, tmp_path):
+    manifest = _manifest(tmp_path / "m.csv", [(p, lab, "train") for p, lab in slides])
+    log = []
+    train(manifest, tmp_path / "run", ModelConfig(**TINY), _settings(epochs=2, check_tiles=0),
+          progress=lambda total, desc, unit: _Bar(log, total, desc, unit))
+    batches = -(-len(slides) // 2)
+    opened = [e for e in log if e[0] in ("open", "close")]
+    assert opened == [("open", len(slides), "checking slides", "slide"), ("close", len(slides)),
+                      ("open", batches, "epoch 1/2", "batch"), ("close", batches),
+                      ("open", batches, "epoch 2/2", "batch"), ("close", batches)]
+    assert ("postfix", ["acc", "loss"]) in log
