@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -33,7 +34,7 @@ from .model import AttentionSampler
 from .sampling import entropy_regularizer, sample
 from .sampling.nested import nested_expectation, sample_within
 
-__all__ = ["ZoomResult", "ZoomSampler"]
+__all__ = ["ZoomRecord", "ZoomResult", "ZoomSampler", "zoom_record"]
 
 
 class ZoomResult(NamedTuple):
@@ -65,6 +66,54 @@ class ZoomResult(NamedTuple):
     patch_xy0: Tensor
     patch_features: Tensor
     entropy_loss: Tensor
+
+
+class ZoomRecord(NamedTuple):
+    """One slide's zoom in level-0 pixels, as plain arrays (what :func:`ats_wsi.geojson.zoom_geojson` writes).
+
+    Attributes:
+        region_boxes: float64 ``[n1, 4]``, ``(x, y, w, h)`` of each drawn region, in draw order.
+        region_probability: float64 ``[n1]``, each region's stage-1 probability.
+        stage1_cells: int, cells of the stage-1 map (``attention x cells``: 1 = uniform).
+        zoom_attention: float64 ``[n1, h2, w2]``, each region's stage-2 map.
+        zoom_cell_size_xy: ``(cw, ch)`` of a stage-2 cell.
+        zoom_origin_xy: float64 ``[n1, 2]``, the corner of each region's cell (0, 0).
+        patch_boxes: float64 ``[n1, n2, 4]``, ``(x, y, w, h)`` of each patch read.
+        patch_probability: float64 ``[n1, n2]``, each patch's stage-2 probability in its region.
+    """
+
+    region_boxes: np.ndarray
+    region_probability: np.ndarray
+    stage1_cells: int
+    zoom_attention: np.ndarray
+    zoom_cell_size_xy: tuple[float, float]
+    zoom_origin_xy: np.ndarray
+    patch_boxes: np.ndarray
+    patch_probability: np.ndarray
+
+
+def zoom_record(result: ZoomResult, source, b: int = 0, zoom_receptive_field=0) -> ZoomRecord:
+    """Slide ``b`` of a :class:`ZoomResult` as a :class:`ZoomRecord` (numpy, level-0 pixels).
+
+    Args:
+        result: what :meth:`ZoomSampler.forward` returned.
+        source: the :class:`~ats_wsi.patches.zoom_source.ZoomSource` it read from.
+        b: the batch element.
+        zoom_receptive_field: the stage-2 net's ``rf`` (the sampler's ``stage2.receptive_field``).
+    """
+    a2 = result.zoom_attention[b].detach().cpu().double().numpy()
+    size, origin = source.zoom_cell_grid(b, a2.shape[-2:], zoom_receptive_field)
+    corners = result.region_xy0[b].cpu().double().numpy()
+    return ZoomRecord(
+        region_boxes=source.boxes_level0(result.region_xy0[b:b + 1], "region")[0].double().numpy(),
+        region_probability=result.region_attention[b].detach().cpu().double().numpy(),
+        stage1_cells=int(result.attention[b].numel()),
+        zoom_attention=a2,
+        zoom_cell_size_xy=(float(size[0]), float(size[1])),
+        zoom_origin_xy=corners + np.asarray(origin, dtype=np.float64),
+        patch_boxes=source.boxes_level0(result.patch_xy0[b:b + 1], "patch")[0].double().numpy(),
+        patch_probability=result.sampled_attention[b].detach().cpu().double().numpy(),
+    )
 
 
 class ZoomSampler(nn.Module):

@@ -143,3 +143,51 @@ def test_a_source_of_another_batch_is_refused(slide_and_view):
     with pytest.raises(SamplingError, match="1 slides for a batch of 2"):
         model(x_low.expand(2, -1, -1, -1), source)
     source.close()
+
+
+def test_the_zoom_as_geojson_places_regions_tiles_and_patches_on_the_slide(slide_and_view):
+    import json
+
+    from ats_wsi.geojson import zoom_geojson
+    from ats_wsi.zoom import zoom_record
+
+    slide, x_low = slide_and_view
+    stage1, stage2 = _nets()
+    nn.init.normal_(stage1.weight, std=0.5), nn.init.normal_(stage2.weight, std=0.5)
+    model = ZoomSampler(stage1, stage2, Darkness(), N1, N2)
+    source = _source(slide)
+    with torch.no_grad():
+        out = model(x_low, source, generator=torch.Generator().manual_seed(5))
+    data = json.loads(json.dumps(zoom_geojson(zoom_record(out, source), slide="s.tif")))
+    by_kind = {}
+    for f in data["features"]:
+        by_kind.setdefault(f["properties"]["name"].split(" ")[0], []).append(f)
+    regions, tiles, patches = by_kind["zoom"][:N1], by_kind["zoom"][N1:], by_kind["patch"]
+    assert [f["properties"]["name"] for f in regions] == [f"zoom region {k + 1}" for k in range(N1)]
+    assert len(patches) == N1 * N2 and all(f["properties"]["name"] == "zoom tile" for f in tiles)
+    side0 = round(64 * source.zoom_downsample(0))  # 256 level-0 px (the level is 3.999x, boxes are rounded)
+    for k, f in enumerate(regions):
+        x, y = out.region_xy0[0, k].tolist()
+        assert f["geometry"]["coordinates"][0][:3] == [[x, y], [x + side0, y], [x + side0, y + side0]]
+        assert f["properties"]["measurements"]["attention_probability"] == pytest.approx(
+            float(out.region_attention[0, k]))
+
+    def box(f):
+        ring = np.asarray(f["geometry"]["coordinates"][0])
+        return ring.min(axis=0), ring.max(axis=0)
+
+    for f in tiles + patches:
+        k = f["properties"]["measurements"]["region"] - 1
+        lo, hi = box(f)
+        x, y = out.region_xy0[0, k].tolist()
+        centre = (lo + hi) / 2
+        assert x <= centre[0] <= x + side0 and y <= centre[1] <= y + side0
+    # the strongest tile of region 1: its cell's box and attention x 64 cells
+    a2 = out.zoom_attention[0, 0]
+    r, c = divmod(int(a2.argmax()), 8)
+    first = [f for f in tiles if f["properties"]["measurements"]["region"] == 1][0]
+    x, y = out.region_xy0[0, 0].tolist()
+    cell0 = 8 * source.zoom_downsample(0)  # 8 px at 1 µm/px: 32 level-0 px a cell (31.99: the level is 3.999x)
+    assert box(first)[0].tolist() == pytest.approx([x + c * cell0, y + r * cell0])
+    assert first["properties"]["measurements"]["attention"] == pytest.approx(float(a2.max()) * 64)
+    source.close()

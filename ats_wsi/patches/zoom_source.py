@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SamplingError
-from ..geometry import cell_centre_level0, region_xy0, size_wh, zoom_cell_to_xy0
+from ..geometry import cell_centre_level0, cell_grid_level0, region_xy0, size_wh, zoom_cell_to_xy0
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE
 from ._buffers import check_read_bytes
 from .reader import PatchReader
@@ -212,6 +212,12 @@ class ZoomSource:
         sizes = torch.tensor([[math.floor(v * ds(b) + 0.5) for v in wh] for b in range(len(self.slides))])
         sizes = sizes.reshape(len(self.slides), *([1] * (corners_xy0.dim() - 2)), 2).expand_as(corners_xy0.cpu())
         return torch.cat([corners_xy0.cpu().long(), sizes], dim=-1)
+
+    def zoom_cell_grid(self, b: int, map_shape, receptive_field=0) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Where a region's stage-2 cells lie: ``((cw, ch), (ox, oy))`` in level-0 pixels, the
+        origin relative to the region's corner (:func:`~ats_wsi.geometry.cell_grid_level0`)."""
+        return cell_grid_level0(low_shape=self.region_wh[::-1], map_shape=map_shape,
+                                low_downsample=self.zoom_downsample(b), receptive_field=receptive_field)
 
     def close(self) -> None:
         """Stop the readers (the slides stay open). Idempotent."""
