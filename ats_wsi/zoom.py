@@ -119,6 +119,9 @@ def zoom_record(result: ZoomResult, source, b: int = 0, zoom_receptive_field=0) 
 class ZoomSampler(nn.Module):
     """Two attention stages over a slide: regions over the low view, cells inside each drawn region.
 
+    The nets see pixels scaled to [0, 1] (the regions and patches as read,
+    ``x_low`` as given): put any normalisation inside them.
+
     Args:
         attention_net: stage 1, ``x_low [B, C, h, w] -> logits [B, 1, h1, w1]``
             (or probabilities, as :class:`AttentionSampler` accepts).

@@ -21,7 +21,10 @@ Slides are written once into ``benchmarks/_data/`` (git-ignored) by
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +74,7 @@ def measure(size: int, n1: int, n2: int, zoom_size: float) -> dict:
         w, h = slide.dimensions
         whole = round(w / regions.downsample) * round(h / regions.downsample)
         row = dict(size=size, low=tuple(low.shape[-2:]), seconds=sorted(times)[1],
-                   region_px=regions.stats.pixels_read // 3, patch_px=patches.stats.pixels_read // 3,
+                   region_px=regions.stats.pixels_read / 3, patch_px=patches.stats.pixels_read / 3,
                    whole_zoom_px=whole, rss_growth_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
         source.close()
         return row
@@ -83,16 +86,23 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=8)
     parser.add_argument("--patches", type=int, default=8)
     parser.add_argument("--zoom-size", type=float, default=512.0, help="region side in µm")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process measuring one size
     args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(measure(args.one, args.regions, args.patches, args.zoom_size)))
+        return
     print(f"n1 = {args.regions} regions of {args.zoom_size:g} µm at 2 µm/px, n2 = {args.patches} patches "
           f"of 128 px at 0.5 µm/px per region; per pass (median of 3):")
-    print(f"{'slide':>13} {'low view':>11} {'s/pass':>7} {'region px':>10} {'patch px':>9} "
+    print(f"{'slide':>13} {'low view':>13} {'s/pass':>7} {'region px':>10} {'patch px':>9} "
           f"{'whole @2µm':>11} {'ratio':>6} {'RSS +MB':>8}")
-    for size in args.sizes:
-        r = measure(size, args.regions, args.patches, args.zoom_size)
-        region_px = r["region_px"] / 3  # three passes
-        print(f"{size:>6} x {size:<6d}{str(r['low']):>11} {r['seconds']:7.3f} {region_px:10.3g} "
-              f"{r['patch_px'] / 3:9.3g} {r['whole_zoom_px']:11.3g} {r['whole_zoom_px'] / region_px:6.1f} "
+    for size in args.sizes:  # each size in its own process: its peak RSS is its own
+        _slide(size)
+        child = subprocess.run([sys.executable, __file__, "--one", str(size), "--regions", str(args.regions),
+                                "--patches", str(args.patches), "--zoom-size", str(args.zoom_size)],
+                               check=True, capture_output=True, text=True)
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"{size:>6} x {size:<6d}{str(tuple(r['low'])):>13} {r['seconds']:7.3f} {r['region_px']:10.3g} "
+              f"{r['patch_px']:9.3g} {r['whole_zoom_px']:11.3g} {r['whole_zoom_px'] / r['region_px']:6.1f} "
               f"{r['rss_growth_mb']:8.1f}")
 
 

@@ -156,17 +156,17 @@ class ZoomSource:
         """
         self._check_lead(corners_xy0, 3, "region corners")
         rows, cols = self.region_wh[1], self.region_wh[0]
-        masks, outside = [], False
+        axes = []  # per slide: (y inside [n1, rows], x inside [n1, cols]); the [n1, R, R] mask only if needed
         for b, slide in enumerate(self.slides):
             w, h = slide.dimensions
             ds = self.zoom_downsample(b)
             xy = corners_xy0[b].cpu().double()
-            x = xy[:, 0, None] + (torch.arange(cols, dtype=torch.float64) + 0.5) * ds  # [n1, cols]
-            y = xy[:, 1, None] + (torch.arange(rows, dtype=torch.float64) + 0.5) * ds  # [n1, rows]
-            inside = ((y >= 0) & (y < h))[:, :, None] & ((x >= 0) & (x < w))[:, None, :]
-            outside |= not bool(inside.all())
-            masks.append(inside)
-        return torch.stack(masks).to(corners_xy0.device) if outside else None
+            x = xy[:, 0, None] + (torch.arange(cols, dtype=torch.float64) + 0.5) * ds
+            y = xy[:, 1, None] + (torch.arange(rows, dtype=torch.float64) + 0.5) * ds
+            axes.append(((y >= 0) & (y < h), (x >= 0) & (x < w)))
+        if all(bool(y.all()) and bool(x.all()) for y, x in axes):
+            return None
+        return torch.stack([y[:, :, None] & x[:, None, :] for y, x in axes]).to(corners_xy0.device)
 
     def patch_corners(self, cells: Tensor, corners_xy0: Tensor, *, map_shape, receptive_field=0) -> Tensor:
         """Level-0 top-left corners of the patches of the drawn stage-2 cells.
