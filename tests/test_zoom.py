@@ -191,3 +191,25 @@ def test_the_zoom_as_geojson_places_regions_tiles_and_patches_on_the_slide(slide
     assert box(first)[0].tolist() == pytest.approx([x + c * cell0, y + r * cell0])
     assert first["properties"]["measurements"]["attention"] == pytest.approx(float(a2.max()) * 64)
     source.close()
+
+
+def test_regions_drawn_with_replacement_and_a_tissue_mask(slide_and_view):
+    """Stage 1 with replacement over a mask of 2 cells: 6 draws land only on those cells, a
+    region drawn twice gets its own stage-2 draws, and the estimate still backpropagates."""
+    slide, x_low = slide_and_view
+    stage1, stage2 = _nets()
+    nn.init.normal_(stage2.weight, std=0.5)
+    model = ZoomSampler(stage1, stage2, Darkness(), 6, 4, replace_regions=True, replace=False)
+    mask = torch.zeros(1, 31, 46, dtype=torch.bool)
+    mask[0, 10, 20] = mask[0, 15, 30] = True
+    source = _source(slide)
+    out = model(x_low, source, mask, generator=torch.Generator().manual_seed(2))
+    drawn = {tuple(p) for p in out.region_positions[0].tolist()}
+    assert drawn <= {(10, 20), (15, 30)}
+    assert torch.allclose(out.region_attention, torch.full((1, 6), 0.5))
+    cells = [tuple(p) for p in out.region_positions[0].tolist()]
+    same = [i for i in range(6) if cells[i] == max(drawn, key=cells.count)]  # 6 draws on 2 cells: one repeats
+    assert len(same) >= 2 and any(not torch.equal(out.positions[0, same[0]], out.positions[0, j]) for j in same[1:])
+    out.features.sum().backward()
+    assert stage2.weight.grad.abs().sum() > 0
+    source.close()

@@ -142,3 +142,27 @@ def test_region_reads_are_bounded_before_allocation(tiff_pyramid_deflate):
         with pytest.raises(RegionError, match="needs"):
             source.read_regions(torch.zeros(1, 200, 2, dtype=torch.long))  # 200 x 16384² x 3 = 150 GiB
         source.close()
+
+
+def test_two_slides_of_different_mpp_read_the_same_physical_regions(tiff_pyramid_deflate, vips_deflate):
+    """0.25 and 0.5 µm/px slides in one batch: regions of the same µm size and pixel count, each
+    read from its own level, each slide's boxes in its own level-0 pixels."""
+    with open_slide(tiff_pyramid_deflate.path) as fine, open_slide(vips_deflate.path) as coarse:
+        source = ZoomSource([fine, coarse], low_downsample=[64.0, 32.0], zoom_mpp=ZOOM_MPP, zoom_size=ZOOM_UM,
+                            patch_mpp=0.5, patch_size=PATCH, cache_bytes=0)
+        assert (source.zoom_downsample(0), source.zoom_downsample(1)) == (pytest.approx(4.0, rel=1e-3), 2.0)
+        assert (source.patch_downsample(0), source.patch_downsample(1)) == (pytest.approx(2.0, rel=1e-3), 1.0)
+        cells = torch.tensor([[[5, 7], [10, 20]], [[5, 7], [10, 20]]])  # 16 µm cells on both: same places in µm
+        corners = source.region_corners(cells, low_shape=(31, 46), map_shape=(31, 46))
+        # cell centre in µm: (7.5 · 16, 5.5 · 16) = (120, 88) µm -> region corner (56, 24) µm
+        assert corners[0, 0].tolist() == [224, 96] and corners[1, 0].tolist() == [112, 48]
+        regions = source.read_regions(corners)
+        assert regions.shape == (2, 2, 3, 128, 128)
+        for b, slide in enumerate((fine, coarse)):
+            reader = source.region_readers[b]
+            for i, (x, y) in enumerate(corners[b].tolist()):
+                ref = slide.read_region((x, y), reader.level, (128, 128))
+                assert np.array_equal(regions[b, i].permute(1, 2, 0).numpy(), ref)
+        sizes = source.boxes_level0(corners, "region")[..., 2:]
+        assert sizes[0].unique().tolist() == [512] and sizes[1].unique().tolist() == [256]
+        source.close()
