@@ -130,6 +130,8 @@ def test_deterministic_prediction_takes_the_top_cells_and_sampling_stays_the_def
         out = model(x_low, source)
         top = out.attention.flatten(1).topk(N1).indices
         assert (out.region_positions[..., 0] * 46 + out.region_positions[..., 1] == top).all()
+        top2 = out.zoom_attention.flatten(2).topk(N2).indices  # [1, n1, n2]: each region's own top cells
+        assert (out.positions[..., 0] * 8 + out.positions[..., 1] == top2).all()
         a = model(x_low, source, deterministic=False, generator=torch.Generator().manual_seed(3))
         b = model(x_low, source, deterministic=False, generator=torch.Generator().manual_seed(4))
     assert not torch.equal(a.positions, b.positions) or not torch.equal(a.region_positions, b.region_positions)
