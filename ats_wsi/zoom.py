@@ -31,10 +31,12 @@ from torch import Tensor, nn
 from .encoders.features import as_float
 from .errors import SamplingError
 from .model import AttentionSampler
+from .patches.zoom_source import ZoomSource
+from .slide.lowview import read_low_view
 from .sampling import entropy_regularizer, sample
 from .sampling.nested import nested_expectation, sample_within
 
-__all__ = ["ZoomRecord", "ZoomResult", "ZoomSampler", "zoom_record"]
+__all__ = ["ZoomRecord", "ZoomResult", "ZoomSampler", "zoom_inputs", "zoom_record"]
 
 
 class ZoomResult(NamedTuple):
@@ -236,3 +238,31 @@ class ZoomSampler(nn.Module):
                                      generator=generator, deterministic=deterministic)
         flat = cells[..., 0] * a2.shape[-1] + cells[..., 1]
         return cells, a2.flatten(2).gather(2, flat)
+
+
+def zoom_inputs(slide, *, zoom_mpp: float, zoom_size: float, patch_mpp: float, patch_size,
+                low_mpp: float | None = None, low_downsample: float | None = None,
+                device: str | torch.device = "cpu", **reader_args) -> tuple[Tensor, Tensor, ZoomSource]:
+    """One slide made ready for :meth:`ZoomSampler.forward`: ``(x_low, mask, source)``.
+
+    Args:
+        slide: an open :class:`ats_wsi.slide.Slide` whose µm/px is known.
+        zoom_mpp, zoom_size, patch_mpp, patch_size: as in :class:`ZoomSource`.
+        low_mpp / low_downsample: the low view's resolution (exactly one;
+            :func:`ats_wsi.slide.lowview.read_low_view`).
+        device: where ``x_low``, the mask and the source's reads go.
+        reader_args: ``workers``, ``cache_bytes``, ... for the source's readers.
+
+    Returns:
+        ``x_low`` float ``[1, 3, h, w]`` in [0, 1], its tissue mask bool
+        ``[1, h, w]`` (pooled onto the stage-1 grid by the model), and a
+        :class:`ZoomSource` over the slide (close it when done).
+    """
+    if (low_mpp is None) == (low_downsample is None):
+        raise SamplingError(f"give exactly one of low_mpp and low_downsample, got {low_mpp!r} and {low_downsample!r}")
+    view = read_low_view(slide, mpp=low_mpp) if low_mpp is not None else read_low_view(slide, downsample=low_downsample)
+    x_low = torch.from_numpy(np.ascontiguousarray(view.image)).permute(2, 0, 1)[None].to(device).float() / 255
+    mask = torch.from_numpy(np.ascontiguousarray(view.mask))[None].to(device)
+    source = ZoomSource([slide], low_downsample=view.downsample, zoom_mpp=zoom_mpp, zoom_size=zoom_size,
+                        patch_mpp=patch_mpp, patch_size=patch_size, device=device, **reader_args)
+    return x_low, mask, source

@@ -215,3 +215,27 @@ def test_regions_drawn_with_replacement_and_a_tissue_mask(slide_and_view):
     out.features.sum().backward()
     assert stage2.weight.grad.abs().sum() > 0
     source.close()
+
+
+def test_a_slide_file_end_to_end_with_zoom_inputs(tmp_path):
+    """write_synthetic_slide (Aperio JPEG, 0.5 µm/px) -> zoom_inputs at 8 µm/px -> one pass;
+    the low view is the slide at 8 µm/px and the draws stay on its tissue."""
+    from ats_wsi.data.synthetic import write_synthetic_slide
+    from ats_wsi.zoom import zoom_inputs
+
+    write_synthetic_slide(tmp_path / "s.svs", 1536, 1024, seed=3, n_lesions=1, lesion_size_um=(60.0, 120.0))
+    with open_slide(tmp_path / "s.svs") as slide:
+        x_low, mask, source = zoom_inputs(slide, low_mpp=8.0, zoom_mpp=2.0, zoom_size=128.0, patch_mpp=0.5,
+                                          patch_size=32, cache_bytes=0)
+        assert x_low.shape == (1, 3, 64, 96) and mask.shape == (1, 64, 96) and 0 < mask.float().mean() < 1
+        assert source.region_wh == (64, 64) and source.zoom_downsample(0) == 4.0
+        stage1, stage2 = _nets()  # 2 x 2 px cells at 8 µm/px; regions of 64 px -> 8 x 8 cells
+        out = ZoomSampler(stage1, stage2, Darkness(), 3, 2)(x_low, source, mask,
+                                                           generator=torch.Generator().manual_seed(0))
+        grid = nn.functional.max_pool2d(mask[:, None].float(), 2)[:, 0].bool()  # tissue cells of the map
+        assert grid[0][out.region_positions[0, :, 0], out.region_positions[0, :, 1]].all()
+        assert out.features.shape == (1, 1) and torch.isfinite(out.features).all()
+        source.close()
+    with pytest.raises(SamplingError, match="exactly one of low_mpp"):
+        with open_slide(tmp_path / "s.svs") as slide:
+            zoom_inputs(slide, zoom_mpp=2.0, zoom_size=128.0, patch_mpp=0.5, patch_size=32)
