@@ -73,9 +73,10 @@ def measure(size: int, n1: int, n2: int, zoom_size: float) -> dict:
         regions, patches = source.region_readers[0], source.patch_readers[0]
         w, h = slide.dimensions
         whole = round(w / regions.downsample) * round(h / regions.downsample)
+        growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
         row = dict(size=size, low=tuple(low.shape[-2:]), seconds=sorted(times)[1],
-                   region_px=regions.stats.pixels_read / 3, patch_px=patches.stats.pixels_read / 3,
-                   whole_zoom_px=whole, rss_growth_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+                   region_px=regions.stats.pixels_read / 3, patch_px=patches.stats.pixels_read / 3,  # 3 passes
+                   whole_zoom_px=whole, rss_growth_mb=growth)
         source.close()
         return row
 
