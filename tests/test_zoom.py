@@ -64,6 +64,12 @@ def test_one_pass_has_the_shapes_and_the_gradients_reach_every_net(slide_and_vie
     assert out.attention.shape == (1, 31, 46) and out.zoom_attention.shape == (1, N1, 8, 8)
     assert out.region_positions.shape == (1, N1, 2) and out.positions.shape == (1, N1, N2, 2)
     assert out.patch_xy0.shape == (1, N1, N2, 2) and out.patch_features.shape == (1, N1, N2, 4)
+    # the probabilities the estimator weighs are the maps' own at the drawn cells
+    r, c = out.region_positions[0].unbind(-1)
+    assert torch.equal(out.region_attention[0], out.attention[0, r, c])
+    for k in range(N1):
+        r2, c2 = out.positions[0, k].unbind(-1)
+        assert torch.equal(out.sampled_attention[0, k], out.zoom_attention[0, k, r2, c2])
     # each patch lies inside its region's square
     side0 = 64 * source.zoom_downsample(0)
     centre = out.patch_xy0 + 16 * source.patch_downsample(0)
