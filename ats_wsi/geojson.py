@@ -42,7 +42,7 @@ from .atomic import atomic_path
 from .outputs import attention_scale
 
 __all__ = ["TOP_QUANTILE", "DETECTION_FLOOR", "REGION_FLOOR", "MAX_DETECTIONS", "attention_regions",
-           "attention_detections", "prediction_geojson", "write_geojson"]
+           "attention_detections", "prediction_geojson", "write_geojson", "zoom_geojson"]
 
 TOP_QUANTILE = 0.9
 """Cells at or above this quantile of the attention map are outlined (the top 10 %)."""
@@ -60,6 +60,8 @@ PATCH_CLASS = {"name": "ats-wsi patch", "color": [0, 255, 255]}
 DETECTION_CLASS = {"name": "ats-wsi attention tile", "color": [215, 48, 39]}
 _CLASS_COLOURS = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [140, 86, 75]]
 REGION_CLASS = {"name": "ats-wsi attention", "color": [252, 141, 89]}
+ZOOM_REGION_CLASS = {"name": "ats-wsi zoom region", "color": [255, 255, 0]}
+ZOOM_TILE_CLASS = {"name": "ats-wsi zoom tile", "color": [117, 107, 177]}
 
 # directed boundary edges, each with the region on its right in (x right, y down) coordinates
 _STEPS = {(1, 0): "E", (0, 1): "S", (-1, 0): "W", (0, -1): "N"}
@@ -289,3 +291,46 @@ def write_geojson(path: str | os.PathLike, prediction, **kwargs) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(data), encoding="utf-8")
     return Path(path)
+
+
+def zoom_geojson(record, *, slide: str | None = None) -> dict:
+    """A slide's zoom (two attention stages) as a GeoJSON FeatureCollection in level-0 pixels.
+
+    - one annotation per drawn region, ``zoom region K`` (draw order), with
+      ``attention_probability`` (stage 1) and ``attention`` (× the stage-1
+      map's cells, 1 = uniform);
+    - each region's stage-2 map as detection tiles ``zoom tile`` (cells of at
+      least :data:`DETECTION_FLOOR` × uniform of that region's map), with
+      ``attention`` (× the region map's cells) and ``region`` (K);
+    - one annotation per patch read, ``patch K.L`` (region K, draw L), with
+      ``attention_probability`` (stage 2, in its region), ``region`` and ``draw_order``.
+
+    Args:
+        record: a :class:`ats_wsi.zoom.ZoomRecord` (or anything with its fields).
+        slide: the slide's path, recorded in the collection's properties.
+    """
+    features = []
+    cells1 = max(int(record.stage1_cells), 1)
+    for k, (box, p) in enumerate(zip(np.asarray(record.region_boxes, dtype=np.float64),
+                                     np.asarray(record.region_probability, dtype=np.float64))):
+        features.append(_feature([_box_ring(*map(float, box))], f"zoom region {k + 1}", ZOOM_REGION_CLASS,
+                                 {"attention": float(p) * cells1, "attention_probability": float(p),
+                                  "draw_order": k + 1}))
+    for k, (a2, origin) in enumerate(zip(np.asarray(record.zoom_attention), np.asarray(record.zoom_origin_xy))):
+        for tile in attention_detections(a2, record.zoom_cell_size_xy, origin):
+            tile["properties"].update(name="zoom tile", classification=dict(ZOOM_TILE_CLASS))
+            tile["properties"]["measurements"]["region"] = k + 1
+            features.append(tile)
+    boxes = np.asarray(record.patch_boxes, dtype=np.float64)
+    probability = np.asarray(record.patch_probability, dtype=np.float64)
+    for k in range(boxes.shape[0]):
+        for j in range(boxes.shape[1]):
+            features.append(_feature([_box_ring(*map(float, boxes[k, j]))], f"patch {k + 1}.{j + 1}", PATCH_CLASS,
+                                     {"attention_probability": float(probability[k, j]), "region": k + 1,
+                                      "draw_order": j + 1}))
+    properties = {"coordinates": "level-0 pixels (x right, y down)",
+                  "attention_unit": "attention x cells of its own map (1 = uniform)",
+                  "detection_floor": DETECTION_FLOOR}
+    if slide is not None:
+        properties["slide"] = str(slide)
+    return {"type": "FeatureCollection", "properties": properties, "features": features}

@@ -52,6 +52,9 @@ __all__ = [
     "cell_grid_level0",
     "cell_transform",
     "snap_to_grid",
+    "cell_centre_level0",
+    "region_xy0",
+    "zoom_cell_to_xy0",
 ]
 
 
@@ -215,6 +218,88 @@ def snap_to_grid(xy, patch_size):
 
 
 # --------------------------------------------------------------------------
+# Zoom: a stage-1 cell -> a region read at a finer µm/px -> stage-2 cells -> patch boxes.
+
+def cell_centre_level0(cells, *, low_shape, map_shape, low_downsample: float, receptive_field=0):
+    """Level-0 ``(x, y)`` of the centre of each attention cell's block.
+
+    Args:
+        cells: int ``[..., 2]``, ``(row, col)`` on the attention map.
+        low_shape, map_shape, low_downsample, receptive_field: as in
+            :func:`cell_grid_level0`.
+
+    Returns:
+        float64 ``[..., 2]``: ``(ox + (col + 1/2) · cw, oy + (row + 1/2) · ch)``,
+        the centre :func:`cell_to_xy` centres a patch on, in level-0 pixels.
+    """
+    (cw, ch), (ox, oy) = cell_grid_level0(low_shape=low_shape, map_shape=map_shape,
+                                          low_downsample=low_downsample, receptive_field=receptive_field)
+    rowcol = _float64(cells)
+    return _stack_last([ox + (rowcol[..., 1] + 0.5) * cw, oy + (rowcol[..., 0] + 0.5) * ch])
+
+
+def region_xy0(centres_xy0, side0: float, slide_wh):
+    """Top-left level-0 corner of a square region of side ``side0`` around each centre, kept on the slide.
+
+    The square is centred on its point (``floor(c − side0/2 + 0.5)``) and then
+    shifted, not cut, to lie inside the slide: every region keeps one size
+    (all regions of a slide are one read plan and one batch for the stage-2
+    net) and still holds its centre. On an axis where the slide is smaller
+    than the region, the region starts at 0 and its far part is outside
+    (read as fill; the stage-2 cells there are masked).
+
+    Args:
+        centres_xy0: float ``[..., 2]``, ``(x, y)`` in level-0 pixels.
+        side0: the region's side in level-0 pixels (> 0).
+        slide_wh: the slide's level-0 ``(w, h)``.
+
+    Returns:
+        int64 ``[..., 2]``, ``(x, y)`` top-left in level-0 pixels.
+    """
+    _positive(side0, "side0")
+    w, h = size_wh(slide_wh, "slide_wh")
+    start = _to_int64(_floor(_float64(centres_xy0) - float(side0) / 2 + 0.5))
+    side = int(_floor(np.float64(side0) + 0.5))
+    x = _clip(start[..., 0], 0, max(w - side, 0))
+    y = _clip(start[..., 1], 0, max(h - side, 0))
+    return _stack_last([x, y])
+
+
+def zoom_cell_to_xy0(cells, *, region_xy0, region_shape, map_shape, zoom_downsample: float,
+                     patch_downsample: float, patch_size, receptive_field=0):
+    """Level-0 top-left corner of the patch box of each stage-2 cell of a zoomed region.
+
+    The region (``region_shape`` pixels at ``zoom_downsample``, top-left
+    ``region_xy0`` in level 0) is the "low image" of the stage-2 attention
+    map and the patches are read at ``patch_downsample``: :func:`cell_to_xy`
+    places each box in patch pixels relative to the region, with ``scale =
+    zoom_downsample / patch_downsample``, and :func:`level_to_level0` takes
+    it to level 0, offset by the region's corner.
+
+    Args:
+        cells: int ``[..., 2]``, ``(row, col)`` on the stage-2 map.
+        region_xy0: int ``[..., 2]`` broadcastable against ``cells``: the
+            region's top-left ``(x, y)`` in level-0 pixels.
+        region_shape: ``(rows, cols)`` of the region as read (zoom pixels).
+        map_shape: ``(map_rows, map_cols)`` of the stage-2 map.
+        zoom_downsample: level-0 pixels per region pixel.
+        patch_downsample: level-0 pixels per patch pixel.
+        patch_size: ``(w, h)`` in patch pixels, or one int.
+        receptive_field: the stage-2 net's ``rf`` in region pixels.
+
+    Returns:
+        int64 ``[..., 2]``: ``(x, y)`` in level-0 pixels (may lie outside the
+        slide, as :func:`cell_to_xy`'s boxes may).
+    """
+    _positive(zoom_downsample, "zoom_downsample")
+    _positive(patch_downsample, "patch_downsample")
+    relative = cell_to_xy(cells, low_shape=region_shape, map_shape=map_shape,
+                          scale=float(zoom_downsample) / float(patch_downsample),
+                          patch_size=patch_size, receptive_field=receptive_field)
+    return level_to_level0(relative, patch_downsample) + region_xy0
+
+
+# --------------------------------------------------------------------------
 # Attention-map cells -> a viewer's (µm or pixel) space.
 
 def cell_transform(cell_size_wh, origin_xy, scale_yx=(1.0, 1.0), translate_yx=(0.0, 0.0)):
@@ -265,6 +350,10 @@ def _floor(a):
 
 def _to_int64(a):
     return a.long() if _torch_tensor(a) else np.asarray(a).astype(np.int64)
+
+
+def _clip(a, low: int, high: int):
+    return a.clamp(low, high) if _torch_tensor(a) else np.clip(a, low, high)
 
 
 def _stack_last(parts):

@@ -14,7 +14,7 @@ FLOORS = [
     {"errors", "_lazy", "atomic", "geometry", "metrics", "curves", "roi"},
     {"slide"},
     {"sampling", "patches"},
-    {"model", "reference_api", "nets", "encoders"},
+    {"model", "reference_api", "nets", "encoders", "zoom"},
     {"classifier", "outputs", "geojson", "data", "exports"},
     {"run"},
     {"cli"},
