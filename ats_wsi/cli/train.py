@@ -25,6 +25,8 @@ FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2,
 TRAIN_DEFAULTS = {"epochs": 30, "lr": 3e-3, "attention_lr": 1e-2, "schedule": "cosine", "batch_size": 6,
                   "select": "auc", "explore": 1.0, "explore_epochs": 6, "explore_patches": 64,
                   "instance_weight": 1.0, "distill_weight": 1.0, "distill": "rank"}
+# Patches a slide the instance loss remembers when the feature net is frozen (--instance-memory).
+INSTANCE_MEMORY = 1024
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
 FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes", "feature_frozen": "--freeze-features"}
 
@@ -152,6 +154,9 @@ def _register_aids(p) -> None:
     g.add_argument("--distill", choices=["bce", "rank"], default=d["distill"],
                    help="how the attention learns the per-patch scores: bce (absolute) or rank (within each "
                         "slide, which cells a finding would be in)")
+    g.add_argument("--instance-memory", type=int, default=None, metavar="N",
+                   help="with a frozen feature net, the instance loss ranks the last N distinct patches each slide "
+                        f"has shown, not only this step's draws (default: {INSTANCE_MEMORY} when frozen, else 0)")
     g.add_argument("--negative-class", default=None, metavar="LABEL|NAME",
                    help="the class meaning 'nothing found' for the per-patch losses (default: the first class)")
 
@@ -242,15 +247,24 @@ def _apply_defaults(base: dict) -> None:
             base.setdefault(key, json.loads(json.dumps(value)))
 
 
-def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True) -> dict:
+def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True,
+                  frozen: bool = False) -> dict:
     """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
+    from ..errors import ConfigError
+
     out = {key: getattr(args, key) for key in ("explore", "explore_epochs", "explore_patches",
                                                "instance_weight", "distill_weight", "distill")}
     out["explore_patches"] = out["explore_patches"] or None
+    memory = getattr(args, "instance_memory", None)
+    if memory is not None and (memory < 0 or memory > 1 << 20):
+        raise ConfigError(None, f"--instance-memory {memory} must be between 0 and {1 << 20} patches a slide")
+    if memory and not frozen:
+        raise ConfigError(None, f"--instance-memory {memory} needs a frozen feature net: add --freeze-features "
+                                "(with --feature-net/--encoder) or pass --instance-memory 0")
+    out["instance_memory"] = (INSTANCE_MEMORY if frozen and instance_head else 0) if memory is None else memory
     out["negative_class"] = _negative_class(args.negative_class, names, n_classes)
     if not instance_head:  # --no-instance-head: the per-patch losses are off unless asked for (then an error)
-        from ..errors import ConfigError
-
+        out["instance_memory"] = 0
         for key, flag in (("instance_weight", "--instance-weight"), ("distill_weight", "--distill-weight")):
             if out[key] and out[key] != TRAIN_DEFAULTS[key]:
                 raise ConfigError(None, f"{flag} {out[key]:g} needs the instance head: drop --no-instance-head "
@@ -311,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, ImportError, EncoderError) as exc:
             return error(f"ats-wsi train: bad model settings: {exc}")
     try:
-        aids = _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head))
+        aids = _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head),
+                             bool(config.feature_frozen))
     except ConfigError as exc:
         return error(f"ats-wsi train: {exc}")
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,

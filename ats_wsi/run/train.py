@@ -34,7 +34,7 @@ from ..atomic import write_csv_atomic, write_json_atomic
 from ..curves import youden_threshold
 from ..roi import roi_for_slide
 from ..metrics import roc_auc
-from ._aids import aid_losses, check_aids, set_exploration
+from ._aids import InstanceMemory, aid_losses, check_aids, set_exploration
 from ._running_stats import _RunningStats
 from ._schedule import all_mean, param_groups, set_lr
 from ._progress import ProgressFactory, open_bar
@@ -89,6 +89,9 @@ class TrainSettings:
     """The label meaning "nothing found", for the per-patch losses."""
     distill: str = "bce"
     """``"bce"`` (absolute scores) or ``"rank"`` (within-slide ranking); see :func:`._aids.distill_loss`."""
+    instance_memory: int = 0
+    """Patches a slide whose frozen features the instance loss remembers (0: only
+    this step's draws); needs a frozen feature net (:class:`._aids.InstanceMemory`)."""
     roi: str | None = None
     """A GeoJSON file, or a folder of ``<slide name>.geojson``: draw only inside its polygons (``--roi``)."""
     roi_include: list[str] | None = None
@@ -300,6 +303,7 @@ def train(
             check_aids(settings, model)
             epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows,
                            class_weights(train_rows, config.n_classes, settings.class_weights), on_slide, failures)
+            epoch.memory = _memory(settings, model, len(train_rows))
             start = 0 if payload is None else int(payload["epoch"])
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
@@ -394,6 +398,7 @@ class _Epoch:
     class_weight: list[float] | None = None
     on_slide: Callable[..., None] | None = None
     failures: MidRunFailures | None = None
+    memory: InstanceMemory | None = None
 
     def run(self, epoch: int, inputs: SlideInputs, progress: ProgressFactory | None) -> tuple[float, float]:
         """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
@@ -436,7 +441,8 @@ class _Epoch:
                     logits, result = forward_slide(self.net, inputs[row.path], gen, device)
                     ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
                     loss = ce if self.class_weight is None else ce * self.class_weight[row.label]
-                    loss = loss + result.entropy_loss + aid_losses(self.model, self.settings, result, row.label)
+                    loss = loss + result.entropy_loss + aid_losses(self.model, self.settings, result, row.label,
+                                                                              self.memory, str(row.path))
                     (loss * (weight * world / len(batch))).backward()
             except SlideError as exc:  # a broken tile met in the epoch: stop naming it, or skip it
                 if self.failures is None:
@@ -451,6 +457,17 @@ class _Epoch:
                 tally[2] += 1
         self.optimizer.step()
         self.running_stats.fold(len(batch), world, self.procs.distributed)
+
+
+def _memory(settings: TrainSettings, model, n_slides: int) -> InstanceMemory | None:
+    """The instance loss's memory of drawn patches, for a frozen feature net (else None)."""
+    if not settings.instance_memory or not settings.instance_weight or model.instance_head is None:
+        return None
+    if not model.config.feature_frozen:
+        raise ValueError("instance_memory needs a frozen feature net (ats-wsi train: --freeze-features); "
+                         "the features of a feature net that trains change every step")
+    return InstanceMemory(settings.instance_memory, n_slides, model.instance_head.in_features,
+                          negative=settings.negative_class, seed=settings.seed)
 
 
 def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, settings: TrainSettings) -> None:

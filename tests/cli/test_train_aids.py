@@ -149,3 +149,31 @@ def test_no_instance_head_turns_the_per_patch_losses_off_or_names_the_clash():
     args = build_parser().parse_args(["train", "m.csv", "--out", "o", "--no-instance-head", "--distill-weight", "2"])
     with pytest.raises(ConfigError, match="--distill-weight 2 needs the instance head"):
         _aid_settings(args, ["normal", "tumor"], 2, instance_head=False)
+
+
+def test_the_instance_memory_is_on_for_frozen_features_and_refused_for_a_net_that_trains():
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli.train import INSTANCE_MEMORY, _aid_settings
+    from ats_wsi.errors import ConfigError
+
+    parse = build_parser().parse_args
+    args = parse(["train", "m.csv", "--out", "o"])
+    assert _aid_settings(args, ["normal", "tumor"], 2, frozen=True)["instance_memory"] == INSTANCE_MEMORY
+    assert _aid_settings(args, ["normal", "tumor"], 2, frozen=False)["instance_memory"] == 0
+    assert _aid_settings(parse(["train", "m.csv", "--out", "o", "--instance-memory", "0"]),
+                         ["normal", "tumor"], 2, frozen=True)["instance_memory"] == 0
+    with pytest.raises(ConfigError, match="--instance-memory 64 needs a frozen feature net: add --freeze-features"):
+        _aid_settings(parse(["train", "m.csv", "--out", "o", "--instance-memory", "64"]), ["normal", "tumor"], 2)
+    with pytest.raises(ConfigError, match="--instance-memory -1 must be between 0 and"):
+        _aid_settings(parse(["train", "m.csv", "--out", "o", "--instance-memory", "-1"]), ["normal", "tumor"], 2,
+                      frozen=True)
+    # the library refuses it as plainly
+    from types import SimpleNamespace
+
+    from ats_wsi.run.train import TrainSettings, _memory
+
+    model = SimpleNamespace(instance_head=torch.nn.Linear(4, 2), config=SimpleNamespace(feature_frozen=False))
+    with pytest.raises(ValueError, match="instance_memory needs a frozen feature net"):
+        _memory(TrainSettings(instance_weight=1.0, instance_memory=8), model, 3)
+    model.config.feature_frozen = True
+    assert _memory(TrainSettings(instance_weight=1.0, instance_memory=8), model, 3).per_slide == 8

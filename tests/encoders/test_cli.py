@@ -32,6 +32,7 @@ def test_train_and_predict_with_a_frozen_encoder_file_and_a_feature_cache(tiny_f
     config = read_checkpoint(run / "last.pt")["config"]
     assert config["patch_mpp"] == 1.0 and config["patch_size"] == 32 and config["feature_frozen"] is True
     assert config["feature_spec"]["source"] == "export" and config["feature_dim"] == 16
+    assert read_checkpoint(run / "last.pt")["train_config"]["instance_memory"] == 1024  # on for frozen features
     assert list(cache.glob("*/spec.json"))
     rows = []
     for name in ("pred", "again"):  # the second run finds every feature in the cache

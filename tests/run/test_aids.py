@@ -66,3 +66,88 @@ def test_rank_distillation_is_cross_entropy_between_the_two_rankings_of_the_draw
         pytest.approx(loss.item(), rel=1e-5)
     with pytest.raises(ValueError, match="distill kind"):
         distill_loss(sampled, inst, kind="listnet")
+
+
+# ------------------------------------------------------------------ the instance memory (frozen features)
+
+def _cells(*rc):
+    return torch.tensor(rc, dtype=torch.long).view(-1, 2)
+
+
+def test_instance_memory_keeps_each_drawn_cell_once_and_returns_the_whole_history():
+    from ats_wsi.run._aids import InstanceMemory
+
+    mem = InstanceMemory(per_slide=10, n_slides=2, dim=3)
+    bag = mem.add("a", 1, _cells(0, 0, 0, 1), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+    assert bag.tolist() == [[1, 0, 0], [0, 1, 0]]
+    # cell (0, 1) again (its features are the same for a frozen net): kept once; (2, 2) is new
+    bag = mem.add("a", 1, _cells(0, 1, 2, 2), torch.tensor([[0, 1.0, 0], [0, 0, 1.0]]))
+    assert bag.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert len(mem) == 3 and mem.add("b", 0, _cells(5, 5), torch.ones(1, 3)).shape == (1, 3)
+
+
+def test_instance_memory_is_bounded_per_slide_and_by_its_byte_budget():
+    from ats_wsi.run._aids import InstanceMemory
+
+    mem = InstanceMemory(per_slide=40, n_slides=1, dim=2, seed=0)
+    for i in range(100):  # 100 distinct cells through a memory of 40
+        bag = mem.add("a", 1, _cells(i, 0), torch.full((1, 2), float(i)))
+    assert bag.shape == (40, 2) and len(set(bag[:, 0].tolist())) == 40
+    # random replacement keeps early finds: some of the first 40 cells survive 60 replacements
+    # (each survives with probability (1 - 1/40)^k for the k replacements after it)
+    assert 0 < sum(v < 40 for v in bag[:, 0].tolist()) < 40
+    # 1,000 slides of 1,024-d features in 256 MiB: 65 patches a slide; never under 32
+    assert InstanceMemory(1024, 1000, 1024).per_slide == 65
+    assert InstanceMemory(1024, 10 ** 6, 1024).per_slide == 32
+    with pytest.raises(ValueError, match="at least 1 patch"):
+        InstanceMemory(0, 1, 2)
+
+
+def test_a_positive_slides_patch_is_the_one_farthest_from_every_negative_patch():
+    from ats_wsi.run._aids import InstanceMemory
+
+    mem = InstanceMemory(per_slide=10, n_slides=3, dim=2)
+    pos = mem.add("p", 1, _cells(0, 0, 0, 1, 0, 2), torch.tensor([[0.0, 0.1], [5.0, 5.0], [1.0, 0.05]]))
+    assert mem.most_novel(pos) is None  # no negative slide seen yet: the head's own pick
+    mem.add("n1", 0, _cells(0, 0, 0, 1), torch.tensor([[0.0, 0.0], [1.0, 0.1]]))
+    assert mem.most_novel(pos) == 1  # (5, 5): nothing like it in the negatives
+    mem.add("n2", 0, _cells(3, 3), torch.tensor([[5.0, 5.0]]))  # now a negative has shown its twin
+    assert mem.most_novel(pos) == 0  # (0, 0.1) is 0.1 from its nearest negative, (1, 0.05) 0.05
+    # the distances against a direct computation
+    ref = torch.tensor([[0.0, 0.0], [1.0, 0.1], [5.0, 5.0]])
+    assert torch.argmax(torch.cdist(pos, ref).min(1).values).item() == mem.most_novel(pos)
+
+
+def test_instance_loss_trains_the_patch_it_is_given():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 0.0], [-1.0, 3.0]], requires_grad=True)
+    loss = instance_loss(logits, 1, top=0)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits[:1], torch.tensor([1])).item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad[1:].abs().sum() == 0
+
+
+def test_with_a_memory_the_instance_loss_runs_over_the_slides_history_and_picks_the_novel_patch():
+    from types import SimpleNamespace
+
+    from ats_wsi.run._aids import InstanceMemory, aid_losses
+
+    head = torch.nn.Linear(2, 2)
+    model = SimpleNamespace(instance_head=head, instance_logits=lambda r: head(r.patch_features),
+                            sampler=SimpleNamespace(sampler_kind="attention"))
+    settings = SimpleNamespace(instance_weight=1.0, distill_weight=0.0, negative_class=0)
+    mem = InstanceMemory(per_slide=8, n_slides=2, dim=2)
+
+    def result(cells, feats):
+        return SimpleNamespace(positions=_cells(*cells)[None], patch_features=torch.tensor(feats)[None])
+
+    neg = [[0.0, 0.0], [1.0, 1.0]]
+    loss = aid_losses(model, settings, result((0, 0, 0, 1), neg), 0, mem, "n")
+    assert loss.item() == pytest.approx(F.cross_entropy(head(torch.tensor(neg)), torch.zeros(2, dtype=torch.long)).item())
+    aid_losses(model, settings, result((0, 0), [[0.1, 0.0]]), 1, mem, "p")
+    # the positive slide's second step: its memory holds both steps' patches; (4, 4) is the novel one
+    loss = aid_losses(model, settings, result((1, 1), [[4.0, 4.0]]), 1, mem, "p")
+    assert loss.item() == pytest.approx(F.cross_entropy(head(torch.tensor([[4.0, 4.0]])), torch.tensor([1])).item())
+    # the negative slide's memory keeps its patches: a later step's loss covers all three
+    loss = aid_losses(model, settings, result((2, 2), [[2.0, 0.0]]), 0, mem, "n")
+    every = torch.tensor(neg + [[2.0, 0.0]])
+    assert loss.item() == pytest.approx(F.cross_entropy(head(every), torch.zeros(3, dtype=torch.long)).item())
