@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .encoders.features import as_float
+from .patches.features import as_float
 from .errors import SamplingError
 from .model import AttentionSampler
 from .patches.zoom_source import ZoomSource
