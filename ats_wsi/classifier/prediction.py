@@ -41,6 +41,12 @@ class SlidePrediction:
         embeddings: float32 [samples, D], the estimator's output of each
             sampling (the slide embedding the head reads; its mean over the
             samplings is :attr:`embedding`).
+        zoom: a two-stage model's draws, one :class:`ats_wsi.zoom.ZoomRecord`
+            per sampling (regions, their stage-2 maps, patch boxes); ``None``
+            for a one-stage model. ``attention`` is then the stage-1 map,
+            ``boxes_xywh`` the patches (``n1 · n2`` per sampling, region after
+            region) and ``box_attention`` each patch's probability through
+            both stages (``a1 · a2``).
     """
 
     slide: str
@@ -60,6 +66,7 @@ class SlidePrediction:
     low_downsample: float
     patch_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    zoom: list | None = None
 
     @property
     def predicted_name(self) -> str:
