@@ -14,7 +14,7 @@ import torch
 
 from ..errors import PredictionError
 from ..geometry import cell_grid_level0
-from .prediction import SlidePrediction, slide_seed
+from .prediction import NOT_FINITE, SlidePrediction, slide_seed
 
 __all__ = ["predict_zoom"]
 
@@ -37,8 +37,6 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
     """
     from ..zoom import zoom_record
 
-    from .network import _not_finite  # one message for NaN logits, both paths
-
     device, sampler = model.device, model.sampler
     source = item.source(device)
     generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
@@ -55,7 +53,7 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
                                   generator=generator, deterministic=deterministic)
             logits = model.slide_logits(result).float()
             if not bool(torch.isfinite(logits).all()):
-                raise PredictionError(item.path, _not_finite())
+                raise PredictionError(item.path, NOT_FINITE)
             probs.append(torch.softmax(logits, dim=-1)[0].cpu())
             patch_boxes = source.boxes_level0(result.patch_xy0.cpu(), "patch")[0].reshape(-1, 4)
             region_boxes = source.boxes_level0(result.region_xy0.cpu(), "region")[0]

@@ -25,7 +25,7 @@ from ._roi import restrict_to_roi, roi_grid
 from .config import ModelConfig
 from .features import EncoderFeatures
 from .inputs import SlideInput
-from .prediction import MAX_SAMPLES, SlidePrediction, slide_seed
+from .prediction import MAX_SAMPLES, NOT_FINITE, SlidePrediction, slide_seed
 
 __all__ = ["Normalize", "SlideClassifier", "build_model"]
 
@@ -244,7 +244,7 @@ class SlideClassifier(nn.Module):
                           deterministic=deterministic)
             logits = self.slide_logits(result).float()
             if not bool(torch.isfinite(logits).all()):  # a NaN must never reach predictions.csv
-                raise PredictionError(item.path, _not_finite())
+                raise PredictionError(item.path, NOT_FINITE)
             probs.append(torch.softmax(logits, dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
@@ -277,12 +277,6 @@ class SlideClassifier(nn.Module):
             patch_features=torch.cat(patch_features).numpy() if len(patch_features) == samples else None,
             embeddings=torch.stack(embeddings).numpy(),
         )
-
-
-def _not_finite() -> str:
-    """Why a prediction with NaN or inf logits stops (never written as ``nan``)."""
-    return ("the slide head gave NaN or inf logits: the model's weights or the patch features are not finite "
-            "(check the checkpoint, the encoder and the feature cache)")
 
 
 def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> SlideClassifier:

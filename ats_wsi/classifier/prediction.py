@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MAX_SAMPLES", "SlidePrediction", "slide_seed"]
+__all__ = ["MAX_SAMPLES", "NOT_FINITE", "SlidePrediction", "slide_seed"]
 
 MAX_SAMPLES = 4096
 """Most samplings :meth:`SlideClassifier.predict` averages per slide (each reads its patches)."""
@@ -88,6 +88,11 @@ class SlidePrediction:
     def fraction_read(self) -> float:
         """Level-0 pixels read over the slide's level-0 pixels."""
         return self.pixels_read / max(self.slide_pixels, 1)
+
+
+NOT_FINITE = ("the slide head gave NaN or inf logits: the model's weights or the patch features are not finite "
+              "(check the checkpoint, the encoder and the feature cache)")
+"""Why a prediction with NaN or inf logits stops (never written as ``nan``), one- and two-stage alike."""
 
 
 def slide_seed(path: str | os.PathLike, seed: int) -> int:
