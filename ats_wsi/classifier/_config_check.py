@@ -197,7 +197,8 @@ def zoom_problems(config) -> list[str]:
         problems.append(f"{flags(['zoom_size'])} must be a region's side in µm > 0, got {size!r}")
     elif real(mpp) and mpp > 0 and not 1 <= math.floor(size / mpp + 0.5) <= MAX_REGION_SIDE:
         problems.append(f"{flags(['zoom_size'])} {size:g} µm at {flags(['zoom_mpp'])} {mpp:g} µm/px is a region "
-                        f"of {math.floor(size / mpp + 0.5)} px a side; it must be 1..{MAX_REGION_SIDE} px")
+                        f"of {math.floor(size / mpp + 0.5)} px a side; it must be 1..{MAX_REGION_SIDE} px "
+                        f"(raise --zoom-mpp or lower --zoom-size)")
     if config.patch_mpp is None:
         problems.append(f"attention that zooms reads its patches by µm/px: set 'patch_mpp' (--patch-mpp), "
                         f"not a patch level")
