@@ -42,7 +42,7 @@ from .atomic import atomic_path
 from .outputs import attention_scale
 
 __all__ = ["TOP_QUANTILE", "DETECTION_FLOOR", "REGION_FLOOR", "MAX_DETECTIONS", "attention_regions",
-           "attention_detections", "prediction_geojson", "write_geojson", "zoom_geojson"]
+           "attention_detections", "prediction_geojson", "write_geojson", "zoom_geojson", "prediction_zoom_geojson"]
 
 TOP_QUANTILE = 0.9
 """Cells at or above this quantile of the attention map are outlined (the top 10 %)."""
@@ -286,8 +286,10 @@ def prediction_geojson(prediction, *, quantile: float = TOP_QUANTILE, slide: str
 
 
 def write_geojson(path: str | os.PathLike, prediction, **kwargs) -> Path:
-    """Write :func:`prediction_geojson` to ``path`` atomically; returns the path."""
-    data = prediction_geojson(prediction, **kwargs)
+    """Write :func:`prediction_geojson` (a two-stage prediction: :func:`prediction_zoom_geojson`)
+    to ``path`` atomically; returns the path."""
+    zoomed = getattr(prediction, "zoom", None)
+    data = prediction_zoom_geojson(prediction, **kwargs) if zoomed else prediction_geojson(prediction, **kwargs)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(data), encoding="utf-8")
     return Path(path)
@@ -334,3 +336,33 @@ def zoom_geojson(record, *, slide: str | None = None) -> dict:
     if slide is not None:
         properties["slide"] = str(slide)
     return {"type": "FeatureCollection", "properties": properties, "features": features}
+
+
+def prediction_zoom_geojson(prediction, **kwargs) -> dict:
+    """A two-stage prediction (its ``zoom`` records set) as one FeatureCollection.
+
+    The prediction annotation, the stage-1 map's detections and top regions
+    as :func:`prediction_geojson` writes them (without its patch boxes), then
+    :func:`zoom_geojson` of each sampling: the regions, their stage-2 tiles
+    and the patches, with a ``sampling`` measurement (1, 2, ...) when there
+    are several.
+
+    Args:
+        prediction: a :class:`~ats_wsi.classifier.SlidePrediction` whose ``zoom`` is a list of
+            :class:`ats_wsi.zoom.ZoomRecord`.
+        kwargs: as :func:`prediction_geojson` (``quantile``, ``slide``, ``slide_wh``).
+    """
+    import dataclasses
+
+    stage1 = dataclasses.replace(prediction, boxes_xywh=np.zeros((0, 4), np.int64),
+                                 box_attention=np.zeros(0, np.float32))
+    data = prediction_geojson(stage1, **kwargs)
+    records = list(prediction.zoom)
+    for s, record in enumerate(records):
+        zoomed = zoom_geojson(record)
+        for feature in zoomed["features"]:
+            if len(records) > 1:
+                feature["properties"].setdefault("measurements", {})["sampling"] = s + 1
+            data["features"].append(feature)
+    data["properties"]["zoom_samplings"] = len(records)
+    return data

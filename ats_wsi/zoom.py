@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .encoders.features import as_float
+from .patches.features import as_float
 from .errors import SamplingError
 from .model import AttentionSampler
 from .patches.zoom_source import ZoomSource
@@ -178,6 +178,44 @@ class ZoomSampler(nn.Module):
     def n_patches(self) -> int:
         return self.stage2.n_patches
 
+    @n_patches.setter
+    def n_patches(self, value: int) -> None:
+        """``n2``, cells drawn per region (what training's exploration changes)."""
+        self.stage2.n_patches = int(value)
+
+    # What a SlideClassifier's training and prediction ask of their sampler (the stage-1 side).
+    @property
+    def softmax(self):
+        """The stage-1 softmax (its ``smoothing`` and ``temperature``)."""
+        return self.stage1.softmax
+
+    @property
+    def attention_net(self) -> nn.Module:
+        """The stage-1 attention net (``attention_lr`` applies to it)."""
+        return self.stage1.attention_net
+
+    @property
+    def receptive_field(self):
+        """The stage-1 net's receptive field."""
+        return self.stage1.receptive_field
+
+    @property
+    def replace(self) -> bool:
+        """Stage 2 draws with replacement."""
+        return self.stage2.replace
+
+    sampler_kind = "attention"
+    """Always attention: a two-stage model has no uniform sampler."""
+
+    def attention_field(self):
+        """The stage-1 net's receptive field and stride (:meth:`AttentionSampler.attention_field`)."""
+        return self.stage1.attention_field()
+
+    def set_sampler(self, kind: str) -> None:
+        """Only ``"attention"``: the random-patch ablation is a one-stage model's."""
+        if kind != "attention":
+            raise SamplingError(f"a two-stage (zoom) model draws by attention only, got sampler {kind!r}")
+
     def extra_repr(self) -> str:
         return (f"n_regions={self.n_regions}, n_patches={self.n_patches}, replace_regions={self.stage1.replace}, "
                 f"replace={self.stage2.replace}, deterministic={self.deterministic}")
@@ -198,14 +236,32 @@ class ZoomSampler(nn.Module):
         Returns:
             :class:`ZoomResult`.
         """
+        a1, mask1 = self.stage1.attend(x_low, mask)
+        return self.draw(a1, mask1, source, low_shape=tuple(x_low.shape[-2:]), like=x_low, generator=generator,
+                         deterministic=deterministic)
+
+    def draw(self, a1: Tensor, mask1: Tensor | None, source, *, low_shape, like: Tensor,
+             generator: torch.Generator | None = None, deterministic: bool | None = None) -> ZoomResult:
+        """Everything after the stage-1 map: one draw of regions, cells and patches from ``a1``.
+
+        Prediction attends once and draws several times
+        (``a1, mask1 = sampler.stage1.attend(x_low, mask)``).
+
+        Args:
+            a1, mask1: what ``self.stage1.attend`` returned.
+            source: the :class:`~ats_wsi.patches.zoom_source.ZoomSource` of the slides.
+            low_shape: ``(rows, cols)`` of the low view.
+            like: a tensor whose device (and float dtype) the pixels take (``x_low``).
+            generator, deterministic: as in :meth:`forward`.
+        """
         if deterministic is None:
             deterministic = self.deterministic and not self.training
-        a1, mask1 = self.stage1.attend(x_low, mask)
+        x_low = like
         batch = a1.shape[0]
         if len(source.slides) != batch:
             raise SamplingError(f"the zoom source holds {len(source.slides)} slides for a batch of {batch}")
         regions, s1 = self._draw_regions(a1, mask1, generator, deterministic)
-        corners = source.region_corners(regions, low_shape=tuple(x_low.shape[-2:]), map_shape=tuple(a1.shape[1:]),
+        corners = source.region_corners(regions, low_shape=tuple(low_shape), map_shape=tuple(a1.shape[1:]),
                                         receptive_field=self.stage1.receptive_field)
         pixels = as_float(source.read_regions(corners), x_low).flatten(0, 1)  # [B·n1, C, R, R]
         inside = source.region_inside(corners)

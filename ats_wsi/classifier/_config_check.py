@@ -148,8 +148,64 @@ def range_problems(config) -> list[str]:
             problems.append(f"{key!r} must be 3 finite numbers (one per RGB channel), got {value!r}")
         elif key.endswith("std") and not all(v > 0 for v in values):
             problems.append(f"{key!r} must be 3 numbers > 0 (pixels are divided by it), got {value!r}")
+    problems += zoom_problems(config)
     names = config.class_names
     if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.n_classes):
         count = len(names) if isinstance(names, (list, tuple)) else type(names).__name__
         problems.append(f"'class_names' has {count} names but 'n_classes' is {config.n_classes!r}")
+    return problems
+
+
+ZOOM_KEYS = {"zoom_mpp": "--zoom-mpp", "zoom_regions": "--zoom-regions", "zoom_size": "--zoom-size"}
+"""The keys of attention that zooms and their ``ats-wsi train`` flags (messages name both)."""
+ZOOM_EXCLUDES = {"feature_spec": "a pretrained encoder (--encoder)", "instance_head": "an instance head (--instance-head)",
+                 "tile_aligned": "tile-aligned patches (--tile-aligned)"}
+"""Settings a two-stage model does not take yet, and how a person sets them."""
+
+
+def zoom_problems(config) -> list[str]:
+    """What is wrong with the zoom keys of a built config (none set: a one-stage model, nothing to check).
+
+    The three keys go together; ``zoom_mpp`` is µm/px like ``patch_mpp`` (which
+    a two-stage model needs); ``zoom_size`` is a region's side in µm, at most
+    :data:`~ats_wsi.patches.zoom_source.MAX_REGION_SIDE` pixels at ``zoom_mpp``;
+    ``zoom_regions · n_patches`` patches per slide are at most 65 536.
+    """
+    from ..patches.zoom_source import MAX_REGION_SIDE
+
+    given = {k: getattr(config, k) for k in ZOOM_KEYS}
+    if all(v is None for v in given.values()):
+        return []
+    flags = lambda keys: ", ".join(f"{k!r} ({ZOOM_KEYS[k]})" for k in keys)  # noqa: E731
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        return [f"{flags(missing)} missing: attention that zooms needs all of {flags(ZOOM_KEYS)} "
+                f"(or none of them, for a one-stage model)"]
+    problems = []
+    mpp, regions, size = given["zoom_mpp"], given["zoom_regions"], given["zoom_size"]
+    real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if not (real(mpp) and MIN_MPP <= mpp <= MAX_MPP):
+        problems.append(f"{flags(['zoom_mpp'])} must be µm/px in {MIN_MPP:g}..{MAX_MPP:g} "
+                        f"(2 is usual: nuclei of a few pixels), got {mpp!r}")
+    if not (isinstance(regions, numbers.Integral) and not isinstance(regions, bool) and 1 <= regions <= 1 << 16):
+        problems.append(f"{flags(['zoom_regions'])} must be an integer in 1..65536 (regions drawn per slide), "
+                        f"got {regions!r}")
+    elif isinstance(config.n_patches, numbers.Integral) and regions * config.n_patches > 1 << 16:
+        problems.append(f"{flags(['zoom_regions'])} x 'n_patches' (--n-patches) = {regions} x {config.n_patches} "
+                        f"patches per slide; at most 65536: lower one of them")
+    if not (real(size) and size > 0):
+        problems.append(f"{flags(['zoom_size'])} must be a region's side in µm > 0, got {size!r}")
+    elif real(mpp) and mpp > 0 and not 1 <= math.floor(size / mpp + 0.5) <= MAX_REGION_SIDE:
+        problems.append(f"{flags(['zoom_size'])} {size:g} µm at {flags(['zoom_mpp'])} {mpp:g} µm/px is a region "
+                        f"of {math.floor(size / mpp + 0.5)} px a side; it must be 1..{MAX_REGION_SIDE} px "
+                        f"(raise --zoom-mpp or lower --zoom-size)")
+    if config.patch_mpp is None:
+        problems.append(f"attention that zooms reads its patches by µm/px: set 'patch_mpp' (--patch-mpp), "
+                        f"not a patch level")
+    if config.sampler != "attention":
+        problems.append(f"a two-stage model draws by attention: 'sampler' must be 'attention', "
+                        f"got {config.sampler!r}")
+    for key, what in ZOOM_EXCLUDES.items():
+        if getattr(config, key) not in (None, False):
+            problems.append(f"attention that zooms does not take {what} yet: unset {key!r} or the zoom keys")
     return problems

@@ -66,6 +66,12 @@ class ModelConfig:
         instance_head: a linear per-patch classifier beside the slide head:
             it scores every drawn patch (what the per-patch loss trains and
             the attention learns to predict; see :mod:`ats_wsi.run.train`).
+        zoom_mpp: attention that zooms (docs/zoom.md): a second attention
+            stage over regions read at this µm/px inside the ``zoom_regions``
+            regions drawn from the low view; ``n_patches`` patches are then
+            drawn in each region (``None``: one stage, the default).
+        zoom_regions: ``n1``, regions drawn per slide (set with ``zoom_mpp``).
+        zoom_size: a region's side in µm (set with ``zoom_mpp``).
     """
 
     n_classes: int = 2
@@ -97,6 +103,9 @@ class ModelConfig:
     smoothing: float = 0.0
     temperature: float = 1.0
     instance_head: bool = False
+    zoom_mpp: float | None = None
+    zoom_regions: int | None = None
+    zoom_size: float | None = None
 
     def __post_init__(self):
         """Every rule of a valid config, for a config built in code as for one read from a file.
@@ -156,3 +165,8 @@ class ModelConfig:
         if (self.low_downsample is None) == (self.low_mpp is None):
             raise ValueError("set exactly one of low_downsample and low_mpp")
         return {"mpp": self.low_mpp} if self.low_mpp is not None else {"downsample": self.low_downsample}
+
+    @property
+    def zoom(self) -> bool:
+        """True for a two-stage model (attention that zooms: ``zoom_mpp`` set)."""
+        return self.zoom_mpp is not None

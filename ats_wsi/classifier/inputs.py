@@ -59,7 +59,16 @@ class SlideInput:
             self.config = config
             self.low = LowViewReader(self.slide, **config.low_resolution())  # read tile by tile by predict
             self._view: LowView | None = None
-            if config.patch_mpp is not None:
+            self.zoom = None
+            if getattr(config, "zoom_mpp", None) is not None:  # two stages: regions and patches, by µm/px
+                from ..patches.zoom_source import ZoomSource
+
+                self.zoom = ZoomSource([self.slide], low_downsample=self.low.downsample, zoom_mpp=config.zoom_mpp,
+                                       zoom_size=config.zoom_size, patch_mpp=config.patch_mpp,
+                                       patch_size=config.patch_size, mpp_tolerance=config.mpp_tolerance,
+                                       workers=workers, cache_bytes=cache_bytes, device=device)
+                self.reader = self.zoom.patch_readers[0]  # what the cohort checks look at
+            elif config.patch_mpp is not None:
                 self.reader = PatchReader(self.slide, patch_size=config.patch_size, mpp=config.patch_mpp,
                                           mpp_tolerance=config.mpp_tolerance, workers=workers,
                                           cache_bytes=cache_bytes, device=device)
@@ -100,14 +109,21 @@ class SlideInput:
                                               "check that it is in the slide's level-0 pixels")
         return image.to(device), torch.from_numpy(mask)[None].to(device)
 
-    def source(self, device: str | torch.device = "cpu") -> SlideSource:
-        """A patch source over this slide for one forward pass (shares the reader and its cache)."""
+    def source(self, device: str | torch.device = "cpu"):
+        """A patch source over this slide for one forward pass (shares the reader and its cache): a
+        :class:`SlideSource`, or for a two-stage config the slide's one
+        :class:`~ats_wsi.patches.zoom_source.ZoomSource` (readers on the device given at construction)."""
+        if self.zoom is not None:
+            return self.zoom
         return SlideSource([self.slide], self.config.patch_level, low_downsample=self.low.downsample,
                            readers=[self.reader], device=device, mpp=self.config.patch_mpp,
                            mpp_tolerance=self.config.mpp_tolerance)
 
     def close(self) -> None:
         """Stop the reader's threads; close the slide if it was opened here."""
+        zoom = getattr(self, "zoom", None)
+        if zoom is not None:
+            zoom.close()
         reader = getattr(self, "reader", None)
         if reader is not None:
             reader.close()

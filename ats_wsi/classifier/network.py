@@ -25,7 +25,7 @@ from ._roi import restrict_to_roi, roi_grid
 from .config import ModelConfig
 from .features import EncoderFeatures
 from .inputs import SlideInput
-from .prediction import MAX_SAMPLES, SlidePrediction, slide_seed
+from .prediction import MAX_SAMPLES, NOT_FINITE, SlidePrediction, slide_seed
 
 __all__ = ["Normalize", "SlideClassifier", "build_model"]
 
@@ -76,7 +76,20 @@ class SlideClassifier(nn.Module):
         attention_in = nn.Sequential(Normalize(config.mean, config.std), attention)
         if hasattr(attention, "receptive_field"):  # lets tiling skip the probe
             attention_in.receptive_field = attention.receptive_field
-        self.sampler = AttentionSampler(
+        if config.zoom:  # two attention stages (docs/zoom.md); every net normalises its own input
+            self.sampler = _zoom_sampler(config, attention_in, feature_in)
+        else:
+            self.sampler = self._one_stage(config, attention_in, feature_in)
+        # Per-patch scores: a linear instance head over each drawn patch's features. Its class
+        # probabilities are averaged by the same unbiased estimator as the features, and the slide
+        # head reads both: the expected share of "lesion" among the draws is a count the head can
+        # threshold, where a lesion's features alone are diluted by the look-alikes drawn with it.
+        self.instance_head = nn.Linear(head_in, config.n_classes) if config.instance_head else None
+        self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.n_classes)
+
+    @staticmethod
+    def _one_stage(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module) -> AttentionSampler:
+        return AttentionSampler(
             attention_in,
             feature_in,
             n_patches=config.n_patches,
@@ -90,12 +103,6 @@ class SlideClassifier(nn.Module):
             temperature=config.temperature,
             feature_step=EncoderFeatures() if config.feature_spec is not None else None,
         )
-        # Per-patch scores: a linear instance head over each drawn patch's features. Its class
-        # probabilities are averaged by the same unbiased estimator as the features, and the slide
-        # head reads both: the expected share of "lesion" among the draws is a count the head can
-        # threshold, where a lesion's features alone are diluted by the look-alikes drawn with it.
-        self.instance_head = nn.Linear(head_in, config.n_classes) if config.instance_head else None
-        self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.n_classes)
 
     def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
@@ -199,6 +206,14 @@ class SlideClassifier(nn.Module):
         try:
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
+            if self.config.zoom:
+                if roi is not None:
+                    raise SamplingError("a two-stage (zoom) model does not take a region of interest yet: "
+                                        "drop --roi")
+                from ._zoom_predict import predict_zoom
+
+                return predict_zoom(self, item, start, samples=max(1, int(samples)), n_patches=n_patches,
+                                    seed=seed, deterministic=deterministic)
             return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
                                  seed=seed, deterministic=deterministic, stream=stream, roi=roi)
         finally:
@@ -229,9 +244,7 @@ class SlideClassifier(nn.Module):
                           deterministic=deterministic)
             logits = self.slide_logits(result).float()
             if not bool(torch.isfinite(logits).all()):  # a NaN must never reach predictions.csv
-                raise PredictionError(item.path, "the slide head gave NaN or inf logits: the model's weights or "
-                                                 "the patch features are not finite (check the checkpoint, the "
-                                                 "encoder and the feature cache)")
+                raise PredictionError(item.path, NOT_FINITE)
             probs.append(torch.softmax(logits, dim=-1)[0].cpu())
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
@@ -276,6 +289,22 @@ def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> 
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
     return SlideClassifier(config, encoder_weights=encoder_weights)
+
+
+def _zoom_sampler(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module):
+    """The two-stage sampler of a zoom config: stage 2's attention net is a second net of the
+    config's ``attention_net`` kind, with the same normalisation in front as stage 1's."""
+    from ..zoom import ZoomSampler
+
+    zoom_net = create_attention_net(config.attention_net, in_channels=3, **config.attention_kwargs)
+    zoom_in = nn.Sequential(Normalize(config.mean, config.std), zoom_net)
+    sampler = ZoomSampler(attention_in, zoom_in, feature_in, n_regions=config.zoom_regions,
+                          n_patches=config.n_patches, replace_regions=config.replace, replace=config.replace,
+                          entropy=config.entropy, zoom_entropy=config.entropy, smoothing=config.smoothing)
+    sampler.stage1.softmax.temperature = sampler.stage2.softmax.temperature = config.temperature
+    sampler.stage1.min_tissue = config.min_tissue
+    sampler.patch_size = (config.patch_size, config.patch_size)
+    return sampler
 
 
 def _encoder(config: ModelConfig, weights: bool):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MAX_SAMPLES", "SlidePrediction", "slide_seed"]
+__all__ = ["MAX_SAMPLES", "NOT_FINITE", "SlidePrediction", "slide_seed"]
 
 MAX_SAMPLES = 4096
 """Most samplings :meth:`SlideClassifier.predict` averages per slide (each reads its patches)."""
@@ -41,6 +41,12 @@ class SlidePrediction:
         embeddings: float32 [samples, D], the estimator's output of each
             sampling (the slide embedding the head reads; its mean over the
             samplings is :attr:`embedding`).
+        zoom: a two-stage model's draws, one :class:`ats_wsi.zoom.ZoomRecord`
+            per sampling (regions, their stage-2 maps, patch boxes); ``None``
+            for a one-stage model. ``attention`` is then the stage-1 map,
+            ``boxes_xywh`` the patches (``n1 · n2`` per sampling, region after
+            region) and ``box_attention`` each patch's probability through
+            both stages (``a1 · a2``).
     """
 
     slide: str
@@ -60,6 +66,7 @@ class SlidePrediction:
     low_downsample: float
     patch_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    zoom: list | None = None
 
     @property
     def predicted_name(self) -> str:
@@ -81,6 +88,11 @@ class SlidePrediction:
     def fraction_read(self) -> float:
         """Level-0 pixels read over the slide's level-0 pixels."""
         return self.pixels_read / max(self.slide_pixels, 1)
+
+
+NOT_FINITE = ("the slide head gave NaN or inf logits: the model's weights or the patch features are not finite "
+              "(check the checkpoint, the encoder and the feature cache)")
+"""Why a prediction with NaN or inf logits stops (never written as ``nan``), one- and two-stage alike."""
 
 
 def slide_seed(path: str | os.PathLike, seed: int) -> int:

@@ -13,7 +13,7 @@ from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, f
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
-                "sampler", "smoothing", "temperature", "instance_head")
+                "sampler", "smoothing", "temperature", "instance_head", "zoom_mpp", "zoom_regions", "zoom_size")
 # The model `ats-wsi train` builds when no flag or --config says otherwise (docs/training.md says why
 # each is what it is). Library users get ModelConfig's own defaults; these are the CLI's.
 MODEL_DEFAULTS = {"low_mpp": 8.0, "patch_mpp": 0.5, "patch_size": 128, "n_patches": 32, "instance_head": True, "temperature": 0.25,
@@ -42,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="JSON file of model settings, the keys of ModelConfig (flags below override it)")
     _register_model(p, ModelConfig(**{**MODEL_DEFAULTS, **FEATURE_DEFAULTS, "low_downsample": None}))
     _register_resolution(p)
+    _register_zoom(p)
     _encoder.register_train(p)
     _register_training(p)
     _register_aids(p)
@@ -84,6 +85,16 @@ def _register_model(p, d) -> None:
                    help=f"pixel normalisation mean (default: {','.join(f'{v:g}' for v in d.mean)})")
     g.add_argument("--std", type=floats(3), metavar="R,G,B",
                    help=f"pixel normalisation std (default: {','.join(f'{v:g}' for v in d.std)})")
+
+
+def _register_zoom(p) -> None:
+    """Attention that zooms (docs/zoom.md): all three flags, or none (a one-stage model)."""
+    g = p.add_argument_group("attention that zooms (two stages; docs/zoom.md; stored in the checkpoint)")
+    g.add_argument("--zoom-mpp", type=float, metavar="M",
+                   help="µm/px of the regions the second attention stage sees (e.g. 2); with --zoom-regions "
+                        "and --zoom-size; --n-patches is then the patches drawn per region")
+    g.add_argument("--zoom-regions", type=int, metavar="N", help="regions drawn per slide by the first stage (n1)")
+    g.add_argument("--zoom-size", type=float, metavar="UM", help="side of a region in µm (e.g. 256)")
 
 
 def _register_training(p) -> None:
@@ -235,6 +246,8 @@ def _apply_defaults(base: dict) -> None:
     for key, value in MODEL_DEFAULTS.items():
         if key in base:
             continue
+        if key == "instance_head" and base.get("zoom_mpp") is not None:
+            continue  # a two-stage model has no instance head (yet): ModelConfig's own default, off
         if key == "low_mpp" and base.get("low_downsample") is not None:
             continue
         if key == "attention_kwargs" and base.get("attention_net", "attention-small") != "attention-small":
@@ -271,6 +284,17 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
                                         f"or pass {flag} 0")
             out[key] = 0.0
     return out
+
+
+def _zoom_settings(args: argparse.Namespace, aids: dict) -> str | None:
+    """Training settings of a two-stage model: exploration draws no more cells per region than
+    ``--n-patches`` unless asked; the feature cache is refused (returns why, or None)."""
+    if getattr(args, "feature_cache", None):
+        return ("--feature-cache does not work with --zoom-mpp yet (the zoom reads its patches itself): "
+                "drop --feature-cache")
+    if aids["explore_patches"] == TRAIN_DEFAULTS["explore_patches"]:  # 64 per region would be n1 x 64 patches
+        aids["explore_patches"] = None
+    return None
 
 
 def _negative_class(value: str | None, names: list[str], n_classes: int) -> int:
@@ -329,6 +353,10 @@ def run(args: argparse.Namespace) -> int:
                              bool(config.feature_frozen))
     except ConfigError as exc:
         return error(f"ats-wsi train: {exc}")
+    if config.zoom:
+        bad = _zoom_settings(args, aids)
+        if bad:
+            return error(f"ats-wsi train: {bad}")
     settings = TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                              seed=args.seed, workers=args.io_threads, attention_lr=args.attention_lr,
                              schedule=args.schedule, select=args.select,
