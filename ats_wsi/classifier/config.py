@@ -66,6 +66,15 @@ class ModelConfig:
         instance_head: a linear per-patch classifier beside the slide head:
             it scores every drawn patch (what the per-patch loss trains and
             the attention learns to predict; see :mod:`ats_wsi.run.train`).
+        task: ``"classification"``, ``"survival"`` or ``"regression"``: what the
+            slide head predicts (:mod:`ats_wsi.outcomes`); ``predict`` reads it.
+        survival_loss: ``"nll"`` (discrete-time hazards over ``n_bins`` bins) or
+            ``"cox"`` (one risk, the Cox partial likelihood over a batch).
+        n_bins: bins of the discrete-time survival head.
+        time_bins: the bins' inner cut points (quantiles of the training
+            slides' event times, set by training; the manifest's time unit).
+        target_mean, target_std: regression targets are standardised with
+            them for training (set by training from the training slides).
     """
 
     n_classes: int = 2
@@ -97,6 +106,19 @@ class ModelConfig:
     smoothing: float = 0.0
     temperature: float = 1.0
     instance_head: bool = False
+    task: str = "classification"
+    survival_loss: str = "nll"
+    n_bins: int = 4
+    time_bins: list[float] | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def head_outputs(self) -> int:
+        """Outputs of the slide head: a logit per class, per time bin (``nll``), or one (``cox``, regression)."""
+        if self.task == "survival" and self.survival_loss == "nll":
+            return len(self.time_bins) + 1 if self.time_bins is not None else self.n_bins
+        return 1 if self.task in ("survival", "regression") else self.n_classes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,9 +130,10 @@ class ModelConfig:
         if unknown:
             raise CheckpointError(path, f"unknown model config keys {unknown} (made by a newer ats-wsi?)")
         from ._config_check import range_problems
+        from ._task import task_problems
 
         cfg = cls(**data)
-        problems = range_problems(cfg)
+        problems = range_problems(cfg) + task_problems(cfg)
         if problems:
             raise CheckpointError(path, "its model config is out of range: " + "; ".join(problems))
         cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
@@ -129,9 +152,10 @@ class ModelConfig:
         downsample (the two are alternatives); both given is an error.
         """
         from ._config_check import check_user_config, range_problems
+        from ._task import task_problems
 
         checked = check_user_config(cls, data, source)
-        problems = range_problems(cls(**checked))
+        problems = range_problems(cls(**checked)) + task_problems(cls(**checked))
         if problems:
             raise ConfigError(source, "; ".join(problems))
         return cls.from_dict(checked)

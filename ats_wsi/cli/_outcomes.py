@@ -1,0 +1,71 @@
+"""The survival and regression parts of ``ats-wsi predict``: the manifest's outcome cells beside
+each prediction, ``metrics.json`` and its table, and the figure (docs/cli.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import format_table
+
+__all__ = ["register", "outcomes", "report", "LABELS"]
+
+LABELS = {"c_index": "Harrell's C-index", "uno_c": "Uno's C-index", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
+          "pearson": "Pearson r", "spearman": "Spearman ρ"}
+
+
+def register(p) -> None:
+    """``--risk-groups`` (survival checkpoints)."""
+    from ..outcomes.survival_metrics import RISK_GROUPS
+
+    p.add_argument("--risk-groups", choices=list(RISK_GROUPS), default="median",
+                   help="survival checkpoints: risk groups of km.png and the log-rank test (median split or "
+                        "tertiles of the predicted risk)")
+
+
+def outcomes(args, model, slides) -> list[dict] | None:
+    """Each slide's outcome cells from the manifests (``time``/``event`` or ``target``; empty
+    where not given), or None for a classifier or without a manifest."""
+    from ..data.manifest import is_manifest, read_cohort
+
+    task = model.config.task
+    if task == "classification" or not any(is_manifest(a) for a in args.slides):
+        return None
+    keys = ("time", "event") if task == "survival" else ("target",)
+    found: dict[str, dict] = {}
+    for item in args.slides:
+        if is_manifest(item):
+            for r in read_cohort(item, require_labels=False, task=task).split(args.split):
+                found.setdefault(str(r.path), {k: "" if getattr(r, k) is None else getattr(r, k) for k in keys})
+    return [found.get(str(path), dict.fromkeys(keys, "")) for path in slides]
+
+
+def report(args, rows, errors, config) -> None:
+    """metrics.json, the figure and the printed table of a survival or regression model's rows."""
+    from ..run.outcome_metrics import write_outcome_metrics
+
+    out = Path(args.out)
+    per = write_outcome_metrics(out, rows, config.task, resamples=args.bootstrap, seed=0,
+                                groups=getattr(args, "risk_groups", "median"),
+                                extra={"failed": len(errors), "checkpoint": str(args.checkpoint)})
+    for split, m in per.items():
+        _print(m, f"split {split}: " if split else "", out / "metrics.json", out / m["figure"] if "figure" in m else None)
+    if errors:
+        print(f"({len(errors)} slide(s) failed and are not counted)")
+
+
+def _print(m, head: str, path: Path, figure: Path | None) -> None:
+    b = m["bootstrap"]
+    what = f"{m['n']} slide(s), {m['events']} event(s)" if m["task"] == "survival" else f"{m['n']} slide(s)"
+    print(f"\n{head}{m['task']} metrics of {what} -> {path} (95% intervals: {b['resamples']} bootstrap "
+          f"resamples, seed {b['seed']})")
+
+    def num(v):
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    keys = ("c_index", "uno_c") if m["task"] == "survival" else ("mae", "rmse", "r2", "pearson", "spearman")
+    table = [[LABELS[k], num(m[k]["value"]), f"[{num(m[k]['ci_low'])}, {num(m[k]['ci_high'])}]"] for k in keys]
+    print(format_table(table, ["metric", "value", "95% CI"]))
+    if m["task"] == "survival":
+        g = m["risk_groups"]
+        print(f"risk groups ({g['how']}): n {g['n']}, events {g['events']}, log-rank p = {num(g['logrank_p'])}")
+    if figure is not None:
+        print(f"figure: {figure}")
