@@ -136,3 +136,14 @@ def evaluate_outcome(objective: Objective, forward: Callable, rows: Sequence[Man
         total = float(np.sum((y - y.mean()) ** 2))
         score = 1.0 - float(np.sum((y - values) ** 2)) / total if total > 0 else nan
     return loss, nan, (score if not math.isnan(score) else nan), nan
+
+
+def summary_view(config: ModelConfig, rows: Sequence[ManifestRow]) -> tuple[ModelConfig, list[ManifestRow]]:
+    """The config and rows the cohort summary counts: classes for a classifier; events and
+    censored slides for survival; slides for regression."""
+    if config.task == "survival":
+        return (replace(config, n_classes=2, class_names=["censored", "event"]),
+                [replace(r, label=r.event, class_name=None) for r in rows])
+    if config.task == "regression":
+        return replace(config, n_classes=1, class_names=["slides"]), [replace(r, label=0) for r in rows]
+    return config, list(rows)

@@ -35,7 +35,7 @@ from ..curves import youden_threshold
 from ..roi import roi_for_slide
 from ..metrics import roc_auc
 from ._aids import aid_losses, check_aids, set_exploration
-from .objective import Objective, evaluate_outcome, fit_outcome, metric_fields
+from .objective import Objective, evaluate_outcome, fit_outcome, metric_fields, summary_view
 from ._processes import _Processes
 from ._running_stats import _RunningStats
 from ._schedule import all_mean, param_groups, set_lr
@@ -253,8 +253,9 @@ def train(
                                       settings.train_split) if classify else []  # what the skipped slides left
             if problems:
                 raise CohortError(bad_rows(manifest, problems, "problem(s) of the cohort"))
-            summary = summarise(manifest, cohort.rows, train_rows + val_rows, inputs, config,
-                                [u.as_dict() for u in bad], duplicates)
+            shown, rows = summary_view(config, cohort.rows)
+            summary = summarise(manifest, rows, train_rows + val_rows, inputs, shown, [u.as_dict() for u in bad],
+                                duplicates)
             summary.resumed_from = None if payload is None else int(payload["epoch"])
             if procs.rank == 0:
                 write_summary(out, summary)
