@@ -6,7 +6,7 @@ the outcome settings a config takes from the training slides, and the validation
 - survival, ``nll``: the discrete-time negative log-likelihood per slide over
   quantile bins of the training slides' event times (stored in the config,
   so in the checkpoint); ``cox``: the Cox partial likelihood over each batch's
-  slides (their graphs are kept until the batch's loss is taken: one process
+  slides, its gradient taken slide by slide (:func:`cox_gradients`; one process
   only). Validation: the loss and Harrell's C-index (in ``val_auc``'s place).
 - regression: mean squared error of the target standardised by the training
   slides' mean and standard deviation (stored in the config); validation: the
@@ -30,7 +30,8 @@ from ..data.manifest import ManifestRow
 from ..errors import ConfigError, ManifestError, SlideError
 from ..outcomes.losses import cox_partial_likelihood, discrete_time_nll, nll_risk, time_bin_cuts, time_bins_of
 
-__all__ = ["Objective", "fit_outcome", "evaluate_outcome", "SCORE_NAME", "metric_fields"]
+__all__ = ["Objective", "fit_outcome", "evaluate_outcome", "cox_gradients", "summary_view", "SCORE_NAME",
+           "metric_fields"]
 
 SCORE_NAME = {"classification": "val_auc", "survival": "val_c_index", "regression": "val_r2"}
 """The ``metrics.csv`` column of each task's validation score (``EpochMetrics.val_auc`` holds it)."""
@@ -147,3 +148,34 @@ def summary_view(config: ModelConfig, rows: Sequence[ManifestRow]) -> tuple[Mode
     if config.task == "regression":
         return replace(config, n_classes=1, class_names=["slides"]), [replace(r, label=0) for r in rows]
     return config, list(rows)
+
+
+def cox_gradients(objective: Objective, forward: Callable, batch: Sequence[tuple[int, ManifestRow]],
+                  failures=None) -> tuple[dict[int, float], float]:
+    """``({index: d loss / d risk}, loss)`` of the Cox partial likelihood over a batch.
+
+    ``forward(index, row)`` gives a slide's ``[1, 1]`` output (called without
+    gradients). Training then runs each slide again with gradients and back-
+    propagates ``risk * d loss / d risk``: by the chain rule the sum over the batch
+    is the gradient of the batch's Cox loss, taken slide by slide like every other
+    loss (BatchNorm's statistics and memory stay per slide). Slides that fail
+    are left out (the second pass records them).
+    """
+    risks, kept = [], []
+    with torch.no_grad():
+        for index, row in batch:
+            if failures is not None and row in failures:
+                continue
+            try:
+                risks.append(forward(index, row).reshape(-1)[0].float())
+            except SlideError:
+                continue
+            kept.append((index, row))
+    if not kept:
+        return {}, 0.0
+    leaf = torch.stack(risks).detach().requires_grad_(True)
+    loss = objective.batch_loss([leaf], [row for _, row in kept])
+    if loss.requires_grad:
+        loss.backward()
+    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+    return {index: float(g) for (index, _), g in zip(kept, grad)}, float(loss.detach())

@@ -35,11 +35,11 @@ from ..curves import youden_threshold
 from ..roi import roi_for_slide
 from ..metrics import roc_auc
 from ._aids import aid_losses, check_aids, set_exploration
-from .objective import Objective, evaluate_outcome, fit_outcome, metric_fields, summary_view
+from .objective import Objective, cox_gradients, evaluate_outcome, fit_outcome, metric_fields, summary_view
 from ._processes import _Processes
 from ._running_stats import _RunningStats
 from ._schedule import all_mean, param_groups, set_lr
-from .cohort import SELECT, MidRunFailures, SlideChecks, bar_width, best_epoch, class_weights, open_slides
+from .cohort import SELECT, MidRunFailures, SlideChecks, _bar, best_epoch, class_weights, open_slides
 from .cohort_check import CohortError, CohortSummary, check_cohort, class_problems, summarise, write_summary
 from .outdir import epoch_checkpoints, hold_results_folder, prepare_run_folder, remove_stale_temporaries
 
@@ -408,7 +408,7 @@ class _Epoch:
         self.net.train()
         tally = [[], 0, 0]  # losses, correct, seen
         n_batches = math.ceil(len(self.rows) / s.batch_size)
-        bar = _progress(n_batches, f"epoch {epoch + 1}/{s.epochs}", progress and self.procs.rank == 0)
+        bar = _bar(n_batches, f"epoch {epoch + 1}/{s.epochs}", "batch", progress and self.procs.rank == 0)
         for b in range(n_batches):
             self.step(epoch, order[b * s.batch_size:(b + 1) * s.batch_size], inputs, tally)
             if bar is not None:
@@ -418,6 +418,16 @@ class _Epoch:
             bar.close()
         return all_mean(*tally, self.procs.distributed)
 
+    def _cox(self, epoch: int, batch: np.ndarray, inputs: SlideInputs) -> tuple[dict[int, float], float]:
+        """The Cox loss of ``batch`` and its gradient by slide risk, from a first forward pass without
+        gradients (the same draws: same seeds; BatchNorm buffers left as they were)."""
+        def forward(idx, row):
+            gen = torch.Generator(device=self.procs.device).manual_seed(_item_seed(self.settings.seed, epoch, idx))
+            with self.running_stats.capture(keep=False):
+                return forward_slide(self.net, inputs[row.path], gen, self.procs.device)[0]
+
+        return cox_gradients(self.objective, forward, [(int(i), self.rows[i]) for i in batch], self.failures)
+
     def step(self, epoch: int, batch: np.ndarray, inputs: SlideInputs, tally: list) -> None:
         """Accumulate the gradients of this process's slides of ``batch``; one optimiser step."""
         world, device = self.procs.world, self.procs.device
@@ -425,7 +435,7 @@ class _Epoch:
         # join the gradient all-reduce, so it runs one slide with weight 0.
         mine = [(idx, 1.0) for idx in batch[self.procs.rank::world]] or [(batch[0], 0.0)]
         self.optimizer.zero_grad(set_to_none=True)
-        held = []  # Cox: (output, row, the slide's other losses), until the batch's loss is taken
+        cox = self._cox(epoch, batch, inputs) if self.objective.batched else None
         for j, (idx, weight) in enumerate(mine):
             row = self.rows[idx]
             if self.failures is not None and row in self.failures:
@@ -439,11 +449,12 @@ class _Epoch:
                     logits, result = forward_slide(self.net, inputs[row.path], gen, device)
                     extra = result.entropy_loss + (aid_losses(self.model, self.settings, result, row.label)
                                                    if self.objective.task == "classification" else 0.0)
-                    if self.objective.batched:
-                        held.append((logits, row, extra * (weight / len(batch))))
-                    else:
+                    if cox is None:
                         ce = self.objective.slide_loss(logits, row)
-                        (((ce + extra) * (weight * world / len(batch)))).backward()
+                        ((ce + extra) * (weight * world / len(batch))).backward()
+                    else:  # the batch's Cox loss, through this slide's risk (its gradient is cox[0][idx])
+                        ce, cox_part = torch.tensor(cox[1]), logits.reshape(-1)[0] * cox[0].get(int(idx), 0.0)
+                        (cox_part * weight + extra * (weight * world / len(batch))).backward()
             except SlideError as exc:  # a broken tile met in the epoch: stop naming it, or skip it
                 if self.failures is None:
                     raise
@@ -451,15 +462,10 @@ class _Epoch:
                 continue
             if self.on_slide is not None and weight:
                 self.on_slide(epoch, row, inputs[row.path], logits.detach(), result)
-            if weight and not self.objective.batched:
+            if weight:
                 tally[0].append(ce.item())
                 tally[1] += self.objective.correct(logits, row)
                 tally[2] += 1
-        if held:
-            cox = self.objective.batch_loss([o for o, _, _ in held], [r for _, r, _ in held])
-            (cox + sum(e for _, _, e in held)).backward()
-            tally[0].extend([cox.item()] * len(held))
-            tally[2] += len(held)
         self.optimizer.step()
         self.running_stats.fold(len(batch), world, self.procs.distributed)
 
@@ -484,11 +490,3 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
     fields, rename = metric_fields(model.config.task, METRIC_FIELDS + cached)
     write_csv_atomic(out / "metrics.csv", [{rename.get(k, k): v for k, v in asdict(m).items()} for m in history], fields)
 
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None, **bar_width())
