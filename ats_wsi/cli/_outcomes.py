@@ -2,11 +2,12 @@
 each prediction, ``metrics.json`` and its table, and the figure (docs/cli.md)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from ._common import format_table
 
-__all__ = ["register", "outcomes", "report", "LABELS"]
+__all__ = ["register", "columns", "outcomes", "report", "LABELS"]
 
 LABELS = {"c_index": "Harrell's C-index", "uno_c": "Uno's C-index", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
           "pearson": "Pearson r", "spearman": "Spearman ρ"}
@@ -19,6 +20,31 @@ def register(p) -> None:
     p.add_argument("--risk-groups", choices=list(RISK_GROUPS), default="median",
                    help="survival checkpoints: risk groups of km.png and the log-rank test (median split or "
                         "tertiles of the predicted risk)")
+    for flag, what in (("--time-column", "survival: the manifest's follow-up time column"),
+                       ("--event-column", "survival: the manifest's event column"),
+                       ("--target-column", "regression: the manifest's target column")):
+        p.add_argument(flag, help=f"{what} (default: the column the checkpoint was trained with, else found by "
+                                  f"name; see docs/cli.md)")
+
+
+@lru_cache(maxsize=4)
+def _trained_columns(checkpoint: str) -> tuple[tuple[str, str | None], ...]:
+    from ..classifier.checkpoint import read_checkpoint
+
+    train = read_checkpoint(checkpoint).get("train_config") or {}
+    return tuple((k, train.get(k)) for k in ("time_column", "event_column", "target_column"))
+
+
+def columns(args, model) -> dict[str, str | None]:
+    """The manifest's outcome columns for a survival or regression checkpoint: the flags, else the
+    columns it was trained with (its ``train_config``); ``{}`` for a classifier."""
+    if model is None or model.config.task == "classification":
+        return {}
+    given = {k: getattr(args, k, None) for k in ("time_column", "event_column", "target_column")}
+    if all(v is not None for v in given.values()):
+        return given
+    trained = dict(_trained_columns(str(args.checkpoint)))
+    return {k: v if v is not None else trained.get(k) for k, v in given.items()}
 
 
 def outcomes(args, model, slides) -> list[dict] | None:
@@ -33,7 +59,7 @@ def outcomes(args, model, slides) -> list[dict] | None:
     found: dict[str, dict] = {}
     for item in args.slides:
         if is_manifest(item):
-            for r in read_cohort(item, require_labels=False, task=task).split(args.split):
+            for r in read_cohort(item, require_labels=False, task=task, **columns(args, model)).split(args.split):
                 found.setdefault(str(r.path), {k: "" if getattr(r, k) is None else getattr(r, k) for k in keys})
     return [found.get(str(path), dict.fromkeys(keys, "")) for path in slides]
 

@@ -65,7 +65,7 @@ def _manifest_columns(args, model) -> tuple[dict[str, float], dict[str, str]]:
     for item in args.slides:
         if is_manifest(item):
             rows = read_cohort(item, classes=model.config.class_names, require_labels=False,
-                               task=model.config.task).split(args.split)
+                               task=model.config.task, **_outcomes.columns(args, model)).split(args.split)
             mpp.update({str(r.path): r.mpp for r in rows if r.mpp})
             roi.update({str(r.path): str(r.roi) for r in rows if r.roi})
     return mpp, roi
@@ -89,7 +89,8 @@ def _slides_and_labels(args, model) -> tuple[list, list | None, list | None, lis
     for item in args.slides:
         if is_manifest(item):
             names = model.config.class_names
-            cohort = read_cohort(item, classes=names, require_labels=False, task=model.config.task)
+            cohort = read_cohort(item, classes=names, require_labels=False, task=model.config.task,
+                                 **_outcomes.columns(args, model))
             if cohort.class_names and not names:
                 raise ManifestError(f"{item}: labels are class names {cohort.class_names}, but the checkpoint "
                                     f"has none; write its labels as class indices 0..{model.config.n_classes - 1}")

@@ -278,7 +278,7 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
     classify = task == "classification"
     cols, records, headers = _records(path, _read_text(path), require_labels and classify)
     outcome = outcome_columns(path, headers, task, time_column=time_column, event_column=event_column,
-                              target_column=target_column, label_header=cols.get("label"))
+                              target_column=target_column, label_header=cols.get("label"), required=require_labels)
     problems: list[str] = []
     raw = []  # (line, path, label text, split, slide_id, mpp, roi, (time, event, target, fold))
     for line, rec in records:

@@ -68,8 +68,9 @@ def _find(present: dict[str, str], given: str | None, aliases: Sequence[str]) ->
 
 def outcome_columns(path, fieldnames: Sequence[str] | None, task: str, *, time_column: str | None = None,
                     event_column: str | None = None, target_column: str | None = None,
-                    label_header: str | None = None) -> OutcomeColumns:
-    """The outcome columns ``task`` needs in a manifest with these headers.
+                    label_header: str | None = None, required: bool = True) -> OutcomeColumns:
+    """The outcome columns ``task`` needs in a manifest with these headers (``required=False``, a
+    prediction manifest: those missing are None, and its slides have no outcome).
 
     Raises:
         ManifestError: a needed column is missing (the message lists the names
@@ -83,7 +84,7 @@ def outcome_columns(path, fieldnames: Sequence[str] | None, task: str, *, time_c
     found = list(fieldnames or [])
     if task == "regression":
         target = _find(present, target_column, TARGET_COLUMNS) or (label_header if target_column is None else None)
-        if target is None:
+        if target is None and required:
             wanted = repr(target_column) if target_column else "/".join(TARGET_COLUMNS + ("label",))
             raise ManifestError(f"{path}: no target column ({wanted}) for --task regression; found {found}; "
                                 f"name it with --target-column")
@@ -105,7 +106,7 @@ def outcome_columns(path, fieldnames: Sequence[str] | None, task: str, *, time_c
     if event is None:
         names = repr(event_column) if event_column else "/".join(EVENT_COLUMNS + INVERTED_EVENT_COLUMNS)
         missing.append(f"an event column ({names}; --event-column)")
-    if missing:
+    if missing and (required or (time is None) != (event is None)):
         raise ManifestError(f"{path}: --task survival needs {' and '.join(missing)}; found {found}")
     return OutcomeColumns(task, time=time, event=event, event_inverted=inverted)
 
