@@ -49,7 +49,7 @@ def test_a_survival_checkpoint_predicts_risks_whose_c_index_is_lifelines(surviva
 
     out = tmp_path / "pred"
     proc = cli("predict", run / "best.pt", manifest, "--out", out, "--split", "train", "--bootstrap", "50",
-               "--no-progress")
+               "--no-progress", "--geojson")
     assert proc.returncode == 0, explain(proc)
     rows = read_csv(out / "predictions.csv")
     assert len(rows) == 5 and {"risk", "time", "event"} <= rows[0].keys() and "p0" not in rows[0]
@@ -60,10 +60,13 @@ def test_a_survival_checkpoint_predicts_risks_whose_c_index_is_lifelines(surviva
     assert metrics["n"] == 5 and metrics["events"] == 4 and "uno_c" in metrics  # slide 1 (censored) is val
     assert "Harrell's C-index" in proc.stdout and "log-rank p" in proc.stdout
     assert (out / "km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    zarr_meta = json.loads(next((out / "maps").glob("*.zarr/zarr.json")).read_text()) if any(
-        (out / "maps").glob("*.zarr/zarr.json")) else None
-    if zarr_meta is not None:  # the map's title says the risk (overlays and napari read it)
-        assert "risk" in json.dumps(zarr_meta)
+    # QuPath's annotation of the slide carries the risk; the map's metadata its title (napari shows it)
+    first = rows[0]
+    features = json.loads((out / "geojson" / f"{first['name']}.geojson").read_text())["features"]
+    slide_feature = next(f for f in features if f["properties"]["name"] == "ats-wsi prediction")
+    assert slide_feature["properties"]["measurements"] == {"risk": pytest.approx(float(first["risk"]), abs=1e-6)}
+    meta = (out / "maps" / f"{first['name']}.zarr" / ".zattrs").read_text()  # OME-Zarr 0.4, the default
+    assert f"risk {float(first['risk']):.3f}" in meta
 
 
 def test_cox_and_bad_outcome_cells_listed_before_training(slide_set, tmp_path):
