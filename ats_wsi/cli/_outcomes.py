@@ -20,11 +20,28 @@ def register(p) -> None:
     p.add_argument("--risk-groups", choices=list(RISK_GROUPS), default="median",
                    help="survival checkpoints: risk groups of km.png and the log-rank test (median split or "
                         "tertiles of the predicted risk)")
+    p.add_argument("--horizons", type=_horizons, default=(), metavar="T,T,...",
+                   help="survival checkpoints: time-dependent AUC at these times, in the manifest's unit "
+                        "(e.g. 12,36,60 months; default: none)")
     for flag, what in (("--time-column", "survival: the manifest's follow-up time column"),
                        ("--event-column", "survival: the manifest's event column"),
                        ("--target-column", "regression: the manifest's target column")):
         p.add_argument(flag, help=f"{what} (default: the column the checkpoint was trained with, else found by "
                                   f"name; see docs/cli.md)")
+
+
+def _horizons(text: str) -> tuple[float, ...]:
+    """argparse type: positive finite times, comma-separated (at most 32)."""
+    import argparse
+    import math
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of times") from None
+    if not values or len(values) > 32 or not all(0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to 32 times > 0, e.g. 12,36,60")
+    return values
 
 
 @lru_cache(maxsize=4)
@@ -70,7 +87,7 @@ def report(args, rows, errors, config) -> None:
 
     out = Path(args.out)
     per = write_outcome_metrics(out, rows, config.task, resamples=args.bootstrap, seed=0,
-                                groups=getattr(args, "risk_groups", "median"),
+                                groups=getattr(args, "risk_groups", "median"), horizons=getattr(args, "horizons", ()),
                                 extra={"failed": len(errors), "checkpoint": str(args.checkpoint)})
     for split, m in per.items():
         _print(m, f"split {split}: " if split else "", out / "metrics.json", out / m["figure"] if "figure" in m else None)
@@ -89,6 +106,8 @@ def _print(m, head: str, path: Path, figure: Path | None) -> None:
 
     keys = ("c_index", "uno_c") if m["task"] == "survival" else ("mae", "rmse", "r2", "pearson", "spearman")
     table = [[LABELS[k], num(m[k]["value"]), f"[{num(m[k]['ci_low'])}, {num(m[k]['ci_high'])}]"] for k in keys]
+    table += [[f"AUC at time {h}", num(v["value"]), f"[{num(v['ci_low'])}, {num(v['ci_high'])}]"]
+              for h, v in m.get("time_auc", {}).items()]
     print(format_table(table, ["metric", "value", "95% CI"]))
     if m["task"] == "survival":
         g = m["risk_groups"]

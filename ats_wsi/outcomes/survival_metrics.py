@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import MissingExtraError
 
-__all__ = ["lifelines", "harrell_c", "uno_c", "bootstrap", "risk_groups", "survival_summary", "RISK_GROUPS"]
+__all__ = ["lifelines", "harrell_c", "uno_c", "time_auc", "bootstrap", "risk_groups", "survival_summary",
+           "RISK_GROUPS"]
 
 RISK_GROUPS = ("median", "tertiles")
 _BLOCK = 1024  # rows of the pairwise comparison done at once in uno_c (memory: _BLOCK x n floats)
@@ -90,6 +91,23 @@ def uno_c(risk, times, events, tau: float | None = None) -> float:
     return num / den if den > 0 else float("nan")
 
 
+def time_auc(risk, times, events, horizon: float) -> float:
+    """Cumulative/dynamic AUC at ``horizon`` (Uno et al. 2007; scikit-survival's
+    ``cumulative_dynamic_auc``): of the pairs of a slide with an event by ``horizon`` and a slide
+    still at risk after it, the share where the first has the higher risk (ties one half), each
+    pair weighted by ``1 / G(T_i-)``. NaN without such a pair."""
+    r, t, e = _arrays(risk, times, events)
+    g = _censoring_survival(t, e)
+    cases = (t <= horizon) & (e == 1) & (g > 0)
+    controls = t > horizon
+    if not cases.any() or not controls.any():
+        return float("nan")
+    w = 1.0 / g[cases]
+    rc, rk = r[cases][:, None], r[controls][None, :]
+    concordant = (rc > rk) + 0.5 * (rc == rk)
+    return float((w[:, None] * concordant).sum() / (w.sum() * controls.sum()))
+
+
 def bootstrap(fn, arrays: Sequence[np.ndarray], resamples: int = 1000, seed: int = 0) -> dict[str, float]:
     """``{"value", "ci_low", "ci_high"}``: ``fn(*arrays)`` and its 95 % percentile bootstrap
     interval over ``resamples`` resamples of the slides (resamples where it is NaN dropped)."""
@@ -123,10 +141,11 @@ def _logrank(t, e, groups) -> float:
     return float(multivariate_logrank_test(t, groups, e).p_value)
 
 
-def survival_summary(risk, times, events, *, resamples: int = 1000, seed: int = 0,
-                     groups: str = "median") -> dict[str, Any]:
+def survival_summary(risk, times, events, *, resamples: int = 1000, seed: int = 0, groups: str = "median",
+                     horizons: Sequence[float] = ()) -> dict[str, Any]:
     """The survival part of ``metrics.json``: ``n``, ``events``, ``c_index`` (Harrell) and
-    ``uno_c`` with 95 % bootstrap intervals, and the risk groups' sizes, events and log-rank p."""
+    ``uno_c`` with 95 % bootstrap intervals, the risk groups' sizes, events and log-rank p, and
+    (``horizons``) the time-dependent AUC at each horizon with its interval."""
     r, t, e = _arrays(risk, times, events)
     lifelines()
     g = risk_groups(r, groups)
@@ -138,4 +157,6 @@ def survival_summary(risk, times, events, *, resamples: int = 1000, seed: int = 
                         "events": [int(e[g == k].sum()) for k in range(int(g.max()) + 1 if g.size else 0)],
                         "logrank_p": _logrank(t, e, g)},
         "bootstrap": {"resamples": int(resamples), "seed": int(seed)},
+        **({"time_auc": {f"{h:g}": bootstrap(lambda a, b, c, h=h: time_auc(a, b, c, h), [r, t, e], resamples, seed)
+                         for h in horizons}} if horizons else {}),
     }

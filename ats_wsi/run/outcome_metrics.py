@@ -38,14 +38,14 @@ def _cells(rows: Sequence[dict], task: str) -> tuple[np.ndarray, ...]:
 
 
 def outcome_metrics(rows: Sequence[dict], task: str, *, resamples: int = 1000, seed: int = 0,
-                    groups: str = "median") -> dict[str, Any]:
+                    groups: str = "median", horizons: Sequence[float] = ()) -> dict[str, Any]:
     """Survival (:func:`~ats_wsi.outcomes.survival_metrics.survival_summary`) or regression
     (:func:`~ats_wsi.outcomes.regression_metrics.regression_summary`) metrics of the rows
     that have an outcome; ``n_unlabelled`` counts the others."""
     cells = _cells(rows, task)
     if task == "survival":
         out = survival_summary(cells[0], cells[1], cells[2].astype(np.int64), resamples=resamples, seed=seed,
-                               groups=groups)
+                               groups=groups, horizons=horizons)
     else:
         out = regression_summary(cells[1], cells[0], resamples=resamples, seed=seed)
     out["task"] = task
@@ -58,7 +58,8 @@ def _split_order(split: str) -> tuple[int, str]:
 
 
 def write_outcome_metrics(out: Path, rows: Sequence[dict], task: str, *, resamples: int = 1000, seed: int = 0,
-                          groups: str = "median", extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+                          groups: str = "median", horizons: Sequence[float] = (),
+                          extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``out/metrics.json`` of :func:`outcome_metrics` (per split when the rows have several) and a
     figure beside it (:func:`write_outcome_figure`, per split in ``splits/SPLIT/``). Returns
     ``{split or "": metrics}``."""
@@ -69,7 +70,7 @@ def write_outcome_metrics(out: Path, rows: Sequence[dict], task: str, *, resampl
     for split in splits or [""]:
         mine = [r for r in rows if (r.get("split") or "") == split]
         where = out if len(splits) <= 1 else out / "splits" / (split or "none")
-        per[split] = outcome_metrics(mine, task, resamples=resamples, seed=seed, groups=groups)
+        per[split] = outcome_metrics(mine, task, resamples=resamples, seed=seed, groups=groups, horizons=horizons)
         figure = write_outcome_figure(where, mine, task, groups=groups)
         if figure is not None:
             per[split]["figure"] = str(figure.relative_to(out))

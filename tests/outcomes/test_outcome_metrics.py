@@ -83,3 +83,24 @@ def test_regression_summary_matches_scipy_and_numpy():
     assert m["pearson"]["value"] == pytest.approx(stats.pearsonr(y, p)[0])
     assert m["spearman"]["value"] == pytest.approx(stats.spearmanr(y, p)[0])
     assert m["pearson"]["ci_low"] < m["pearson"]["value"] < m["pearson"]["ci_high"]
+
+
+def test_time_dependent_auc_is_the_weighted_case_control_share():
+    from ats_wsi.metrics import roc_auc
+    from ats_wsi.outcomes.survival_metrics import _censoring_survival, time_auc
+
+    risk, time, event = _cohort(50, seed=2)
+    horizon = float(np.median(time))
+    g = _censoring_survival(time, event)
+    num = den = 0.0
+    for i in range(len(risk)):  # cases: an event by the horizon; controls: still at risk after it
+        if time[i] <= horizon and event[i]:
+            for j in range(len(risk)):
+                if time[j] > horizon:
+                    den += 1 / g[i]
+                    num += (1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0) / g[i]
+    assert time_auc(risk, time, event, horizon) == pytest.approx(num / den, rel=1e-12)
+    full = np.ones_like(event)  # without censoring: the ROC AUC of "died by the horizon"
+    assert time_auc(risk, time, full, horizon) == pytest.approx(roc_auc((time <= horizon).astype(int), risk))
+    m = survival_summary(risk, time, event, resamples=50, horizons=[horizon])
+    assert m["time_auc"][f"{horizon:g}"]["value"] == pytest.approx(num / den)
