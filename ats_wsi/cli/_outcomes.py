@@ -90,7 +90,8 @@ def report(args, rows, errors, config) -> None:
                                 groups=getattr(args, "risk_groups", "median"), horizons=getattr(args, "horizons", ()),
                                 extra={"failed": len(errors), "checkpoint": str(args.checkpoint)})
     for split, m in per.items():
-        _print(m, f"split {split}: " if split else "", out / "metrics.json", out / m["figure"] if "figure" in m else None)
+        figure = out / m["figure"] if "figure" in m else None
+        _print(m, f"split {split}: " if split else "", out / "metrics.json", figure)
     if errors:
         print(f"({len(errors)} slide(s) failed and are not counted)")
 

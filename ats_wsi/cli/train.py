@@ -61,7 +61,8 @@ def _register_task(p) -> None:
     g.add_argument("--survival-loss", choices=["nll", "cox"],
                    help="nll: discrete-time hazards over --time-bins quantile bins of the training event times; "
                         "cox: the Cox partial likelihood over each batch (default: nll)")
-    g.add_argument("--time-bins", type=positive_int, dest="n_bins", help="bins of the nll survival head (default: 4)")
+    g.add_argument("--time-bins", type=positive_int, dest="n_bins", metavar="N",
+                   help="bins of the nll survival head (default: 4)")
     g.add_argument("--time-column", help="the manifest's follow-up time column (default: time, OS.time, "
                                          "survival_months, ...)")
     g.add_argument("--event-column", help="the manifest's event column, 1 = event, 0 = censored (default: event, OS, "

@@ -488,5 +488,6 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
             shutil.copyfile(best_ckpt, tmp)
     cached = ["feature_hits", "feature_misses"] if settings.feature_cache else []
     fields, rename = metric_fields(model.config.task, METRIC_FIELDS + cached)
-    write_csv_atomic(out / "metrics.csv", [{rename.get(k, k): v for k, v in asdict(m).items()} for m in history], fields)
+    rows = [{rename.get(k, k): v for k, v in asdict(m).items()} for m in history]
+    write_csv_atomic(out / "metrics.csv", rows, fields)
 

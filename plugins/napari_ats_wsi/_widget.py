@@ -161,7 +161,8 @@ def show_title(viewer, prediction) -> None:
     value) on the canvas (napari's text overlay)."""
     from ats_wsi.outputs import ATTENTION_UNIT
 
-    viewer.text_overlay.text = f"{prediction.title}\nheatmap: {ATTENTION_UNIT}"  # napari's colour bar has no label of its own
+    # napari's colour bar has no label of its own
+    viewer.text_overlay.text = f"{prediction.title}\nheatmap: {ATTENTION_UNIT}"
     viewer.text_overlay.visible = True
 
 
