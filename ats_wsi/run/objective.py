@@ -76,17 +76,20 @@ class Objective:
                                     "run it without torchrun, or use --survival-loss nll")
 
     def slide_loss(self, logits: Tensor, row: ManifestRow) -> Tensor:
-        """The loss of one slide (not for Cox: see :meth:`batch_loss`)."""
+        """The loss of one slide, before :meth:`weight` (not for Cox: see :meth:`batch_loss`)."""
         device = logits.device
         if self.task == "classification":
-            ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
-            return ce if self.class_weight is None else ce * self.class_weight[row.label]
+            return F.cross_entropy(logits, torch.tensor([row.label], device=device))
         if self.task == "regression":
             c = self.config
             return F.mse_loss(logits[:, 0].float(), torch.tensor([(row.target - c.target_mean) / c.target_std],
                                                                  device=device, dtype=torch.float32))
         bins = torch.as_tensor(time_bins_of([row.time], self.config.time_bins), device=device)
         return discrete_time_nll(logits, bins, torch.tensor([row.event], device=device))
+
+    def weight(self, row: ManifestRow) -> float:
+        """The weight of a slide's loss: its class's (``--class-weights balanced``), else 1."""
+        return 1.0 if self.class_weight is None or self.task != "classification" else self.class_weight[row.label]
 
     def batch_loss(self, outputs: Sequence[Tensor], rows: Sequence[ManifestRow]) -> Tensor:
         """The Cox partial likelihood of a batch's slide outputs (each ``[1, 1]``)."""

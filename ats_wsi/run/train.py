@@ -451,7 +451,7 @@ class _Epoch:
                                                    if self.objective.task == "classification" else 0.0)
                     if cox is None:
                         ce = self.objective.slide_loss(logits, row)
-                        ((ce + extra) * (weight * world / len(batch))).backward()
+                        ((ce * self.objective.weight(row) + extra) * (weight * world / len(batch))).backward()
                     else:  # the batch's Cox loss, through this slide's risk (its gradient is cox[0][idx])
                         ce, cox_part = torch.tensor(cox[1]), logits.reshape(-1)[0] * cox[0].get(int(idx), 0.0)
                         (cox_part * weight + extra * (weight * world / len(batch))).backward()
