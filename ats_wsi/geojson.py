@@ -8,6 +8,7 @@ in napari (:func:`ats_wsi.outputs.attention_scale`).
 - the slide's prediction: one annotation over the whole slide, named
   ``ats-wsi prediction``, classified as the predicted class, with the
   measurements ``probability`` (of that class) and ``p_<class>`` per class
+  (a survival or regression model's: classified ``risk`` or ``value``, with that number)
   (QuPath ignores the collection's own ``properties``, so this is where it
   sees the prediction);
 - the attention map as detection tiles: one ``detection`` per cell with
@@ -235,6 +236,8 @@ def _prediction_feature(prediction, bounds_xywh) -> dict:
     probs = [float(v) for v in np.asarray(prediction.probabilities).ravel()]
     k = int(prediction.predicted)
     measurements = {"probability": probs[k], **{f"p_{n}": p for n, p in zip(names, probs)}}
+    if getattr(prediction, "value", None) is not None:  # survival ("risk") or regression ("value"): the number
+        measurements = {names[k]: float(prediction.value)}
     return _feature([_box_ring(*bounds_xywh)], "ats-wsi prediction",
                     {"name": names[k], "color": _CLASS_COLOURS[k % len(_CLASS_COLOURS)]}, measurements)
 

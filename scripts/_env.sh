@@ -17,7 +17,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[ats-wsi] installing dependencies into $VENV (about a minute)" >&2
   "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
-  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,napari,distributed,megamnist]" -e "$ROOT/plugins"
+  "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev,napari,distributed,megamnist,survival,regression]" -e "$ROOT/plugins"
   # optional C extension (cropped JPEG decoding for PatchReader; needs gcc and libjpeg headers):
   # without it PatchReader decodes whole tiles, same pixels
   "$PY" -m pip install -q --disable-pip-version-check "$ROOT/native" \

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ats_wsi"
 
 # Floors, lowest first. A module may import its own floor's packages and those below.
 FLOORS = [
-    {"errors", "_lazy", "atomic", "geometry", "metrics", "curves", "roi"},
+    {"errors", "_lazy", "atomic", "geometry", "metrics", "curves", "roi", "outcomes"},
     {"slide"},
     {"sampling", "patches"},
     {"model", "reference_api", "nets", "encoders", "zoom"},

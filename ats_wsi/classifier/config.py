@@ -72,6 +72,15 @@ class ModelConfig:
             drawn in each region (``None``: one stage, the default).
         zoom_regions: ``n1``, regions drawn per slide (set with ``zoom_mpp``).
         zoom_size: a region's side in µm (set with ``zoom_mpp``).
+        task: ``"classification"``, ``"survival"`` or ``"regression"``: what the
+            slide head predicts (:mod:`ats_wsi.outcomes`); ``predict`` reads it.
+        survival_loss: ``"nll"`` (discrete-time hazards over ``n_bins`` bins) or
+            ``"cox"`` (one risk, the Cox partial likelihood over a batch).
+        n_bins: bins of the discrete-time survival head.
+        time_bins: the bins' inner cut points (quantiles of the training
+            slides' event times, set by training; the manifest's time unit).
+        target_mean, target_std: regression targets are standardised with
+            them for training (set by training from the training slides).
     """
 
     n_classes: int = 2
@@ -106,6 +115,19 @@ class ModelConfig:
     zoom_mpp: float | None = None
     zoom_regions: int | None = None
     zoom_size: float | None = None
+    task: str = "classification"
+    survival_loss: str = "nll"
+    n_bins: int = 4
+    time_bins: list[float] | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def head_outputs(self) -> int:
+        """Outputs of the slide head: a logit per class, per time bin (``nll``), or one (``cox``, regression)."""
+        if self.task == "survival" and self.survival_loss == "nll":
+            return len(self.time_bins) + 1 if self.time_bins is not None else self.n_bins
+        return 1 if self.task in ("survival", "regression") else self.n_classes
 
     def __post_init__(self):
         """Every rule of a valid config, for a config built in code as for one read from a file.
@@ -116,8 +138,10 @@ class ModelConfig:
                 match ``n_classes`` (every problem named in one message).
         """
         from ._config_check import config_problems
+        from ._task import task_problems
 
         problems = config_problems(self)
+        problems += task_problems(self) if not problems else []
         if problems:
             raise ConfigError(None, "model config: " + "; ".join(problems))
 

@@ -22,6 +22,7 @@ from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
 from ._roi import restrict_to_roi, roi_grid
+from ._task import slide_value
 from .config import ModelConfig
 from .features import EncoderFeatures
 from .inputs import SlideInput
@@ -85,7 +86,7 @@ class SlideClassifier(nn.Module):
         # head reads both: the expected share of "lesion" among the draws is a count the head can
         # threshold, where a lesion's features alone are diluted by the look-alikes drawn with it.
         self.instance_head = nn.Linear(head_in, config.n_classes) if config.instance_head else None
-        self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.n_classes)
+        self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.head_outputs)
 
     @staticmethod
     def _one_stage(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module) -> AttentionSampler:
@@ -238,7 +239,7 @@ class SlideClassifier(nn.Module):
             inside = roi_grid(self.sampler, source, item.low.shape, attention.shape[-2:], roi, item.slide.dimensions)
             attention, grid_mask = restrict_to_roi(attention, grid_mask, inside, slide=str(item.path),
                                                    roi_path=roi.path)
-        probs, boxes, box_attention, patch_features, embeddings = [], [], [], [], []
+        probs, boxes, box_attention, patch_features, embeddings, values = [], [], [], [], [], []
         for _ in range(samples):
             result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
                           deterministic=deterministic)
@@ -246,12 +247,16 @@ class SlideClassifier(nn.Module):
             if not bool(torch.isfinite(logits).all()):  # a NaN must never reach predictions.csv
                 raise PredictionError(item.path, NOT_FINITE)
             probs.append(torch.softmax(logits, dim=-1)[0].cpu())
+            values.append(slide_value(self.config, logits))
             boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
             box_attention.append(result.sampled_attention[0].float().cpu())
             embeddings.append(result.features[0].float().reshape(-1).cpu())
             if result.patch_features is not None:  # [n, D] (axes after the first flattened)
                 patch_features.append(result.patch_features[0].float().reshape(len(result.xy[0]), -1).cpu())
         p = torch.stack(probs).mean(0).numpy()
+        names = self.class_names
+        if self.config.task != "classification":  # one pseudo-class: the risk or value is in `value`
+            p, names = np.ones(1), ("risk" if self.config.task == "survival" else "value",)
         boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
         attention_np = attention[0].float().cpu().numpy()
         cell_wh, origin_xy = cell_grid_level0(low_shape=item.low.shape, map_shape=attention_np.shape,
@@ -262,7 +267,7 @@ class SlideClassifier(nn.Module):
             slide=str(item.path),
             probabilities=p,
             predicted=int(np.argmax(p)),
-            class_names=self.class_names,
+            class_names=names,
             attention=attention_np,
             cell_size_xy=cell_wh,
             origin_xy=origin_xy,
@@ -276,6 +281,8 @@ class SlideClassifier(nn.Module):
             low_downsample=float(item.low.downsample),
             patch_features=torch.cat(patch_features).numpy() if len(patch_features) == samples else None,
             embeddings=torch.stack(embeddings).numpy(),
+            task=self.config.task,
+            value=None if values[0] is None else float(np.mean(values)),
         )
 
 

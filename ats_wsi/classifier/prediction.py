@@ -47,6 +47,13 @@ class SlidePrediction:
             ``boxes_xywh`` the patches (``n1 · n2`` per sampling, region after
             region) and ``box_attention`` each patch's probability through
             both stages (``a1 · a2``).
+        task: the model's task (``"classification"``, ``"survival"``, ``"regression"``).
+        value: survival: the slide's risk (higher: shorter survival; the
+            discrete-time head's ``-sum S_k`` or the Cox head's log hazard
+            ratio); regression: the predicted value in the target's unit; the
+            mean over the samplings. None for classification. (Survival and
+            regression predictions have one pseudo-class, ``class_names``
+            ``("risk",)`` or ``("value",)``, of probability 1.)
     """
 
     slide: str
@@ -67,6 +74,19 @@ class SlidePrediction:
     patch_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     zoom: list | None = None
+    task: str = "classification"
+    value: float | None = None
+
+    @property
+    def title(self) -> str:
+        """What an overlay and the napari viewer say: ``"tumor  p = 0.93"``, ``"risk 0.412"``, ``"value 3.2"``."""
+        if self.task == "survival" and self.value is not None:
+            return f"risk {self.value:.3f}"
+        if self.task == "regression" and self.value is not None:
+            return f"value {self.value:.4g}"
+        from ..outputs import prediction_title
+
+        return prediction_title(self.predicted_name, self.probabilities[self.predicted])
 
     @property
     def predicted_name(self) -> str:

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import _encoder, _exports
+from . import _encoder, _exports, _outcomes
 from ..errors import OutputLockedError
 from ._common import (HelpFormatter, LibraryLog, check_device, error, format_table, int_in, positive_int,
                       progress_bar)
@@ -53,6 +53,7 @@ def register(sub) -> None:
     _encoder.register_predict(p)
     _exports.register(p)
     _exports.register_roi(p)
+    _outcomes.register(p)
     p.set_defaults(func=run)
 
 
@@ -63,7 +64,8 @@ def _manifest_columns(args, model) -> tuple[dict[str, float], dict[str, str]]:
     mpp, roi = {}, {}
     for item in args.slides:
         if is_manifest(item):
-            rows = read_cohort(item, classes=model.config.class_names, require_labels=False).split(args.split)
+            rows = read_cohort(item, classes=model.config.class_names, require_labels=False,
+                               task=model.config.task, **_outcomes.columns(args, model)).split(args.split)
             mpp.update({str(r.path): r.mpp for r in rows if r.mpp})
             roi.update({str(r.path): str(r.roi) for r in rows if r.roi})
     return mpp, roi
@@ -87,7 +89,8 @@ def _slides_and_labels(args, model) -> tuple[list, list | None, list | None, lis
     for item in args.slides:
         if is_manifest(item):
             names = model.config.class_names
-            cohort = read_cohort(item, classes=names, require_labels=False)
+            cohort = read_cohort(item, classes=names, require_labels=False, task=model.config.task,
+                                 **_outcomes.columns(args, model))
             if cohort.class_names and not names:
                 raise ManifestError(f"{item}: labels are class names {cohort.class_names}, but the checkpoint "
                                     f"has none; write its labels as class indices 0..{model.config.n_classes - 1}")
@@ -229,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with LibraryLog(out / "predict.log") as log:
             rows, errors = predict_slides(slides, settings, executor=client, progress=progress, labels=labels,
-                                          slide_ids=slide_ids, splits=splits, model=model)
+                                          slide_ids=slide_ids, splits=splits, model=model,
+                                          outcomes=_outcomes.outcomes(args, model, slides))
     except OutputLockedError as exc:  # another run writes --out (a full or read-only one: exit 1, one line)
         print(f"ats-wsi predict: {exc}", file=sys.stderr)
         return EXIT_LOCKED
@@ -251,7 +255,10 @@ def _finish(args, out: Path, rows, errors, labels, log, model) -> int:
               f"{args.feature_cache}), {misses} computed")
     if log.summary("predict"):
         print(log.summary("predict"), file=sys.stderr)
-    if labels is not None and any(v is not None for v in labels):
+    if model.config.task != "classification":
+        if labels is not None:  # a manifest: its outcome cells are in predictions.csv
+            _outcomes.report(args, rows, errors, model.config)
+    elif labels is not None and any(v is not None for v in labels):
         _report_metrics(args, rows, errors, model.config)
     if errors:
         print(f"{len(errors)} slide(s) failed -> {out / 'errors.csv'}", file=sys.stderr)

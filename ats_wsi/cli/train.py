@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from . import _encoder, _exports
-from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, floats, json_object, positive_int,
-                      transient_bars)
+from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, floats, int_in, json_object,
+                      positive_int, transient_bars)
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
-                "sampler", "smoothing", "temperature", "instance_head", "zoom_mpp", "zoom_regions", "zoom_size")
+                 "sampler", "smoothing", "temperature", "instance_head", "zoom_mpp", "zoom_regions", "zoom_size",
+                 "task", "survival_loss", "n_bins")
 # The model `ats-wsi train` builds when no flag or --config says otherwise (docs/training.md says why
 # each is what it is). Library users get ModelConfig's own defaults; these are the CLI's.
 MODEL_DEFAULTS = {"low_mpp": 8.0, "patch_mpp": 0.5, "patch_size": 128, "n_patches": 32, "instance_head": True, "temperature": 0.25,
@@ -28,7 +29,9 @@ TRAIN_DEFAULTS = {"epochs": 30, "lr": 3e-3, "attention_lr": 1e-2, "schedule": "c
 # Patches a slide the instance loss remembers when the feature net is frozen (--instance-memory).
 INSTANCE_MEMORY = 1024
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
-FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes", "feature_frozen": "--freeze-features"}
+FLAG_OF_KEY = {"n_classes": "--classes", "class_names": "--classes", "feature_frozen": "--freeze-features",
+              "n_bins": "--time-bins", "time_bins": "--time-bins", "target_mean": "--target-column",
+              "target_std": "--target-column"}
 
 
 def register(sub) -> None:
@@ -46,8 +49,36 @@ def register(sub) -> None:
     _encoder.register_train(p)
     _register_training(p)
     _register_aids(p)
+    _register_task(p)
     _exports.register_roi(p)
     p.set_defaults(func=run)
+
+
+def _register_task(p) -> None:
+    """What the slide head predicts, and k-fold cross-validation (docs/training.md, "Survival and regression")."""
+    from ..data.folds import MAX_FOLDS
+
+    g = p.add_argument_group("task and cross-validation (see docs/training.md)")
+    g.add_argument("--task", choices=["classification", "survival", "regression"],
+                   help="classification (labels), survival (time and event columns) or regression (a numeric "
+                        "target column); stored in the checkpoint (default: classification)")
+    g.add_argument("--survival-loss", choices=["nll", "cox"],
+                   help="nll: discrete-time hazards over --time-bins quantile bins of the training event times; "
+                        "cox: the Cox partial likelihood over each batch (default: nll)")
+    g.add_argument("--time-bins", type=positive_int, dest="n_bins", metavar="N",
+                   help="bins of the nll survival head (default: 4)")
+    g.add_argument("--time-column", help="the manifest's follow-up time column (default: time, OS.time, "
+                                         "survival_months, ...)")
+    g.add_argument("--event-column", help="the manifest's event column, 1 = event, 0 = censored (default: event, OS, "
+                                          "status, ...; censorship is read inverted)")
+    g.add_argument("--target-column", help="the manifest's regression target (default: target, value, score, y, "
+                                           "label)")
+    folds = g.add_mutually_exclusive_group()
+    folds.add_argument("--fold", type=int, metavar="K", help="the manifest's split column holds fold numbers: test "
+                                                             "on fold K, validate on the next fold, train on the rest")
+    folds.add_argument("--folds", type=int_in(2, MAX_FOLDS), metavar="N",
+                       help="make N folds stratified by class (survival: by event), save them in OUT/folds.csv and "
+                            "train each into OUT/fold-K; a summary of the folds at the end")
 
 
 def _register_model(p, d) -> None:
@@ -236,6 +267,8 @@ def model_config(args: argparse.Namespace):
         base.update(low_mpp=args.low_mpp, low_downsample=None)
     _apply_resolution(args, base)
     _encoder.apply(args, base)
+    if base.get("task", "classification") != "classification" and "instance_head" not in base:
+        base["instance_head"] = False  # its per-patch losses need classes
     _apply_defaults(base)
     return ModelConfig.from_user(base, source=args.config)
 
@@ -333,8 +366,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, EncoderError) as exc:
         return error(f"ats-wsi train: bad model settings: {exc}")
     names = list(config.class_names or [])
+    columns = {"time_column": args.time_column, "event_column": args.event_column, "target_column": args.target_column}
+    if config.task == "survival":
+        from ..outcomes.survival_metrics import lifelines
+
+        lifelines()  # MissingExtraError (one line, exit 1) before any work
     if not args.resume:
-        cohort = read_cohort(args.manifest, classes=config.class_names)  # a bad manifest fails here
+        cohort = read_cohort(args.manifest, classes=config.class_names, task=config.task, **columns)  # fails here
         names = names or list(cohort.class_names or [])
         if isinstance(args.classes, int) and cohort.class_names and args.classes != len(cohort.class_names):
             return error(f"ats-wsi train: --classes {args.classes}, but the manifest's labels are "
@@ -363,12 +401,18 @@ def run(args: argparse.Namespace) -> int:
                              class_weights=None if args.class_weights == "none" else args.class_weights,
                              skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
                              check_tiles=max(0, args.check_tiles), allow_duplicates=args.allow_duplicates, mpp=args.mpp,
-                             feature_cache=args.feature_cache, **aids, **_exports.roi_settings(args))
+                             feature_cache=args.feature_cache, fold=args.fold, **columns, **aids,
+                             **_exports.roi_settings(args))
+    if config.task != "classification" and args.select == "accuracy":
+        return error(f"ats-wsi train: --select accuracy is for classifiers; a {config.task} model is chosen by "
+                     f"auc (its {'C-index' if config.task == 'survival' else 'R²'}) or loss")
+    score = {"classification": "val_auc", "survival": "val_c_index", "regression": "val_r2"}[config.task]
 
     def report(m):
-        print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}  acc {m.train_acc:.3f}  "
-              f"val_loss {m.val_loss:.4f}  val_acc {m.val_acc:.3f}  val_auc {m.val_auc:.3f}  {m.seconds:.1f}s"
-              f"{_encoder.cache_note(m)}", flush=True)
+        accuracy = f"  acc {m.train_acc:.3f}" if config.task == "classification" else ""
+        val_accuracy = f"  val_acc {m.val_acc:.3f}" if config.task == "classification" else ""
+        print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}{accuracy}  val_loss {m.val_loss:.4f}{val_accuracy}  "
+              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_encoder.cache_note(m)}", flush=True)
 
     def show_cohort(summary):
         print(summary.text(), flush=True)
@@ -376,6 +420,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"resumed from epoch {summary.resumed_from}", flush=True)
 
     out, speaks = Path(args.out), int(os.environ.get("RANK", "0")) == 0  # under torchrun, one process speaks
+    if args.folds:
+        from ._folds import train_folds
+
+        return train_folds(args, config, settings, report, show_cohort)
     with LibraryLog(out / "train.log") as log:
         try:
             train(args.manifest, out, config, settings, resume=args.resume, overwrite=args.overwrite,

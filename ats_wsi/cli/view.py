@@ -138,7 +138,8 @@ def _show_prediction(viewer, meta: dict) -> None:
     if probabilities is None or predicted is None:
         return
     name = meta.get("predicted_name") or str(predicted)
-    title = prediction_title(name, probabilities[int(predicted)])
+    # a survival or regression map carries its own title ("risk 0.412"); a classifier's is made here
+    title = meta.get("title") or prediction_title(name, probabilities[int(predicted)])
     viewer.text_overlay.text = f"{title}\nheatmap: {ATTENTION_UNIT}"  # napari's colour bar has no label of its own
     viewer.text_overlay.visible = True
 

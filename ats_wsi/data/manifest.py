@@ -24,7 +24,10 @@ typos unless ``classes=`` names both (:mod:`ats_wsi.data.labels`). Splits are ``
 ``val`` (also ``validation``, ``valid``, ``dev``) and ``test``, any case; an
 empty cell is ``train``. Any other value is an error naming the row: every
 bad row of a file is reported in one :class:`~ats_wsi.errors.ManifestError`.
-Relative slide paths are taken relative to the manifest's folder.
+A split column of integers (``fold``: ``0``, ``1``, ...) gives fold numbers
+(``ManifestRow.fold``; :mod:`ats_wsi.data.folds` turns one into splits).
+Survival and regression manifests (``task=``) have outcome columns instead of
+labels (:mod:`ats_wsi.data.outcomes`). Relative slide paths are taken relative to the manifest's folder.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from typing import Sequence
 
 from ..errors import ManifestError
 from .labels import label_key, spelling_of, suspected_typos
+from .outcomes import fold_number, outcome_columns, read_outcome
 
 __all__ = ["Manifest", "ManifestRow", "read_manifest", "read_cohort", "is_manifest", "normalise_split",
            "bad_rows", "SPLITS", "COLUMNS", "MANIFEST_SUFFIXES", "MAX_LISTED"]
@@ -83,6 +87,14 @@ class ManifestRow:
     class_name: str | None = None
     line: int = field(default=0, compare=False)
     roi: Path | None = None
+    time: float | None = None
+    """Survival: follow-up time (the manifest's unit); None for other tasks."""
+    event: int | None = None
+    """Survival: 1 the event was observed, 0 censored."""
+    target: float | None = None
+    """Regression: the slide's value."""
+    fold: int | None = None
+    """The fold number of a split column of integers (``split`` is then ``"train"`` until a fold is chosen)."""
 
 
 @dataclass(frozen=True)
@@ -198,13 +210,13 @@ def _read_text(path: Path) -> str:
 
 
 def _records(path: Path, text: str, require_labels: bool):
-    """``(columns, [(line, {header: cell})])`` of the file; ManifestError for a broken CSV
+    """``(columns, [(line, {header: cell})], headers)`` of the file; ManifestError for a broken CSV
     (a cell over the csv module's field limit, a quote left open)."""
     header = text.split("\n", 1)[0]
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(path, header))
     try:
         cols = _columns(path, reader.fieldnames, require_labels)
-        return cols, [(reader.line_num, rec) for rec in reader]
+        return cols, [(reader.line_num, rec) for rec in reader], list(reader.fieldnames or [])
     except csv.Error as exc:
         raise ManifestError(f"{path}:{reader.line_num + 1}: not a readable CSV row ({exc}); a cell holds "
                             f"a path, a label or a number, never {csv.field_size_limit()} characters") from None
@@ -233,7 +245,8 @@ def _path_problem(cell: str) -> str | None:
 
 
 def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
-                require_labels: bool = True) -> Manifest:
+                require_labels: bool = True, task: str = "classification", time_column: str | None = None,
+                event_column: str | None = None, target_column: str | None = None) -> Manifest:
     """Read a manifest (CSV or TSV) with all its rows.
 
     Labels written as names are matched without regard to case, spaces,
@@ -249,7 +262,12 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             checkpoint's names). Name labels must be among them; index labels
             must be below their number.
         require_labels: False for prediction: the label column and its cells
-            may then be empty (``label`` None).
+            may then be empty (``label`` None); so may outcome cells.
+        task: ``"classification"`` (labels), ``"survival"`` (time and event
+            columns) or ``"regression"`` (a target column); for the last two
+            labels are not read (:mod:`ats_wsi.data.outcomes`).
+        time_column, event_column, target_column: the outcome columns' headers
+            (default: found by their usual names).
 
     Raises:
         ManifestError: a missing, huge or broken file, a missing column, or
@@ -257,9 +275,12 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             each as ``FILE:LINE: what is wrong``.
     """
     path = Path(path)
-    cols, records = _records(path, _read_text(path), require_labels)
+    classify = task == "classification"
+    cols, records, headers = _records(path, _read_text(path), require_labels and classify)
+    outcome = outcome_columns(path, headers, task, time_column=time_column, event_column=event_column,
+                              target_column=target_column, label_header=cols.get("label"), required=require_labels)
     problems: list[str] = []
-    raw = []  # (line, path, label text, split, slide_id, mpp, roi)
+    raw = []  # (line, path, label text, split, slide_id, mpp, roi, (time, event, target, fold))
     for line, rec in records:
         if not any((v or "").strip() for v in rec.values() if isinstance(v, str)):
             continue  # a row of empty cells (",,"): a spreadsheet's trailing line
@@ -270,10 +291,11 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             bad.append(path_problem)
         bad += [f"the {role} cell holds a NUL byte" for role in ("label", "split", "slide_id", "mpp", "roi")
                 if "\0" in cells.get(role, "")]
+        fold = fold_number(cells.get("split", ""))
         try:
-            split = normalise_split(cells.get("split", ""))
+            split = "train" if fold is not None else normalise_split(cells.get("split", ""))
         except ValueError as exc:
-            bad.append(str(exc)[:200])
+            bad.append(str(exc)[:200] + "; fold numbers are integers (0, 1, ...)")
             split = "train"
         mpp = None
         if cells.get("mpp"):
@@ -281,18 +303,20 @@ def read_cohort(path: str | os.PathLike, *, classes: Sequence[str] | None = None
             if mpp is None or mpp <= 0:
                 bad.append(f"mpp {cells['mpp'][:50]!r} is not a positive number of µm per pixel")
                 mpp = None
-        label = cells.get("label", "")
-        if not label and require_labels:
+        label = cells.get("label", "") if classify else ""
+        if not label and require_labels and classify:
             bad.append("empty label")
         problems += [f"{path}:{line}: {b}" for b in bad]
+        time, event, target, bad_outcome = read_outcome(outcome, rec, f"{path}:{line}", require_labels)
+        problems += bad_outcome
         slide = Path() if path_problem else _slide_path(path, rec.get(cols["path"]) or "")
         roi = _slide_path(path, cells["roi"]) if cells.get("roi") and "\0" not in cells["roi"] else None
-        raw.append((line, slide, label, split, cells.get("slide_id") or None, mpp, roi))
+        raw.append((line, slide, label, split, cells.get("slide_id") or None, mpp, roi, (time, event, target, fold)))
     labels, names = _labels(path, [(line, text) for line, _, text, *_ in raw], classes, problems)
     if problems:
         raise ManifestError(bad_rows(path, problems))
-    rows = [ManifestRow(slide, label, split, slide_id, mpp, name, line, roi)
-            for (line, slide, _, split, slide_id, mpp, roi), (label, name) in zip(raw, labels)]
+    rows = [ManifestRow(slide, label, split, slide_id, mpp, name, line, roi, *more)
+            for (line, slide, _, split, slide_id, mpp, roi, more), (label, name) in zip(raw, labels)]
     return Manifest(path, rows, names, tuple(cols))
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["DISTILL", "InstanceMemory", "aid_losses", "check_aids", "distill_loss", "exploration", "instance_loss",
-           "set_exploration"]
+           "memory_for", "set_exploration"]
 
 
 def exploration(epoch: int, *, explore: float, explore_epochs: int, final: float) -> float:
@@ -216,6 +216,19 @@ class InstanceMemory:
 
     def __len__(self) -> int:
         return sum(len(rows) for _, rows in self._slides.values())
+
+
+def memory_for(settings, model, n_slides: int) -> InstanceMemory | None:
+    """The instance loss's memory of drawn patches for a training run (``settings``:
+    :class:`~ats_wsi.run.train.TrainSettings`), or None when it is off; a
+    feature net that trains is refused (its features change every step)."""
+    if not settings.instance_memory or not settings.instance_weight or model.instance_head is None:
+        return None
+    if not model.config.feature_frozen:
+        raise ValueError("instance_memory needs a frozen feature net (ats-wsi train: --freeze-features); "
+                         "the features of a feature net that trains change every step")
+    return InstanceMemory(settings.instance_memory, n_slides, model.instance_head.in_features,
+                          negative=settings.negative_class, seed=settings.seed)
 
 
 def aid_losses(model, settings, result, label: int, memory: InstanceMemory | None = None, slide: str = ""):

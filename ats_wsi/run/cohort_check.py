@@ -155,11 +155,12 @@ def class_problems(manifest, rows: Sequence[ManifestRow], n_classes: int, names:
 
 
 def check_cohort(manifest, rows: Sequence[ManifestRow], n_classes: int, names: Sequence[str] | None, *,
-                 train_split: str = "train", allow_duplicates: bool = False) -> list[str]:
+                 train_split: str = "train", allow_duplicates: bool = False, classes: bool = True) -> list[str]:
     """Raise :class:`CohortError` listing every problem of :func:`duplicate_problems` (unless
-    ``allow_duplicates``) and :func:`class_problems`; returns the duplicates allowed (as warnings)."""
+    ``allow_duplicates``) and (``classes``: a classifier's cohort) :func:`class_problems`; returns
+    the duplicates allowed (as warnings)."""
     duplicates = duplicate_problems(manifest, rows)
-    problems = class_problems(manifest, rows, n_classes, names, train_split)
+    problems = class_problems(manifest, rows, n_classes, names, train_split) if classes else []
     if not allow_duplicates:
         problems = duplicates + problems
     if problems:

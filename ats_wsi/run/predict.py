@@ -47,7 +47,7 @@ from ..exports import export_files, outline_roi, write_slide_exports
 from ..roi import roi_for_slide
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
-from ..outputs import prediction_title, render_overlay, write_attention_zarr, write_overlay_png
+from ..outputs import render_overlay, write_attention_zarr, write_overlay_png
 from .outdir import as_output_error, holding_results_folder, invalidate_marker, output_digests, outputs_match
 from .results import MAX_NAME_BYTES, ResultsFolder, SlideResult, output_names
 
@@ -154,13 +154,21 @@ def run_key(settings: PredictSettings) -> str:
 
 def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
                       labelled: bool = False, feature_cache: bool = False, slide_ids: bool = False,
-                      splits: bool = False) -> list[str]:
+                      splits: bool = False, task: str = "classification", outcomes: Sequence[str] = ()) -> list[str]:
     """Columns of ``predictions.csv``. After the columns of every run come, with a
     feature cache, ``feature_hits`` / ``feature_misses`` / ``feature_disk_hits``
     (patch features served by the cache, computed, and served from its folder);
     for a checkpoint with class names, ``p_<name>`` per class and
     ``predicted_class``; for slides given with labels (a manifest), ``label``
-    (and ``label_class``); then the manifest's ``slide_id`` and ``split`` where given."""
+    (and ``label_class``); then the manifest's ``slide_id`` and ``split`` where given. A survival
+    model's rows have ``risk`` (higher: shorter survival) where a classifier's have ``p0 ..``,
+    ``predicted``; a regression model's ``value``; then the manifest's ``outcomes`` (``time``,
+    ``event``; ``target``)."""
+    if task != "classification":
+        fields = ["slide", "name", "risk" if task == "survival" else "value", "seconds", "patches_read",
+                  "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+        fields += ["feature_hits", "feature_misses", "feature_disk_hits"] if feature_cache else []
+        return fields + list(outcomes) + (["slide_id"] if slide_ids else []) + (["split"] if splits else [])
     fields = ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
               "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
     if feature_cache:
@@ -215,13 +223,14 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
                       "predicted": pred.predicted, "low_downsample": pred.low_downsample,
                       "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
                       "boxes_xywh": pred.boxes_xywh.tolist(),
-                      "box_attention": [float(v) for v in pred.box_attention]},
+                      "box_attention": [float(v) for v in pred.box_attention],
+                      "task": pred.task, "value": pred.value, "title": pred.title},
         )
         thumb = slide.thumbnail(settings.overlay_size)
         thumb_ds = slide.dimensions[0] / thumb.shape[1]
         image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
                                origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh,
-                               title=prediction_title(pred.predicted_name, pred.probabilities[pred.predicted]))
+                               title=pred.title)
         image = image if roi is None else outline_roi(image, roi, thumb_ds)
         write_overlay_png(folder.overlay(name), image)
         if settings.geojson:
@@ -239,6 +248,7 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
         "slide_pixels": pred.slide_pixels,
         "fraction_read": f"{pred.fraction_read:.6f}",
         "checkpoint": settings.checkpoint_id,
+        **({} if pred.value is None else {"risk" if pred.task == "survival" else "value": f"{pred.value:.6f}"}),
         "run_key": run_key(settings),
         "boxes_xywh": pred.boxes_xywh.tolist(),
     }
@@ -327,6 +337,7 @@ def predict_slides(
     splits: Sequence[str | None] | None = None,
     model: SlideClassifier | None = None,
     on_result: Callable[[SlideResult], None] | None = None,
+    outcomes: Sequence[dict] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
 
@@ -347,6 +358,8 @@ def predict_slides(
             its config is read here, and each worker loads its own.
         on_result: called with each finished slide's :class:`SlideResult`
             (skipped ones too, read back from their done markers).
+        outcomes: each slide's outcome cells (survival ``time``/``event``, regression
+            ``target``; a manifest's): columns of a survival or regression model's rows.
 
     Returns:
         ``(rows, errors)`` in input order; also written to predictions.csv
@@ -381,13 +394,17 @@ def predict_slides(
 
     class_names = list(model.config.class_names) if model.config.class_names else None
     label_of = dict(zip(names, labels)) if labels is not None else {}
-    fields = prediction_fields(n_classes, class_names, labels is not None, settings.feature_cache is not None,
-                               slide_ids is not None, splits is not None)
+    task = model.config.task
+    fields = prediction_fields(n_classes, class_names, labels is not None and task == "classification",
+                               settings.feature_cache is not None, slide_ids is not None, splits is not None,
+                               task, list(outcomes[0]) if outcomes else ())
     extra = {n: {**({"slide_id": slide_ids[i] or ""} if slide_ids is not None else {}),
-                 **({"split": splits[i] or ""} if splits is not None else {})} for i, n in enumerate(names)}
+                 **({"split": splits[i] or ""} if splits is not None else {}),
+                 **(outcomes[i] if outcomes else {})} for i, n in enumerate(names)}
 
     def final(name):
-        return {**_labelled(rows[name], class_names, label_of.get(name), labels is not None), **extra[name]}
+        labelled = labels is not None and task == "classification"
+        return {**_labelled(rows[name], class_names, label_of.get(name), labelled), **extra[name]}
 
     def flush():
         try:

@@ -34,7 +34,9 @@ from ..atomic import write_csv_atomic, write_json_atomic
 from ..curves import youden_threshold
 from ..roi import roi_for_slide
 from ..metrics import roc_auc
-from ._aids import InstanceMemory, aid_losses, check_aids, set_exploration
+from ._aids import InstanceMemory, aid_losses, check_aids, memory_for, set_exploration
+from .objective import Objective, cox_gradients, evaluate_outcome, fit_outcome, metric_fields, summary_view
+from ._processes import _Processes
 from ._running_stats import _RunningStats
 from ._schedule import all_mean, param_groups, set_lr
 from ._progress import ProgressFactory, open_bar
@@ -103,6 +105,12 @@ class TrainSettings:
     """Tiles per slide decoded before the first epoch (0: none; :class:`.cohort.SlideChecks`)."""
     mpp: float | None = None
     """Level-0 µm/px of every slide, overriding its metadata (a manifest's ``mpp`` column wins)."""
+    fold: int | None = None
+    """A manifest with fold numbers: fold ``fold`` is test, the next val, the rest train (:mod:`ats_wsi.data.folds`)."""
+    time_column: str | None = None
+    event_column: str | None = None
+    target_column: str | None = None
+    """The manifest's outcome columns (None: found by name, :mod:`ats_wsi.data.outcomes`)."""
 
 
 @dataclass
@@ -115,7 +123,8 @@ class EpochMetrics:
     seconds: float
     lr: float
     val_auc: float = float("nan")
-    """ROC AUC of the validation slides (one-vs-rest macro for > 2 classes; NaN with one class)."""
+    """ROC AUC of the validation slides (one-vs-rest macro for > 2 classes; NaN with one class);
+    survival: Harrell's C-index; regression: R² (:mod:`.objective`)."""
     val_threshold: float = float("nan")
     """Two classes: the threshold on P(class 1) that maximises Youden's J on the validation slides
     (``predict`` reports sensitivity and specificity at it; NaN otherwise)."""
@@ -168,38 +177,6 @@ def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device,
     threshold = (youden_threshold([label == 1 for label in labels], stacked[:, 1]) if stacked.shape[1] == 2
                  else float("nan"))
     return float(np.mean(losses)), correct / len(labels), auc, threshold
-
-
-@dataclass
-class _Processes:
-    """Where this process stands under ``torchrun`` (one process: world 1, rank 0)."""
-
-    world: int
-    rank: int
-    device: torch.device
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @classmethod
-    def start(cls, device: str) -> _Processes:
-        """Read torchrun's environment; join the process group (gloo on CPU, nccl on CUDA)."""
-        import torch.distributed as dist
-
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        procs = cls(world, int(os.environ.get("RANK", "0")), torch.device(device))
-        if procs.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if procs.device.type == "cuda" else "gloo")
-        if procs.distributed and procs.device.type == "cuda":
-            procs.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return procs
-
-    def finish(self) -> None:
-        import torch.distributed as dist
-
-        if self.distributed and dist.is_initialized():
-            dist.barrier()
 
 
 def train(
@@ -262,7 +239,8 @@ def train(
     config, payload, history = _resume_state(out, config, resume)
     cohort, train_rows, val_rows, config = _read_splits(manifest, settings, procs, config)
     _check_labels(manifest, train_rows + val_rows, config)
-    duplicates = check_cohort(manifest, cohort.rows, config.n_classes, config.class_names,
+    classify = config.task == "classification"
+    duplicates = check_cohort(manifest, cohort.rows, config.n_classes, config.class_names, classes=classify,
                               train_split=settings.train_split, allow_duplicates=settings.allow_duplicates)
     try:
         given_mpp = {str(r.path): r.mpp if r.mpp is not None else settings.mpp
@@ -277,11 +255,12 @@ def train(
             train_rows, val_rows, bad = open_slides(manifest, out, train_rows, val_rows, inputs, settings,
                                                     rank=procs.rank, progress=progress, checks=checks)
             problems = class_problems(manifest, train_rows + val_rows, config.n_classes, config.class_names,
-                                      settings.train_split)  # what the skipped slides left
+                                      settings.train_split) if classify else []  # what the skipped slides left
             if problems:
                 raise CohortError(bad_rows(manifest, problems, "problem(s) of the cohort"))
-            summary = summarise(manifest, cohort.rows, train_rows + val_rows, inputs, config,
-                                [u.as_dict() for u in bad], duplicates)
+            shown, rows = summary_view(config, cohort.rows)
+            summary = summarise(manifest, rows, train_rows + val_rows, inputs, shown, [u.as_dict() for u in bad],
+                                duplicates)
             summary.resumed_from = None if payload is None else int(payload["epoch"])
             if procs.rank == 0:
                 write_summary(out, summary)
@@ -301,15 +280,17 @@ def train(
             if procs.rank == 0:
                 write_json_atomic(out / "config.json", {"model": config.to_dict(), "train": asdict(settings)})
             check_aids(settings, model)
-            epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows,
-                           class_weights(train_rows, config.n_classes, settings.class_weights), on_slide, failures)
-            epoch.memory = _memory(settings, model, len(train_rows))
+            weights = class_weights(train_rows, config.n_classes, settings.class_weights) if classify else None
+            objective = Objective(config, weights, procs.distributed)
+            epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows, objective,
+                           on_slide, failures)
+            epoch.memory = memory_for(settings, model, len(train_rows))
             start = 0 if payload is None else int(payload["epoch"])
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
                 train_loss, train_acc = epoch.run(index, inputs, progress)
                 val_loss, val_acc, val_auc, val_threshold = (
-                    _evaluate(model, inputs, val_rows, settings.seed, index, procs.device, failures)
+                    _validate(model, objective, inputs, val_rows, settings.seed, index, procs.device, failures)
                     if procs.rank == 0 else (0.0, 0.0, 0.0, float("nan")))
                 stats = cache.take_stats() if cache is not None else {"hits": 0, "misses": 0}
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
@@ -339,15 +320,38 @@ def _run_folder(out: Path, rank: int, resume: bool, overwrite: bool):
         yield
 
 
+def _validate(model, objective: Objective, inputs, rows, seed, epoch, device, failures):
+    """:func:`_evaluate` for a classifier, :func:`.objective.evaluate_outcome` for the other tasks."""
+    if objective.task == "classification":
+        return _evaluate(model, inputs, rows, seed, epoch, device, failures)
+    model.eval()
+
+    def forward(i, row):
+        gen = torch.Generator(device=device).manual_seed(_item_seed(seed + 1, epoch, i))
+        return forward_slide(model, inputs[row.path], gen, device)[0]
+
+    return evaluate_outcome(objective, forward, rows, failures, epoch)
+
+
 def _read_splits(manifest, settings: TrainSettings, procs: _Processes,
                  config: ModelConfig) -> tuple[Manifest, list, list, ModelConfig]:
-    """The manifest, its train and val rows, and the config with its class names (labels written as names)."""
-    cohort = read_cohort(manifest, classes=config.class_names)
+    """The manifest, its train and val rows (of ``settings.fold`` when given), and the config with
+    its class names (labels written as names) or what its task takes from the training slides."""
+    cohort = read_cohort(manifest, classes=config.class_names, task=config.task, time_column=settings.time_column,
+                         event_column=settings.event_column, target_column=settings.target_column)
     if cohort.class_names is not None and config.class_names is None:
         config = replace(config, class_names=list(cohort.class_names), n_classes=len(cohort.class_names))
+    if settings.fold is not None:
+        from ..data.folds import assign_fold
+
+        cohort = replace(cohort, rows=assign_fold(manifest, cohort.rows, settings.fold))
+    elif any(r.fold is not None for r in cohort.rows):
+        raise ManifestError(f"{manifest}: its split column holds fold numbers; choose the test fold with --fold K "
+                            f"(the next fold is val, the others train), or run every fold with --folds")
     train_rows, val_rows = cohort.split(settings.train_split), cohort.split(settings.val_split)
     if not train_rows:
         raise ManifestError(f"{manifest}: no slides in split {settings.train_split!r}")
+    config = fit_outcome(manifest, config, train_rows)
     if procs.distributed and settings.batch_size % procs.world:
         raise ValueError(f"batch_size {settings.batch_size} must be a multiple of the {procs.world} processes")
     if settings.batch_size < 1 or settings.epochs < 0:
@@ -371,14 +375,14 @@ def _resume_state(out: Path, config: ModelConfig | None, resume: bool):
     history = [EpochMetrics(**m) for m in payload.get("train_config", {}).get("history", [])]
     config = ModelConfig.from_dict(payload["config"], path=path)
     head = payload.get("state_dict", {}).get("head.weight")
-    if head is not None and head.shape[0] != config.n_classes:  # before the cohort is checked against it
+    if head is not None and head.shape[0] != config.head_outputs:  # before the cohort is checked against it
         raise CheckpointError(path, f"its config says {config.n_classes} classes but its slide head has "
                                     f"{head.shape[0]} outputs: not a checkpoint ats-wsi wrote; start again with --overwrite")
     return config, payload, history
 
 
 def _check_labels(manifest, rows: list[ManifestRow], config: ModelConfig) -> None:
-    for row in rows:
+    for row in rows if config.task == "classification" else ():
         if row.label >= config.n_classes:
             raise ManifestError(f"{manifest}: {row.path} has label {row.label}, but the model has "
                                 f"n_classes={config.n_classes} (labels 0..{config.n_classes - 1}); set --classes")
@@ -395,7 +399,7 @@ class _Epoch:
     procs: _Processes
     running_stats: _RunningStats
     rows: list[ManifestRow]
-    class_weight: list[float] | None = None
+    objective: Objective
     on_slide: Callable[..., None] | None = None
     failures: MidRunFailures | None = None
     memory: InstanceMemory | None = None
@@ -421,6 +425,16 @@ class _Epoch:
             bar.close()
         return all_mean(*tally, self.procs.distributed)
 
+    def _cox(self, epoch: int, batch: np.ndarray, inputs: SlideInputs) -> tuple[dict[int, float], float]:
+        """The Cox loss of ``batch`` and its gradient by slide risk, from a first forward pass without
+        gradients (the same draws: same seeds; BatchNorm buffers left as they were)."""
+        def forward(idx, row):
+            gen = torch.Generator(device=self.procs.device).manual_seed(_item_seed(self.settings.seed, epoch, idx))
+            with self.running_stats.capture(keep=False):
+                return forward_slide(self.net, inputs[row.path], gen, self.procs.device)[0]
+
+        return cox_gradients(self.objective, forward, [(int(i), self.rows[i]) for i in batch], self.failures)
+
     def step(self, epoch: int, batch: np.ndarray, inputs: SlideInputs, tally: list) -> None:
         """Accumulate the gradients of this process's slides of ``batch``; one optimiser step."""
         world, device = self.procs.world, self.procs.device
@@ -428,6 +442,7 @@ class _Epoch:
         # join the gradient all-reduce, so it runs one slide with weight 0.
         mine = [(idx, 1.0) for idx in batch[self.procs.rank::world]] or [(batch[0], 0.0)]
         self.optimizer.zero_grad(set_to_none=True)
+        cox = self._cox(epoch, batch, inputs) if self.objective.batched else None
         for j, (idx, weight) in enumerate(mine):
             row = self.rows[idx]
             if self.failures is not None and row in self.failures:
@@ -439,11 +454,15 @@ class _Epoch:
             try:
                 with sync, self.running_stats.capture(keep=weight > 0):
                     logits, result = forward_slide(self.net, inputs[row.path], gen, device)
-                    ce = F.cross_entropy(logits, torch.tensor([row.label], device=device))
-                    loss = ce if self.class_weight is None else ce * self.class_weight[row.label]
-                    loss = loss + result.entropy_loss + aid_losses(self.model, self.settings, result, row.label,
-                                                                              self.memory, str(row.path))
-                    (loss * (weight * world / len(batch))).backward()
+                    extra = result.entropy_loss + (aid_losses(self.model, self.settings, result, row.label,
+                                                                self.memory, str(row.path))
+                                                   if self.objective.task == "classification" else 0.0)
+                    if cox is None:
+                        ce = self.objective.slide_loss(logits, row)
+                        ((ce * self.objective.weight(row) + extra) * (weight * world / len(batch))).backward()
+                    else:  # the batch's Cox loss, through this slide's risk (its gradient is cox[0][idx])
+                        ce, cox_part = torch.tensor(cox[1]), logits.reshape(-1)[0] * cox[0].get(int(idx), 0.0)
+                        (cox_part * weight + extra * (weight * world / len(batch))).backward()
             except SlideError as exc:  # a broken tile met in the epoch: stop naming it, or skip it
                 if self.failures is None:
                     raise
@@ -453,21 +472,10 @@ class _Epoch:
                 self.on_slide(epoch, row, inputs[row.path], logits.detach(), result)
             if weight:
                 tally[0].append(ce.item())
-                tally[1] += int(logits.argmax(-1).item() == row.label)
+                tally[1] += self.objective.correct(logits, row)
                 tally[2] += 1
         self.optimizer.step()
         self.running_stats.fold(len(batch), world, self.procs.distributed)
-
-
-def _memory(settings: TrainSettings, model, n_slides: int) -> InstanceMemory | None:
-    """The instance loss's memory of drawn patches, for a frozen feature net (else None)."""
-    if not settings.instance_memory or not settings.instance_weight or model.instance_head is None:
-        return None
-    if not model.config.feature_frozen:
-        raise ValueError("instance_memory needs a frozen feature net (ats-wsi train: --freeze-features); "
-                         "the features of a feature net that trains change every step")
-    return InstanceMemory(settings.instance_memory, n_slides, model.instance_head.in_features,
-                          negative=settings.negative_class, seed=settings.seed)
 
 
 def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, settings: TrainSettings) -> None:
@@ -487,4 +495,6 @@ def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, set
         with atomic_path(out / "best.pt") as tmp:
             shutil.copyfile(best_ckpt, tmp)
     cached = ["feature_hits", "feature_misses"] if settings.feature_cache else []
-    write_csv_atomic(out / "metrics.csv", [asdict(m) for m in history], METRIC_FIELDS + cached)
+    fields, rename = metric_fields(model.config.task, METRIC_FIELDS + cached)
+    rows = [{rename.get(k, k): v for k, v in asdict(m).items()} for m in history]
+    write_csv_atomic(out / "metrics.csv", rows, fields)

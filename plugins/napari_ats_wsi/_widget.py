@@ -157,11 +157,12 @@ def remove_layers_over(viewer, slide_path) -> int:
 
 
 def show_title(viewer, prediction) -> None:
-    """Write the predicted class and its probability on the canvas (napari's text overlay)."""
-    from ats_wsi.outputs import ATTENTION_UNIT, prediction_title
+    """Write the predicted class and its probability (a survival model's risk, a regression model's
+    value) on the canvas (napari's text overlay)."""
+    from ats_wsi.outputs import ATTENTION_UNIT
 
-    title = prediction_title(prediction.predicted_name, prediction.probabilities[prediction.predicted])
-    viewer.text_overlay.text = f"{title}\nheatmap: {ATTENTION_UNIT}"  # napari's colour bar has no label of its own
+    # napari's colour bar has no label of its own
+    viewer.text_overlay.text = f"{prediction.title}\nheatmap: {ATTENTION_UNIT}"
     viewer.text_overlay.visible = True
 
 
@@ -176,7 +177,10 @@ def _heatmap_transform(
 
 
 def format_prediction(prediction: "SlidePrediction") -> str:
-    """Two lines for the widget: the predicted class and all probabilities."""
+    """Two lines for the widget: the predicted class and all probabilities (one line, the risk or
+    the value, for a survival or regression model)."""
+    if getattr(prediction, "value", None) is not None:
+        return f"Predicted: {prediction.title}"
     probs = prediction.probabilities
     listing = ", ".join(f"{n}: {p:.3f}" for n, p in zip(prediction.class_names, probs))
     return f"Predicted: {prediction.predicted_name} (p = {probs[prediction.predicted]:.3f})\n{listing}"

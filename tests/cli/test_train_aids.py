@@ -170,7 +170,8 @@ def test_the_instance_memory_is_on_for_frozen_features_and_refused_for_a_net_tha
     # the library refuses it as plainly
     from types import SimpleNamespace
 
-    from ats_wsi.run.train import TrainSettings, _memory
+    from ats_wsi.run._aids import memory_for as _memory
+    from ats_wsi.run.train import TrainSettings
 
     model = SimpleNamespace(instance_head=torch.nn.Linear(4, 2), config=SimpleNamespace(feature_frozen=False))
     with pytest.raises(ValueError, match="instance_memory needs a frozen feature net"):

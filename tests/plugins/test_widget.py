@@ -338,3 +338,21 @@ def test_screenshot_shows_heat_over_the_lesion_on_pink_tissue(
     # the heat is drawn where the lesion is on screen
     # atol 6 px: on the absolute scale the cells across the lesion edge saturate too (not only the top cell)
     np.testing.assert_allclose(_centroid(heat), _centroid(lesion), atol=6)
+
+
+def test_a_survival_or_regression_prediction_reads_as_its_risk_or_value():
+    from napari_ats_wsi._widget import format_prediction
+
+    def prediction(task, value):
+        return SlidePrediction(slide="s.svs", probabilities=np.ones(1), predicted=0,
+                               class_names=("risk",) if task == "survival" else ("value",),
+                               attention=np.ones((2, 2), np.float32) / 4, cell_size_xy=(16.0, 16.0),
+                               origin_xy=(0.0, 0.0), boxes_xywh=np.zeros((1, 4), np.int64),
+                               box_attention=np.ones(1, np.float32), seconds=0.1, patches_read=1, pixels_read=1,
+                               slide_pixels=4, mpp=0.5, low_downsample=16.0, task=task, value=value)
+
+    assert format_prediction(prediction("survival", -1.2345)) == "Predicted: risk -1.234"
+    assert prediction("regression", 0.25).title == "value 0.25"
+    classes = SlidePrediction(**{**vars(prediction("survival", None)), "task": "classification",
+                                 "class_names": ("tumour",), "value": None})
+    assert classes.title == "tumour  p = 1.00"

@@ -121,10 +121,12 @@ levels), ``_tissue`` (the texture bank), ``_noise`` (periodic noise fields).
 from ._aperio import aperio_description
 from ._benchmark import make_lesion_benchmark
 from ._slide_set import make_slide_set
+from ._survival import make_survival_cohort
 from ._truth import SyntheticSlide, load_lesions, load_synthetic_slide
 from ._write import SYNTHETIC_VERSION, write_synthetic_slide
 
 __all__ = [
+    "make_survival_cohort",
     "SYNTHETIC_VERSION",
     "SyntheticSlide",
     "aperio_description",
