@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -171,8 +172,11 @@ def _client(args):
 
     if args.scheduler:
         return Client(args.scheduler), None
+    # Worker logs are silenced up to ERROR: a slide's failure reaches the user as errors.csv and one
+    # line, and a loaded machine's shutdown race ("Failed to communicate with scheduler during
+    # heartbeat") is noise, not news.
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
+                           dashboard_address=None, silence_logs=logging.CRITICAL)
     return Client(cluster), cluster
 
 
