@@ -197,8 +197,9 @@ def _register_aids(p) -> None:
                    help="how the attention learns the per-patch scores: bce (absolute) or rank (within each "
                         "slide, which cells a finding would be in)")
     g.add_argument("--instance-memory", type=int, default=None, metavar="N",
-                   help="with a frozen feature net, the instance loss ranks the last N distinct patches each slide "
-                        f"has shown, not only this step's draws (default: {INSTANCE_MEMORY} when frozen, else 0)")
+                   help="with a frozen feature net, the instance loss ranks up to N distinct patches each slide has "
+                        "shown, not only this step's draws, and a positive slide trains the one least like any "
+                        f"negative slide's patch (default: {INSTANCE_MEMORY} when frozen, else 0)")
     g.add_argument("--negative-class", default=None, metavar="LABEL|NAME",
                    help="the class meaning 'nothing found' for the per-patch losses (default: the first class)")
 
