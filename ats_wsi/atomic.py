@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
+    "json_safe",
     "atomic_path",
     "fault_point",
     "fsync_dir",
@@ -245,3 +246,14 @@ def write_csv_atomic(
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (keys sorted, trailing newline), atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def json_safe(obj):
+    """``obj`` with every NaN float as None (JSON has no NaN: an AUC of one class, a C-index of no pair)."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Sequence
 
 from ..errors import ManifestError
 from .labels import label_key, spelling_of, suspected_typos
-from .outcomes import fold_number, outcome_columns, read_outcome
+from .outcomes import _number, fold_number, outcome_columns, read_outcome
 
 __all__ = ["Manifest", "ManifestRow", "read_manifest", "read_cohort", "is_manifest", "normalise_split",
            "bad_rows", "SPLITS", "COLUMNS", "MANIFEST_SUFFIXES", "MAX_LISTED"]
@@ -183,13 +182,6 @@ def _columns(path: Path, fieldnames: Sequence[str] | None, require_labels: bool)
                             f"{hint}; found {list(fieldnames or [])}")
     return found
 
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _read_text(path: Path) -> str:

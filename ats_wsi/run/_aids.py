@@ -168,6 +168,7 @@ class InstanceMemory:
         self.negative, self.reference = int(negative), int(reference)
         self._rng = np.random.default_rng(seed)
         self._slides: dict[str, tuple[dict[tuple[int, int], int], list[Tensor]]] = {}
+        self._cells: dict[str, dict[int, tuple[int, int]]] = {}  # slide -> row -> its cell
         self._labels: dict[str, int] = {}
         self._negatives: Tensor | None = None  # stacked, rebuilt when a negative slide adds a patch
 
@@ -175,6 +176,7 @@ class InstanceMemory:
         """Remember a slide's drawn cells (``positions`` ``[n, 2]``, ``features``
         ``[n, D]``, detached) and return its whole memory ``[m, D]``."""
         index, rows = self._slides.setdefault(slide, ({}, []))
+        self._cells.setdefault(slide, {})
         self._labels[slide] = int(label)
         for cell, f in zip(positions.tolist(), features.detach().float().cpu()):
             cell = (int(cell[0]), int(cell[1]))
@@ -187,10 +189,10 @@ class InstanceMemory:
                 rows.append(f)
             else:  # replace a random remembered cell
                 j = int(self._rng.integers(len(rows)))
-                gone = next(c for c, k in index.items() if k == j)
-                del index[gone]
+                del index[self._cells[slide][j]]
                 index[cell] = j
                 rows[j] = f
+            self._cells[slide][index[cell]] = cell
         return torch.stack(rows).to(features.device)
 
     def negatives(self) -> Tensor | None:

@@ -315,11 +315,11 @@ def write_prediction_metrics(out: Path, rows: Sequence[dict], n_classes: int,
                              class_names: Sequence[str] | None = None, *, resamples: int = 1000,
                              seed: int = 0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`prediction_metrics` of ``rows``, also written to ``out/metrics.json``."""
-    from ..atomic import write_json_atomic
+    from ..atomic import json_safe, write_json_atomic
 
     result = {**prediction_metrics(rows, n_classes, class_names, resamples=resamples, seed=seed),
               **(extra or {})}
-    write_json_atomic(Path(out) / "metrics.json", _json_safe(result))
+    write_json_atomic(Path(out) / "metrics.json", json_safe(result))
     return result
 
 
@@ -331,23 +331,13 @@ def write_split_metrics(out: Path, rows: Sequence[dict], n_classes: int, class_n
     ``out/metrics.json`` as ``{"splits": {split: metrics}, "split": null, ...extra}``: training slides
     are never pooled with held-out ones. ``per_split[split]`` is added to that split's metrics.
     Returns ``{split: metrics}`` (train, val, test first)."""
-    from ..atomic import write_json_atomic
+    from ..atomic import json_safe, write_json_atomic
 
     names = sorted({r.get("split") or "" for r in rows if r.get("label") not in (None, "")},
                    key=lambda s: (("train", "val", "test").index(s) if s in ("train", "val", "test") else 3, s))
     per = {s: prediction_metrics([r for r in rows if (r.get("split") or "") == s], n_classes, class_names,
                                  resamples=resamples, seed=seed) | (per_split or {}).get(s, {}) for s in names}
-    write_json_atomic(Path(out) / "metrics.json", _json_safe({"splits": per, **(extra or {}), "split": None}))
+    write_json_atomic(Path(out) / "metrics.json", json_safe({"splits": per, **(extra or {}), "split": None}))
     return per
 
-
-def _json_safe(obj):
-    """NaN (an AUC of one class) as null: JSON has no NaN."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 

@@ -14,13 +14,12 @@ value, with the identity line).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path, json_safe, write_json_atomic
 from ..errors import MissingExtraError
 from ..outcomes.regression_metrics import regression_summary
 from ..outcomes.survival_metrics import lifelines, risk_groups, survival_summary
@@ -75,7 +74,7 @@ def write_outcome_metrics(out: Path, rows: Sequence[dict], task: str, *, resampl
         if figure is not None:
             per[split]["figure"] = str(figure.relative_to(out))
     body = per[splits[0] if splits else ""] if len(per) == 1 else {"splits": per, "split": None}
-    write_json_atomic(out / "metrics.json", _json_safe({**body, **(extra or {})}))
+    write_json_atomic(out / "metrics.json", json_safe({**body, **(extra or {})}))
     return per
 
 
@@ -130,12 +129,3 @@ def _km(ax, risk, time, event, groups: str) -> None:
     ax.set_xlabel("time")
     ax.set_ylabel("survival")
 
-
-def _json_safe(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

@@ -58,6 +58,23 @@ def cli_popen(*args, out_dir: Path, cwd=None) -> subprocess.Popen:
         stderr.close()
 
 
+def slide_set_manifest(folder: Path, *, n_slides: int, size, seed: int, val_index: int) -> tuple[Path, list]:
+    """Synthetic slides (``make_slide_set``, lesions of 60-120 µm) in ``folder/set`` and
+    ``folder/manifest.csv`` of ``path,label,split``: slide ``val_index`` is val, the rest train.
+    Returns the manifest and the slide set's rows."""
+    from ats_wsi.data.synthetic import make_slide_set
+
+    rows = read_csv(make_slide_set(folder / "set", n_slides=n_slides, size=size, seed=seed,
+                                   lesion_size_um=(60.0, 120.0)))
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for i, row in enumerate(rows):
+            writer.writerow([row["path"], row["label"], "val" if i == val_index else "train"])
+    return manifest, rows
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

@@ -17,7 +17,6 @@ Commands run through the installed ``ats-wsi`` entry point (or
 """
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -25,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_helpers import N_GOOD, PREDICT_ARGS, TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
+from cli_helpers import N_GOOD, PREDICT_ARGS, TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv, slide_set_manifest
 
-from ats_wsi.data.synthetic import make_slide_set
 
 
 @dataclass
@@ -41,15 +39,7 @@ class SlideSet:
 @pytest.fixture(scope="session")
 def slide_set(tmp_path_factory) -> SlideSet:
     folder = tmp_path_factory.mktemp("slides")
-    written = make_slide_set(folder / "set", n_slides=6, size=((2048, 1536), (2560, 1920)), seed=3,
-                             lesion_size_um=(60.0, 120.0))
-    rows = read_csv(written)
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split"])
-        for i, row in enumerate(rows):
-            writer.writerow([row["path"], row["label"], "val" if i == 1 else "train"])
+    manifest, rows = slide_set_manifest(folder, n_slides=6, size=((2048, 1536), (2560, 1920)), seed=3, val_index=1)
     return SlideSet(folder, manifest, [Path(r["path"]) for r in rows], [int(r["label"]) for r in rows])
 
 

@@ -1,15 +1,13 @@
 """`ats-wsi train --zoom-mpp/--zoom-regions/--zoom-size` and `ats-wsi predict` of the two-stage model, end to end."""
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
-from cli_helpers import TRAIN_ENV, cli, explain, read_csv
+from cli_helpers import TRAIN_ENV, cli, explain, read_csv, slide_set_manifest
 
 from ats_wsi.classifier import load_model, read_checkpoint
-from ats_wsi.data.synthetic import make_slide_set
 
 # 3 regions of 128 µm read at 2 µm/px (64 px), 2 patches of 32 px at 0.5 µm/px in each
 ZOOM_ARGS = ["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--n-patches", "2",
@@ -21,15 +19,7 @@ ZOOM_ARGS = ["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zoomcli")
-    written = make_slide_set(folder / "set", n_slides=4, size=((1536, 1024), (1792, 1280)), seed=5,
-                             lesion_size_um=(60.0, 120.0))
-    rows = read_csv(written)
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split"])
-        for i, row in enumerate(rows):
-            writer.writerow([row["path"], row["label"], "val" if i == 0 else "train"])
+    manifest, rows = slide_set_manifest(folder, n_slides=4, size=((1536, 1024), (1792, 1280)), seed=5, val_index=0)
     return folder, manifest, [r["path"] for r in rows]
 
 
