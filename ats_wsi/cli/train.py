@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2,
 # The training defaults (TrainSettings keys).
 TRAIN_DEFAULTS = {"epochs": 30, "lr": 3e-3, "attention_lr": 1e-2, "schedule": "cosine", "batch_size": 6,
                   "select": "auc", "explore": 1.0, "explore_epochs": 6, "explore_patches": 64,
-                  "instance_weight": 1.0, "distill_weight": 1.0, "distill": "rank"}
+                  "instance_weight": 1.0, "distill_weight": 1.0, "distill": "rank",
+                  "distill_temperature": 1.0}
 # Patches a slide the instance loss remembers when the feature net is frozen (--instance-memory).
 INSTANCE_MEMORY = 1024
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
@@ -196,6 +198,9 @@ def _register_aids(p) -> None:
     g.add_argument("--distill", choices=["bce", "rank"], default=d["distill"],
                    help="how the attention learns the per-patch scores: bce (absolute) or rank (within each "
                         "slide, which cells a finding would be in)")
+    g.add_argument("--distill-temperature", type=float, default=d["distill_temperature"], metavar="T",
+                   help="rank: the per-patch log-odds are divided by T before the attention learns them; "
+                        "below 1 the draws concentrate on the likeliest regions (default: %(default)g)")
     g.add_argument("--instance-memory", type=int, default=None, metavar="N",
                    help="with a frozen feature net, the instance loss ranks up to N distinct patches each slide has "
                         "shown, not only this step's draws, and a positive slide trains the one least like any "
@@ -300,8 +305,13 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
     from ..errors import ConfigError
 
     out = {key: getattr(args, key) for key in ("explore", "explore_epochs", "explore_patches",
-                                               "instance_weight", "distill_weight", "distill")}
+                                               "instance_weight", "distill_weight", "distill",
+                                               "distill_temperature")}
     out["explore_patches"] = out["explore_patches"] or None
+    tau = out["distill_temperature"]
+    if not (math.isfinite(tau) and 0.01 <= tau <= 100):
+        raise ConfigError(None, f"--distill-temperature {tau:g} must be between 0.01 and 100 (1: the instance "
+                                "head's odds as they are; below 1: sharper)")
     memory = getattr(args, "instance_memory", None)
     if memory is not None and (memory < 0 or memory > 1 << 20):
         raise ConfigError(None, f"--instance-memory {memory} must be between 0 and {1 << 20} patches a slide")

@@ -35,6 +35,8 @@ these losses over attention sampling's draws.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,7 +84,7 @@ DISTILL = ("bce", "rank")
 
 
 def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int = 0, *,
-                 kind: str = "bce", temperature: float = 1.0) -> Tensor:
+                 kind: str = "bce", temperature: float = 1.0, target_temperature: float = 1.0) -> Tensor:
     """The attention's loss against the instance head's scores of the drawn patches
     (a target: no gradient into the instance head).
 
@@ -98,6 +100,11 @@ def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int 
             ranks cells as the instance head ranks their patches, so it learns
             where a finding would be even in slides that have none).
         temperature: the attention's softmax temperature (``"rank"``).
+        target_temperature: ``"rank"``: the log-odds are divided by it before their softmax.
+            Below 1 the target is sharper than the instance head's odds: the map's ratio
+            between two cells becomes their odds ratio to the power ``1 / target_temperature``,
+            so a region the head finds e.g. e¹ times likelier than plain tissue gets e⁴ times
+            the draws at 0.25 instead of e¹.
     """
     if kind not in DISTILL:
         raise ValueError(f"distill kind must be one of {DISTILL}, got {kind!r}")
@@ -108,7 +115,7 @@ def distill_loss(sampled_logits: Tensor, instance_logits: Tensor, negative: int 
         return F.binary_cross_entropy_with_logits(sampled_logits.float(), finding)
     with torch.no_grad():
         odds = torch.logit(finding.clamp(1e-6, 1 - 1e-6))
-        target = torch.softmax(odds, dim=0)
+        target = torch.softmax(odds / target_temperature, dim=0)
     return -(target * torch.log_softmax(sampled_logits.float() / temperature, dim=0)).sum()
 
 
@@ -123,6 +130,9 @@ def check_aids(settings, model) -> None:
     if not 0 <= settings.negative_class < model.config.n_classes:
         raise ValueError(f"negative_class {settings.negative_class} is not a class of this "
                          f"{model.config.n_classes}-class model")
+    tau = settings.distill_temperature
+    if not (math.isfinite(tau) and 0.01 <= tau <= 100):
+        raise ValueError(f"distill_temperature {tau!r} must be between 0.01 and 100 (1: the instance head's odds)")
 
 
 def set_exploration(model, settings, epoch: int) -> None:
@@ -249,5 +259,6 @@ def aid_losses(model, settings, result, label: int, memory: InstanceMemory | Non
     if settings.distill_weight and model.sampler.sampler_kind == "attention":
         loss = loss + settings.distill_weight * distill_loss(
             result.sampled_logits[0], inst, settings.negative_class, kind=settings.distill,
-            temperature=model.sampler.softmax.temperature)
+            temperature=model.sampler.softmax.temperature,
+            target_temperature=settings.distill_temperature)
     return loss

@@ -122,6 +122,8 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
 @pytest.mark.parametrize("flags, words", [
     (["--temperature", "0"], "temperature must be positive"),
     (["--smoothing", "1.5"], "smoothing must lie in [0, 1]"),
+    (["--distill-temperature", "0"], "--distill-temperature 0 must be between 0.01 and 100"),
+    (["--distill-temperature", "nan"], "--distill-temperature nan must be between 0.01 and 100"),
 ])
 def test_bad_sampling_settings_are_one_line_before_any_training(slide_set, tmp_path, flags, words):
     proc = cli("train", slide_set.manifest, "--out", tmp_path / "run", "--epochs", "1", *TRAIN_ARGS, *flags)

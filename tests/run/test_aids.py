@@ -68,6 +68,25 @@ def test_rank_distillation_is_cross_entropy_between_the_two_rankings_of_the_draw
         distill_loss(sampled, inst, kind="listnet")
 
 
+def test_a_sharper_rank_target_is_minimised_by_the_odds_to_the_power_one_over_its_temperature():
+    inst = torch.tensor([[2.0, -1.0], [0.0, 0.5], [-1.0, 1.0], [0.3, 0.2]])
+    finding = 1 - torch.softmax(inst, -1)[:, 0]
+    odds = torch.log(finding / (1 - finding))
+    for tau in (1.0, 0.25):
+        # the minimum: the attention's map (softmax of logits / 0.5) equals the softmax of odds / tau
+        best = (0.5 * odds / tau).clone().requires_grad_(True)
+        distill_loss(best, inst, kind="rank", temperature=0.5, target_temperature=tau).backward()
+        assert best.grad.abs().max().item() < 1e-6
+        # the same logits are not the minimum of the other target
+        other = (0.5 * odds / (1.25 - tau)).clone().requires_grad_(True)
+        distill_loss(other, inst, kind="rank", temperature=0.5, target_temperature=tau).backward()
+        assert other.grad.abs().max().item() > 1e-2
+    # the map's ratio between the likeliest and the least likely cell at tau = 0.25 is the odds ratio ** 4
+    ratio = torch.exp(odds.max() - odds.min()).item()
+    best = torch.softmax(odds / 0.25, 0)
+    assert (best.max() / best.min()).item() == pytest.approx(ratio ** 4, rel=1e-4)
+
+
 # ------------------------------------------------------------------ the instance memory (frozen features)
 
 def _cells(*rc):
