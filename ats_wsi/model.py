@@ -58,6 +58,9 @@ class AttentionResult(NamedTuple):
             cell (``log`` of the probability for nets that return
             probabilities; 0 under ``sampler="uniform"``), for losses that
             train the attention to predict per-patch scores.
+        logits: ``[B, h', w']``, the attention net's logits over the whole map (log
+            probabilities for nets that return probabilities; 0 under
+            ``sampler="uniform"``), for losses over cells drawn in earlier steps.
     """
 
     features: Tensor
@@ -69,6 +72,7 @@ class AttentionResult(NamedTuple):
     entropy_loss: Tensor
     patch_features: Tensor | None = None
     sampled_logits: Tensor | None = None
+    logits: Tensor | None = None
 
 
 SAMPLERS = ("attention", "uniform")
@@ -328,7 +332,7 @@ class AttentionSampler(nn.Module):
         attention, mask, logits = self._attention_and_logits(x_low, mask)
         result = self.draw(x_low, attention, mask, source, generator=generator, deterministic=deterministic)
         cell = result.positions[..., 0] * attention.shape[-1] + result.positions[..., 1]
-        return result._replace(sampled_logits=logits.reshape(logits.shape[0], -1).gather(1, cell))
+        return result._replace(sampled_logits=logits.reshape(logits.shape[0], -1).gather(1, cell), logits=logits)
 
     def attend(self, x_low: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The attention map and the mask on its grid: the first half of :meth:`forward`.

@@ -205,6 +205,9 @@ def _register_aids(p) -> None:
                    help="with a frozen feature net, the instance loss ranks up to N distinct patches each slide has "
                         "shown, not only this step's draws, and a positive slide trains the one least like any "
                         f"negative slide's patch (default: {INSTANCE_MEMORY} when frozen, else 0)")
+    g.add_argument("--distill-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="with the instance memory, the attention learns the ranking of every remembered patch of "
+                        "the slide, not only this step's draws (default: off)")
     g.add_argument("--negative-class", default=None, metavar="LABEL|NAME",
                    help="the class meaning 'nothing found' for the per-patch losses (default: the first class)")
 
@@ -320,6 +323,11 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
                                 "(with --feature-net/--encoder) or pass --instance-memory 0")
     out["instance_memory"] = (INSTANCE_MEMORY if frozen and instance_head else 0) if memory is None else memory
     out["negative_class"] = _negative_class(args.negative_class, names, n_classes)
+    wants = getattr(args, "distill_memory", None)
+    if wants and not out["instance_memory"]:
+        raise ConfigError(None, "--distill-memory needs the instance memory (a frozen feature net with the instance "
+                                "head, --instance-memory N > 0): drop --distill-memory")
+    out["distill_memory"] = bool(wants)
     if not instance_head:  # --no-instance-head: the per-patch losses are off unless asked for (then an error)
         out["instance_memory"] = 0
         for key, flag in (("instance_weight", "--instance-weight"), ("distill_weight", "--distill-weight")):

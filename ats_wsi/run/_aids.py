@@ -205,6 +205,12 @@ class InstanceMemory:
             self._cells[slide][index[cell]] = cell
         return torch.stack(rows).to(features.device)
 
+    def cells(self, slide: str) -> Tensor:
+        """long ``[m, 2]``: the remembered cells of ``slide`` (row, col on the attention
+        map), in the order of the rows :meth:`add` returns."""
+        cells = self._cells.get(slide, {})
+        return torch.tensor([cells[i] for i in range(len(cells))], dtype=torch.long).view(-1, 2)
+
     def negatives(self) -> Tensor | None:
         """``[r, D]``: the remembered patches of negative slides (at most ``reference``), or None."""
         if self._negatives is None:
@@ -245,20 +251,39 @@ def memory_for(settings, model, n_slides: int) -> InstanceMemory | None:
 
 def aid_losses(model, settings, result, label: int, memory: InstanceMemory | None = None, slide: str = ""):
     """The per-patch losses of one slide (0 when off): instance loss and attention distillation.
+
     With ``memory`` (frozen features) the instance loss runs over every patch the
-    slide has shown so far (:class:`InstanceMemory`)."""
+    slide has shown so far (:class:`InstanceMemory`), and so does the distillation
+    when ``settings.distill_memory`` is on: the attention's logits at every
+    remembered cell (from the map of this step) learn the instance head's ranking
+    of their patches, not only the few cells this step drew. Why: the draws of one
+    step follow the attention's current beliefs (after exploration, mostly the same
+    few regions), while the memory keeps the uniform draws of the exploration
+    epochs too, so the attention keeps learning how plain tissue compares with the
+    look-alikes and the lesion.
+    """
     if not (settings.instance_weight or settings.distill_weight):
         return 0.0
     inst = model.instance_logits(result)[0]  # [n, C]
-    if memory is not None and settings.instance_weight:
+    bag = None
+    if memory is not None:
         bag = memory.add(slide, label, result.positions[0], result.patch_features[0])
-        top = None if int(label) == settings.negative_class else memory.most_novel(bag)
-        loss = settings.instance_weight * instance_loss(model.instance_head(bag), label, settings.negative_class, top)
-    else:
-        loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
+    loss = 0.0
+    if settings.instance_weight:
+        if bag is not None:
+            top = None if int(label) == settings.negative_class else memory.most_novel(bag)
+            loss = settings.instance_weight * instance_loss(model.instance_head(bag), label,
+                                                            settings.negative_class, top)
+        else:
+            loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
     if settings.distill_weight and model.sampler.sampler_kind == "attention":
+        logits, scores = result.sampled_logits[0], inst
+        if bag is not None and getattr(settings, "distill_memory", False) and result.logits is not None:
+            cells = memory.cells(slide).to(result.logits.device)
+            logits = result.logits[0][cells[:, 0], cells[:, 1]]
+            scores = model.instance_head(bag)
         loss = loss + settings.distill_weight * distill_loss(
-            result.sampled_logits[0], inst, settings.negative_class, kind=settings.distill,
+            logits, scores, settings.negative_class, kind=settings.distill,
             temperature=model.sampler.softmax.temperature,
             target_temperature=settings.distill_temperature)
     return loss

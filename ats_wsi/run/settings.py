@@ -56,6 +56,9 @@ class TrainSettings:
     """``"rank"``: the instance head's log-odds are divided by it before their softmax; below 1
     the attention learns a map whose ratios between cells are the odds ratios to the power
     ``1 / distill_temperature`` (sharper: draws concentrate on the likeliest regions)."""
+    distill_memory: bool = False
+    """With an instance memory, the distillation runs over every remembered cell of the
+    slide (the attention's logits from this step's map), not only this step's draws."""
     instance_memory: int = 0
     """Patches a slide whose frozen features the instance loss remembers (0: only
     this step's draws); needs a frozen feature net (:class:`._aids.InstanceMemory`)."""

@@ -169,6 +169,11 @@ def test_the_instance_memory_is_on_for_frozen_features_and_refused_for_a_net_tha
     with pytest.raises(ConfigError, match="--instance-memory -1 must be between 0 and"):
         _aid_settings(parse(["train", "m.csv", "--out", "o", "--instance-memory", "-1"]), ["normal", "tumor"], 2,
                       frozen=True)
+    assert not _aid_settings(args, ["normal", "tumor"], 2, frozen=True)["distill_memory"]
+    assert _aid_settings(parse(["train", "m.csv", "--out", "o", "--distill-memory"]), ["normal", "tumor"], 2,
+                         frozen=True)["distill_memory"]
+    with pytest.raises(ConfigError, match="--distill-memory needs the instance memory"):
+        _aid_settings(parse(["train", "m.csv", "--out", "o", "--distill-memory"]), ["normal", "tumor"], 2)
     # the library refuses it as plainly
     from types import SimpleNamespace
 

@@ -170,3 +170,39 @@ def test_with_a_memory_the_instance_loss_runs_over_the_slides_history_and_picks_
     loss = aid_losses(model, settings, result((2, 2), [[2.0, 0.0]]), 0, mem, "n")
     every = torch.tensor(neg + [[2.0, 0.0]])
     assert loss.item() == pytest.approx(F.cross_entropy(head(every), torch.zeros(3, dtype=torch.long)).item())
+
+
+def test_with_distill_memory_the_attention_learns_the_ranking_of_every_remembered_cell():
+    from types import SimpleNamespace
+
+    from ats_wsi.run._aids import InstanceMemory, aid_losses
+
+    head = torch.nn.Linear(2, 2)
+    model = SimpleNamespace(instance_head=head, instance_logits=lambda r: head(r.patch_features),
+                            sampler=SimpleNamespace(sampler_kind="attention", softmax=SimpleNamespace(temperature=0.5)))
+    settings = SimpleNamespace(instance_weight=0.0, distill_weight=1.0, negative_class=0, distill="rank",
+                               distill_temperature=0.25, distill_memory=True)
+    mem = InstanceMemory(per_slide=8, n_slides=1, dim=2)
+    logits = torch.randn(4, 5, requires_grad=True)  # the whole map of this step
+
+    def result(cells, feats):
+        c = _cells(*cells)
+        return SimpleNamespace(positions=c[None], patch_features=torch.tensor(feats)[None], logits=logits[None],
+                               sampled_logits=logits[c[:, 0], c[:, 1]][None])
+
+    aid_losses(model, settings, result((0, 0, 2, 3), [[0.0, 1.0], [3.0, -1.0]]), 0, mem, "s")
+    loss = aid_losses(model, settings, result((1, 4), [[-2.0, 0.5]]), 0, mem, "s")
+    # the loss covers the three remembered cells, with this step's map at each
+    cells = torch.tensor([[0, 0], [2, 3], [1, 4]])
+    feats = torch.tensor([[0.0, 1.0], [3.0, -1.0], [-2.0, 0.5]])
+    want = distill_loss(logits[cells[:, 0], cells[:, 1]], head(feats), kind="rank", temperature=0.5,
+                        target_temperature=0.25)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert mem.cells("s").tolist() == cells.tolist()
+    loss.backward()
+    touched = logits.grad.abs() > 0
+    assert touched.sum().item() == 3 and all(touched[r, c] for r, c in cells.tolist())
+    # off: only this step's draw, whose single cell makes the rank loss constant
+    settings.distill_memory = False
+    only = aid_losses(model, settings, result((3, 3), [[1.0, 1.0]]), 0, mem, "s")
+    assert only.item() == pytest.approx(0.0, abs=1e-6)
