@@ -54,13 +54,9 @@ class AttentionResult(NamedTuple):
             weighted: ``entropy · Σ a log a / B`` (= −entropy × mean entropy).
         patch_features: ``[B, n, D]``, each drawn patch's own features (what
             the estimator averaged), for per-patch losses and scores.
-        sampled_logits: ``[B, n]``, the attention net's logit at each drawn
-            cell (``log`` of the probability for nets that return
-            probabilities; 0 under ``sampler="uniform"``), for losses that
-            train the attention to predict per-patch scores.
-        logits: ``[B, h', w']``, the attention net's logits over the whole map (log
-            probabilities for nets that return probabilities; 0 under
-            ``sampler="uniform"``), for losses over cells drawn in earlier steps.
+        sampled_logits: ``[B, n]``, the attention net's logit at each drawn cell (``log`` of the
+            probability for nets that return probabilities; 0 under ``sampler="uniform"``).
+        logits: ``[B, h', w']``, ``sampled_logits`` over the whole map (for losses over earlier draws).
     """
 
     features: Tensor

@@ -302,6 +302,12 @@ def _apply_defaults(base: dict) -> None:
             base.setdefault(key, json.loads(json.dumps(value)))
 
 
+def _spread_note(metrics) -> str:
+    """`` attn sd X`` for an epoch line (empty for uniform draws)."""
+    sd = getattr(metrics, "attention_sd", float("nan"))
+    return f"  attn sd {sd:.3f}" if math.isfinite(sd) else ""
+
+
 def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True,
                   frozen: bool = False) -> dict:
     """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
@@ -370,6 +376,7 @@ def _negative_class(value: str | None, names: list[str], n_classes: int) -> int:
 def run(args: argparse.Namespace) -> int:
     """Train, printing one line per epoch."""
     from ..classifier import build_model
+    from ..run.settings import FLAT_ATTENTION
     from ..run.train import TrainSettings, train
 
     from ..data.manifest import read_cohort
@@ -431,7 +438,11 @@ def run(args: argparse.Namespace) -> int:
         accuracy = f"  acc {m.train_acc:.3f}" if config.task == "classification" else ""
         val_accuracy = f"  val_acc {m.val_acc:.3f}" if config.task == "classification" else ""
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}{accuracy}  val_loss {m.val_loss:.4f}{val_accuracy}  "
-              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_encoder.cache_note(m)}", flush=True)
+              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_encoder.cache_note(m)}{_spread_note(m)}", flush=True)
+        if (m.epoch == max(1, settings.explore_epochs) + 1 and m.attention_sd < FLAT_ATTENTION):
+            print(f"warning: the attention map is flat (logit sd {m.attention_sd:.4f} over tissue after epoch "
+                  f"{m.epoch}): the draws are uniform; try another --seed, or a larger --attention-lr "
+                  "(docs/training.md, 'A flat attention map')", file=sys.stderr, flush=True)
 
     def show_cohort(summary):
         print(summary.text(), flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["METRIC_FIELDS", "EpochMetrics", "TrainSettings"]
+__all__ = ["FLAT_ATTENTION", "METRIC_FIELDS", "EpochMetrics", "TrainSettings"]
 
 
 @dataclass
@@ -100,6 +100,16 @@ class EpochMetrics:
     """Patch boxes whose features the feature cache served this epoch (training and validation)."""
     feature_misses: int = 0
     """Patch boxes encoded this epoch because the feature cache lacked them."""
+    attention_sd: float = float("nan")
+    """The spread of the attention net's logits over a training slide's tissue cells (standard
+    deviation, mean over the epoch's slides; NaN for uniform draws). Near 0 (below
+    :data:`FLAT_ATTENTION`) the map is flat: the draws are uniform whatever was learnt."""
 
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr"]
+FLAT_ATTENTION = 0.01
+"""An ``attention_sd`` below this after the exploration epochs means the attention net is stuck
+flat (measured on the lesion benchmark: a stuck net stays at 0.002 for 30 epochs, a learning one
+reaches 0.2-0.5); ``ats-wsi train`` then says so."""
+
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "attention_sd"]

@@ -208,7 +208,7 @@ def train(
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
                                        time.perf_counter() - t0, optimizer.param_groups[0]["lr"], val_auc,
                                        feature_hits=stats["hits"], feature_misses=stats["misses"],
-                                       val_threshold=val_threshold)
+                                       val_threshold=val_threshold, attention_sd=epoch.attention_sd())
                 history.append(metrics)
                 if procs.rank == 0:
                     _save_epoch(out, model, optimizer, metrics, history, settings)
@@ -326,6 +326,7 @@ class _Epoch:
         order = np.random.default_rng([s.seed, epoch]).permutation(len(self.rows))
         self.net.train()
         tally = [[], 0, 0]  # losses, correct, seen
+        self.spread = []  # the attention logits' sd over each slide's tissue cells
         n_batches = math.ceil(len(self.rows) / s.batch_size)
         bar = open_bar(progress if self.procs.rank == 0 else None, n_batches, f"epoch {epoch + 1}/{s.epochs}", "batch")
         for b in range(n_batches):
@@ -336,6 +337,11 @@ class _Epoch:
         if bar is not None:
             bar.close()
         return all_mean(*tally, self.procs.distributed)
+
+    def attention_sd(self) -> float:
+        """This epoch's mean spread of the attention logits over the slides' tissue (NaN: none)."""
+        spread = [v for v in getattr(self, "spread", []) if math.isfinite(v)]
+        return float(np.mean(spread)) if spread else float("nan")
 
     def _cox(self, epoch: int, batch: np.ndarray, inputs: SlideInputs) -> tuple[dict[int, float], float]:
         """The Cox loss of ``batch`` and its gradient by slide risk, from a first forward pass without
@@ -383,11 +389,23 @@ class _Epoch:
             if self.on_slide is not None and weight:
                 self.on_slide(epoch, row, inputs[row.path], logits.detach(), result)
             if weight:
+                self.spread.append(_logit_sd(result))
                 tally[0].append(ce.item())
                 tally[1] += self.objective.correct(logits, row)
                 tally[2] += 1
         self.optimizer.step()
         self.running_stats.fold(len(batch), world, self.procs.distributed)
+
+
+def _logit_sd(result) -> float:
+    """The standard deviation of the attention logits over the cells the map may draw (NaN
+    without logits, e.g. uniform draws or a two-stage model)."""
+    logits = getattr(result, "logits", None)
+    if logits is None or not logits.requires_grad:  # uniform draws: zeros without a graph
+        return float("nan")
+    with torch.no_grad():
+        cells = logits[0][result.attention[0] > 0]
+        return float(cells.float().std()) if cells.numel() > 1 else float("nan")
 
 
 def _save_epoch(out: Path, model, optimizer, metrics: EpochMetrics, history, settings: TrainSettings) -> None:

@@ -9,7 +9,7 @@ from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.classifier import load_model, read_checkpoint
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "attention_sd"]
 
 
 def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epochs, slide_set):
@@ -32,6 +32,7 @@ def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epo
         assert math.isfinite(float(r["val_loss"]))
         assert float(r["val_acc"]) in (0.0, 1.0)
         assert float(r["lr"]) == pytest.approx(1e-3)
+        assert float(r["attention_sd"]) >= 0  # the attention map's spread over tissue
 
     # The checkpoint rebuilds the model from its config alone, with the flags given.
     model, payload = load_model(run / "last.pt"), read_checkpoint(run / "last.pt")
