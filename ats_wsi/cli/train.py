@@ -27,7 +27,10 @@ FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2,
 TRAIN_DEFAULTS = {"epochs": 30, "lr": 3e-3, "attention_lr": 1e-2, "schedule": "cosine", "batch_size": 6,
                   "select": "auc", "explore": 1.0, "explore_epochs": 6, "explore_patches": 64,
                   "instance_weight": 1.0, "distill_weight": 1.0, "distill": "rank",
-                  "distill_temperature": 1.0}
+                  "distill_temperature": None}
+# With the instance memory (a frozen feature net), the distillation runs over it at a sharper target
+# (--distill-memory, --distill-temperature): docs/training.md, "A flat attention map".
+MEMORY_DISTILL_TEMPERATURE = 0.25
 # Patches a slide the instance loss remembers when the feature net is frozen (--instance-memory).
 INSTANCE_MEMORY = 1024
 # ModelConfig keys whose flag is not --the-key-with-dashes (tests/cli/test_cli_basics.py checks every key has one).
@@ -200,14 +203,15 @@ def _register_aids(p) -> None:
                         "slide, which cells a finding would be in)")
     g.add_argument("--distill-temperature", type=float, default=d["distill_temperature"], metavar="T",
                    help="rank: the per-patch log-odds are divided by T before the attention learns them; "
-                        "below 1 the draws concentrate on the likeliest regions (default: %(default)g)")
+                        "below 1 the draws concentrate on the likeliest regions (default: "
+                        f"{MEMORY_DISTILL_TEMPERATURE:g} with --distill-memory, else 1)")
     g.add_argument("--instance-memory", type=int, default=None, metavar="N",
                    help="with a frozen feature net, the instance loss ranks up to N distinct patches each slide has "
                         "shown, not only this step's draws, and a positive slide trains the one least like any "
                         f"negative slide's patch (default: {INSTANCE_MEMORY} when frozen, else 0)")
     g.add_argument("--distill-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="with the instance memory, the attention learns the ranking of every remembered patch of "
-                        "the slide, not only this step's draws (default: off)")
+                        "the slide, not only this step's draws (default: on with the instance memory)")
     g.add_argument("--negative-class", default=None, metavar="LABEL|NAME",
                    help="the class meaning 'nothing found' for the per-patch losses (default: the first class)")
 
@@ -318,7 +322,7 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
                                                "distill_temperature")}
     out["explore_patches"] = out["explore_patches"] or None
     tau = out["distill_temperature"]
-    if not (math.isfinite(tau) and 0.01 <= tau <= 100):
+    if tau is not None and not (math.isfinite(tau) and 0.01 <= tau <= 100):
         raise ConfigError(None, f"--distill-temperature {tau:g} must be between 0.01 and 100 (1: the instance "
                                 "head's odds as they are; below 1: sharper)")
     memory = getattr(args, "instance_memory", None)
@@ -333,7 +337,9 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
     if wants and not out["instance_memory"]:
         raise ConfigError(None, "--distill-memory needs the instance memory (a frozen feature net with the instance "
                                 "head, --instance-memory N > 0): drop --distill-memory")
-    out["distill_memory"] = bool(wants)
+    out["distill_memory"] = bool(out["instance_memory"]) if wants is None else bool(wants)
+    if tau is None:
+        out["distill_temperature"] = MEMORY_DISTILL_TEMPERATURE if out["distill_memory"] else 1.0
     if not instance_head:  # --no-instance-head: the per-patch losses are off unless asked for (then an error)
         out["instance_memory"] = 0
         for key, flag in (("instance_weight", "--instance-weight"), ("distill_weight", "--distill-weight")):

@@ -169,9 +169,17 @@ def test_the_instance_memory_is_on_for_frozen_features_and_refused_for_a_net_tha
     with pytest.raises(ConfigError, match="--instance-memory -1 must be between 0 and"):
         _aid_settings(parse(["train", "m.csv", "--out", "o", "--instance-memory", "-1"]), ["normal", "tumor"], 2,
                       frozen=True)
-    assert not _aid_settings(args, ["normal", "tumor"], 2, frozen=True)["distill_memory"]
-    assert _aid_settings(parse(["train", "m.csv", "--out", "o", "--distill-memory"]), ["normal", "tumor"], 2,
-                         frozen=True)["distill_memory"]
+    # frozen: the distillation runs over the memory at temperature 0.25; else over the draws at 1
+    frozen = _aid_settings(args, ["normal", "tumor"], 2, frozen=True)
+    assert frozen["distill_memory"] and frozen["distill_temperature"] == 0.25
+    trains = _aid_settings(args, ["normal", "tumor"], 2, frozen=False)
+    assert not trains["distill_memory"] and trains["distill_temperature"] == 1.0
+    off = _aid_settings(parse(["train", "m.csv", "--out", "o", "--no-distill-memory"]), ["normal", "tumor"], 2,
+                        frozen=True)
+    assert not off["distill_memory"] and off["distill_temperature"] == 1.0 and off["instance_memory"] == INSTANCE_MEMORY
+    given = _aid_settings(parse(["train", "m.csv", "--out", "o", "--distill-temperature", "0.5"]), ["normal", "tumor"],
+                          2, frozen=True)
+    assert given["distill_memory"] and given["distill_temperature"] == 0.5
     with pytest.raises(ConfigError, match="--distill-memory needs the instance memory"):
         _aid_settings(parse(["train", "m.csv", "--out", "o", "--distill-memory"]), ["normal", "tumor"], 2)
     # the library refuses it as plainly
