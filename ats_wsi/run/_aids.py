@@ -296,7 +296,8 @@ def zoom_distill_targets(instance_logits: Tensor, negative: int = 0, *, kind: st
     if kind not in DISTILL:
         raise ValueError(f"distill kind must be one of {DISTILL}, got {kind!r}")
     if instance_logits.ndim != 3 or 0 in instance_logits.shape[:2]:
-        raise ValueError(f"zoom instance logits must be [n1, n2, C] with n1, n2 >= 1, got {tuple(instance_logits.shape)}")
+        raise ValueError(f"zoom instance logits must be [n1, n2, C] with n1, n2 >= 1, "
+                         f"got {tuple(instance_logits.shape)}")
     with torch.no_grad():
         finding = 1.0 - torch.softmax(instance_logits.float(), dim=-1)[..., negative]  # [n1, n2]
         if kind == "bce":

@@ -33,10 +33,12 @@ def _result(features, xy0, region_logits=None, sampled_logits=None) -> ZoomResul
     """A zoom result of one slide with the given patch features [n1, n2, 2] and patch corners [n1, n2, 2]."""
     n1, n2 = features.shape[:2]
     zeros = torch.zeros
-    return ZoomResult(features=zeros(1, 2), attention=zeros(1, 4, 4), region_positions=zeros(1, n1, 2, dtype=torch.long),
-                      region_attention=torch.full((1, n1), 0.1), region_xy0=zeros(1, n1, 2, dtype=torch.long),
-                      zoom_attention=zeros(1, n1, 3, 3), positions=zeros(1, n1, n2, 2, dtype=torch.long),
-                      sampled_attention=torch.full((1, n1, n2), 0.2), patch_xy0=xy0[None], patch_features=features[None],
+    long = torch.long
+    return ZoomResult(features=zeros(1, 2), attention=zeros(1, 4, 4), region_positions=zeros(1, n1, 2, dtype=long),
+                      region_attention=torch.full((1, n1), 0.1), region_xy0=zeros(1, n1, 2, dtype=long),
+                      zoom_attention=zeros(1, n1, 3, 3), positions=zeros(1, n1, n2, 2, dtype=long),
+                      sampled_attention=torch.full((1, n1, n2), 0.2), patch_xy0=xy0[None],
+                      patch_features=features[None],
                       entropy_loss=torch.tensor(0.0),
                       region_logits=None if region_logits is None else region_logits[None],
                       sampled_logits=None if sampled_logits is None else sampled_logits[None])
