@@ -30,13 +30,13 @@ from torch import Tensor, nn
 
 from .patches.features import as_float
 from .errors import SamplingError
-from .model import AttentionSampler
+from .model import AttentionSampler, _check_low
 from .patches.zoom_source import ZoomSource
 from .slide.lowview import read_low_view
 from .sampling import entropy_regularizer, sample
 from .sampling.nested import nested_expectation, sample_within
 
-__all__ = ["ZoomRecord", "ZoomResult", "ZoomSampler", "zoom_inputs", "zoom_record"]
+__all__ = ["ZoomRecord", "ZoomResult", "ZoomSampler", "zoom_features", "zoom_inputs", "zoom_record"]
 
 
 class ZoomResult(NamedTuple):
@@ -55,6 +55,12 @@ class ZoomResult(NamedTuple):
         patch_features: ``[B, n1, n2, D]``, the features the estimator averaged.
         entropy_loss: scalar to ADD to the loss: the entropy regulariser of
             both stages' maps (``entropy · Σ a log a / B`` each).
+        region_logits: ``[B, n1]``, the stage-1 net's logit at each drawn region
+            (``log`` of the probability for a net that returns probabilities);
+            None when :meth:`ZoomSampler.draw` was not given the stage-1 logits.
+        sampled_logits: ``[B, n1, n2]``, the stage-2 net's logit at each drawn
+            cell: with ``region_logits``, what the per-patch aids train
+            (:func:`ats_wsi.run._aids.zoom_aid_losses`).
     """
 
     features: Tensor
@@ -68,6 +74,8 @@ class ZoomResult(NamedTuple):
     patch_xy0: Tensor
     patch_features: Tensor
     entropy_loss: Tensor
+    region_logits: Tensor | None = None
+    sampled_logits: Tensor | None = None
 
 
 class ZoomRecord(NamedTuple):
@@ -118,6 +126,25 @@ def zoom_record(result: ZoomResult, source, b: int = 0, zoom_receptive_field=0) 
     )
 
 
+def zoom_features(feature_net: nn.Module, source, patch_xy0: Tensor, like: Tensor) -> Tensor:
+    """The plain stage-3 feature step: read every drawn patch, run the feature net on it.
+
+    Args:
+        feature_net: ``[N, C, ph, pw] -> [N, D]``.
+        source: the :class:`~ats_wsi.patches.zoom_source.ZoomSource`.
+        patch_xy0: long ``[B, n1, n2, 2]``, the patches' level-0 corners.
+        like: a tensor whose device (and float dtype) the pixels take.
+
+    Returns:
+        ``[B, n1, n2, D]``. A pretrained encoder (its resolution contract and
+        feature cache) uses :class:`ats_wsi.classifier.features.ZoomEncoderFeatures`,
+        a step with the same signature.
+    """
+    patches = as_float(source.read_patches(patch_xy0), like)  # [B, n1, n2, C, ph, pw]
+    each = feature_net(patches.flatten(0, 2))
+    return each.reshape(*patches.shape[:3], *each.shape[1:])
+
+
 class ZoomSampler(nn.Module):
     """Two attention stages over a slide: regions over the low view, cells inside each drawn region.
 
@@ -137,6 +164,8 @@ class ZoomSampler(nn.Module):
         entropy, zoom_entropy: weights of each stage's entropy regulariser.
         deterministic: in eval mode, take the top cells at both stages.
         smoothing: stage-1 attention share spread uniformly (exploration).
+        feature_step: ``(feature_net, source, patch_xy0 [B, n1, n2, 2], like) -> [B, n1, n2, D]``,
+            how the drawn patches become features (default :func:`zoom_features`).
 
     Raises:
         SamplingError: a count that is not a positive int.
@@ -158,6 +187,7 @@ class ZoomSampler(nn.Module):
         zoom_entropy: float = 0.0,
         deterministic: bool = False,
         smoothing: float = 0.0,
+        feature_step=None,
     ):
         super().__init__()
         # the attention halves of two AttentionSamplers (tiling, masks, softmax); their own
@@ -168,6 +198,7 @@ class ZoomSampler(nn.Module):
         self.stage2 = AttentionSampler(zoom_attention_net, nn.Identity(), n_patches=n_patches, patch_size=None,
                                        replace=replace, receptive_field=zoom_receptive_field, entropy=zoom_entropy)
         self.feature_net = feature_net
+        self.feature_step = zoom_features if feature_step is None else feature_step
         self.deterministic = bool(deterministic)
 
     @property
@@ -191,8 +222,13 @@ class ZoomSampler(nn.Module):
 
     @property
     def attention_net(self) -> nn.Module:
-        """The stage-1 attention net (``attention_lr`` applies to it)."""
+        """The stage-1 attention net (:attr:`attention_nets`: both stages')."""
         return self.stage1.attention_net
+
+    @property
+    def attention_nets(self) -> tuple[nn.Module, nn.Module]:
+        """Both stages' attention nets (``attention_lr`` applies to both: its param group)."""
+        return self.stage1.attention_net, self.stage2.attention_net
 
     @property
     def receptive_field(self):
@@ -236,12 +272,14 @@ class ZoomSampler(nn.Module):
         Returns:
             :class:`ZoomResult`.
         """
-        a1, mask1 = self.stage1.attend(x_low, mask)
+        _check_low(x_low)
+        a1, mask1, logits1 = self.stage1._attention_and_logits(x_low, mask)
         return self.draw(a1, mask1, source, low_shape=tuple(x_low.shape[-2:]), like=x_low, generator=generator,
-                         deterministic=deterministic)
+                         deterministic=deterministic, logits=logits1)
 
     def draw(self, a1: Tensor, mask1: Tensor | None, source, *, low_shape, like: Tensor,
-             generator: torch.Generator | None = None, deterministic: bool | None = None) -> ZoomResult:
+             generator: torch.Generator | None = None, deterministic: bool | None = None,
+             logits: Tensor | None = None) -> ZoomResult:
         """Everything after the stage-1 map: one draw of regions, cells and patches from ``a1``.
 
         Prediction attends once and draws several times
@@ -253,6 +291,8 @@ class ZoomSampler(nn.Module):
             low_shape: ``(rows, cols)`` of the low view.
             like: a tensor whose device (and float dtype) the pixels take (``x_low``).
             generator, deterministic: as in :meth:`forward`.
+            logits: optional ``[B, h1, w1]``, the stage-1 net's logits behind ``a1``
+                (then :attr:`ZoomResult.region_logits` is set).
         """
         if deterministic is None:
             deterministic = self.deterministic and not self.training
@@ -265,19 +305,23 @@ class ZoomSampler(nn.Module):
                                         receptive_field=self.stage1.receptive_field)
         pixels = as_float(source.read_regions(corners), x_low).flatten(0, 1)  # [B·n1, C, R, R]
         inside = source.region_inside(corners)
-        a2, mask2 = self.stage2.attend(pixels, None if inside is None else inside.flatten(0, 1).to(pixels.device))
+        a2, mask2, logits2 = self.stage2._attention_and_logits(
+            pixels, None if inside is None else inside.flatten(0, 1).to(pixels.device))
         a2 = a2.unflatten(0, (batch, -1))  # [B, n1, h2, w2]
         cells, s2 = self._draw_cells(a2, None if mask2 is None else mask2.unflatten(0, (batch, -1)),
                                      generator, deterministic)
         patch_xy0 = source.patch_corners(cells, corners, map_shape=tuple(a2.shape[-2:]),
                                          receptive_field=self.stage2.receptive_field)
-        patches = as_float(source.read_patches(patch_xy0), x_low)  # [B, n1, n2, C, ph, pw]
-        each = self.feature_net(patches.flatten(0, 2))
-        each = each.reshape(*patches.shape[:3], *each.shape[1:])
+        each = self.feature_step(self.feature_net, source, patch_xy0, x_low)  # [B, n1, n2, D]
         features = nested_expectation(each, s1, s2, self.stage1.replace, self.stage2.replace)
         entropy_loss = entropy_regularizer(a1, self.stage1.entropy) \
             + entropy_regularizer(a2.flatten(0, 1), self.stage2.entropy)
-        return ZoomResult(features, a1, regions, s1, corners, a2, cells, s2, patch_xy0, each, entropy_loss)
+        region_logits = None if logits is None else logits.flatten(1).gather(
+            1, regions[..., 0] * a1.shape[-1] + regions[..., 1])
+        flat2 = cells[..., 0] * a2.shape[-1] + cells[..., 1]
+        sampled_logits = logits2.unflatten(0, (batch, -1)).flatten(2).gather(2, flat2)
+        return ZoomResult(features, a1, regions, s1, corners, a2, cells, s2, patch_xy0, each, entropy_loss,
+                          region_logits, sampled_logits)
 
     def _draw_regions(self, a1: Tensor, mask: Tensor | None, generator, deterministic: bool):
         """``(cells long [B, n1, 2], probabilities [B, n1])``: the draw carries no gradient, the gather does."""

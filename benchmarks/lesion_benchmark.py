@@ -11,12 +11,17 @@ predicted on the test split with ``ats-wsi predict --split test --n-patches N`` 
 - ``ats-frozen`` / ``uniform-frozen``: the same with a frozen encoder (``--encoder SPEC``:
   a spec JSON beside its ``.pt2``/``.pt`` file, e.g. from ``lesion_encoder.py``) and a
   feature cache;
+- ``ats-frozen-zoom``: ``ats-frozen`` with attention that zooms (docs/zoom.md): ``--zoom-mpp 2
+  --zoom-regions 8 --zoom-size 256 --n-patches 4``, the same 32 patches a slide as the one-stage
+  rows (8 regions of 256 µm read at 2 µm/px, 4 patches drawn in each); at prediction each ``N``
+  of ``--n`` is ``N / 8`` patches in each of the 8 regions (``N`` patches a slide, as the others);
 - ``dense``: read from ``--dense dense_abmil.json`` (``lesion_dense.py``) when given.
 
 Columns: test AUC with its bootstrap 95 % CI, the AUC of each lesion stratum's tumors
 against all normals, balanced accuracy at 0.5, sensitivity per lesion stratum (``<0.5mm``, ``0.5-2mm``) and specificity, patches encoded per slide, the
 share of each slide's tissue read, seconds per slide from the file (open, low view,
-attention, reads, encoding: ``predictions.csv``), training wall time. The same model is
+attention, reads, encoding: ``predictions.csv``), level-0 pixels read per slide (the patches'
+boxes, plus a zoom's regions: ``pixels_read``), training wall time. The same model is
 predicted at several ``N`` (trained at the default 32): how the AUC grows with the tissue
 read. Writes ``OUT/lesion_benchmark.json``, ``OUT/lesion_benchmark.md`` and
 ``OUT/lesion_benchmark.png`` (AUC against the share of tissue read, per method).
@@ -47,14 +52,29 @@ from lesion_dense import evaluate_split  # noqa: E402
 from ats_wsi.metrics import roc_auc  # noqa: E402
 
 ATS = [sys.executable, "-m", "ats_wsi.cli"]
-ROWS = ("ats", "uniform", "ats-frozen", "uniform-frozen")
+ROWS = ("ats", "uniform", "ats-frozen", "uniform-frozen", "ats-frozen-zoom")
 PATCH_UM = 64.0  # the defaults' patch: 128 px at 0.5 µm/px
+ZOOM_REGIONS = 8
+"""Regions a zoom row draws per slide (n1); n2 = N / n1 patches in each, N patches a slide."""
+ZOOM_FLAGS = ["--zoom-mpp", "2", "--zoom-regions", str(ZOOM_REGIONS), "--zoom-size", "256", "--n-patches", "4"]
+"""A zoom row's flags over its one-stage row: 8 regions x 4 patches = the one-stage rows' 32 patches a slide."""
+
+
+def predict_n_patches(row: str, n: int) -> int:
+    """The ``--n-patches`` of ``ats-wsi predict`` that reads ``n`` patches a slide: per region for a zoom row."""
+    if not row.endswith("zoom"):
+        return n
+    if n % ZOOM_REGIONS:
+        raise SystemExit(f"row {row} reads n1 = {ZOOM_REGIONS} regions; --n {n} is not a multiple of it")
+    return n // ZOOM_REGIONS
 
 
 def row_flags(row: str, encoder: str | None, out: Path) -> list[str]:
     """The flags of ``ats-wsi train`` that make a row (over the command's defaults)."""
     flags = ["--sampler", "uniform"] if row.startswith("uniform") else []
-    if row.endswith("frozen"):
+    if row.endswith("zoom"):
+        flags += ZOOM_FLAGS
+    if "frozen" in row:
         if not encoder:
             raise SystemExit(f"row {row} needs --encoder SPEC.json")
         spec = json.loads(Path(encoder).read_text())
@@ -98,7 +118,8 @@ def score(predictions: Path, cohort: dict) -> dict:
     tissue = np.array([tissue_mm2(r["slide"]) for r in rows])
     out.update(patches_per_slide=float(patches.mean()),
                tissue_read=float(np.mean(patches * (PATCH_UM / 1000) ** 2 / tissue)),
-               seconds_per_slide=float(np.mean([float(r["seconds"]) for r in rows])))
+               seconds_per_slide=float(np.mean([float(r["seconds"]) for r in rows])),
+               pixels_read_per_slide=float(np.mean([float(r["pixels_read"]) for r in rows])))
     return out
 
 
@@ -136,7 +157,7 @@ def main(argv=None) -> int:
         for n in args.n.split(","):
             pred = folder / f"test-n{n}"
             cmd = [*ATS, "predict", str(folder / "run" / "best.pt"), str(args.manifest), "--split", "test",
-                   "--out", str(pred), "--n-patches", n, "--no-progress"]
+                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n))), "--no-progress"]
             if not (pred / "predictions.csv").is_file():
                 run(cmd, folder / f"predict-n{n}.log")
             entry[f"n{n}"] = score(pred / "predictions.csv", cohort)
@@ -158,7 +179,8 @@ def _ci(m: dict) -> str:
 def table(results: dict) -> list[str]:
     """The markdown table of every (row, n)."""
     lines = ["| method | n | AUC [95 % CI] | AUC <0.5 mm | AUC 0.5-2 mm | balanced acc. | sens. <0.5 mm | "
-             "sens. 0.5-2 mm | spec. | patches/slide | tissue read | s/slide | train s |", "|" + "---|" * 13]
+             "sens. 0.5-2 mm | spec. | patches/slide | tissue read | s/slide | px read/slide | train s |",
+             "|" + "---|" * 14]
     for row, entry in results["rows"].items():
         if row == "dense":
             continue
@@ -171,7 +193,8 @@ def table(results: dict) -> list[str]:
             strat = " | ".join(f"{by[s]:.3f}" if s in by else "–" for s in ("<0.5mm", "0.5-2mm"))
             lines.append(f"| {row} | {key[1:]} | {_ci(m['roc_auc'])} | {strat} | {_ci(m['balanced_accuracy'])} | "
                          f"{' | '.join(rec)} | {m['patches_per_slide']:.0f} | {100 * m['tissue_read']:.2f} % | "
-                         f"{m['seconds_per_slide']:.2f} | {entry.get('train_seconds', float('nan')):.0f} |")
+                         f"{m['seconds_per_slide']:.2f} | {m.get('pixels_read_per_slide', float('nan')):.2g} | "
+                         f"{entry.get('train_seconds', float('nan')):.0f} |")
     return lines
 
 

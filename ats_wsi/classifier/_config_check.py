@@ -158,8 +158,7 @@ def range_problems(config) -> list[str]:
 
 ZOOM_KEYS = {"zoom_mpp": "--zoom-mpp", "zoom_regions": "--zoom-regions", "zoom_size": "--zoom-size"}
 """The keys of attention that zooms and their ``ats-wsi train`` flags (messages name both)."""
-ZOOM_EXCLUDES = {"feature_spec": "a pretrained encoder (--encoder)", "instance_head": "an instance head (--instance-head)",
-                 "tile_aligned": "tile-aligned patches (--tile-aligned)"}
+ZOOM_EXCLUDES = {"tile_aligned": "tile-aligned patches (--tile-aligned)"}
 """Settings a two-stage model does not take yet, and how a person sets them."""
 
 

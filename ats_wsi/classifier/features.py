@@ -29,7 +29,7 @@ from ..geometry import size_wh
 from ..patches import ReadGeometry, SlidePatchSource, TensorSource, as_float, plain_features
 from ..slide.resolution import missing_mpp_reason
 
-__all__ = ["EncoderFeatures", "cache_group", "check_resolution", "read_geometry"]
+__all__ = ["EncoderFeatures", "ZoomEncoderFeatures", "cache_group", "check_resolution", "read_geometry"]
 
 
 def read_geometry(source, batch: int) -> tuple[ReadGeometry, ...] | None:
@@ -130,3 +130,60 @@ def _cached(encoder: PatchEncoder, source: SlidePatchSource, xy: Tensor, patch_w
     features = encoder.adapt(torch.from_numpy(out).to(like.device))
     pw, ph = size_wh(patch_wh, "patch size")
     return torch.empty(batch, 0, 3, int(ph), int(pw), device=like.device), features
+
+
+class ZoomEncoderFeatures:
+    """The stage-3 feature step of a two-stage (zoom) model with a :class:`~ats_wsi.encoders.PatchEncoder`.
+
+    Called as ``step(encoder, source, patch_xy0, like) -> features [B, n1, n2, out_features]``
+    (the signature of :func:`ats_wsi.zoom.zoom_features`), ``source`` a
+    :class:`~ats_wsi.patches.zoom_source.ZoomSource`. As :class:`EncoderFeatures` for
+    one stage: each slide's patch resolution is checked against the spec (once
+    per slide); a frozen encoder with a cache (``encoder.cache``) looks each
+    patch's level-0 box up and reads and encodes only the boxes it lacks. The
+    cache groups are those of one-stage models (spec digest, slide fingerprint,
+    read geometry), so both kinds of model share a cache folder.
+    """
+
+    def __init__(self):
+        self._checked: set[tuple] = set()
+
+    def __call__(self, encoder: PatchEncoder, source, patch_xy0: Tensor, like: Tensor) -> Tensor:
+        if not isinstance(encoder, PatchEncoder):
+            raise EncoderError(None, f"ZoomEncoderFeatures needs a PatchEncoder as the feature net, got "
+                                     f"{type(encoder).__name__}")
+        geometry = [source.patch_geometry(b) for b in range(len(source.slides))]
+        for g in geometry:
+            key = (id(g.slide), g.mpp, g.downsample)
+            if key not in self._checked:
+                check_resolution(encoder, g)
+                self._checked.add(key)
+        if encoder.cache is None or not encoder.frozen:
+            patches = as_float(source.read_patches(patch_xy0), like)  # [B, n1, n2, C, ph, pw]
+            return encoder(patches.flatten(0, 2)).reshape(*patch_xy0.shape[:3], -1)
+        return _zoom_cached(encoder, source, geometry, patch_xy0, like)
+
+
+def _zoom_cached(encoder: PatchEncoder, source, geometry, patch_xy0: Tensor, like: Tensor) -> Tensor:
+    """Features of the zoom's patches: looked up by level-0 box, read and encoded only where missing."""
+    cache, dim = encoder.cache, encoder.spec.dim
+    cache.record_spec(encoder.digest, encoder.spec.to_dict())
+    batch, lead = patch_xy0.shape[0], tuple(patch_xy0.shape[1:3])
+    corners = patch_xy0.reshape(batch, -1, 2)
+    xywh = source.boxes_level0(corners, "patch").numpy()  # [B, n1·n2, 4]
+    out = np.empty((batch, corners.shape[1], dim), dtype=np.float32)
+    for b in range(batch):
+        group = cache_group(encoder, geometry[b], source.patch_wh)
+        found = cache.get(group, xywh[b], dim=dim)
+        missing = [i for i, f in enumerate(found) if f is None]
+        for i, f in enumerate(found):
+            if f is not None:
+                out[b, i] = f
+        if missing:
+            pixels = source.read_patches_of(b, corners[b, missing])
+            with torch.no_grad():
+                new = encoder.embed(as_float(pixels, like)).cpu().numpy()
+            out[b, missing] = new
+            cache.put(group, xywh[b][missing], new)
+    features = encoder.adapt(torch.from_numpy(out).to(like.device))
+    return features.reshape(batch, *lead, -1)

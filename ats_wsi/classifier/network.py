@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import PredictionError, SamplingError
 from ..model import AttentionResult, AttentionSampler
-from ..sampling import expectation
+from ..sampling import expectation, nested_expectation
 from ..geometry import cell_grid_level0
 from ..nets import create_attention_net, create_feature_net
 from ..slide.lowview import TissueThreshold
@@ -117,12 +117,16 @@ class SlideClassifier(nn.Module):
         if self.instance_head is None:
             return self.head(result.features)
         probs = torch.softmax(self.instance_head(result.patch_features.float()), dim=-1)  # [B, n, C]
-        expected = expectation(probs, result.sampled_attention, self.sampler.replace)  # [B, C]
+        if self.config.zoom:  # [B, n1, n2, C]: through both stages, as the features
+            expected = nested_expectation(probs, result.region_attention, result.sampled_attention,
+                                          self.sampler.stage1.replace, self.sampler.stage2.replace)
+        else:
+            expected = expectation(probs, result.sampled_attention, self.sampler.replace)  # [B, C]
         return self.head(torch.cat([result.features, expected.to(result.features.dtype)], dim=-1))
 
     def instance_logits(self, result: AttentionResult) -> Tensor | None:
         """``[B, n, n_classes]``: the instance head's logits for each drawn patch of
-        ``result`` (``None`` without an instance head)."""
+        ``result`` (``[B, n1, n2, n_classes]`` for a zoom; ``None`` without an instance head)."""
         if self.instance_head is None or result.patch_features is None:
             return None
         return self.instance_head(result.patch_features.float())
@@ -300,14 +304,18 @@ def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> 
 
 def _zoom_sampler(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module):
     """The two-stage sampler of a zoom config: stage 2's attention net is a second net of the
-    config's ``attention_net`` kind, with the same normalisation in front as stage 1's."""
+    config's ``attention_net`` kind, with the same normalisation in front as stage 1's; a
+    pretrained encoder at stage 3 gets its resolution check and feature cache
+    (:class:`~.features.ZoomEncoderFeatures`)."""
     from ..zoom import ZoomSampler
+    from .features import ZoomEncoderFeatures
 
     zoom_net = create_attention_net(config.attention_net, in_channels=3, **config.attention_kwargs)
     zoom_in = nn.Sequential(Normalize(config.mean, config.std), zoom_net)
     sampler = ZoomSampler(attention_in, zoom_in, feature_in, n_regions=config.zoom_regions,
                           n_patches=config.n_patches, replace_regions=config.replace, replace=config.replace,
-                          entropy=config.entropy, zoom_entropy=config.entropy, smoothing=config.smoothing)
+                          entropy=config.entropy, zoom_entropy=config.entropy, smoothing=config.smoothing,
+                          feature_step=ZoomEncoderFeatures() if config.feature_spec is not None else None)
     sampler.stage1.softmax.temperature = sampler.stage2.softmax.temperature = config.temperature
     sampler.stage1.min_tissue = config.min_tissue
     sampler.patch_size = (config.patch_size, config.patch_size)

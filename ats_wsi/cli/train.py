@@ -292,8 +292,6 @@ def _apply_defaults(base: dict) -> None:
     for key, value in MODEL_DEFAULTS.items():
         if key in base:
             continue
-        if key == "instance_head" and base.get("zoom_mpp") is not None:
-            continue  # a two-stage model has no instance head (yet): ModelConfig's own default, off
         if key == "low_mpp" and base.get("low_downsample") is not None:
             continue
         if key == "attention_kwargs" and base.get("attention_net", "attention-small") != "attention-small":
@@ -352,10 +350,7 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
 
 def _zoom_settings(args: argparse.Namespace, aids: dict) -> str | None:
     """Training settings of a two-stage model: exploration draws no more cells per region than
-    ``--n-patches`` unless asked; the feature cache is refused (returns why, or None)."""
-    if getattr(args, "feature_cache", None):
-        return ("--feature-cache does not work with --zoom-mpp yet (the zoom reads its patches itself): "
-                "drop --feature-cache")
+    ``--n-patches`` unless asked (returns why the settings are refused, or None: none are)."""
     if aids["explore_patches"] == TRAIN_DEFAULTS["explore_patches"]:  # 64 per region would be n1 x 64 patches
         aids["explore_patches"] = None
     return None

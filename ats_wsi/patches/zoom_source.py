@@ -28,6 +28,7 @@ from ..errors import SamplingError
 from ..geometry import cell_centre_level0, cell_grid_level0, region_xy0, size_wh, zoom_cell_to_xy0
 from ..slide.resolution import DEFAULT_MPP_TOLERANCE
 from ._buffers import check_read_bytes
+from .base import ReadGeometry
 from .reader import PatchReader
 
 __all__ = ["ZoomSource", "MAX_REGION_SIDE"]
@@ -197,6 +198,26 @@ class ZoomSource:
         check_read_bytes(self.slides[0].path, len(self.slides) * lead.numel(), self.patch_wh, None, 0)
         return torch.stack([r.read(corners_xy0[b].reshape(-1, 2).cpu()).unflatten(0, lead)
                             for b, r in enumerate(self.patch_readers)])
+
+    def read_patches_of(self, b: int, corners_xy0: Tensor) -> Tensor:
+        """Some patches of slide ``b`` alone (those a feature cache lacks): uint8 ``[m, 3, h, w]``.
+
+        Args:
+            b: the slide of the batch.
+            corners_xy0: long ``[m, 2]``, level-0 corners from :meth:`patch_corners`.
+        """
+        if not isinstance(corners_xy0, Tensor) or corners_xy0.dim() != 2 or corners_xy0.shape[-1] != 2:
+            got = tuple(corners_xy0.shape) if isinstance(corners_xy0, Tensor) else type(corners_xy0).__name__
+            raise SamplingError(f"patch corners of one slide must be a tensor [m, 2], got {got}")
+        check_read_bytes(self.slides[b].path, len(corners_xy0), self.patch_wh, None, 0)
+        return self.patch_readers[b].read(corners_xy0.cpu())
+
+    def patch_geometry(self, b: int) -> ReadGeometry:
+        """How slide ``b``'s patches are read (level, downsample, factor, µm/px): what a pretrained
+        encoder's resolution check and feature cache key take, as for a one-stage source."""
+        reader, slide = self.patch_readers[b], self.slides[b]
+        return ReadGeometry(slide, str(slide.path), int(reader.level), float(reader.downsample), reader.mpp,
+                            float(reader.factor), float(reader.resolution.read_mpp))
 
     def boxes_level0(self, corners_xy0: Tensor, kind: str) -> Tensor:
         """``(x0, y0, w0, h0)`` int64 ``[..., 4]`` in level-0 pixels of regions or patches.

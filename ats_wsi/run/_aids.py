@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["DISTILL", "InstanceMemory", "aid_losses", "check_aids", "distill_loss", "exploration", "instance_loss",
-           "memory_for", "set_exploration"]
+           "memory_for", "set_exploration", "zoom_aid_losses", "zoom_distill_loss", "zoom_distill_targets"]
 
 
 def exploration(epoch: int, *, explore: float, explore_epochs: int, final: float) -> float:
@@ -264,6 +264,8 @@ def aid_losses(model, settings, result, label: int, memory: InstanceMemory | Non
     """
     if not (settings.instance_weight or settings.distill_weight):
         return 0.0
+    if getattr(result, "region_positions", None) is not None:  # a two-stage (zoom) model: its own section below
+        return zoom_aid_losses(model, settings, result, label, memory, slide)
     inst = model.instance_logits(result)[0]  # [n, C]
     bag = None
     if memory is not None:
@@ -286,4 +288,103 @@ def aid_losses(model, settings, result, label: int, memory: InstanceMemory | Non
             logits, scores, settings.negative_class, kind=settings.distill,
             temperature=model.sampler.softmax.temperature,
             target_temperature=settings.distill_temperature)
+    return loss
+
+
+# ---------------------------------------------------------------- two-stage (zoom) models
+# The drawn patches of a zoom are n1 regions x n2 cells. The instance loss and its memory run
+# over the flat list of the n1·n2 patches; distillation trains both attention stages.
+
+def zoom_distill_targets(instance_logits: Tensor, negative: int = 0, *, kind: str = "rank",
+                         target_temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """What the two attention stages of a zoom learn from the instance head's scores of the drawn patches.
+
+    Args:
+        instance_logits: ``[n1, n2, C]``, the instance head's logits of each drawn region's patches.
+        negative: the class that means "nothing found".
+        kind: as in :func:`distill_loss`.
+        target_temperature: ``"rank"``: the log-odds are divided by it (:func:`distill_loss`).
+
+    Returns:
+        ``(regions [n1], cells [n1, n2])``, no gradient. ``"rank"``: ``cells[r]`` is
+        the softmax over region ``r``'s patches of their log-odds of a finding over
+        ``target_temperature`` (what :func:`distill_loss` gives a one-stage slide), and
+        ``regions`` the softmax over the regions of the log-sum-exp of the same scaled
+        log-odds. Log-sum-exp, not max: then ``regions[r] · cells[r, j]`` is exactly
+        the one-stage rank target over all ``n1 · n2`` patches (the region's share of
+        it, times the patch's share within the region), so the two stages factor the
+        map a one-stage model would learn from the same draws, and a region with
+        several likely patches outranks one with a single patch as likely.
+        ``"bce"``: ``cells`` the probability of a finding of each patch, ``regions``
+        the largest of its region (a region holds a finding when one of its patches does).
+    """
+    if kind not in DISTILL:
+        raise ValueError(f"distill kind must be one of {DISTILL}, got {kind!r}")
+    if instance_logits.ndim != 3 or 0 in instance_logits.shape[:2]:
+        raise ValueError(f"zoom instance logits must be [n1, n2, C] with n1, n2 >= 1, "
+                         f"got {tuple(instance_logits.shape)}")
+    with torch.no_grad():
+        finding = 1.0 - torch.softmax(instance_logits.float(), dim=-1)[..., negative]  # [n1, n2]
+        if kind == "bce":
+            return finding.max(dim=1).values, finding
+        scaled = torch.logit(finding.clamp(1e-6, 1 - 1e-6)) / target_temperature
+        return torch.softmax(torch.logsumexp(scaled, dim=1), dim=0), torch.softmax(scaled, dim=1)
+
+
+def zoom_distill_loss(region_logits: Tensor, sampled_logits: Tensor, instance_logits: Tensor, negative: int = 0, *,
+                      kind: str = "rank", temperatures: tuple[float, float] = (1.0, 1.0),
+                      target_temperature: float = 1.0) -> Tensor:
+    """Distillation of both attention stages of one slide's zoom: stage 1 + the mean over regions of stage 2.
+
+    Args:
+        region_logits: ``[n1]``, the stage-1 net's logit at each drawn region.
+        sampled_logits: ``[n1, n2]``, the stage-2 net's logit at each drawn cell.
+        instance_logits: ``[n1, n2, C]``, the instance head's logits of the same patches.
+        negative, kind, target_temperature: as in :func:`zoom_distill_targets`.
+        temperatures: the stage-1 and stage-2 softmax temperatures (``"rank"``).
+
+    Stage 2 is :func:`distill_loss` of each region's cells; stage 1 the same loss
+    of the region logits against :func:`zoom_distill_targets`' region target
+    (cross-entropy of softmax(logits / temperature) for ``"rank"``, binary
+    cross-entropy for ``"bce"``).
+    """
+    regions, _ = zoom_distill_targets(instance_logits, negative, kind=kind, target_temperature=target_temperature)
+    if kind == "bce":
+        first = F.binary_cross_entropy_with_logits(region_logits.float(), regions)
+    else:
+        first = -(regions * torch.log_softmax(region_logits.float() / temperatures[0], dim=0)).sum()
+    second = torch.stack([distill_loss(sampled_logits[r], instance_logits[r], negative, kind=kind,
+                                       temperature=temperatures[1], target_temperature=target_temperature)
+                          for r in range(sampled_logits.shape[0])]).mean()
+    return first + second
+
+
+def zoom_aid_losses(model, settings, result, label: int, memory: InstanceMemory | None = None, slide: str = ""):
+    """:func:`aid_losses` of a two-stage model's result (a :class:`~ats_wsi.zoom.ZoomResult`).
+
+    The instance loss runs over the flat list of the ``n1 · n2`` drawn patches; the
+    instance memory keys a patch by its level-0 corner (``patch_xy0``: unique in the
+    slide, where a stage-2 cell is only unique in its region). Distillation trains
+    both attention stages (:func:`zoom_distill_loss`; needs ``result.region_logits``).
+    """
+    inst = model.instance_logits(result)[0]  # [n1, n2, C]
+    flat = inst.reshape(-1, inst.shape[-1])
+    loss = 0.0
+    if settings.instance_weight:
+        if memory is not None:
+            features = result.patch_features[0].reshape(flat.shape[0], -1)
+            bag = memory.add(slide, label, result.patch_xy0[0].reshape(-1, 2), features)
+            top = None if int(label) == settings.negative_class else memory.most_novel(bag)
+            loss = settings.instance_weight * instance_loss(model.instance_head(bag), label, settings.negative_class,
+                                                            top)
+        else:
+            loss = settings.instance_weight * instance_loss(flat, label, settings.negative_class)
+    if settings.distill_weight:
+        if result.region_logits is None:
+            raise ValueError("zoom distillation needs the stage-1 logits of the drawn regions (ZoomResult."
+                             "region_logits): call ZoomSampler.forward, or draw(..., logits=...)")
+        stages = model.sampler.stage1.softmax.temperature, model.sampler.stage2.softmax.temperature
+        loss = loss + settings.distill_weight * zoom_distill_loss(
+            result.region_logits[0], result.sampled_logits[0], inst, settings.negative_class, kind=settings.distill,
+            temperatures=stages, target_temperature=settings.distill_temperature)
     return loss

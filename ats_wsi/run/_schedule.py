@@ -12,14 +12,17 @@ __all__ = ["param_groups", "lr_factor", "set_lr", "all_mean"]
 
 
 def param_groups(model: nn.Module, settings) -> list[dict]:
-    """One param group, or two (attention net first) when ``attention_lr`` is set.
+    """One param group, or two (the rest first, then the attention) when ``attention_lr`` is set.
 
+    The attention group holds every attention net of the sampler: the one net of a
+    one-stage model, both stages' nets of a zoom (``sampler.attention_nets``).
     Each group carries its ``base_lr``, which :func:`set_lr` scales per epoch.
     """
     trained = [p for p in model.parameters() if p.requires_grad]  # not a frozen encoder's
     if settings.attention_lr is None:
         return [{"params": trained, "base_lr": settings.lr}]
-    attention = list(model.sampler.attention_net.parameters())
+    nets = getattr(model.sampler, "attention_nets", None) or (model.sampler.attention_net,)
+    attention = [p for net in nets for p in net.parameters()]
     ids = {id(p) for p in attention}
     rest = [p for p in trained if id(p) not in ids]
     return [{"params": rest, "base_lr": settings.lr},

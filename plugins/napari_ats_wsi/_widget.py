@@ -42,6 +42,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 from napari.utils.notifications import show_error, show_info
 
 from ._reader import ATTENTION_KIND, KIND_KEY, SLIDE_KIND, attention_layer_data, box_rectangles, boxes_layer_data
+from ._zoom import zoom_layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -436,7 +437,8 @@ class AttentionSamplingWidget(Container):
     # ------------------------------------------------------------------ layers
 
     def add_prediction_layers(self, pred: "SlidePrediction", slide_layer) -> tuple[Any, Any]:
-        """Add the heatmap and the sampled boxes of ``pred`` over ``slide_layer``; return both layers."""
+        """Add the heatmap and the sampled boxes of ``pred`` over ``slide_layer`` (and, for a zoom, each
+        drawn region's stage-2 map between them: :func:`._zoom.zoom_layer_data`); return heatmap and boxes."""
         from ats_wsi.outputs import AttentionMap
 
         remove_layers_over(self._viewer, slide_layer.metadata.get("path"))  # Run replaces, never piles up
@@ -459,6 +461,10 @@ class AttentionSamplingWidget(Container):
         heat = self._viewer.add_image(data, **kwargs)
 
         show_scale(heat)
+        for data, kwargs, _ in zoom_layer_data(getattr(pred, "zoom", None), name=slide_layer.name, scale_yx=scale_yx,
+                                               translate_yx=translate_yx, units_um=units_um,
+                                               slide=slide_layer.metadata.get("path")):
+            self._viewer.add_image(data, **kwargs)  # a zoom's stage-2 maps, one per drawn region
         data, shape_kwargs, _ = boxes_layer_data(
             pred.boxes_xywh, pred.box_attention, name=f"{slide_layer.name} patches", scale_yx=scale_yx,
             translate_yx=translate_yx, micrometer=units_um,

@@ -37,7 +37,6 @@ def slide(tmp_path_factory):
     (dict(zoom_size=-1.0), ["'zoom_size' (--zoom-size) must be a region's side in µm > 0, got -1.0"]),
     (dict(zoom_size=40000.0), ["is a region of 20000 px a side; it must be 1..16384 px"]),
     (dict(patch_mpp=None), ["set 'patch_mpp' (--patch-mpp)"]),
-    (dict(instance_head=True), ["does not take an instance head (--instance-head)"]),
     (dict(tile_aligned=True), ["does not take tile-aligned patches"]),
     (dict(sampler="uniform"), ["'sampler' must be 'attention', got 'uniform'"]),
 ])

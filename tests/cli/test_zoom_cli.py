@@ -38,7 +38,8 @@ def test_train_with_zoom_stores_the_zoom_in_the_checkpoint(zoom_run):
     payload = read_checkpoint(out / "last.pt")
     cfg = payload["config"]
     assert (cfg["zoom_mpp"], cfg["zoom_regions"], cfg["zoom_size"], cfg["n_patches"]) == (2.0, 3, 128.0, 2)
-    assert cfg["instance_head"] is False  # the CLI's default instance head is off for a two-stage model
+    assert cfg["instance_head"] is True  # the CLI's default instance head and its aids, as for one stage
+    assert payload["train_config"]["distill"] == "rank" and payload["train_config"]["instance_weight"] == 1.0
     assert any(k.startswith("sampler.stage2.attention_net") for k in payload["state_dict"])
     rows = read_csv(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -84,10 +85,8 @@ def test_predict_with_zoom_writes_predictions_maps_and_the_zoom_geojson(zoom_run
     (["--zoom-mpp", "2", "--zoom-regions", "0", "--zoom-size", "128"], ["--zoom-regions", "1..65536"]),
     (["--zoom-mpp", "-2", "--zoom-regions", "3", "--zoom-size", "128"], ["--zoom-mpp", "µm/px"]),
     (["--zoom-mpp", "0.1", "--zoom-regions", "3", "--zoom-size", "5000"], ["--zoom-size", "16384 px"]),
-    (["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--instance-head"], ["--instance-head"]),
     (["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--patch-level", "0"], ["--patch-mpp"]),
-    (["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--feature-cache", "fc"],
-     ["--feature-cache", "--zoom-mpp", "drop --feature-cache"]),
+    (["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--tile-aligned"], ["--tile-aligned"]),
 ])
 def test_bad_zoom_flags_end_in_one_line_naming_the_flag(cohort, tmp_path, extra, words):
     _, manifest, _ = cohort

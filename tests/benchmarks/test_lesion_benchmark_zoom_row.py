@@ -1,0 +1,28 @@
+"""The lesion benchmark's zoom row (benchmarks/lesion_benchmark.py): the frozen row's flags plus the zoom's,
+32 patches a slide as the one-stage rows, and N patches a slide at prediction."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import lesion_benchmark  # noqa: E402
+
+
+def test_the_zoom_row_is_the_frozen_row_with_8_regions_of_4_patches(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"weights": "/enc/encoder.pt2"}))
+    frozen = lesion_benchmark.row_flags("ats-frozen", str(spec), tmp_path)
+    zoom = lesion_benchmark.row_flags("ats-frozen-zoom", str(spec), tmp_path)
+    assert "ats-frozen-zoom" in lesion_benchmark.ROWS
+    assert zoom == ["--zoom-mpp", "2", "--zoom-regions", "8", "--zoom-size", "256", "--n-patches", "4", *frozen]
+    assert "--sampler" not in zoom and "--freeze-features" in zoom
+    # prediction: N patches a slide = N / 8 in each of the 8 regions; one-stage rows take N as it is
+    assert [lesion_benchmark.predict_n_patches("ats-frozen-zoom", n) for n in (8, 16, 32, 64)] == [1, 2, 4, 8]
+    assert lesion_benchmark.predict_n_patches("ats-frozen", 16) == 16
+    with pytest.raises(SystemExit, match="not a multiple"):
+        lesion_benchmark.predict_n_patches("ats-frozen-zoom", 12)
