@@ -163,3 +163,24 @@ def test_run_draws_nothing():
                  and any((a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0] == "tqdm"
                          for a in n.names)]
         assert not found, f"{path} imports tqdm (lines {found}): take a progress callback instead"
+
+
+def _imports_timm(tree: ast.AST) -> bool:
+    """An ``import timm`` / ``from timm ...`` or ``import_module("timm")`` anywhere in the file."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "timm" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "timm":
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__"):
+            if any(isinstance(c, ast.Constant) and c.value == "timm" for a in node.args for c in ast.walk(a)):
+                return True
+    return False
+
+
+def test_timm_is_imported_in_one_place():
+    """One road to a timm network: a "timm:<name>" feature net (nets.py) and an encoder spec
+    (encoders/) both come through encoders.loaders.timm_model."""
+    found = {name for name, path in MODULES.items() if _imports_timm(ast.parse(path.read_text(encoding="utf-8")))}
+    assert found == {"ats_wsi.encoders.loaders"}, f"timm imported in {sorted(found)}"
