@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "encoders"))
 from encoder_helpers import save_torchscript, spec_dict, tiny_vit  # noqa: E402
 
-from ats_wsi.classifier import ModelConfig, build_model  # noqa: E402
+from ats_wsi.classifier import ModelConfig, build_model, load_model  # noqa: E402
 from ats_wsi.classifier.feature_net import Normalize, build_feature_net  # noqa: E402
 from ats_wsi.classifier.features import EncoderFeatures  # noqa: E402
 from ats_wsi.encoders import EncoderSpec, PatchEncoder, build_backbone  # noqa: E402
@@ -86,3 +86,13 @@ def test_both_roads_to_timm_say_the_same_when_it_is_missing(road, monkeypatch):
         else:
             build_backbone(EncoderSpec(name="r", source="timm", arch="resnet18", weights="random", dim=4))
     assert isinstance(caught.value, EncoderError) and isinstance(caught.value, ImportError)
+
+
+def test_a_checkpoint_whose_feature_net_needs_a_missing_timm_names_itself(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    path = tmp_path / "timm-net.pt"
+    torch.save({"format": "ats-wsi-checkpoint", "format_version": 1, "state_dict": {},
+                "config": {"n_classes": 2, "feature_dim": 4, "feature_net": "timm:resnet18"}}, path)
+    with pytest.raises(TimmUnavailableError, match="pip install timm") as caught:
+        load_model(path)
+    assert str(path) in str(caught.value)
