@@ -127,6 +127,11 @@ class EncoderError(_FileReason, AtsError):
     """
 
 
+class TimmUnavailableError(EncoderError, ImportError):
+    """timm (the ``encoders`` extra) could not be imported, and a ``timm:<name>`` feature net or a
+    timm encoder asked for it; the message says how to install it or do without."""
+
+
 class WeightsNotFoundError(EncoderError, FileNotFoundError):
     """An encoder's weights are not on this machine; the message lists every place looked at
     (nothing is downloaded)."""

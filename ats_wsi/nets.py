@@ -12,7 +12,13 @@ Built in, in plain torch:
 
 External backbones, imported only when asked: ``"timm:<name>"`` and
 ``"torchvision:<name>"`` feature nets (``timm.create_model`` /
-``torchvision.models.get_model`` with ``num_classes=out_features``).
+``torchvision.models.get_model`` with ``num_classes=out_features``). timm
+comes through :func:`ats_wsi.encoders.loaders.timm_model`, the one place
+that imports it (a pretrained encoder's network comes through it too).
+
+A slide classifier does not call these itself:
+:func:`ats_wsi.classifier.feature_net.build_feature_net` is the one door from
+a model config to its feature net (a net by name, or a pretrained encoder).
 
 Every net built here carries ``net.config``: ``create_*_net(**net.config)``
 builds it again.
@@ -109,7 +115,9 @@ def create_feature_net(name: str, in_channels: int = 3, out_features: int = 64, 
 
     Raises:
         ValueError: an unknown name.
-        ImportError: ``timm`` or ``torchvision`` asked for but not installed.
+        ImportError: ``timm`` or ``torchvision`` asked for but not installed
+            (for timm a :class:`~ats_wsi.errors.TimmUnavailableError`, which
+            is an ``ImportError`` too).
     """
     library, _, model = name.partition(":")
     if model:
@@ -242,18 +250,19 @@ def _lookup(table: dict, name: str, kind: str):
 
 
 def _external(library: str, model: str, in_channels: int, out_features: int, kw: dict) -> nn.Module:
-    if library not in ("timm", "torchvision"):
+    if library == "timm":  # timm is imported in one place: the encoders' loader
+        from .encoders.loaders import timm_model
+
+        return timm_model(model, in_chans=in_channels, num_classes=out_features, **kw)
+    if library != "torchvision":
         raise ValueError(f"unknown backbone library {library!r} in '{library}:{model}'; "
                          f"use 'timm:<name>' or 'torchvision:<name>'")
     try:
-        module = importlib.import_module("timm" if library == "timm" else "torchvision.models")
+        models = importlib.import_module("torchvision.models")
     except Exception as error:  # a broken install fails on import with all sorts of errors
         raise ImportError(f"feature net '{library}:{model}' needs {library}, which could not be "
                           f"imported ({type(error).__name__}: {error}); install it, e.g. "
                           f"`pip install {library}`") from error
-    if library == "timm":
-        return module.create_model(model, in_chans=in_channels, num_classes=out_features, **kw)
     if in_channels != 3:
         raise ValueError(f"torchvision backbones take 3 channels, not {in_channels} ('{library}:{model}')")
-    return module.get_model(model, num_classes=out_features, **{"weights": None, **kw})
-
+    return models.get_model(model, num_classes=out_features, **{"weights": None, **kw})

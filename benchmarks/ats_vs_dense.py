@@ -113,11 +113,12 @@ def tissue_tiles(slide, view):
     """(col, row) of every level-0 tile with any tissue under it, from the low-view mask."""
     import numpy as np
 
-    from ats_wsi.slide.lowview import mask_to_grid
+    from ats_wsi.sampling.streamed import pool_mask
 
     cols, rows = slide.tile_grid(0)
     # one mask cell per level-0 tile: cell (r, c) covers the tile's low pixels
-    grid = mask_to_grid(view.mask, (rows, cols))
+    mask = view.mask
+    grid = pool_mask(lambda r0, c0, h, w: mask[r0:r0 + h, c0:c0 + w], mask.shape, (rows, cols)).numpy()
     r, c = np.nonzero(grid)
     return np.stack([c, r], axis=1)
 

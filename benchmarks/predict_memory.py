@@ -7,8 +7,10 @@ Writes libvips JPEG pyramids of 10k², 40k² and 100k² pixels at 0.5 µm/px
 and the attention map grow with the slide. Peak RSS is the process's VmHWM.
 Memory must not grow with the slide: the peaks should stay within 1.1×.
 
-``--repo DIR`` runs the code of another checkout (its ``.venv``), e.g. the
-code before issue 16 for a before/after table.
+``--repo DIR`` runs the code of another checkout (its ``.venv``; this
+Python when it has none), e.g. the code before issue 16 for a before/after
+table. The child uses ``SlideClassifier.predict`` (``ats_wsi.classifier``,
+issue 13 on): checkouts older than that are not supported.
 
     python benchmarks/predict_memory.py [--sizes 10000 40000 100000] [--low-mpp 8] [--repo DIR]
 """
@@ -25,16 +27,10 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
 
 CHILD = r"""
-import json, sys, time
+import dataclasses, json, sys, time
 import torch
+from ats_wsi.classifier import build_model
 from ats_wsi.run.demo import demo_model_config
-try:
-    from ats_wsi.classifier import build_model
-    def predict(model, slide):
-        return model.predict(slide, samples=1)
-except ImportError:  # the code before the classifier package
-    from ats_wsi.run.config import build_model
-    from ats_wsi.run.predict import predict_slide as predict
 
 def vm_hwm_mb():
     for line in open("/proc/self/status"):
@@ -42,15 +38,15 @@ def vm_hwm_mb():
             return int(line.split()[1]) / 1024
 torch.set_num_threads(2)
 cfg = demo_model_config()
-cfg.low_downsample, cfg.low_mpp = None, float(sys.argv[1])
-cfg.attention_kwargs = {**cfg.attention_kwargs, "pool": int(sys.argv[2])}
+cfg = dataclasses.replace(cfg, low_downsample=None, low_mpp=float(sys.argv[1]),
+                          attention_kwargs={**cfg.attention_kwargs, "pool": int(sys.argv[2])})
 torch.manual_seed(0)
 model = build_model(cfg).eval()
 from ats_wsi.slide import open_slide
 base = vm_hwm_mb()
 t = time.perf_counter()
 with open_slide(sys.argv[3]) as slide:
-    pred = predict(model, slide)
+    pred = model.predict(slide, samples=1)
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": vm_hwm_mb(), "before_mb": base,
                   "map": list(pred.attention.shape), "low_downsample": pred.low_downsample,
                   "patches": pred.patches_read}))
@@ -111,6 +107,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="fresh processes per slide; the table shows the highest peak")
     args = parser.parse_args()
     python = args.repo / ".venv" / "bin" / "python"
+    if not python.exists():  # a git worktree shares its environment with the main checkout
+        python = Path(sys.executable)
     rows = []
     for size in args.sizes:
         slide = ensure_slide(size, args.writer)

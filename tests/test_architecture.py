@@ -163,3 +163,80 @@ def test_run_draws_nothing():
                  and any((a.name if isinstance(n, ast.Import) else n.module or "").split(".")[0] == "tqdm"
                          for a in n.names)]
         assert not found, f"{path} imports tqdm (lines {found}): take a progress callback instead"
+
+
+def _imports_timm(tree: ast.AST) -> bool:
+    """An ``import timm`` / ``from timm ...`` or ``import_module("timm")`` anywhere in the file."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "timm" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "timm":
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__"):
+            if any(isinstance(c, ast.Constant) and c.value == "timm" for a in node.args for c in ast.walk(a)):
+                return True
+    return False
+
+
+def test_timm_is_imported_in_one_place():
+    """One road to a timm network: a "timm:<name>" feature net (nets.py) and an encoder spec
+    (encoders/) both come through encoders.loaders.timm_model."""
+    found = {name for name, path in MODULES.items() if _imports_timm(ast.parse(path.read_text(encoding="utf-8")))}
+    assert found == {"ats_wsi.encoders.loaders"}, f"timm imported in {sorted(found)}"
+
+
+def _born_outside_init(tree: ast.AST) -> list[str]:
+    """``Class.attr (line)`` of each ``self.attr = ...`` in a method whose attribute neither
+    ``__init__`` (nor a method it calls, nor ``__post_init__``) sets nor the class declares."""
+    found = []
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        methods = {m.name: m for m in cls.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        declared = {t.id for n in cls.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+        declared |= {m.name for m in methods.values()}  # properties (their setters assign through them)
+        declared.add("training")  # nn.Module's, set by Module.__init__ and train()
+        reach = [methods[n] for n in ("__init__", "__post_init__") if n in methods]
+        for f in reach:  # and the methods they call: a reset helper shared with __setstate__
+            for n in ast.walk(f):
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and _is_self(n.func.value) \
+                        and n.func.attr in methods and methods[n.func.attr] not in reach:
+                    reach.append(methods[n.func.attr])
+        born = {a for f in reach for a, _ in _self_assignments(f)}
+        for f in methods.values():
+            if f not in reach:
+                found += [f"{cls.name}.{a} (line {line})" for a, line in _self_assignments(f)
+                          if a not in born and a not in declared]
+    return found
+
+
+def _is_self(node) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def _self_assignments(fn) -> list[tuple[str, int]]:
+    out = []
+    for n in ast.walk(fn):
+        targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+        for t in targets:
+            for e in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                if isinstance(e, ast.Attribute) and _is_self(e.value):
+                    out.append((e.attr, n.lineno))
+    return out
+
+
+PLUGIN = PACKAGE.parent / "plugins" / "napari_ats_wsi"
+
+
+@pytest.mark.parametrize("path", sorted([*MODULES.values(), *PLUGIN.rglob("*.py")]), ids=lambda p: p.name)
+def test_attributes_are_born_in_init(path):
+    """A reader of ``__init__`` sees every attribute an object has (no ``getattr(self, "x", None)``
+    for one that a later method may or may not have made)."""
+    found = _born_outside_init(ast.parse(path.read_text(encoding="utf-8")))
+    assert not found, f"{path}: attributes first set outside __init__: {found}"
+
+
+def test_the_birth_check_sees_an_attribute_born_in_a_method():
+    tree = ast.parse("class A:\n    def __init__(self):\n        self.a = 1\n        self._reset()\n"
+                     "    def _reset(self):\n        self.b = 2\n    def later(self):\n        self.c, self.a = 3, 4\n")
+    assert _born_outside_init(tree) == ["A.c (line 8)"]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import CheckpointError, EncoderError
+from ..errors import CheckpointError, EncoderError, TimmUnavailableError
 from ..atomic import atomic_path
 from .config import ModelConfig
 from .network import SlideClassifier, build_model
@@ -171,6 +171,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
         config.feature_spec = {**config.feature_spec, "weights": os.fspath(feature_weights)}
     try:  # a fine-tuned encoder's weights come from the state dict; a frozen one's from its file
         model = build_model(config, encoder_weights=False)
+    except TimmUnavailableError as exc:  # a library missing here, not a bad file: name the checkpoint needing it
+        raise TimmUnavailableError(path, exc.reason) from None
     except EncoderError:
         raise
     except Exception as exc:  # noqa: BLE001 - a config that loads but cannot build (bad kwargs, missing timm, ...)

@@ -13,15 +13,18 @@ slide's levels) and the source maps its cells to level-0 boxes of
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import ResolutionError
 from ..patches import PatchReader, SlideSource
 from ..slide import open_slide
 from ..slide.lowview import LowView, LowViewReader, read_low_view
+from ..slide.resolution import given_mpp
 from .config import ModelConfig
 
 __all__ = ["SlideInput", "SlideInputs"]
@@ -37,7 +40,9 @@ class SlideInput:
         workers: tile-decoding threads of the patch reader.
         cache_bytes: decoded-tile cache of the patch reader.
         mpp: the slide's level-0 µm/px, overriding its metadata (a manifest's
-            ``mpp`` column, ``--mpp``); sets ``slide.mpp`` on a given slide.
+            ``mpp`` column, ``--mpp``), for a slide opened here. An open slide
+            lent to it is never changed: it must already have this µm/px
+            (``open_slide(path, mpp=...)``), else :class:`ResolutionError`.
         device: where the model runs; on CUDA the patch reader decodes JPEG
             tiles there with nvImageCodec when it is installed (``decoder="auto"``
             of :class:`~ats_wsi.patches.PatchReader`).
@@ -52,10 +57,10 @@ class SlideInput:
                  mpp: float | None = None, device: str | torch.device = "cpu", roi=None):
         self.roi = roi
         self._own = not hasattr(slide, "read_region")
+        if not self._own and mpp is not None:
+            _check_lent_mpp(slide, mpp)
         self.slide = open_slide(slide, mpp=mpp) if self._own else slide
         try:
-            if mpp is not None and not self._own:
-                self.slide.mpp = mpp
             self.config = config
             self.low = LowViewReader(self.slide, **config.low_resolution())  # read tile by tile by predict
             self._view: LowView | None = None
@@ -135,6 +140,17 @@ class SlideInput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_lent_mpp(slide, mpp) -> None:
+    """A lent slide is not ours to change: its µm/px must already be ``mpp``."""
+    wanted = given_mpp(mpp, slide.path)
+    have = slide.mpp
+    if have is None or not math.isclose(have, wanted, rel_tol=1e-9):
+        raise ResolutionError(slide.path, f"SlideInput(mpp={wanted:g}) was lent an open slide at "
+                                          f"{'no' if have is None else f'{have:g}'} µm/px, and does not change a "
+                                          f"slide it does not own: open it with open_slide(path, mpp={wanted:g}), "
+                                          f"or pass its path")
 
 
 class SlideInputs:

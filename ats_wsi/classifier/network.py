@@ -8,7 +8,6 @@ training feeds the same :class:`~ats_wsi.classifier.inputs.SlideInput` to
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -19,35 +18,16 @@ from ..errors import PredictionError, SamplingError
 from ..model import AttentionResult, AttentionSampler
 from ..sampling import expectation, nested_expectation
 from ..geometry import cell_grid_level0
-from ..nets import create_attention_net, create_feature_net
+from ..nets import create_attention_net
 from ..slide.lowview import TissueThreshold
 from ._roi import restrict_to_roi, roi_grid
 from ._task import slide_value
 from .config import ModelConfig
-from .features import EncoderFeatures
+from .feature_net import Normalize, build_feature_net
 from .inputs import SlideInput
 from .prediction import MAX_SAMPLES, NOT_FINITE, SlidePrediction, slide_seed
 
 __all__ = ["Normalize", "SlideClassifier", "build_model"]
-
-
-class Normalize(nn.Module):
-    """Pixels -> normalised float: ``(x - mean) / std`` per channel of ``[N, C, h, w]``.
-
-    uint8 input is scaled to [0, 1] first; float input is taken as already in
-    [0, 1] and keeps its dtype. Put first in a net, it lets the net take raw
-    uint8 tiles, so a big low view is converted to float one tile at a time.
-    """
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 class SlideClassifier(nn.Module):
@@ -64,15 +44,8 @@ class SlideClassifier(nn.Module):
     def __init__(self, config: ModelConfig, *, encoder_weights: bool = True):
         super().__init__()
         attention = create_attention_net(config.attention_net, in_channels=3, **config.attention_kwargs)
-        if config.feature_spec is not None:  # a pretrained encoder: its own contract and normalisation
-            feature_in, head_in = _encoder(config, encoder_weights)
-            config = replace(config, feature_spec=feature_in.spec.to_dict(), feature_dim=feature_in.spec.dim)
-        else:
-            feature = create_feature_net(config.feature_net, in_channels=3, out_features=config.feature_dim,
-                                         **config.feature_kwargs)
-            feature_in = nn.Sequential(Normalize(config.feature_mean or config.mean, config.feature_std or config.std),
-                                       feature)
-            head_in = config.feature_dim
+        features = build_feature_net(config, encoder_weights=encoder_weights)
+        config, feature_in, head_in = features.config, features.module, features.width
         self.config = config
         attention_in = nn.Sequential(Normalize(config.mean, config.std), attention)
         if hasattr(attention, "receptive_field"):  # lets tiling skip the probe
@@ -80,7 +53,7 @@ class SlideClassifier(nn.Module):
         if config.zoom:  # two attention stages (docs/zoom.md); every net normalises its own input
             self.sampler = _zoom_sampler(config, attention_in, feature_in)
         else:
-            self.sampler = self._one_stage(config, attention_in, feature_in)
+            self.sampler = self._one_stage(config, attention_in, feature_in, features.step)
         # Per-patch scores: a linear instance head over each drawn patch's features. Its class
         # probabilities are averaged by the same unbiased estimator as the features, and the slide
         # head reads both: the expected share of "lesion" among the draws is a count the head can
@@ -89,7 +62,8 @@ class SlideClassifier(nn.Module):
         self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.head_outputs)
 
     @staticmethod
-    def _one_stage(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module) -> AttentionSampler:
+    def _one_stage(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module,
+                   feature_step) -> AttentionSampler:
         return AttentionSampler(
             attention_in,
             feature_in,
@@ -102,7 +76,7 @@ class SlideClassifier(nn.Module):
             sampler=config.sampler,
             smoothing=config.smoothing,
             temperature=config.temperature,
-            feature_step=EncoderFeatures() if config.feature_spec is not None else None,
+            feature_step=feature_step,
         )
 
     def forward(self, x_low: Tensor, source, mask: Tensor | None = None, *,
@@ -320,12 +294,3 @@ def _zoom_sampler(config: ModelConfig, attention_in: nn.Module, feature_in: nn.M
     sampler.stage1.min_tissue = config.min_tissue
     sampler.patch_size = (config.patch_size, config.patch_size)
     return sampler
-
-
-def _encoder(config: ModelConfig, weights: bool):
-    """``(PatchEncoder, width the head takes)`` of ``config.feature_spec``."""
-    from ..encoders import build_encoder
-
-    encoder = build_encoder(config.feature_spec, frozen=config.feature_frozen, adapter=config.feature_adapter,
-                            pretrained=weights or config.feature_frozen, mpp_tolerance=config.mpp_tolerance)
-    return encoder, encoder.out_features

@@ -155,6 +155,7 @@ class LibraryLog:
         from pathlib import Path
 
         self.path, self.count = Path(path), 0
+        self._saved: list = []  # (logger, propagate, level) of each logger taken over in __enter__
         outer = self
 
         class _Handler(logging.Handler):

@@ -10,22 +10,48 @@ from ..errors import AtsError
 from ._common import HelpFormatter, format_table
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+CHECK_TILES = 64
+"""Tiles ``--check`` decodes per slide when no N is given."""
 
 
 def register(sub) -> None:
     """Add ``info`` to the ``ats-wsi`` sub-parsers."""
     p = sub.add_parser("info", help="describe slides (format, backend, size, levels, mpp, tiles) or a checkpoint",
                        formatter_class=HelpFormatter)
-    p.add_argument("slides", nargs="+", help="slide files, folders or glob patterns; or checkpoints (.pt) of "
+    p.add_argument("slides", nargs="*", help="slide files, folders or glob patterns; or checkpoints (.pt) of "
                                              "`ats-wsi train`: task, classes, µm/px, encoder, epoch, metrics")
     p.add_argument("--backend", default="auto", choices=["auto", "openslide", "tifffile", "zarr"],
                    help="slide reader (auto: chosen per format)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px of the slides, overriding their metadata "
                                              "(shown as 'given'; for files that store none)")
-    p.add_argument("--check", nargs="?", type=int, const=64, default=0, metavar="N",
-                   help="also decode N level-0 tiles per slide, spread over the slide (default N: 64; at most "
-                        "30 s per slide); a slide with a broken tile is listed as unreadable")
-    p.set_defaults(func=run)
+    p.add_argument("--check", nargs="?", action=CheckTiles, const=CHECK_TILES, default=0, metavar="N",
+                   help=f"also decode N level-0 tiles per slide, spread over the slide (default N: {CHECK_TILES}; at "
+                        "most 30 s per slide); a slide with a broken tile is listed as unreadable. Before or "
+                        "after the slides: `info --check SLIDE` and `info SLIDE --check` alike")
+    p.set_defaults(func=run, check_slides=())
+
+
+class CheckTiles(argparse.Action):
+    """``--check [N]``: N tiles per slide. A value that is not a whole number is a slide
+    (``info --check SLIDE``), kept with the number of slides named before it so that the
+    slides stay in the order given."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        try:
+            tiles = int(value)
+        except ValueError:
+            tiles = CHECK_TILES
+            before = len(getattr(namespace, "slides", None) or ())
+            namespace.check_slides = (*namespace.check_slides, (before, value))
+        namespace.check = tiles
+
+
+def _given_slides(args: argparse.Namespace) -> list[str]:
+    """The slides in the order given, with one that followed ``--check`` put back in its place."""
+    slides = list(args.slides)
+    for before, value in reversed(args.check_slides):
+        slides.insert(before, value)
+    return slides
 
 
 def _slide_row(path, args) -> list[str]:
@@ -59,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if args.check < 0:
         print(f"ats-wsi info: --check must be >= 0 tiles, got {args.check}", file=sys.stderr)
         return 2
-    checkpoints = [a for a in args.slides if Path(a).suffix.lower() in CHECKPOINT_SUFFIXES and Path(a).is_file()]
+    given = _given_slides(args)
+    if not given:
+        print("ats-wsi info: give at least one slide, folder, glob pattern or checkpoint", file=sys.stderr)
+        return 2
+    checkpoints = [a for a in given if Path(a).suffix.lower() in CHECKPOINT_SUFFIXES and Path(a).is_file()]
     status = _checkpoints(checkpoints) if checkpoints else 0
-    inputs = [a for a in args.slides if a not in checkpoints]
+    inputs = [a for a in given if a not in checkpoints]
     if not inputs:
         return status
     header = ["slide", "format", "backend", "size (w x h)", "levels", "downsamples", "mpp", "magnification", "tile"]

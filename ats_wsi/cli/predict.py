@@ -118,7 +118,7 @@ def _slides_and_labels(args, model) -> tuple[list, list | None, list | None, lis
 def _report_metrics(args, rows, errors, config) -> None:
     """metrics.json and the table of them: per split when the rows come from several splits."""
     from ..data.manifest import normalise_split
-    from ..run.cohort import write_prediction_metrics, write_split_metrics
+    from ..run.prediction_metrics import write_prediction_metrics, write_split_metrics
 
     out = Path(args.out)
     extra = {"failed": len(errors), "checkpoint": str(args.checkpoint)}

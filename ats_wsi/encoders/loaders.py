@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import EncoderError, WeightsNotFoundError
+from ..errors import EncoderError, TimmUnavailableError, WeightsNotFoundError
 from .spec import EncoderSpec
 
-__all__ = ["build_backbone", "find_weights", "file_sha256", "RANDOM"]
+__all__ = ["build_backbone", "find_weights", "file_sha256", "timm_model", "RANDOM"]
 
 RANDOM = "random"
 """``weights="random"``: the architecture untrained (tests and timing only)."""
@@ -185,14 +185,28 @@ def _hf_folder(folder: Path) -> tuple[dict, Path]:
     return config, weights
 
 
-def _import_timm():
+def timm_model(arch: str, **kwargs) -> nn.Module:
+    """``timm.create_model(arch, **kwargs)``: the one place ats-wsi imports timm.
+
+    Both roads to a timm network come through here: an encoder built from its
+    spec (:func:`build_backbone`) and a ``"timm:<name>"`` feature net
+    (:func:`ats_wsi.nets.create_feature_net`). Errors of ``create_model`` itself
+    (an unknown name, bad keywords) reach the caller unchanged.
+
+    Raises:
+        TimmUnavailableError: timm is not installed or does not import (a
+            torchvision that does not match torch fails on import with all
+            sorts of errors); an :class:`EncoderError` and an ``ImportError``.
+    """
     try:
-        return importlib.import_module("timm")
-    except Exception as error:  # a broken torchvision fails on import with all sorts of errors
-        raise EncoderError(None, f"this encoder needs timm, which could not be imported "
-                                 f"({type(error).__name__}: {error}); install timm with a torchvision that "
-                                 f"matches torch, or export the encoder once where timm works and pass the "
-                                 f"file with --feature-net PATH.pt2") from error
+        timm = importlib.import_module("timm")
+    except Exception as error:  # noqa: BLE001 - a broken torchvision fails on import with any error
+        raise TimmUnavailableError(None, f"timm model {arch!r} needs timm, which could not be imported "
+                                         f"({type(error).__name__}: {error}); install it (`pip install timm`, "
+                                         f"or the extra `pip install 'ats-wsi[encoders]'`) with a torchvision "
+                                         f"that matches torch, or export the encoder once where timm works and "
+                                         f"pass the file with --feature-net PATH.pt2") from error
+    return timm.create_model(arch, **kwargs)
 
 
 def _class_kwargs(kwargs: dict) -> dict:
@@ -210,7 +224,6 @@ def _class_kwargs(kwargs: dict) -> dict:
 
 
 def _timm(spec: EncoderSpec, weights: Path | None, hf_config: dict | None) -> nn.Module:
-    timm = _import_timm()
     kwargs = dict((hf_config or {}).get("model_args", {}))
     kwargs.update(_class_kwargs(spec.kwargs))
     arch = spec.arch or (hf_config or {}).get("architecture")
@@ -220,8 +233,8 @@ def _timm(spec: EncoderSpec, weights: Path | None, hf_config: dict | None) -> nn
     kwargs.setdefault("num_classes", 0)
     try:
         if weights is None:
-            return timm.create_model(arch, pretrained=False, **kwargs)
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+            return timm_model(arch, pretrained=False, **kwargs)
+        return timm_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
     except EncoderError:
         raise
     except Exception as error:  # noqa: BLE001 - timm raises RuntimeError, KeyError, ... on a bad file

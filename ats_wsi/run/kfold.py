@@ -83,7 +83,7 @@ def test_fold(folds_csv: Path, fold: int, fold_out: Path, *, device: str = "cpu"
     returns ``(metrics, test slides)``."""
     from ..classifier.checkpoint import read_checkpoint
     from ..data.folds import assign_fold
-    from .cohort import write_prediction_metrics
+    from .prediction_metrics import write_prediction_metrics
     from .outcome_metrics import write_outcome_metrics
     from .predict import PredictSettings, predict_slides
 

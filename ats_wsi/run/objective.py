@@ -1,7 +1,7 @@
 """What the slide head is trained for, by task: the loss of a slide (or of a batch, for Cox),
 the outcome settings a config takes from the training slides, and the validation numbers.
 
-- classification: cross-entropy (class weights as asked); validation accuracy and ROC AUC
+- classification: cross-entropy (class weights as asked: :func:`class_weights`); validation accuracy and ROC AUC
   (computed by :func:`ats_wsi.run.train._evaluate`, as before this module).
 - survival, ``nll``: the discrete-time negative log-likelihood per slide over
   quantile bins of the training slides' event times (stored in the config,
@@ -30,7 +30,7 @@ from ..data.manifest import ManifestRow
 from ..errors import ConfigError, ManifestError, SlideError
 from ..outcomes.losses import cox_partial_likelihood, discrete_time_nll, nll_risk, time_bin_cuts, time_bins_of
 
-__all__ = ["Objective", "fit_outcome", "evaluate_outcome", "cox_gradients", "summary_view", "SCORE_NAME",
+__all__ = ["Objective", "class_weights", "fit_outcome", "evaluate_outcome", "cox_gradients", "summary_view", "SCORE_NAME",
            "metric_fields"]
 
 SCORE_NAME = {"classification": "val_auc", "survival": "val_c_index", "regression": "val_r2"}
@@ -62,6 +62,20 @@ def fit_outcome(manifest, config: ModelConfig, train_rows: Sequence[ManifestRow]
         std = float(values.std()) if values.size > 1 else 0.0
         return replace(config, target_mean=float(values.mean()), target_std=std if std > 0 else 1.0)
     return config
+
+
+def class_weights(rows: Sequence[ManifestRow], n_classes: int, mode: str | None) -> list[float] | None:
+    """Loss weight per class: None (all 1), or ``"balanced"``: ``n / (K * n_k)``
+    over the training rows (as scikit-learn's ``class_weight="balanced"``; a
+    class without training slides gets 1)."""
+    if mode is None or mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weights must be None or 'balanced', got {mode!r}")
+    counts = np.bincount([r.label for r in rows], minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    k = int(present.sum())
+    return [float(len(rows) / (k * c)) if c else 1.0 for c in counts]
 
 
 class Objective:

@@ -5,7 +5,7 @@ The numbers are computed from the cells as written to ``predictions.csv``
 them from the file (lifelines' ``concordance_index(time, -risk, event)``)
 gets the same. Rows of several splits are never pooled: ``metrics.json`` then
 holds ``{"splits": {split: metrics}}``, as for classifiers
-(:func:`ats_wsi.run.cohort.write_split_metrics`).
+(:func:`ats_wsi.run.prediction_metrics.write_split_metrics`).
 
 Figures, PNG beside ``metrics.json``: ``km.png`` (Kaplan–Meier curves of the
 risk groups, median split or tertiles, with the log-rank p-value; lifelines'

@@ -24,6 +24,7 @@ that pair with the files they vouch for, and a full or read-only disk as a typed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -104,11 +105,13 @@ def hold_results_folder(out: str | os.PathLike, run_id: str) -> Iterator[Path]:
 
 
 def holding_results_folder(fn):
-    """Decorate ``fn(slides, settings, **kw)``: give ``settings`` a run id and run ``fn``
-    holding ``settings.out_dir``'s lock, with stale temporaries removed first."""
+    """Decorate ``fn(slides, settings, **kw)`` (``settings`` a dataclass with ``out_dir`` and
+    ``run_id``): run ``fn`` holding ``settings.out_dir``'s lock, with stale temporaries removed
+    first, on a copy of ``settings`` whose ``run_id`` is set (a new one when empty); the
+    caller's settings are left as they are."""
     @functools.wraps(fn)
     def run(slides, settings, *args, **kwargs):
-        settings.run_id = getattr(settings, "run_id", "") or new_owner()
+        settings = dataclasses.replace(settings, run_id=settings.run_id or new_owner())
         out = Path(os.path.abspath(settings.out_dir))
         with hold_results_folder(out, settings.run_id):
             remove_stale_temporaries(out, settings.run_id)

@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -77,7 +77,8 @@ class PredictSettings:
     checkpoint_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
-    """Set by :func:`predict_slides` (12 hex digits): the owner of this run's temporaries (see run/outdir.py)."""
+    """The owner of this run's temporaries (12 hex digits; see run/outdir.py): ``""`` gives
+    :func:`predict_slides` a new one, in the copy of the settings it runs on."""
     mpp: float | None = None
     """Level-0 µm/px given for every slide, overriding its metadata (``--mpp``)."""
     slide_mpp: dict[str, float] = field(default_factory=dict)
@@ -343,7 +344,8 @@ def predict_slides(
 
     Args:
         slides: slide paths (already expanded from folders/globs).
-        settings: :class:`PredictSettings` (checkpoint_id filled in here).
+        settings: :class:`PredictSettings`; left unchanged (the run works on a copy with
+            absolute paths, ``checkpoint_id`` and ``run_id`` filled in).
         executor: None (in process) or a ``dask.distributed.Client``.
         progress: called as ``progress(name, status)`` per finished slide,
             status in {"done", "skipped", "failed"}.
@@ -365,11 +367,13 @@ def predict_slides(
         ``(rows, errors)`` in input order; also written to predictions.csv
         and errors.csv.
     """
-    # Absolute paths: dask workers on other machines (or in other folders) get them.
-    settings.checkpoint = os.path.abspath(settings.checkpoint)
+    # Absolute paths: dask workers on other machines (or in other folders) get them. A new
+    # settings value: the caller's is left as it was given.
+    settings = replace(settings, checkpoint=os.path.abspath(settings.checkpoint),
+                       out_dir=os.path.abspath(settings.out_dir))
     if not os.path.isfile(settings.checkpoint):
         raise CheckpointError(settings.checkpoint, "no such checkpoint file")
-    settings.checkpoint_id = checkpoint_id(settings.checkpoint)
+    settings = replace(settings, checkpoint_id=checkpoint_id(settings.checkpoint))
     # A checkpoint that does not load fails the run here, not slide by slide; it is loaded once.
     if model is not None and executor is None:
         _MODELS.clear()
@@ -379,7 +383,6 @@ def predict_slides(
     elif model is None:
         model = load_model(settings.checkpoint, "cpu", feature_weights=settings.feature_weights)
     n_classes = int(model.config.n_classes)
-    settings.out_dir = os.path.abspath(settings.out_dir)
     key = run_key(settings)
     folder = ResultsFolder(settings.out_dir)
     out = folder.root

@@ -70,7 +70,7 @@ class TrainSettings:
     allow_duplicates: bool = False
     """Train although a slide is on several rows (else: an error listing them, :mod:`.cohort_check`)."""
     check_tiles: int = 16
-    """Tiles per slide decoded before the first epoch (0: none; :class:`.cohort.SlideChecks`)."""
+    """Tiles per slide decoded before the first epoch (0: none; :class:`.preflight.SlideChecks`)."""
     mpp: float | None = None
     """Level-0 µm/px of every slide, overriding its metadata (a manifest's ``mpp`` column wins)."""
     fold: int | None = None

@@ -40,7 +40,10 @@ from ._processes import _Processes
 from ._running_stats import _RunningStats
 from ._schedule import all_mean, param_groups, set_lr
 from ._progress import ProgressFactory, open_bar
-from .cohort import SELECT, MidRunFailures, SlideChecks, best_epoch, class_weights, open_slides
+from .objective import class_weights
+from .preflight import SlideChecks, open_slides
+from .selection import SELECT, best_epoch
+from .unreadable import MidRunFailures
 from .cohort_check import CohortError, CohortSummary, check_cohort, class_problems, summarise, write_summary
 from .outdir import epoch_checkpoints, hold_results_folder, prepare_run_folder, remove_stale_temporaries
 
@@ -62,7 +65,7 @@ def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
 def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device,
               failures: MidRunFailures | None = None) -> tuple[float, float, float, float]:
     """Validation loss, accuracy, ROC AUC and (two classes) Youden's threshold on P(class 1)
-    (slides that fail: see :class:`.cohort.MidRunFailures`)."""
+    (slides that fail: see :class:`.unreadable.MidRunFailures`)."""
     model.eval()
     losses, correct, probs, labels = [], 0, [], []
     with torch.no_grad():
@@ -118,7 +121,7 @@ def train(
             (duplicates, classes: :func:`~ats_wsi.run.cohort_check.check_cohort`),
             then every slide opened, its µm/px checked and a sample of its
             tiles decoded: unreadable ones raise
-            :class:`~ats_wsi.run.cohort.UnreadableSlides` naming them, or with
+            :class:`~ats_wsi.run.unreadable.UnreadableSlides` naming them, or with
             ``settings.skip_unreadable`` are skipped, as is a slide that fails
             in an epoch. A folder that holds a run is refused
             (:class:`~ats_wsi.errors.RunExistsError`) unless ``resume`` or ``overwrite``.

@@ -104,6 +104,7 @@ class Slide(OpenSlideSurface):
         self._stored = len(levels)
         # mpp_rejected: (value, source) of a metadata µm/px outside the plausible range (then mpp is None)
         self._mpp_xy, self.mpp_rejected = believed_mpp(mpp_xy, mpp_source)
+        self._mpp_given: float | None = None  # a µm/px a user gave (open_slide(mpp=), slide.mpp = ...)
         self._properties = openslide_properties(properties, self._levels[:self._stored], format, self._mpp_xy)
         self._srgb = None  # an ImageCms transform to sRGB once open_slide(srgb=True) asked for it
         self._closed = False
@@ -202,7 +203,7 @@ class Slide(OpenSlideSurface):
     @property
     def mpp_given(self) -> bool:
         """True when the µm/px was given (``open_slide(mpp=)``, ``slide.mpp = ...``), not read from the file."""
-        return getattr(self, "_mpp_given", None) is not None
+        return self._mpp_given is not None
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
         """The level openslide would pick for ``downsample``: the coarsest
@@ -312,7 +313,7 @@ class Slide(OpenSlideSurface):
     """``open_slide``, set by :mod:`._open`: this module must not import it."""
 
     def __reduce__(self):
-        state = {"mpp": getattr(self, "_mpp_given", None), "srgb": self.srgb}
+        state = {"mpp": self._mpp_given, "srgb": self.srgb}
         if state == {"mpp": None, "srgb": False}:
             return (Slide._opener, (self.path, self.backend))
         return (Slide._opener, (self.path, self.backend), state)

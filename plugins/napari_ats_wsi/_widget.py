@@ -223,6 +223,7 @@ class AttentionSamplingWidget(Container):
         )
         self.worker = None
         self.last_outcome: AttentionOutcome | None = None
+        self._result_slide: str | None = None  # the path of the slide the shown result is of (for GeoJSON)
         self._run.changed.connect(self.run)
         self._save.changed.connect(self._ask_geojson_path)
         events = [getattr(napari_viewer.layers.events, e) for e in ("inserted", "removed", "reordered")]
@@ -312,7 +313,7 @@ class AttentionSamplingWidget(Container):
 
         if self.result is None:
             raise RuntimeError("Attention sampling: run a prediction before saving it")
-        return write_geojson(path, self.result, slide=getattr(self, "_result_slide", None))
+        return write_geojson(path, self.result, slide=self._result_slide)
 
     def _ask_geojson_path(self, _clicked=None) -> None:
         from magicgui.widgets import request_values

@@ -17,7 +17,8 @@ from ats_wsi.classifier import ModelConfig, SlideInputs
 from ats_wsi.data.manifest import read_cohort
 from ats_wsi.data.synthetic import make_slide_set
 from ats_wsi.errors import CheckpointError, RunExistsError
-from ats_wsi.run.cohort import SlideChecks, UnreadableSlides, check_slides
+from ats_wsi.run.preflight import SlideChecks, check_slides
+from ats_wsi.run.unreadable import UnreadableSlides
 from ats_wsi.run.cohort_check import CohortError, check_cohort, duplicate_problems
 from ats_wsi.run.outdir import prepare_run_folder
 from ats_wsi.run.train import TrainSettings, train

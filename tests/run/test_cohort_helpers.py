@@ -1,4 +1,5 @@
-"""ats_wsi.run.cohort: the slide check before training, class weights, the choice of best.pt."""
+"""The slide check before training (run/preflight.py), class weights (run/objective.py), the choice of
+best.pt (run/selection.py)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,10 @@ import pytest
 from ats_wsi.classifier import ModelConfig, SlideInputs
 from ats_wsi.data.manifest import ManifestRow
 from ats_wsi.data.synthetic import write_synthetic_slide
-from ats_wsi.run.cohort import UnreadableSlides, best_epoch, check_slides, class_weights
+from ats_wsi.run.objective import class_weights
+from ats_wsi.run.preflight import check_slides
+from ats_wsi.run.selection import best_epoch
+from ats_wsi.run.unreadable import UnreadableSlides
 from ats_wsi.run.train import EpochMetrics
 
 

@@ -1,0 +1,31 @@
+"""Which epoch ``best.pt`` is: by validation accuracy, AUC or loss."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+__all__ = ["SELECT", "best_epoch"]
+
+SELECT = ("accuracy", "auc", "loss")
+"""What :func:`best_epoch` may select by (``--select``)."""
+
+
+def best_epoch(history: Sequence, select: str = "accuracy"):
+    """The epoch (of ``history``, EpochMetrics) that ``best.pt`` copies.
+
+    ``accuracy``: highest validation accuracy, then lowest loss; ``auc``:
+    highest validation AUC, then lowest loss; ``loss``: lowest validation
+    loss. Later epochs win ties; without validation numbers (NaN) the last
+    epoch is best.
+    """
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+
+    def key(m):
+        neg_loss = -m.val_loss if not math.isnan(m.val_loss) else 0.0
+        if select == "loss":
+            return neg_loss, m.epoch
+        score = m.val_acc if select == "accuracy" else getattr(m, "val_auc", float("nan"))
+        return (-1.0 if math.isnan(score) else score), neg_loss, m.epoch
+
+    return max(history, key=key)
