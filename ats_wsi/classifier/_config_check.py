@@ -200,7 +200,7 @@ def zoom_problems(config) -> list[str]:
                         f"(raise --zoom-mpp or lower --zoom-size)")
     if config.patch_mpp is None:
         problems.append(f"attention that zooms reads its patches by µm/px: set 'patch_mpp' (--patch-mpp), "
-                        f"not a patch level")
+                        "not a patch level")
     if config.sampler != "attention":
         problems.append(f"a two-stage model draws by attention: 'sampler' must be 'attention', "
                         f"got {config.sampler!r}")
