@@ -199,7 +199,7 @@ def zoom_problems(config) -> list[str]:
                         f"of {math.floor(size / mpp + 0.5)} px a side; it must be 1..{MAX_REGION_SIDE} px "
                         f"(raise --zoom-mpp or lower --zoom-size)")
     if config.patch_mpp is None:
-        problems.append(f"attention that zooms reads its patches by µm/px: set 'patch_mpp' (--patch-mpp), "
+        problems.append("attention that zooms reads its patches by µm/px: set 'patch_mpp' (--patch-mpp), "
                         "not a patch level")
     if config.sampler != "attention":
         problems.append(f"a two-stage model draws by attention: 'sampler' must be 'attention', "
