@@ -97,6 +97,10 @@ class EpochMetrics:
     """Patch boxes whose features the feature cache served this epoch (training and validation)."""
     feature_misses: int = 0
     """Patch boxes encoded this epoch because the feature cache lacked them."""
+    encoder_busy: float = float("nan")
+    """Seconds inside the patch encoder's forward calls over the epoch's wall seconds, in [0, 1]
+    (:class:`~ats_wsi.classifier.stages.EncoderClock`; NaN in checkpoints written before it was measured).
+    Training does not read ahead: the next batch's draws depend on the weights this step changes."""
 
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "encoder_busy"]
