@@ -26,7 +26,7 @@ def slides(tmp_path_factory):
     paths = []
     for i, (w, h) in enumerate([(1024, 768), (768, 1024), (896, 640), (1024, 896)]):
         paths.append(folder / f"s{i}.svs")
-        write_synthetic_slide(paths[-1], w, h, n_lesions=1, seed=10 + i)
+        write_synthetic_slide(paths[-1], w, h, n_lesions=0, n_decoys=0, seed=10 + i)
     bad = folder / "broken.svs"
     bad.write_bytes(b"not a slide at all" * 64)
     return paths[:2] + [bad] + paths[2:]
