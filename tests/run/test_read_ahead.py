@@ -133,10 +133,12 @@ def test_the_queue_holds_at_most_depth_items_ahead_and_keeps_the_order():
 
 
 def test_a_stopped_pipeline_discards_what_it_prepared_ahead():
-    discarded = []
-    with ReadAhead(range(6), lambda i: i, 3, discard=discarded.append) as pipeline:
+    discarded, calls = [], []
+    with ReadAhead(range(6), lambda i: calls.append(i) or i, 3, discard=discarded.append) as pipeline:
         for i, _ in pipeline:
-            time.sleep(0.05)  # let the thread fill its 3 places
+            deadline = time.monotonic() + 10
+            while len(calls) < 4 and time.monotonic() < deadline:  # let the thread fill its 3 places
+                time.sleep(0.01)
             break
     assert discarded == [1, 2, 3]  # prepared ahead, never handed out: released
     assert pipeline.peak == 3
