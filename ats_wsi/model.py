@@ -19,7 +19,6 @@ logits, in memory bounded by the tile size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,48 +26,12 @@ from torch import Tensor, nn
 from .errors import SamplingError
 from .geometry import cell_to_xy, rowcol_to_wh, size_wh, snap_to_grid
 from .patches import PatchSource, TensorSource, plain_features
-from .sampling import SampleSoftmax, entropy_regularizer, expectation, sample, streamed, tiled
+from .sampling import entropy_regularizer, expectation, sample, streamed, tiled
+from .sampling.softmax import SampleSoftmax, ends_with_softmax, split_softmax
+from .sampling.draws import AttentionResult, CellDraw
 from .sampling.receptive_field import receptive_field as probe_field
 
-__all__ = ["AttentionResult", "AttentionSampler", "SAMPLERS"]
-
-
-class AttentionResult(NamedTuple):
-    """What one forward pass of :class:`AttentionSampler` returns.
-
-    Attributes:
-        features: ``[B, D]`` (``[B, ...]`` for feature nets with more axes),
-            the estimate of the attention-weighted mean of the patch features.
-        attention: ``[B, h', w']``, the full attention map (probabilities,
-            each map sums to 1; 0 on masked cells). Differentiable.
-        positions: long ``[B, n, 2]``, the drawn cells as ``(row, col)`` on
-            the map, in draw order.
-        sampled_attention: ``[B, n]``, the probability of each drawn cell; the
-            only path of gradient from the loss to the attention net.
-        patches: ``[B, n, C, ph, pw]``, the patches the feature net saw
-            (float; uint8 sources scaled to [0, 1]); ``[B, 0, C, ph, pw]``
-            when a frozen encoder served them from its feature cache.
-        xy: long ``[B, n, 2]``, ``(x, y)`` top-left of each patch in the
-            source's high-resolution pixels (may be negative at borders).
-        entropy_loss: scalar, the regulariser term to ADD to the loss, already
-            weighted: ``entropy · Σ a log a / B`` (= −entropy × mean entropy).
-        patch_features: ``[B, n, D]``, each drawn patch's own features (what
-            the estimator averaged), for per-patch losses and scores.
-        sampled_logits: ``[B, n]``, the attention net's logit at each drawn cell (``log`` of the
-            probability for nets that return probabilities; 0 under ``sampler="uniform"``).
-        logits: ``[B, h', w']``, ``sampled_logits`` over the whole map (for losses over earlier draws).
-    """
-
-    features: Tensor
-    attention: Tensor
-    positions: Tensor
-    sampled_attention: Tensor
-    patches: Tensor
-    xy: Tensor
-    entropy_loss: Tensor
-    patch_features: Tensor | None = None
-    sampled_logits: Tensor | None = None
-    logits: Tensor | None = None
+__all__ = ["AttentionResult", "AttentionSampler", "CellDraw", "SAMPLERS"]
 
 
 SAMPLERS = ("attention", "uniform")
@@ -164,7 +127,7 @@ class AttentionSampler(nn.Module):
         self.receptive_field = receptive_field
         self.entropy = float(entropy)
         self.deterministic = bool(deterministic)
-        self.use_logits = (not _ends_with_softmax(attention_net)) if use_logits is None else bool(use_logits)
+        self.use_logits = (not ends_with_softmax(attention_net)) if use_logits is None else bool(use_logits)
         self.attention_regularizer = attention_regularizer
         self.set_sampler(sampler)
         self.softmax = SampleSoftmax(smoothing=smoothing, temperature=temperature)
@@ -206,7 +169,7 @@ class AttentionSampler(nn.Module):
         """
         if not tiled.should_tile(x_low.shape, self.tile_threshold):
             return self.attention_net(x_low)
-        net, head = _split_softmax(self.attention_net)
+        net, head = split_softmax(self.attention_net)
         out = tiled.tiled_logits(net, x_low, self.tile_size, checkpoint=self.tile_checkpoint,
                                  field=self.attention_field(x_low.shape[1]))
         return out if head is None else head(out)
@@ -215,7 +178,7 @@ class AttentionSampler(nn.Module):
         """The attention net's :class:`~ats_wsi.sampling.receptive_field.ReceptiveField`
         (its ``stride`` is a map cell's side in low pixels), probed once."""
         if self._attention_field is None:
-            self._attention_field = probe_field(_split_softmax(self.attention_net)[0], in_channels=in_channels)
+            self._attention_field = probe_field(split_softmax(self.attention_net)[0], in_channels=in_channels)
         return self._attention_field
 
     def attention_map(self, x_low: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -397,7 +360,7 @@ class AttentionSampler(nn.Module):
             for :meth:`draw_streamed`; equal to :meth:`attend` of the whole
             view and its pixel mask up to float rounding.
         """
-        net, head = _split_softmax(self.attention_net)
+        net, head = split_softmax(self.attention_net)
         on_tile = None if tissue is None else (lambda pixels, rows, cols: tissue.add(pixels[rows, cols]))
         out = tiled.tiled_logits_from_reader(net, read_region, shape, max(self.tile_size, 512),
                                              field=self.attention_field(), on_tile=on_tile)
@@ -436,8 +399,21 @@ class AttentionSampler(nn.Module):
         return self._draw(tuple(low_shape), attention, attention, mask, source, n_patches,
                           generator, deterministic, blocks=True)
 
-    def _draw(self, low_shape, like: Tensor, attention: Tensor, mask, source, n_patches, generator,
-              deterministic, *, blocks: bool) -> AttentionResult:
+    def draw_cells(self, low_shape: tuple[int, int], attention: Tensor, mask: Tensor | None,
+                   source: PatchSource | Tensor, *, n_patches: int | None = None,
+                   generator: torch.Generator | None = None, deterministic: bool | None = None,
+                   blocks: bool = False) -> CellDraw:
+        """The first half of a draw: the cells and their patch boxes, before any pixel is read.
+
+        A pipeline reads the boxes' pixels ahead (another thread) and hands the
+        cells to :meth:`draw_features`; :meth:`draw` is the two halves at once.
+
+        Args:
+            low_shape: ``(rows, cols)`` of the low view.
+            attention, mask: what :meth:`attend` (or :meth:`attend_streamed`, with ``blocks``) returned.
+            source, n_patches, generator, deterministic: as in :meth:`draw`.
+            blocks: draw by blocks of the map (:mod:`ats_wsi.sampling.streamed`).
+        """
         if isinstance(source, Tensor):
             source = TensorSource(source)
         n = self.n_patches if n_patches is None else int(n_patches)
@@ -450,24 +426,44 @@ class AttentionSampler(nn.Module):
         map_rows, map_cols = attention.shape[1:]
         cell = positions[..., 0] * map_cols + positions[..., 1]  # [B, n]
         sampled_attention = attention.reshape(attention.shape[0], -1).gather(1, cell)
-
         patch_wh = self.patch_size or rowcol_to_wh(low_shape)
         xy = cell_to_xy(positions, low_shape=low_shape, map_shape=(map_rows, map_cols),
                         scale=source.scale(low_shape), patch_size=patch_wh,
                         receptive_field=self.receptive_field)
         if self.tile_aligned:
             xy = snap_to_grid(xy, patch_wh)
+        return CellDraw(positions, sampled_attention, xy, tuple(patch_wh))
+
+    def draw_features(self, cells: CellDraw, attention: Tensor, source: PatchSource | Tensor, like: Tensor, *,
+                      blocks: bool = False) -> AttentionResult:
+        """The second half of a draw: ``cells``' patches through the feature step, averaged.
+
+        Args:
+            cells: what :meth:`draw_cells` returned for ``attention``.
+            source: as in :meth:`draw` (a source that read the boxes ahead serves them).
+            like: a tensor whose device (and float dtype) the patches take (the low view,
+                or the map for a streamed draw).
+            blocks: the entropy term by blocks of the map (as :meth:`draw_streamed`).
+        """
+        if isinstance(source, Tensor):
+            source = TensorSource(source)
         # [B, n, C, h, w] and [B, n, D]; an encoder's step with a feature cache reads only the boxes it lacks
-        patches, each = self.feature_step(self.feature_net, source, xy, patch_wh, like)
-        features = expectation(each, sampled_attention, self.replace)
+        patches, each = self.feature_step(self.feature_net, source, cells.xy, cells.patch_wh, like)
+        features = expectation(each, cells.sampled_attention, self.replace)
         if self.attention_regularizer is not None:
             entropy_loss = self.attention_regularizer(attention)
         elif blocks:
             entropy_loss = streamed.entropy_loss(attention, self.entropy)
         else:
             entropy_loss = entropy_regularizer(attention, self.entropy)
-        return AttentionResult(features, attention, positions, sampled_attention, patches, xy,
+        return AttentionResult(features, attention, cells.positions, cells.sampled_attention, patches, cells.xy,
                                entropy_loss, patch_features=each)
+
+    def _draw(self, low_shape, like: Tensor, attention: Tensor, mask, source, n_patches, generator,
+              deterministic, *, blocks: bool) -> AttentionResult:
+        cells = self.draw_cells(tuple(low_shape), attention, mask, source, n_patches=n_patches, generator=generator,
+                                deterministic=deterministic, blocks=blocks)
+        return self.draw_features(cells, attention, source, like, blocks=blocks)
 
 
 def _check_low(x_low: Tensor) -> None:
@@ -486,15 +482,3 @@ def _check_map(out: Tensor) -> Tensor:
                             f"got {tuple(out.shape)}")
     return out
 
-
-def _ends_with_softmax(net: nn.Module) -> bool:
-    if isinstance(net, SampleSoftmax):
-        return True
-    return isinstance(net, nn.Sequential) and len(net) > 0 and _ends_with_softmax(net[-1])
-
-
-def _split_softmax(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-    """``(body, SampleSoftmax)`` for a Sequential ending in one, else ``(net, None)``."""
-    if isinstance(net, nn.Sequential) and len(net) > 1 and isinstance(net[-1], SampleSoftmax):
-        return net[:-1], net[-1]
-    return net, None

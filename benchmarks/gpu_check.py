@@ -12,7 +12,9 @@ With CUDA, in this order (each step timed, the whole aimed at under 4 minutes on
    (``decoder="nvimgcodec"``) and, where ``cucim`` is importable, by cuCIM's batched
    ``read_region(..., device="cuda")``; patches/s, ``torch.cuda.synchronize`` inside the clock;
 4. a ViT-S/16 encoder (timm's ``vit_small_patch16_224``, random weights) in fp16: patches/s
-   of 224² inputs, batches of 256 (where timm is importable).
+   of 224² inputs, batches of 256 (where timm is importable);
+5. batch prediction on ``cuda`` with ``--read-ahead`` 0, 1 and 2 (``benchmarks/read_ahead.py``, 6
+   synthetic slides, 2 rounds): seconds per slide and the encoder's busy fraction.
 
 Without CUDA: runs the CPU-backend checks (``tests/patches/test_nvimgcodec.py``), prints one
 line saying that no GPU numbers were taken, and exits 0 (1 if the checks fail).
@@ -26,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -71,6 +74,18 @@ def check_demo(slides: int) -> dict:
                                "--epochs", "1", "--slides", str(slides), "--device", "cuda"],
                               cwd=ROOT, capture_output=True, text=True, timeout=150)
     return {"status": done.returncode, "seconds": round(time.perf_counter() - start, 1),
+            "tail": (done.stdout.strip().splitlines() or [done.stderr[-300:]])[-1]}
+
+
+def check_read_ahead() -> dict:
+    """``benchmarks/read_ahead.py`` on cuda: per read-ahead depth, seconds per slide and encoder busy fraction."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "benchmarks/read_ahead.py", "--device", "cuda", "--slides", "6",
+                               "--rounds", "2", "--io-threads", "4", "--json", str(Path(tmp) / "ra.json")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=150)
+        got = json.loads((Path(tmp) / "ra.json").read_text()) if done.returncode == 0 else {}
+    return {"status": done.returncode, "seconds": round(time.perf_counter() - start, 1), "table": got.get("table", []),
             "tail": (done.stdout.strip().splitlines() or [done.stderr[-300:]])[-1]}
 
 
@@ -163,6 +178,9 @@ def table(report: dict) -> str:
             lines.append(f"| {name} | status {r['status']}, {r['seconds']} s: {r['tail']} |")
     for row in report.get("reader", []):
         lines.append(f"| read {row['patches']}: {row['reader']} | {row['patches_per_s']:.0f} patches/s |")
+    for row in report.get("read_ahead", {}).get("table", []):
+        lines.append(f"| predict, read-ahead {row['read_ahead']} | {row['seconds_per_slide']:.3f} s/slide, encoder "
+                     f"busy {row['encoder_busy']:.0%}, {row['ratio']:.2f}x serial |")
     if report.get("vit_s16_fp16"):
         v = report["vit_s16_fp16"]
         lines.append(f"| ViT-S/16 fp16, batch {v['batch']} | {v['patches_per_s']:.0f} patches/s |")
@@ -199,9 +217,10 @@ def main(argv=None) -> int:
         report["reader"] = check_reader(args.n, args.batches, args.workers, "cuda" if cuda else "cpu")
     if cuda:
         report["vit_s16_fp16"] = check_vit()
+        report["read_ahead"] = check_read_ahead()
     report["seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(args.out, report)
-    failed = report["tests"]["status"] != 0 or report.get("demo", {}).get("status", 0) != 0
+    failed = any(report.get(k, {}).get("status", 0) != 0 for k in ("tests", "demo", "read_ahead"))
     if not cuda:
         speeds = ", ".join(f"{r['patches']} {r['reader'].split(' (')[0][12:]} {r['patches_per_s']:.0f}/s"
                            for r in report.get("reader", []))

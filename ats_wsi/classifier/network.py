@@ -7,25 +7,19 @@ training feeds the same :class:`~ats_wsi.classifier.inputs.SlideInput` to
 """
 from __future__ import annotations
 
-import time
-from functools import partial
+import contextlib
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import PredictionError, SamplingError
+from ..errors import SamplingError
 from ..model import AttentionResult, AttentionSampler
 from ..sampling import expectation, nested_expectation
-from ..geometry import cell_grid_level0
 from ..nets import create_attention_net
-from ..slide.lowview import TissueThreshold
-from ._roi import restrict_to_roi, roi_grid
-from ._task import slide_value
 from .config import ModelConfig
 from .feature_net import Normalize, build_feature_net
-from .inputs import SlideInput
-from .prediction import MAX_SAMPLES, NOT_FINITE, SlidePrediction, slide_seed
+from .prediction import SlidePrediction
+from .stages import PreparedSlide, finish_slide, prepare_slide
 
 __all__ = ["Normalize", "SlideClassifier", "build_model"]
 
@@ -175,93 +169,35 @@ class SlideClassifier(nn.Module):
             SamplingError: more than ``MAX_SAMPLES`` samplings, or draws that cannot be made.
             SlideError, EncoderError: the slide or the encoder failed (their messages say why).
         """
-        start = time.perf_counter()
-        if int(samples) > MAX_SAMPLES:  # each sampling reads its patches: bounded work
-            raise SamplingError(f"samples must be at most {MAX_SAMPLES} samplings per slide, got {samples!r}")
         self.eval()
-        given = isinstance(slide, SlideInput)
-        item = slide if given else SlideInput(slide, self.config, workers=workers, device=self.device)
+        with self.sampling(sampler):
+            prepared = self.prepare(slide, samples=samples, n_patches=n_patches, seed=seed,
+                                    deterministic=deterministic, workers=workers, stream=stream, roi=roi)
+            return self.finish(prepared)
+
+    def prepare(self, slide, **kwargs) -> PreparedSlide:
+        """The reading half of :meth:`predict` (its arguments but ``sampler``): the slide
+        opened, the attention map, the draws and their patch pixels
+        (:func:`~ats_wsi.classifier.stages.prepare_slide`). Safe in another thread while
+        :meth:`finish` runs on an earlier slide; the model must be in eval mode."""
+        return prepare_slide(self, slide, **kwargs)
+
+    def finish(self, prepared: PreparedSlide) -> SlidePrediction:
+        """The encoding half of :meth:`predict`: the feature net, the heads, the prediction
+        (:func:`~ats_wsi.classifier.stages.finish_slide`); closes ``prepared``."""
+        return finish_slide(self, prepared)
+
+    @contextlib.contextmanager
+    def sampling(self, sampler: str | None):
+        """Inside the block, draw with ``sampler`` (``"attention"``, ``"uniform"``; None: the
+        model's own); restored after. A pipeline sets it once for its run, not per slide."""
         own = self.sampler.sampler_kind
         try:
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
-            if self.config.zoom:
-                if roi is not None:
-                    raise SamplingError("a two-stage (zoom) model does not take a region of interest yet: "
-                                        "drop --roi")
-                from ._zoom_predict import predict_zoom
-
-                return predict_zoom(self, item, start, samples=max(1, int(samples)), n_patches=n_patches,
-                                    seed=seed, deterministic=deterministic)
-            return self._predict(item, start, samples=max(1, int(samples)), n_patches=n_patches,
-                                 seed=seed, deterministic=deterministic, stream=stream, roi=roi)
+            yield self
         finally:
             self.sampler.sampler_kind = own
-            if not given:
-                item.close()
-
-    def _predict(self, item: SlideInput, start: float, *, samples, n_patches, seed, deterministic, stream,
-                 roi=None):
-        device = self.device
-        source = item.source(device)
-        generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
-        if stream:
-            attention, grid_mask = self.sampler.attend_streamed(item.low.read, item.low.shape,
-                                                                tissue=TissueThreshold())
-            draw = partial(self.sampler.draw_streamed, item.low.shape)
-        else:
-            x_low, mask = item.low_inputs(device)
-            attention, grid_mask = self.sampler.attend(x_low, mask)
-            draw = partial(self.sampler.draw, x_low)
-        if roi is not None:
-            inside = roi_grid(self.sampler, source, item.low.shape, attention.shape[-2:], roi, item.slide.dimensions)
-            attention, grid_mask = restrict_to_roi(attention, grid_mask, inside, slide=str(item.path),
-                                                   roi_path=roi.path)
-        probs, boxes, box_attention, patch_features, embeddings, values = [], [], [], [], [], []
-        for _ in range(samples):
-            result = draw(attention, grid_mask, source, n_patches=n_patches, generator=generator,
-                          deterministic=deterministic)
-            logits = self.slide_logits(result).float()
-            if not bool(torch.isfinite(logits).all()):  # a NaN must never reach predictions.csv
-                raise PredictionError(item.path, NOT_FINITE)
-            probs.append(torch.softmax(logits, dim=-1)[0].cpu())
-            values.append(slide_value(self.config, logits))
-            boxes.append(source.boxes_level0(result.xy.cpu(), self.sampler.patch_size)[0])
-            box_attention.append(result.sampled_attention[0].float().cpu())
-            embeddings.append(result.features[0].float().reshape(-1).cpu())
-            if result.patch_features is not None:  # [n, D] (axes after the first flattened)
-                patch_features.append(result.patch_features[0].float().reshape(len(result.xy[0]), -1).cpu())
-        p = torch.stack(probs).mean(0).numpy()
-        names = self.class_names
-        if self.config.task != "classification":  # one pseudo-class: the risk or value is in `value`
-            p, names = np.ones(1), ("risk" if self.config.task == "survival" else "value",)
-        boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
-        attention_np = attention[0].float().cpu().numpy()
-        cell_wh, origin_xy = cell_grid_level0(low_shape=item.low.shape, map_shape=attention_np.shape,
-                                              low_downsample=item.low.downsample,
-                                              receptive_field=self.sampler.receptive_field)
-        w0, h0 = item.slide.dimensions
-        return SlidePrediction(
-            slide=str(item.path),
-            probabilities=p,
-            predicted=int(np.argmax(p)),
-            class_names=names,
-            attention=attention_np,
-            cell_size_xy=cell_wh,
-            origin_xy=origin_xy,
-            boxes_xywh=boxes_xywh,
-            box_attention=torch.cat(box_attention).numpy(),
-            seconds=time.perf_counter() - start,
-            patches_read=source.patches_read,
-            pixels_read=int(source.patches_read * boxes_xywh[0, 2] * boxes_xywh[0, 3]) if len(boxes_xywh) else 0,
-            slide_pixels=int(w0) * int(h0),
-            mpp=item.slide.mpp,
-            low_downsample=float(item.low.downsample),
-            patch_features=torch.cat(patch_features).numpy() if len(patch_features) == samples else None,
-            embeddings=torch.stack(embeddings).numpy(),
-            task=self.config.task,
-            value=None if values[0] is None else float(np.mean(values)),
-        )
 
 
 def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> SlideClassifier:

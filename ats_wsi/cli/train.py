@@ -439,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
         accuracy = f"  acc {m.train_acc:.3f}" if config.task == "classification" else ""
         val_accuracy = f"  val_acc {m.val_acc:.3f}" if config.task == "classification" else ""
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}{accuracy}  val_loss {m.val_loss:.4f}{val_accuracy}  "
-              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_encoder.cache_note(m)}{_spread_note(m)}", flush=True)
+              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_busy(m)}{_encoder.cache_note(m)}{_spread_note(m)}", flush=True)
         if (m.epoch == max(1, settings.explore_epochs) + 1 and m.attention_sd < FLAT_ATTENTION):
             print(f"warning: the attention map is flat (logit sd {m.attention_sd:.4f} over tissue after epoch "
                   f"{m.epoch}): the draws are uniform; try another --seed, or a larger --attention-lr "
@@ -474,3 +474,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["register", "run", "model_config"]
+
+
+def _busy(metrics) -> str:
+    """``  encoder 37%`` (the encoder's busy fraction of the epoch) for an epoch line; empty if unmeasured."""
+    busy = getattr(metrics, "encoder_busy", float("nan"))
+    return f"  encoder {busy:.0%}" if busy == busy else ""

@@ -30,17 +30,17 @@ float sums in CPU kernels); in process and on dask workers alike.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
+import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from ..classifier import SlideClassifier, checkpoint_id, load_model
+from ..classifier.stages import EncoderClock
 from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
 from ..exports import export_files, outline_roi, write_slide_exports
@@ -48,58 +48,13 @@ from ..roi import roi_for_slide
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
 from ..geojson import write_geojson
 from ..outputs import render_overlay, write_attention_zarr, write_overlay_png
+from .read_ahead import ReadAhead, check_read_ahead
 from .outdir import as_output_error, holding_results_folder, invalidate_marker, output_digests, outputs_match
-from .results import MAX_NAME_BYTES, ResultsFolder, SlideResult, output_names
+from .predict_settings import PredictSettings, run_key
+from .results import MAX_NAME_BYTES, ResultsFolder, SlideResult, labelled_row, output_names, prediction_fields
 
-__all__ = ["predict_slides", "PredictSettings", "SlideResult", "output_names", "run_key", "MAX_NAME_BYTES"]
-
-
-# --------------------------------------------------------------------------- folders
-
-
-@dataclass
-class PredictSettings:
-    """Settings of a batch prediction (plain values: they travel to dask workers)."""
-
-    checkpoint: str
-    out_dir: str
-    samples: int = 1
-    n_patches: int | None = None
-    device: str = "cpu"
-    seed: int = 0
-    deterministic: bool = False
-    workers: int = 2
-    ngff_version: str = "0.4"
-    overlay_size: int = 1024
-    geojson: bool = False
-    """Also write ``geojson/<name>.geojson`` (boxes and top-attention regions for QuPath, ``--geojson``)."""
-    torch_threads: int = 1
-    checkpoint_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    run_id: str = ""
-    """The owner of this run's temporaries (12 hex digits; see run/outdir.py): ``""`` gives
-    :func:`predict_slides` a new one, in the copy of the settings it runs on."""
-    mpp: float | None = None
-    """Level-0 µm/px given for every slide, overriding its metadata (``--mpp``)."""
-    slide_mpp: dict[str, float] = field(default_factory=dict)
-    """Level-0 µm/px of single slides by path (a manifest's ``mpp`` column); before ``mpp``."""
-    slide_roi: dict[str, str] = field(default_factory=dict)
-    """Regions of interest of single slides by path (a manifest's ``roi`` column); before ``roi``."""
-    feature_cache: str | None = None
-    """Folder of a frozen encoder's features per patch box (``--feature-cache``)."""
-    feature_weights: str | None = None
-    """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
-    sampler: str | None = None
-    """``"uniform"``: draw uniformly over tissue instead of from the attention (``--sampler``); None: the model's."""
-    export_features: bool = False
-    """Also write ``features/<name>.h5``: the sampled patches' features, TRIDENT/CLAM layout (``--export-features``)."""
-    export_patches: int = 0
-    """Also write the K top-attention patches as PNG and a contact sheet, ``patches/<name>/`` (``--export-patches``)."""
-    roi: str | None = None
-    """A GeoJSON file, or a folder of ``<slide name>.geojson``: draw only inside its polygons (``--roi``)."""
-    roi_include: list[str] | None = None
-    roi_exclude: list[str] = field(default_factory=list)
-    """Class names of the ROI's features that make the region / are cut out of it (``--roi-include/-exclude``)."""
+__all__ = ["predict_slides", "PredictSettings", "SlideResult", "output_names", "run_key", "MAX_NAME_BYTES",
+           "RUN_SUMMARY", "RunTiming", "finish_one", "predict_one", "prepare_one", "run_summary"]
 
 
 _MODELS: dict[tuple[str, str, str], SlideClassifier] = {}
@@ -129,115 +84,57 @@ def _feature_cache(model):
     return next((m.cache for m in model.modules() if isinstance(m, PatchEncoder) and m.cache is not None), None)
 
 
-def run_key(settings: PredictSettings) -> str:
-    """A short hash of what makes a slide's outputs (checkpoint and sampling settings).
+class PreparedRead:
+    """A slide after the prepare stage (:func:`prepare_one`): its open slide, ROI and
+    :class:`~ats_wsi.classifier.stages.PreparedSlide`. :func:`finish_one` closes it."""
 
-    A finished slide is skipped on a re-run only if its marker has the same key,
-    so a re-run with other settings never mixes old and new results. How the
-    same thing is computed (device, threads) is not part of it: that changes
-    only the last digits of floats.
-    """
-    parts = [settings.checkpoint_id, settings.samples, settings.n_patches, settings.seed,
-             settings.deterministic, settings.ngff_version, settings.overlay_size]
-    if settings.mpp is not None or settings.slide_mpp:  # (absent otherwise: keys of earlier runs stay valid)
-        parts.append(["mpp", settings.mpp, sorted(settings.slide_mpp.items())])
-    if settings.geojson:  # (absent otherwise, as above)
-        parts.append("geojson")
-    if settings.sampler is not None:  # (absent otherwise, as above)
-        parts.append(["sampler", settings.sampler])
-    if settings.roi is not None or settings.slide_roi:  # (absent otherwise, as above)
-        parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude),
-                      sorted(settings.slide_roi.items())])
-    if settings.export_features or settings.export_patches:  # (absent otherwise, as above)
-        parts.append(["exports", settings.export_features, settings.export_patches])
-    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+    def __init__(self, path: str, slide, roi, prepared):
+        self.path, self.slide, self.roi, self.prepared = path, slide, roi, prepared
+        self._open = True
+
+    def close(self) -> None:
+        """Let go of the prepared pixels and close the slide (once)."""
+        if self._open:
+            self._open = False
+            try:
+                self.prepared.close()
+            finally:
+                self.slide.close()
 
 
-def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
-                      labelled: bool = False, feature_cache: bool = False, slide_ids: bool = False,
-                      splits: bool = False, task: str = "classification", outcomes: Sequence[str] = ()) -> list[str]:
-    """Columns of ``predictions.csv``. After the columns of every run come, with a
-    feature cache, ``feature_hits`` / ``feature_misses`` / ``feature_disk_hits``
-    (patch features served by the cache, computed, and served from its folder);
-    for a checkpoint with class names, ``p_<name>`` per class and
-    ``predicted_class``; for slides given with labels (a manifest), ``label``
-    (and ``label_class``); then the manifest's ``slide_id`` and ``split`` where given. A survival
-    model's rows have ``risk`` (higher: shorter survival) where a classifier's have ``p0 ..``,
-    ``predicted``; a regression model's ``value``; then the manifest's ``outcomes`` (``time``,
-    ``event``; ``target``)."""
-    if task != "classification":
-        fields = ["slide", "name", "risk" if task == "survival" else "value", "seconds", "patches_read",
-                  "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
-        fields += ["feature_hits", "feature_misses", "feature_disk_hits"] if feature_cache else []
-        return fields + list(outcomes) + (["slide_id"] if slide_ids else []) + (["split"] if splits else [])
-    fields = ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
-              "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
-    if feature_cache:
-        fields += ["feature_hits", "feature_misses", "feature_disk_hits"]
-    if class_names:
-        fields += [f"p_{n}" for n in class_names] + ["predicted_class"]
-    if labelled:
-        fields += ["label"] + (["label_class"] if class_names else [])
-    return fields + (["slide_id"] if slide_ids else []) + (["split"] if splits else [])
-
-
-def _labelled(row: dict, class_names: Sequence[str] | None, label: int | None, labelled: bool) -> dict:
-    """``row`` with the class-name columns and the label (see :func:`prediction_fields`)."""
-    row = dict(row)
-    if class_names:
-        row.update({f"p_{n}": row[f"p{k}"] for k, n in enumerate(class_names)})
-        row["predicted_class"] = class_names[int(row["predicted"])]
-    if labelled:
-        row["label"] = "" if label is None else int(label)
-        if class_names:
-            row["label_class"] = "" if label is None else class_names[int(label)]
-    return row
-
-
-def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
-    """Predict one slide and write its map, overlay and done marker.
-
-    Runs in the calling process or on a dask worker. Returns the slide's
-    :class:`SlideResult` (its ``row`` is the row of ``predictions.csv``);
-    raises on failure (the caller records it).
-    """
+def prepare_one(path: str, settings: PredictSettings, model: SlideClassifier) -> PreparedRead:
+    """The reading stage of one slide: open it, its ROI, the attention map, the draws and their patches
+    (:meth:`SlideClassifier.prepare`). Safe in a background thread while :func:`finish_one` runs;
+    ``model`` in eval mode, its sampler kind set for the run (:meth:`SlideClassifier.sampling`)."""
     from ..slide import open_slide
 
-    folder = ResultsFolder(settings.out_dir)
-    model = _model_for(settings)
     mpp = settings.slide_mpp.get(str(path), settings.mpp)
-    cache = _feature_cache(model)
-    if cache is not None:
-        cache.take_stats()  # count this slide's lookups only
     roi = roi_for_slide(settings.slide_roi.get(str(path), settings.roi), path, include=settings.roi_include,
                         exclude=settings.roi_exclude)
-    with _torch_threads(settings.torch_threads), open_slide(path, mpp=mpp) as slide:
-        pred = model.predict(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
-                             deterministic=settings.deterministic, workers=settings.workers,
-                             sampler=settings.sampler, roi=roi)
-        write_attention_zarr(
-            folder.map(name), pred.attention, cell_size_xy=pred.cell_size_xy,
-            origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
-            metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
-                      "checkpoint_path": os.path.abspath(settings.checkpoint),
-                      "probabilities": [float(v) for v in pred.probabilities],
-                      "predicted": pred.predicted, "low_downsample": pred.low_downsample,
-                      "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
-                      "boxes_xywh": pred.boxes_xywh.tolist(),
-                      "box_attention": [float(v) for v in pred.box_attention],
-                      "task": pred.task, "value": pred.value, "title": pred.title},
-        )
-        thumb = slide.thumbnail(settings.overlay_size)
-        thumb_ds = slide.dimensions[0] / thumb.shape[1]
-        image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
-                               origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh,
-                               title=pred.title)
-        image = image if roi is None else outline_roi(image, roi, thumb_ds)
-        write_overlay_png(folder.overlay(name), image)
-        if settings.geojson:
-            write_geojson(folder.geojson(name), pred, slide=str(path), slide_wh=slide.dimensions)
-        write_slide_exports(folder.root, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
-                            features=settings.export_features, patches=settings.export_patches)
+    slide = open_slide(path, mpp=mpp)
+    try:
+        prepared = model.prepare(slide, samples=settings.samples, n_patches=settings.n_patches, seed=settings.seed,
+                                 deterministic=settings.deterministic, workers=settings.workers, roi=roi)
+    except BaseException:
+        slide.close()
+        raise
+    return PreparedRead(str(path), slide, roi, prepared)
+
+
+def finish_one(ready: PreparedRead, name: str, settings: PredictSettings, model: SlideClassifier) -> SlideResult:
+    """The encoding stage of one slide: its prediction (:meth:`SlideClassifier.finish`), map, overlay,
+    exports and done marker; closes ``ready``. Runs in the thread that owns the feature cache
+    (its counts are this slide's)."""
+    folder = ResultsFolder(settings.out_dir)
+    path, slide, roi = ready.path, ready.slide, ready.roi
+    cache = _feature_cache(model)
+    try:
+        if cache is not None:
+            cache.take_stats()  # count this slide's lookups only
+        pred = model.finish(ready.prepared)
+        _write_outputs(folder, name, path, slide, roi, pred, settings, model)
+    finally:
+        ready.close()
     row = {
         "slide": str(path),
         "name": name,
@@ -261,6 +158,46 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
     return SlideResult(str(path), name, row, folder, pred)
 
 
+def _write_outputs(folder: ResultsFolder, name: str, path: str, slide, roi, pred, settings: PredictSettings,
+                   model: SlideClassifier) -> None:
+    """A slide's map, overlay, GeoJSON and exports."""
+    write_attention_zarr(
+        folder.map(name), pred.attention, cell_size_xy=pred.cell_size_xy,
+        origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
+        metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
+                  "checkpoint_path": os.path.abspath(settings.checkpoint),
+                  "probabilities": [float(v) for v in pred.probabilities],
+                  "predicted": pred.predicted, "low_downsample": pred.low_downsample,
+                  "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
+                  "boxes_xywh": pred.boxes_xywh.tolist(),
+                  "box_attention": [float(v) for v in pred.box_attention],
+                  "task": pred.task, "value": pred.value, "title": pred.title},
+    )
+    thumb = slide.thumbnail(settings.overlay_size)
+    thumb_ds = slide.dimensions[0] / thumb.shape[1]
+    image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
+                           origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh, title=pred.title)
+    image = image if roi is None else outline_roi(image, roi, thumb_ds)
+    write_overlay_png(folder.overlay(name), image)
+    if settings.geojson:
+        write_geojson(folder.geojson(name), pred, slide=str(path), slide_wh=slide.dimensions)
+    write_slide_exports(folder.root, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
+                        features=settings.export_features, patches=settings.export_patches)
+
+
+def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
+    """Predict one slide and write its map, overlay and done marker: :func:`prepare_one` then
+    :func:`finish_one`, with the run's torch threads and sampler.
+
+    Runs in the calling process or on a dask worker. Returns the slide's
+    :class:`SlideResult` (its ``row`` is the row of ``predictions.csv``);
+    raises on failure (the caller records it).
+    """
+    model = _model_for(settings).eval()
+    with _torch_threads(settings.torch_threads), model.sampling(settings.sampler):
+        return finish_one(prepare_one(path, settings, model), name, settings, model)
+
+
 def _output_files(name: str, settings: PredictSettings) -> list[str]:
     """A slide's outputs (relative to ``out_dir``) that its done marker vouches for."""
     geojson = [ResultsFolder.geojson_rel(name)] if settings.geojson else []
@@ -273,6 +210,16 @@ def _predict_owned(path: str, name: str, settings: PredictSettings) -> SlideResu
     with owned_by(settings.run_id) if settings.run_id else contextlib.nullcontext():
         invalidate_marker(settings.out_dir, name)
         return predict_one(path, name, settings)
+
+
+def _finish_owned(ready: PreparedRead, name: str, settings: PredictSettings, model) -> SlideResult:
+    """:func:`finish_one` with this run's temporaries and the slide's done marker removed first."""
+    try:
+        with owned_by(settings.run_id) if settings.run_id else contextlib.nullcontext():
+            invalidate_marker(settings.out_dir, name)
+            return finish_one(ready, name, settings, model)
+    finally:
+        ready.close()
 
 
 def _predict_caught(path: str, name: str, settings: PredictSettings):
@@ -339,6 +286,7 @@ def predict_slides(
     model: SlideClassifier | None = None,
     on_result: Callable[[SlideResult], None] | None = None,
     outcomes: Sequence[dict] | None = None,
+    on_summary: Callable[[dict], None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Predict many slides into ``settings.out_dir``; resumable; failures recorded.
 
@@ -362,11 +310,18 @@ def predict_slides(
             (skipped ones too, read back from their done markers).
         outcomes: each slide's outcome cells (survival ``time``/``event``, regression
             ``target``; a manifest's): columns of a survival or regression model's rows.
+        on_summary: called at the end with the run's summary, the dict written to
+            ``run.json`` (:func:`run_summary`: slides, failures, read-ahead, the encoder's
+            busy fraction).
 
     Returns:
         ``(rows, errors)`` in input order; also written to predictions.csv
         and errors.csv.
+
+    Raises:
+        ConfigError: ``settings.read_ahead`` outside ``0..MAX_READ_AHEAD``.
     """
+    check_read_ahead(settings.read_ahead)  # before any work
     # Absolute paths: dask workers on other machines (or in other folders) get them. A new
     # settings value: the caller's is left as it was given.
     settings = replace(settings, checkpoint=os.path.abspath(settings.checkpoint),
@@ -407,7 +362,7 @@ def predict_slides(
 
     def final(name):
         labelled = labels is not None and task == "classification"
-        return {**_labelled(rows[name], class_names, label_of.get(name), labelled), **extra[name]}
+        return {**labelled_row(rows[name], class_names, label_of.get(name), labelled), **extra[name]}
 
     def flush():
         try:
@@ -422,37 +377,84 @@ def predict_slides(
                         "message": str(getattr(exc, "reason", exc)).replace("\n", " ")}
         progress and progress(name, "failed")
 
-    for path, name, outcome in _completed(todo, settings, executor):
-        stop = as_output_error(outcome, out)  # the results folder cannot be written: stop the run
-        if stop is not None:
-            with contextlib.suppress(OSError):
-                flush()
-            raise stop
-        if isinstance(outcome, BaseException):
-            record_failure(path, name, outcome)
-        else:
-            rows[name] = outcome.row
-            progress and progress(name, "done")
-            on_result and on_result(outcome)
-        flush()
+    timing, start, done = RunTiming(), time.perf_counter(), 0
+    with contextlib.closing(_completed(todo, settings, executor, timing)) as completed:  # stops a read-ahead
+        for path, name, outcome in completed:
+            stop = as_output_error(outcome, out)  # the results folder cannot be written: stop the run
+            if stop is not None:
+                with contextlib.suppress(OSError):
+                    flush()
+                raise stop
+            if isinstance(outcome, BaseException):
+                record_failure(path, name, outcome)
+            else:
+                rows[name] = outcome.row
+                done += 1
+                progress and progress(name, "done")
+                on_result and on_result(outcome)
+            flush()
+    if executor is not None:
+        timing.wall_seconds = time.perf_counter() - start
     flush()
+    summary = run_summary(settings, timing, slides=len(names), predicted=done, skipped=len(names) - len(todo),
+                          failed=len(errors), executor=executor)
+    try:
+        write_json_atomic(folder.root / RUN_SUMMARY, summary)
+    except OSError as exc:
+        raise as_output_error(exc, out) or OutputError.from_os_error(out, exc) from None
+    on_summary and on_summary(summary)
     return [final(n) for n in names if n in rows], [errors[n] for n in names if n in errors]
 
 
-def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
-               executor) -> Iterator[tuple[str, str, SlideResult | BaseException]]:
+RUN_SUMMARY = "run.json"
+"""The run's summary in ``out_dir`` (:func:`run_summary`), rewritten by every run."""
+
+
+def run_summary(settings: PredictSettings, timing: RunTiming, *, slides: int, predicted: int, skipped: int,
+                failed: int, executor=None) -> dict:
+    """What ``run.json`` holds: counts of this run's slides, where it ran, the read-ahead and its peak,
+    wall seconds, and the encoder's seconds and busy fraction (``encoder_busy`` = encoder seconds / wall
+    seconds, in [0, 1]; None on dask, where each worker has its own clock)."""
+    return {"slides": slides, "predicted": predicted, "skipped": skipped, "failed": failed,
+            "device": settings.device, "executor": "in process" if executor is None else "dask",
+            "read_ahead": timing.read_ahead, "read_ahead_peak": timing.read_ahead_peak,
+            "wall_seconds": round(timing.wall_seconds, 3),
+            "encoder_seconds": None if timing.encoder_seconds is None else round(timing.encoder_seconds, 3),
+            "encoder_busy": None if timing.encoder_busy is None else round(timing.encoder_busy, 4)}
+
+
+@dataclass
+class RunTiming:
+    """What a batch prediction measured about itself (``run.json``).
+
+    Attributes:
+        read_ahead: slides prepared ahead (``settings.read_ahead``; 0 on dask).
+        read_ahead_peak: the most slides prepared (or being prepared) ahead at once.
+        wall_seconds: wall time of predicting this run's slides (in process).
+        encoder_seconds: time inside the patch encoder (:class:`~ats_wsi.classifier.stages.EncoderClock`).
+        encoder_busy: ``encoder_seconds / wall_seconds`` in [0, 1]; None on dask (per-worker clocks).
+    """
+
+    read_ahead: int = 0
+    read_ahead_peak: int = 0
+    wall_seconds: float = 0.0
+    encoder_seconds: float | None = None
+    encoder_busy: float | None = None
+
+
+def _completed(todo: list[tuple[str, str]], settings: PredictSettings, executor,
+               timing: RunTiming | None = None) -> Iterator[tuple[str, str, SlideResult | BaseException]]:
     """``(path, name, result or exception)`` per slide of ``todo``, as each finishes.
 
-    In process (``executor`` None) slides run one after the other in this
-    thread; on a ``dask.distributed`` client they run on its workers and come
-    back in the order they finish. A slide's failure is yielded, not raised.
+    In process (``executor`` None) the main thread finishes slides in input
+    order while one background thread prepares the next ``settings.read_ahead``
+    (:class:`~ats_wsi.run.read_ahead.ReadAhead`); ``timing`` is filled in. On a
+    ``dask.distributed`` client slides run on its workers and come back in the
+    order they finish. A slide's failure is yielded, not raised.
     """
+    timing = RunTiming() if timing is None else timing
     if executor is None:
-        for path, name in todo:
-            try:
-                yield path, name, _predict_owned(path, name, settings)
-            except Exception as exc:  # a batch run records any failure and goes on
-                yield path, name, exc
+        yield from _in_process(todo, settings, timing)
         return
     from distributed import as_completed
 
@@ -468,3 +470,29 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings,
             yield path, name, future.result()  # a SlideResult, or the slide's exception as a value
         except Exception as exc:  # the task itself failed (a worker lost, a result that did not travel)
             yield path, name, exc
+
+
+def _in_process(todo: list[tuple[str, str]], settings: PredictSettings, timing: RunTiming):
+    """:func:`_completed` in this process: prepare ahead in one thread, finish here; ``timing`` filled in.
+
+    Torch's thread count and the sampler kind are set once for the run (both threads compute with
+    them), the feature cache and the encoder are only touched here."""
+    model = _model_for(settings).eval()
+    timing.read_ahead = check_read_ahead(settings.read_ahead)
+    start = time.perf_counter()
+    with _torch_threads(settings.torch_threads), model.sampling(settings.sampler), EncoderClock(model) as clock, \
+            ReadAhead(todo, lambda item: prepare_one(item[0], settings, model), timing.read_ahead,
+                      discard=PreparedRead.close) as pipeline:
+        try:
+            for (path, name), ready in pipeline:
+                if not isinstance(ready, BaseException):
+                    try:
+                        ready = _finish_owned(ready, name, settings, model)
+                    except Exception as exc:  # a batch run records any failure and goes on
+                        ready = exc
+                yield path, name, ready
+        finally:
+            timing.wall_seconds = time.perf_counter() - start
+            timing.encoder_seconds = clock.seconds
+            timing.encoder_busy = clock.busy(timing.wall_seconds)
+            timing.read_ahead_peak = pipeline.peak

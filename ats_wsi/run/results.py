@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["MAX_NAME_BYTES", "ResultsFolder", "SlideResult", "output_names"]
+__all__ = ["MAX_NAME_BYTES", "ResultsFolder", "SlideResult", "labelled_row", "output_names", "prediction_fields"]
 
 MAX_NAME_BYTES = 200
 """Longer output names are cut to 180 bytes + ``-`` + 8 hex digits of their hash, so that
@@ -195,3 +195,44 @@ def output_names(paths: Sequence[Path], slide_ids: Sequence[str | None] | None =
             s = f"{s}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
         names.append(s)
     return names
+
+
+def prediction_fields(n_classes: int, class_names: Sequence[str] | None = None,
+                      labelled: bool = False, feature_cache: bool = False, slide_ids: bool = False,
+                      splits: bool = False, task: str = "classification", outcomes: Sequence[str] = ()) -> list[str]:
+    """Columns of ``predictions.csv``. After the columns of every run come, with a
+    feature cache, ``feature_hits`` / ``feature_misses`` / ``feature_disk_hits``
+    (patch features served by the cache, computed, and served from its folder);
+    for a checkpoint with class names, ``p_<name>`` per class and
+    ``predicted_class``; for slides given with labels (a manifest), ``label``
+    (and ``label_class``); then the manifest's ``slide_id`` and ``split`` where given. A survival
+    model's rows have ``risk`` (higher: shorter survival) where a classifier's have ``p0 ..``,
+    ``predicted``; a regression model's ``value``; then the manifest's ``outcomes`` (``time``,
+    ``event``; ``target``)."""
+    if task != "classification":
+        fields = ["slide", "name", "risk" if task == "survival" else "value", "seconds", "patches_read",
+                  "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+        fields += ["feature_hits", "feature_misses", "feature_disk_hits"] if feature_cache else []
+        return fields + list(outcomes) + (["slide_id"] if slide_ids else []) + (["split"] if splits else [])
+    fields = ["slide", "name", *[f"p{k}" for k in range(n_classes)], "predicted", "seconds",
+              "patches_read", "pixels_read", "slide_pixels", "fraction_read", "checkpoint"]
+    if feature_cache:
+        fields += ["feature_hits", "feature_misses", "feature_disk_hits"]
+    if class_names:
+        fields += [f"p_{n}" for n in class_names] + ["predicted_class"]
+    if labelled:
+        fields += ["label"] + (["label_class"] if class_names else [])
+    return fields + (["slide_id"] if slide_ids else []) + (["split"] if splits else [])
+
+
+def labelled_row(row: dict, class_names: Sequence[str] | None, label: int | None, labelled: bool) -> dict:
+    """``row`` with the class-name columns and the label (see :func:`prediction_fields`)."""
+    row = dict(row)
+    if class_names:
+        row.update({f"p_{n}": row[f"p{k}"] for k, n in enumerate(class_names)})
+        row["predicted_class"] = class_names[int(row["predicted"])]
+    if labelled:
+        row["label"] = "" if label is None else int(label)
+        if class_names:
+            row["label_class"] = "" if label is None else class_names[int(label)]
+    return row

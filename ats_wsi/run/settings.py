@@ -104,6 +104,10 @@ class EpochMetrics:
     """The spread of the attention net's logits over a training slide's tissue cells (standard
     deviation, mean over the epoch's slides; NaN for uniform draws). Near 0 (below
     :data:`FLAT_ATTENTION`) the map is flat: the draws are uniform whatever was learnt."""
+    encoder_busy: float = float("nan")
+    """Seconds inside the patch encoder's forward calls over the epoch's wall seconds, in [0, 1]
+    (:class:`~ats_wsi.classifier.stages.EncoderClock`; NaN in checkpoints written before it was measured).
+    Training does not read ahead: the next batch's draws depend on the weights this step changes."""
 
 
 FLAT_ATTENTION = 0.01
@@ -112,4 +116,5 @@ flat (measured on the lesion benchmark: a stuck net stays at 0.002 for 30 epochs
 reaches 0.2-0.5); ``ats-wsi train`` then says so."""
 
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "attention_sd"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "encoder_busy",
+                 "attention_sd"]

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..classifier import ModelConfig, SlideClassifier, SlideInput, SlideInputs, build_model
 from ..classifier.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..classifier.stages import EncoderClock
 from ..data.manifest import Manifest, ManifestRow, bad_rows, read_cohort
 from ..encoders import attach_feature_cache
 from ..errors import CheckpointError, ManifestError, SlideError
@@ -201,17 +202,21 @@ def train(
                            on_slide, failures)
             epoch.memory = memory_for(settings, model, len(train_rows))
             start = 0 if payload is None else int(payload["epoch"])
+            clock = EncoderClock(model)  # the encoder's busy fraction per epoch
             for index in range(start, settings.epochs):
                 t0 = time.perf_counter()
+                clock.reset()
                 train_loss, train_acc = epoch.run(index, inputs, progress)
                 val_loss, val_acc, val_auc, val_threshold = (
                     _validate(model, objective, inputs, val_rows, settings.seed, index, procs.device, failures)
                     if procs.rank == 0 else (0.0, 0.0, 0.0, float("nan")))
                 stats = cache.take_stats() if cache is not None else {"hits": 0, "misses": 0}
+                seconds = time.perf_counter() - t0
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
-                                       time.perf_counter() - t0, optimizer.param_groups[0]["lr"], val_auc,
+                                       seconds, optimizer.param_groups[0]["lr"], val_auc,
                                        feature_hits=stats["hits"], feature_misses=stats["misses"],
-                                       val_threshold=val_threshold, attention_sd=epoch.attention_sd())
+                                       val_threshold=val_threshold, encoder_busy=clock.busy(seconds),
+                                       attention_sd=epoch.attention_sd())
                 history.append(metrics)
                 if procs.rank == 0:
                     _save_epoch(out, model, optimizer, metrics, history, settings)

@@ -7,7 +7,7 @@ from torch import nn
 from ..errors import SamplingError
 from .distribution import _flat_mask
 
-__all__ = ["SampleSoftmax"]
+__all__ = ["SampleSoftmax", "ends_with_softmax", "split_softmax"]
 
 
 class SampleSoftmax(nn.Module):
@@ -75,3 +75,16 @@ def _drop_channel(logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(1)
     return logits
 
+
+def ends_with_softmax(net: nn.Module) -> bool:
+    """Whether ``net`` is a :class:`SampleSoftmax` or a Sequential ending in one (it returns probabilities)."""
+    if isinstance(net, SampleSoftmax):
+        return True
+    return isinstance(net, nn.Sequential) and len(net) > 0 and ends_with_softmax(net[-1])
+
+
+def split_softmax(net: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """``(body, SampleSoftmax)`` for a Sequential ending in one, else ``(net, None)``."""
+    if isinstance(net, nn.Sequential) and len(net) > 1 and isinstance(net[-1], SampleSoftmax):
+        return net[:-1], net[-1]
+    return net, None

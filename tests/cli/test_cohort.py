@@ -60,7 +60,7 @@ def test_a_tsv_with_capitalised_headers_string_labels_and_split_names_trains(coh
     assert config["train"]["select"] == "auc" and config["train"]["class_weights"] == "balanced"
     metrics = read_csv(out / "metrics.csv")
     assert list(metrics[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr",
-                                 "attention_sd"]
+                                 "encoder_busy", "attention_sd"]
     # Two val slides, one per class: the AUC is 0, 0.5 or 1.
     assert all(float(m["val_auc"]) in (0.0, 0.5, 1.0) for m in metrics)
     # best.pt is the epoch of the highest val AUC (then lower loss, then later).

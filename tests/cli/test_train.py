@@ -9,7 +9,8 @@ from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.classifier import load_model, read_checkpoint
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "attention_sd"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds", "lr", "encoder_busy",
+                 "attention_sd"]
 
 
 def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epochs, slide_set):
@@ -28,6 +29,7 @@ def test_train_writes_checkpoints_config_and_one_metrics_row_per_epoch(run_2_epo
     for r in rows:
         assert math.isfinite(float(r["train_loss"])) and float(r["train_loss"]) > 0
         assert 0 <= float(r["train_acc"]) <= 1
+        assert 0 <= float(r["encoder_busy"]) <= 1  # the encoder's share of the epoch
         # One validation slide: its loss is finite and its accuracy 0 or 1.
         assert math.isfinite(float(r["val_loss"]))
         assert float(r["val_acc"]) in (0.0, 1.0)
