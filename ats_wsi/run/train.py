@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -323,6 +323,8 @@ class _Epoch:
     on_slide: Callable[..., None] | None = None
     failures: MidRunFailures | None = None
     memory: InstanceMemory | None = None
+    spread: list[float] = field(default_factory=list)
+    """This epoch's spread of the attention logits, one value a slide (:func:`_logit_sd`)."""
 
     def run(self, epoch: int, inputs: SlideInputs, progress: ProgressFactory | None) -> tuple[float, float]:
         """Train one epoch; returns the mean training loss and accuracy (over all processes)."""
@@ -334,7 +336,7 @@ class _Epoch:
         order = np.random.default_rng([s.seed, epoch]).permutation(len(self.rows))
         self.net.train()
         tally = [[], 0, 0]  # losses, correct, seen
-        self.spread = []  # the attention logits' sd over each slide's tissue cells
+        self.spread.clear()
         n_batches = math.ceil(len(self.rows) / s.batch_size)
         bar = open_bar(progress if self.procs.rank == 0 else None, n_batches, f"epoch {epoch + 1}/{s.epochs}", "batch")
         for b in range(n_batches):
@@ -348,7 +350,7 @@ class _Epoch:
 
     def attention_sd(self) -> float:
         """This epoch's mean spread of the attention logits over the slides' tissue (NaN: none)."""
-        spread = [v for v in getattr(self, "spread", []) if math.isfinite(v)]
+        spread = [v for v in self.spread if math.isfinite(v)]
         return float(np.mean(spread)) if spread else float("nan")
 
     def _cox(self, epoch: int, batch: np.ndarray, inputs: SlideInputs) -> tuple[dict[int, float], float]:
