@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EncoderError
-from ..slide.resolution import MAX_MPP, MIN_MPP
+from ..units import MAX_MPP, MIN_MPP
 
 __all__ = ["EncoderSpec", "SOURCES", "POOLINGS", "DTYPES"]
 

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ResolutionError
+from ..units import MAX_MPP, MIN_MPP
 
 __all__ = [
     "DEFAULT_MPP_TOLERANCE", "MAX_MPP", "MIN_MPP", "ResolutionPlan", "plausible_mpp", "format_magnification", "magnification_to_mpp",
@@ -39,11 +40,6 @@ __all__ = [
 DEFAULT_MPP_TOLERANCE = 0.05
 """Relative tolerance of µm/px matching (5 %): 0.2527 µm/px counts as 0.25."""
 
-MIN_MPP = 0.01
-"""Finest level-0 µm/px believed (10 nm, past any light microscope): an Aperio
-``MPP = 1e-7`` or an OME size in picometres would size reads in petabytes."""
-MAX_MPP = 1000.0
-"""Coarsest level-0 µm/px believed (1 mm per pixel): no slide scan is coarser."""
 MIN_MAGNIFICATION, MAX_MAGNIFICATION = 0.1, 1000.0
 """Objective powers believed (``AppMag``); others are ignored as unknown."""
 
