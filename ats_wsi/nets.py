@@ -143,6 +143,10 @@ class AttentionNet(nn.Module):
         pool_first: pool the input before the convolutions (cheap: they run
             on ``1 / pool²`` of the pixels), or after them (the convolutions
             see the low view's own texture, at ``pool²`` times the cost).
+        act: ``"relu"`` or ``"leaky"`` (LeakyReLU, slope 0.1): a unit that is
+            negative everywhere on a slide still passes a gradient, so a net
+            that starts flat can leave its start (docs/training.md, "A flat
+            attention map"). No parameters: a checkpoint loads with either.
 
     Forward: ``[B, C, h, w] -> [B, 1, h // pool, w // pool]`` logits.
 
@@ -154,12 +158,15 @@ class AttentionNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1,
-                 pool_first: bool = True):
+                 pool_first: bool = True, act: str = "relu"):
         super().__init__()
+        if act not in ("relu", "leaky"):
+            raise ValueError(f"attention net activation must be 'relu' or 'leaky', got {act!r}")
         body: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 and pool_first else []
         channels = in_channels
         for _ in range(layers):
-            body += [nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(inplace=True)]
+            body += [nn.Conv2d(channels, hidden, 3, padding=1),
+                     nn.ReLU(inplace=True) if act == "relu" else nn.LeakyReLU(0.1, inplace=True)]
             channels = hidden
         if pool > 1 and not pool_first:
             body.append(nn.AvgPool2d(pool))
@@ -223,8 +230,8 @@ def _norm_layer(norm: str, width: int) -> list[nn.Module]:
 
 @register_attention_net("attention-small")
 def _attention_small(in_channels: int = 3, hidden: int = 8, layers: int = 3, pool: int = 1,
-                     pool_first: bool = True):
-    return AttentionNet(in_channels, hidden=hidden, layers=layers, pool=pool, pool_first=pool_first)
+                     pool_first: bool = True, act: str = "relu"):
+    return AttentionNet(in_channels, hidden=hidden, layers=layers, pool=pool, pool_first=pool_first, act=act)
 
 
 @register_feature_net("feature-small")

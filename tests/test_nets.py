@@ -91,3 +91,28 @@ def test_missing_backbone_library_is_a_clear_import_error(library, monkeypatch):
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_feature_net("feature-small")(lambda **kw: None)
+
+
+def test_a_leaky_attention_net_passes_a_gradient_where_a_relu_net_is_dead():
+    import torch
+
+    from ats_wsi.nets import create_attention_net
+
+    x = torch.rand(1, 3, 16, 16)
+    grads = {}
+    for act in ("relu", "leaky"):
+        torch.manual_seed(0)
+        net = create_attention_net("attention-small", hidden=4, layers=2, pool=1, act=act)
+        with torch.no_grad():  # every hidden unit negative everywhere: a dead ReLU net
+            for conv in [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][:-1]:
+                conv.bias.fill_(-50.0)
+        out = net(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        first = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][0]
+        grads[act] = first.weight.grad.abs().sum().item()
+    assert grads["relu"] == 0.0 and grads["leaky"] > 0.0
+    with pytest.raises(ValueError, match="activation must be 'relu' or 'leaky'"):
+        create_attention_net("attention-small", act="gelu")
+    # no parameters of its own: the two load each other's weights
+    a = create_attention_net("attention-small", act="leaky")
+    a.load_state_dict(create_attention_net("attention-small").state_dict())
