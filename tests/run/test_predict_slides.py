@@ -10,26 +10,17 @@ import torch
 
 from ats_wsi.data.synthetic import write_synthetic_slide
 from ats_wsi.errors import ManifestError
-from ats_wsi.classifier import save_checkpoint
-from ats_wsi.classifier import ModelConfig, build_model
+from ats_wsi.classifier import ModelConfig
 from ats_wsi.run.predict import PredictSettings, predict_slides
 from ats_wsi.run.train import TrainSettings, train
 
-TINY = dict(n_patches=4, patch_size=64, feature_dim=8, low_downsample=16.0)
+from run_helpers import TINY
 
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("slide") / "one.svs"
     write_synthetic_slide(path, 2048, 1536, n_lesions=0, seed=5)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, build_model(ModelConfig(**TINY)))
     return path
 
 

@@ -8,15 +8,13 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from ats_wsi.classifier import ModelConfig, build_model, save_checkpoint
 from ats_wsi.data.synthetic import write_synthetic_slide
 from ats_wsi.errors import ConfigError
 from ats_wsi.run.predict import PredictSettings, predict_slides
 from ats_wsi.run.read_ahead import MAX_READ_AHEAD, ReadAhead
 
-TINY = dict(n_patches=4, patch_size=64, feature_dim=8, low_downsample=16.0)
+from run_helpers import TINY
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +28,6 @@ def slides(tmp_path_factory):
     bad = folder / "broken.svs"
     bad.write_bytes(b"not a slide at all" * 64)
     return paths[:2] + [bad] + paths[2:]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, build_model(ModelConfig(**TINY)))
-    return path
 
 
 def _predict(checkpoint, slides, out, **kw):
@@ -121,7 +111,13 @@ def test_the_queue_holds_at_most_depth_items_ahead_and_keeps_the_order():
     with ReadAhead(range(8), prepare, 2) as pipeline:
         out = []
         for i, value in pipeline:
-            time.sleep(0.02)  # a slow finish: the thread runs ahead as far as it may
+            want = min(len(out) + 1 + 2, 8)  # a slow finish: the thread fills its 2 places ahead
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with lock:
+                    if len(prepared_at) >= want:
+                        break
+                time.sleep(0.005)
             with lock:
                 ahead = len(prepared_at) - len(out) - 1  # prepared, not handed out, beside the one held
             assert ahead <= 2
