@@ -267,23 +267,22 @@ def aid_losses(model, settings, result, label: int, memory: InstanceMemory | Non
     if getattr(result, "region_positions", None) is not None:  # a two-stage (zoom) model: its own section below
         return zoom_aid_losses(model, settings, result, label, memory, slide)
     inst = model.instance_logits(result)[0]  # [n, C]
-    bag = None
+    bag = bag_logits = None
     if memory is not None:
         bag = memory.add(slide, label, result.positions[0], result.patch_features[0])
+        bag_logits = model.instance_head(bag)  # [m, C], the slide's whole history
     loss = 0.0
     if settings.instance_weight:
         if bag is not None:
             top = None if int(label) == settings.negative_class else memory.most_novel(bag)
-            loss = settings.instance_weight * instance_loss(model.instance_head(bag), label,
-                                                            settings.negative_class, top)
+            loss = settings.instance_weight * instance_loss(bag_logits, label, settings.negative_class, top)
         else:
             loss = settings.instance_weight * instance_loss(inst, label, settings.negative_class)
     if settings.distill_weight and model.sampler.sampler_kind == "attention":
         logits, scores = result.sampled_logits[0], inst
-        if bag is not None and getattr(settings, "distill_memory", False) and result.logits is not None:
+        if bag is not None and settings.distill_memory and result.logits is not None:
             cells = memory.cells(slide).to(result.logits.device)
-            logits = result.logits[0][cells[:, 0], cells[:, 1]]
-            scores = model.instance_head(bag)
+            logits, scores = result.logits[0][cells[:, 0], cells[:, 1]], bag_logits
         loss = loss + settings.distill_weight * distill_loss(
             logits, scores, settings.negative_class, kind=settings.distill,
             temperature=model.sampler.softmax.temperature,
