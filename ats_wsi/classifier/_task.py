@@ -7,7 +7,7 @@ import math
 from ..outcomes import SURVIVAL_LOSSES, TASKS
 from ..outcomes.losses import MAX_BINS
 
-__all__ = ["task_problems"]
+__all__ = ["READOUTS", "readout_problems", "slide_value", "task_problems"]
 
 
 def task_problems(config) -> list[str]:
@@ -34,7 +34,26 @@ def task_problems(config) -> list[str]:
     if config.task in ("survival", "regression") and config.instance_head:
         problems.append(f"'instance_head' is for classification (its per-patch losses need classes); set it to "
                         f"false for task {config.task!r}")
+    problems += readout_problems(config)
     return problems
+
+
+READOUTS = ("head", "top")
+"""How a draw's class probabilities are read: the slide head, or the instance head's top patch."""
+
+
+def readout_problems(config) -> list[str]:
+    """What is wrong with ``readout`` and ``negative_class`` (one line each)."""
+    if config.readout not in READOUTS:
+        return [f"'readout' must be one of {list(READOUTS)}, got {config.readout!r}"]
+    n = config.n_classes
+    neg = config.negative_class
+    if not (isinstance(neg, int) and not isinstance(neg, bool) and isinstance(n, int) and 0 <= neg < n):
+        return [f"'negative_class' must be a class index in 0..{n - 1 if isinstance(n, int) else '?'}, got {neg!r}"]
+    if config.readout == "top" and (not config.instance_head or config.task != "classification"):
+        return ["'readout' \"top\" reads the instance head's most positive drawn patch: it needs "
+                "'instance_head' true and task 'classification' (or set 'readout' to \"head\")"]
+    return []
 
 
 def slide_value(config, logits) -> float | None:

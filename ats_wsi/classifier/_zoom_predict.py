@@ -54,7 +54,7 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
             logits = model.slide_logits(result).float()
             if not bool(torch.isfinite(logits).all()):
                 raise PredictionError(item.path, NOT_FINITE)
-            probs.append(torch.softmax(logits, dim=-1)[0].cpu())
+            probs.append(model.slide_probabilities(result, logits)[0].cpu())
             patch_boxes = source.boxes_level0(result.patch_xy0.cpu(), "patch")[0].reshape(-1, 4)
             region_boxes = source.boxes_level0(result.region_xy0.cpu(), "region")[0]
             pixels += int((patch_boxes[:, 2] * patch_boxes[:, 3]).sum() + (region_boxes[:, 2] * region_boxes[:, 3]).sum())

@@ -66,6 +66,15 @@ class ModelConfig:
         instance_head: a linear per-patch classifier beside the slide head:
             it scores every drawn patch (what the per-patch loss trains and
             the attention learns to predict; see :mod:`ats_wsi.run.train`).
+        readout: how a prediction's class probabilities are read from a draw:
+            ``"head"``, the slide head over the estimator's output (the
+            original attention sampling); ``"top"`` (needs the instance
+            head), the instance head's probabilities of the drawn patch it
+            finds least ``negative_class`` (the patch the multiple-instance
+            loss trains: a slide is as positive as its most positive drawn
+            patch). See docs/training.md, "The readout".
+        negative_class: the class meaning "nothing found" (normal tissue),
+            for ``readout="top"``.
         zoom_mpp: attention that zooms (docs/zoom.md): a second attention
             stage over regions read at this µm/px inside the ``zoom_regions``
             regions drawn from the low view; ``n_patches`` patches are then
@@ -112,6 +121,8 @@ class ModelConfig:
     smoothing: float = 0.0
     temperature: float = 1.0
     instance_head: bool = False
+    readout: str = "head"
+    negative_class: int = 0
     zoom_mpp: float | None = None
     zoom_regions: int | None = None
     zoom_size: float | None = None

@@ -8,6 +8,7 @@ training feeds the same :class:`~ats_wsi.classifier.inputs.SlideInput` to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +93,25 @@ class SlideClassifier(nn.Module):
             expected = expectation(probs, result.sampled_attention, self.sampler.replace)  # [B, C]
         return self.head(torch.cat([result.features, expected.to(result.features.dtype)], dim=-1))
 
+    def slide_probabilities(self, result: AttentionResult, logits: Tensor | None = None) -> Tensor:
+        """``[B, n_classes]``: a draw's class probabilities as the config's ``readout`` reads them.
+
+        ``"head"``: the softmax of :meth:`slide_logits` (``logits`` when given).
+        ``"top"``: the instance head's probabilities of the drawn patch with the
+        smallest probability of ``negative_class``, through both stages for a
+        zoom: what the multiple-instance loss trains that patch towards (a
+        negative slide's every patch is negative, a positive slide's top patch
+        is its class), so a slide is as positive as its most positive drawn
+        patch. It is not the estimator's unbiased mean: it grows with the
+        patches drawn (docs/training.md, "The readout").
+        """
+        if self.config.readout != "top":
+            return torch.softmax((self.slide_logits(result) if logits is None else logits).float(), dim=-1)
+        probs = torch.softmax(self.instance_logits(result).float(), dim=-1)
+        probs = probs.reshape(probs.shape[0], -1, probs.shape[-1])  # [B, n, C] (a zoom's n1 · n2 patches)
+        top = probs[..., self.config.negative_class].argmin(dim=1)  # [B]
+        return probs[torch.arange(probs.shape[0], device=probs.device), top]
+
     def instance_logits(self, result: AttentionResult) -> Tensor | None:
         """``[B, n, n_classes]``: the instance head's logits for each drawn patch of
         ``result`` (``[B, n1, n2, n_classes]`` for a zoom; ``None`` without an instance head)."""
@@ -138,6 +158,7 @@ class SlideClassifier(nn.Module):
         stream: bool = True,
         sampler: str | None = None,
         roi=None,
+        readout: str | None = None,
     ) -> SlidePrediction:
         """Classify one slide: the low view, the attention map once, ``samples`` draws.
 
@@ -160,6 +181,8 @@ class SlideClassifier(nn.Module):
                 model); ``None``: the model's own.
             roi: a :class:`~ats_wsi.roi.Roi`: draw only cells whose whole patch box lies in
                 it (and on tissue), the attention renormalised over them.
+            readout: ``"head"`` or ``"top"``: how the probabilities are read
+                (:meth:`slide_probabilities`); ``None``: the config's ``readout``.
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
@@ -170,7 +193,7 @@ class SlideClassifier(nn.Module):
             SlideError, EncoderError: the slide or the encoder failed (their messages say why).
         """
         self.eval()
-        with self.sampling(sampler):
+        with self.sampling(sampler, readout):
             prepared = self.prepare(slide, samples=samples, n_patches=n_patches, seed=seed,
                                     deterministic=deterministic, workers=workers, stream=stream, roi=roi)
             return self.finish(prepared)
@@ -188,16 +211,23 @@ class SlideClassifier(nn.Module):
         return finish_slide(self, prepared)
 
     @contextlib.contextmanager
-    def sampling(self, sampler: str | None):
+    def sampling(self, sampler: str | None, readout: str | None = None):
         """Inside the block, draw with ``sampler`` (``"attention"``, ``"uniform"``; None: the
-        model's own); restored after. A pipeline sets it once for its run, not per slide."""
-        own = self.sampler.sampler_kind
+        model's own) and read probabilities with ``readout`` (``"head"``, ``"top"``; None: the
+        config's); both restored after. A pipeline sets them once for its run, not per slide.
+
+        Raises:
+            ConfigError: ``readout="top"`` for a model without an instance head.
+        """
+        own, config = self.sampler.sampler_kind, self.config
         try:
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
+            if readout is not None and readout != config.readout:
+                self.config = dataclasses.replace(config, readout=readout)  # validated: ConfigError
             yield self
         finally:
-            self.sampler.sampler_kind = own
+            self.sampler.sampler_kind, self.config = own, config
 
 
 def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> SlideClassifier:

@@ -208,7 +208,7 @@ def _finish_one_stage(model, prepared: PreparedSlide, start: float) -> SlidePred
         logits = model.slide_logits(result).float()
         if not bool(torch.isfinite(logits).all()):  # a NaN must never reach predictions.csv
             raise PredictionError(item.path, NOT_FINITE)
-        probs.append(torch.softmax(logits, dim=-1)[0].cpu())
+        probs.append(model.slide_probabilities(result, logits)[0].cpu())
         values.append(slide_value(model.config, logits))
         boxes.append(source.boxes_level0(result.xy.cpu(), sampler.patch_size)[0])
         box_attention.append(result.sampled_attention[0].float().cpu())

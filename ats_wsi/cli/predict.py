@@ -37,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--sampler", choices=["attention", "uniform"],
                    help="uniform: draw the patches uniformly over tissue instead of from the attention map, "
                         "everything else the same (the random-patch ablation; default: the checkpoint's)")
+    p.add_argument("--readout", choices=["head", "top"],
+                   help="how a slide's probabilities are read: head (the slide head over the estimate) or top "
+                        "(the instance head's most positive drawn patch; needs an instance head; default: the "
+                        "checkpoint's, docs/training.md 'The readout')")
     p.add_argument("--io-threads", type=int_in(1, 256), default=2, help="tile-decoding threads per slide")
     p.add_argument("--torch-threads", type=int_in(1, 1024), default=1,
                    help="torch threads per slide (as on dask workers); results are "
@@ -220,13 +224,16 @@ def run(args: argparse.Namespace) -> int:
         return error(f"ats-wsi predict: --samples {args.samples} is more than {MAX_SAMPLES} samplings per slide")
     if model is None:
         model = load_model(args.checkpoint, feature_weights=args.feature_weights)
+    if args.readout == "top" and not model.config.instance_head:
+        return error(f"ats-wsi predict: --readout top reads the instance head's most positive patch, and "
+                     f"{args.checkpoint} has no instance head (train with --instance-head, or use --readout head)")
     given_mpp, given_roi = _manifest_columns(args, model) if manifests else ({}, {})
     settings = PredictSettings(checkpoint=args.checkpoint, out_dir=args.out, samples=args.samples,
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
                                geojson=args.geojson, feature_cache=args.feature_cache,
-                               feature_weights=args.feature_weights, sampler=args.sampler,
+                               feature_weights=args.feature_weights, sampler=args.sampler, readout=args.readout,
                                slide_mpp=given_mpp, slide_roi=given_roi, read_ahead=args.read_ahead,
                                **_exports.settings(args), **_exports.roi_settings(args))
     bar = progress_bar(len(slides), "predict", "slide", enabled=not args.no_progress)

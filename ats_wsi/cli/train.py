@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, f
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
-                 "sampler", "smoothing", "temperature", "instance_head", "zoom_mpp", "zoom_regions", "zoom_size",
+                 "sampler", "smoothing", "temperature", "instance_head", "readout", "zoom_mpp", "zoom_regions", "zoom_size",
                  "task", "survival_loss", "n_bins")
 # The model `ats-wsi train` builds when no flag or --config says otherwise (docs/training.md says why
 # each is what it is). Library users get ModelConfig's own defaults; these are the CLI's.
@@ -187,6 +188,10 @@ def _register_aids(p) -> None:
                         f"{MODEL_DEFAULTS['temperature']:g})")
     g.add_argument("--instance-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-patch classifier beside the slide head (needed by the per-patch losses)")
+    g.add_argument("--readout", choices=["head", "top"],
+                   help="how predictions (and the validation that picks best.pt) read a slide's probabilities: "
+                        "head (the slide head over the estimate) or top (the instance head's most positive drawn "
+                        "patch; default: top with the instance head, else head)")
     d = TRAIN_DEFAULTS
     g.add_argument("--explore", type=float, default=d["explore"],
                    help="attention smoothing in epoch 1 (1: uniform over tissue), annealed to --smoothing over "
@@ -283,6 +288,9 @@ def model_config(args: argparse.Namespace):
     if base.get("task", "classification") != "classification" and "instance_head" not in base:
         base["instance_head"] = False  # its per-patch losses need classes
     _apply_defaults(base)
+    if "readout" not in base:  # the instance head's top patch where there is one (docs/training.md, "The readout")
+        top = base.get("instance_head") and base.get("task", "classification") == "classification"
+        base["readout"] = "top" if top else "head"
     return ModelConfig.from_user(base, source=args.config)
 
 
@@ -311,7 +319,7 @@ def _spread_note(metrics) -> str:
 
 
 def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True,
-                  frozen: bool = False) -> dict:
+                  frozen: bool = False, negative: int = 0) -> dict:
     """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
     from ..errors import ConfigError
 
@@ -330,7 +338,7 @@ def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, in
         raise ConfigError(None, f"--instance-memory {memory} needs a frozen feature net: add --freeze-features "
                                 "(with --feature-net/--encoder) or pass --instance-memory 0")
     out["instance_memory"] = (INSTANCE_MEMORY if frozen and instance_head else 0) if memory is None else memory
-    out["negative_class"] = _negative_class(args.negative_class, names, n_classes)
+    out["negative_class"] = _negative_class(args.negative_class, names, n_classes, negative)
     wants = getattr(args, "distill_memory", None)
     if wants and not out["instance_memory"]:
         raise ConfigError(None, "--distill-memory needs the instance memory (a frozen feature net with the instance "
@@ -356,12 +364,13 @@ def _zoom_settings(args: argparse.Namespace, aids: dict) -> str | None:
     return None
 
 
-def _negative_class(value: str | None, names: list[str], n_classes: int) -> int:
-    """``--negative-class`` as a label number: a class name of the config, or an integer."""
+def _negative_class(value: str | None, names: list[str], n_classes: int, default: int = 0) -> int:
+    """``--negative-class`` as a label number: a class name of the config, or an integer (``default``
+    when not given: the model config's ``negative_class``)."""
     from ..errors import ConfigError
 
     if value is None:
-        return 0
+        return default
     if value in names:
         return names.index(value)
     try:
@@ -415,7 +424,9 @@ def run(args: argparse.Namespace) -> int:
             return error(f"ats-wsi train: bad model settings: {exc}")
     try:
         aids = _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head),
-                             bool(config.feature_frozen))
+                             bool(config.feature_frozen), config.negative_class)
+        if aids["negative_class"] != config.negative_class:  # the readout's "nothing found", as the losses'
+            config = dataclasses.replace(config, negative_class=aids["negative_class"])
     except ConfigError as exc:
         return error(f"ats-wsi train: {exc}")
     if config.zoom:

@@ -44,6 +44,8 @@ class PredictSettings:
     """Where the checkpoint's encoder weights are on this machine (``--feature-weights``)."""
     sampler: str | None = None
     """``"uniform"``: draw uniformly over tissue instead of from the attention (``--sampler``); None: the model's."""
+    readout: str | None = None
+    """``"head"`` or ``"top"``: how a draw's class probabilities are read (``--readout``); None: the model's."""
     export_features: bool = False
     """Also write ``features/<name>.h5``: the sampled patches' features, TRIDENT/CLAM layout (``--export-features``)."""
     export_patches: int = 0
@@ -76,6 +78,8 @@ def run_key(settings: PredictSettings) -> str:
         parts.append("geojson")
     if settings.sampler is not None:  # (absent otherwise, as above)
         parts.append(["sampler", settings.sampler])
+    if settings.readout is not None:  # (absent otherwise, as above)
+        parts.append(["readout", settings.readout])
     if settings.roi is not None or settings.slide_roi:  # (absent otherwise, as above)
         parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude),
                       sorted(settings.slide_roi.items())])

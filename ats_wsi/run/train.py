@@ -75,17 +75,21 @@ def _evaluate(model, inputs: SlideInputs, rows, seed, epoch, device,
                 continue
             gen = torch.Generator(device=device).manual_seed(_item_seed(seed + 1, epoch, i))
             try:
-                logits, _ = forward_slide(model, inputs[row.path], gen, device)
+                logits, result = forward_slide(model, inputs[row.path], gen, device)
             except SlideError as exc:
                 if failures is None:
                     raise
                 failures.record(row, exc, epoch)
                 continue
             labels.append(row.label)
-            target = torch.tensor([row.label], device=device)
-            losses.append(F.cross_entropy(logits, target).item())
-            correct += int(logits.argmax(-1).item() == row.label)
-            probs.append(torch.softmax(logits.double(), -1)[0].cpu().numpy())
+            if model.config.readout == "head":
+                p = torch.softmax(logits.double(), -1)[0]
+                losses.append(F.cross_entropy(logits, torch.tensor([row.label], device=device)).item())
+            else:  # as `predict` reads it: the instance head's top patch
+                p = model.slide_probabilities(result, logits).double()[0]
+                losses.append(-math.log(max(float(p[row.label]), 1e-12)))
+            correct += int(int(p.argmax()) == row.label)
+            probs.append(p.cpu().numpy())
     if not labels:
         return float("nan"), float("nan"), float("nan"), float("nan")
     stacked = np.stack(probs)

@@ -136,3 +136,10 @@ def test_rerun_skips_finished_slides_and_retries_failed_ones(reference, predict_
     assert proc.returncode == 0, explain(proc)
     marker = json.loads((out / ".done" / f"{predict_input.good[0].stem}.json").read_text())
     assert marker["patches_read"] == N_PATCHES
+
+
+def test_readout_top_needs_an_instance_head(checkpoint, predict_input, tmp_path):
+    proc = cli("predict", checkpoint, predict_input.good[0], "--out", tmp_path / "r", "--readout", "top",
+               "--no-progress")
+    assert proc.returncode == 2 and "has no instance head" in proc.stderr and "--readout head" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r" / "predictions.csv").exists()

@@ -89,6 +89,7 @@ def test_cli_uniform_sampler_trains_and_predicts_and_predict_can_ablate_the_atte
     assert len(read_csv(res / "predictions.csv")) == 1
 
 
+
 def test_cli_negative_class_by_name_and_bad_values(slide_set, tmp_path):
     named = tmp_path / "named.csv"
     rows = read_csv(slide_set.manifest)
@@ -98,7 +99,8 @@ def test_cli_negative_class_by_name_and_bad_values(slide_set, tmp_path):
     proc = cli("train", named, "--out", out, "--epochs", "1", "--instance-head", "--instance-weight", "1",
                "--negative-class", "normal", *TRAIN_ARGS, env=TRAIN_ENV)
     assert proc.returncode == 0, explain(proc)
-    assert json.loads((out / "config.json").read_text())["train"]["negative_class"] == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["negative_class"] == 0 and saved["model"]["negative_class"] == 0
     proc = cli("train", named, "--out", tmp_path / "bad", "--epochs", "1", "--negative-class", "benign",
                *TRAIN_ARGS, env=TRAIN_ENV)
     assert proc.returncode == 2 and "--negative-class 'benign'" in proc.stderr  # a usage error
@@ -114,9 +116,22 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
     assert model["low_mpp"] == 8.0 and model["low_downsample"] is None and model["patch_mpp"] == 0.5
     assert model["patch_size"] == 128 and model["n_patches"] == 32 and model["instance_head"] is True
     assert model["temperature"] == 0.25 and model["feature_kwargs"]["norm"] == "none"
+    assert model["readout"] == "top" and model["negative_class"] == 0
     assert settings["explore"] == 1.0 and settings["explore_patches"] == 64 and settings["distill"] == "rank"
     assert settings["instance_weight"] == 1.0 and settings["select"] == "auc" and settings["schedule"] == "cosine"
     assert load_model(out / "last.pt").instance_head is not None
+
+    # The defaults read the instance head's top patch; --readout head reads the slide head of the same draws.
+    model = load_model(out / "last.pt")
+    assert model.config.readout == "top"
+    for readout in ("top", "head"):
+        res = tmp_path / f"readout-{readout}"
+        proc = cli("predict", out / "last.pt", slide_set.slides[0], "--out", res, "--readout", readout,
+                   "--no-progress")
+        assert proc.returncode == 0, explain(proc)
+        row = read_csv(res / "predictions.csv")[0]
+        want = model.predict(slide_set.slides[0], readout=readout).probabilities
+        assert [float(row["p0"]), float(row["p1"])] == pytest.approx(want, abs=1e-5)
 
 
 @pytest.mark.parametrize("flags, words", [
