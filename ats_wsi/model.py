@@ -240,11 +240,16 @@ class AttentionSampler(nn.Module):
         return grid
 
     def _attention(self, x_low: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        attention, mask, _ = self._attention_and_logits(x_low, mask)
+        attention, mask, _ = self.attention_and_logits(x_low, mask)
         return attention, mask
 
-    def _attention_and_logits(self, x_low: Tensor, mask: Tensor | None):
-        """``(attention [B, h', w'], grid mask or None, logits [B, h', w'])``."""
+    def attention_and_logits(self, x_low: Tensor, mask: Tensor | None):
+        """The attention over a low view's grid cells, for sampling (also what each stage of
+        :class:`ats_wsi.zoom.ZoomSampler` asks its sampler for).
+
+        Returns:
+            ``(attention [B, h', w'], grid mask or None, logits [B, h', w'])``.
+        """
         out = self._map_logits(x_low)
         mask = self.grid_mask(mask, tuple(out.shape[-2:]))
         if mask is not None:
@@ -288,7 +293,7 @@ class AttentionSampler(nn.Module):
             :class:`AttentionResult`.
         """
         _check_low(x_low)
-        attention, mask, logits = self._attention_and_logits(x_low, mask)
+        attention, mask, logits = self.attention_and_logits(x_low, mask)
         result = self.draw(x_low, attention, mask, source, generator=generator, deterministic=deterministic)
         cell = result.positions[..., 0] * attention.shape[-1] + result.positions[..., 1]
         return result._replace(sampled_logits=logits.reshape(logits.shape[0], -1).gather(1, cell), logits=logits)

@@ -273,7 +273,7 @@ class ZoomSampler(nn.Module):
             :class:`ZoomResult`.
         """
         _check_low(x_low)
-        a1, mask1, logits1 = self.stage1._attention_and_logits(x_low, mask)
+        a1, mask1, logits1 = self.stage1.attention_and_logits(x_low, mask)
         return self.draw(a1, mask1, source, low_shape=tuple(x_low.shape[-2:]), like=x_low, generator=generator,
                          deterministic=deterministic, logits=logits1)
 
@@ -305,7 +305,7 @@ class ZoomSampler(nn.Module):
                                         receptive_field=self.stage1.receptive_field)
         pixels = as_float(source.read_regions(corners), x_low).flatten(0, 1)  # [B·n1, C, R, R]
         inside = source.region_inside(corners)
-        a2, mask2, logits2 = self.stage2._attention_and_logits(
+        a2, mask2, logits2 = self.stage2.attention_and_logits(
             pixels, None if inside is None else inside.flatten(0, 1).to(pixels.device))
         a2 = a2.unflatten(0, (batch, -1))  # [B, n1, h2, w2]
         cells, s2 = self._draw_cells(a2, None if mask2 is None else mask2.unflatten(0, (batch, -1)),

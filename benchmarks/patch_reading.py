@@ -189,7 +189,7 @@ class CucimBatched(CucimLoop):
 
 class Reader:
     """PatchReader. Cold (default): every run starts with no tile checked to its end (the marks of
-    ``_jpegcrop.verified_tiles`` cleared before the clock), as on a slide opened for this read.
+    ``TiffTiles.forget_verified`` before the clock), as on a slide opened for this read.
     ``warm``: the run's batches were read once before the clock, so every needed tile is checked."""
 
     def __init__(self, path, kind, workers, crop=True, warm=False):
@@ -208,7 +208,8 @@ class Reader:
         if self.warm:
             self.reader.read(xy)
         else:
-            self.slide._verified_tiles.clear()
+            for tiles in self.slide.tiff_levels:
+                tiles.forget_verified()
 
     def read(self, xy):
         return self.reader.read(xy).permute(0, 2, 3, 1).numpy()

@@ -239,3 +239,59 @@ def test_the_birth_check_sees_an_attribute_born_in_a_method():
     tree = ast.parse("class A:\n    def __init__(self):\n        self.a = 1\n        self._reset()\n"
                      "    def _reset(self):\n        self.b = 2\n    def later(self):\n        self.c, self.a = 3, 4\n")
     assert _born_outside_init(tree) == ["A.c (line 8)"]
+
+
+def _private_names(tree: ast.AST) -> set[str]:
+    """The ``_names`` (not dunders) a module defines: its functions, classes and methods,
+    the names it binds and the attributes it assigns (``self._x = ...``, ``_y: int``)."""
+    names = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store):
+            names.add(n.attr)
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            names.add(n.id)
+    return {x for x in names if x.startswith("_") and not x.startswith("__")}
+
+
+def _friend_reads(trees: dict[str, ast.AST]) -> list[str]:
+    """``module:line: x._name`` wherever a module reaches into an object for a ``_name`` that only
+    other modules define (``x`` not ``self``/``cls``; ``getattr(x, "_name")`` too): a friend module
+    leaning on another's internals, which a rename there breaks silently."""
+    own = {name: _private_names(tree) for name, tree in trees.items()}
+    found = []  # (module, line, text)
+    for name, tree in trees.items():
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute):
+                target, attr = n.value, n.attr
+            elif isinstance(n, ast.Call) and getattr(n.func, "id", "") in ("getattr", "hasattr", "setattr") \
+                    and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant) and isinstance(n.args[1].value, str):
+                target, attr = n.args[0], n.args[1].value
+            else:
+                continue
+            if not attr.startswith("_") or attr.startswith("__") or attr in own[name]:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("self", "cls"):
+                continue
+            if any(attr in names for other, names in own.items() if other != name):
+                found.append((name, n.lineno, f"{name}:{n.lineno}: {ast.unparse(target)}.{attr}"))
+    return [text for *_, text in sorted(found)]
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    """What one module keeps private (``_name``) no other module reads: a helper gets what it needs
+    through public methods or arguments (TiffSlide's levels are TiffTiles objects, not friends'
+    reach into ``_tiff_levels``). Reading ``self._x``/``cls._x`` (a base class's hook) is the class's own."""
+    trees = {name: ast.parse(path.read_text(encoding="utf-8")) for name, path in MODULES.items()}
+    found = _friend_reads(trees)
+    assert not found, "modules reading another module's private attributes:\n" + "\n".join(found)
+
+
+def test_the_friend_check_sees_a_module_reading_anothers_private_attribute():
+    owner = ast.parse("class A:\n    def __init__(self):\n        self._levels = []\n        self._file = None\n"
+                      "    def _hook(self):\n        return self._levels\n")
+    friend = ast.parse("def f(a):\n    n = len(a._levels)\n    return getattr(a, '_file', None)\n"
+                       "class B:\n    def g(self):\n        return self._hook(), self._mine\n"
+                       "    def h(self, b):\n        self._mine = 1\n        return b._mine\n")
+    assert _friend_reads({"owner": owner, "friend": friend}) == ["friend:2: a._levels", "friend:3: a._file"]

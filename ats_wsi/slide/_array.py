@@ -6,22 +6,28 @@ import os
 import numpy as np
 
 
-def level_array(slide, level: int):
+def level_array(path: str, backend: str, level: int, lv, read):
     """Implementation of :meth:`ats_wsi.slide.Slide.level_array`: dask uint8
     (height, width, 3), chunks of one tile, named by the slide's path, backend,
-    level and file stamp (so the same level of the same file is one dask key)."""
+    level and file stamp (so the same level of the same file is one dask key).
+
+    Args:
+        lv: the level's :class:`~._levels.Level` (its size and tile size).
+        read: ``read(level, x, y, w, h) -> uint8 (h, w, 3)``, a box of level
+            pixels inside the level: the slide's bound method (it pickles with
+            its slide, which reopens by path in a worker).
+    """
     import dask.array as da
     from dask.base import tokenize
 
-    lv = slide._level(level)
     try:
-        st = os.stat(slide.path)
+        st = os.stat(path)
         stamp = (st.st_size, st.st_mtime_ns)
     except OSError:
         stamp = None
-    name = f"ats-wsi-level-{tokenize(slide.path, slide.backend, level, stamp)}"
+    name = f"ats-wsi-level-{tokenize(path, backend, level, stamp)}"
     return da.from_array(
-        LevelView(slide, level),
+        LevelView(read, level, lv),
         chunks=(lv.tile_height, lv.tile_width, 3),
         name=name,
         asarray=False,
@@ -33,13 +39,13 @@ def level_array(slide, level: int):
 class LevelView:
     """What dask slices: one level as an array-like (height, width, 3) uint8.
 
-    It pickles with its slide (which reopens by path in the worker).
+    It pickles with its reader (a slide's bound method: the slide reopens by
+    path in the worker).
     """
 
-    def __init__(self, slide, level: int):
-        self.slide = slide
+    def __init__(self, read, level: int, lv):
+        self.read = read
         self.level = level
-        lv = slide._levels[level]
         self.shape = (lv.height, lv.width, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
@@ -48,14 +54,4 @@ class LevelView:
         ys, xs, cs = key
         y0, y1, _ = ys.indices(self.shape[0])
         x0, x1, _ = xs.indices(self.shape[1])
-        slide, level = self.slide, self.level
-        slide._check_open()
-        lv = slide._levels[level]
-        tw, th = lv.tile_width, lv.tile_height
-        col, row = x0 // tw, y0 // th
-        if (x0 == col * tw and y0 == row * th and x1 == min(x0 + tw, lv.width)
-                and y1 == min(y0 + th, lv.height)):
-            block = slide._tile(level, col, row)  # exactly one tile: no copy
-        else:
-            block = slide._read_box(level, x0, y0, x1 - x0, y1 - y0)
-        return block[:, :, cs]
+        return self.read(self.level, x0, y0, x1 - x0, y1 - y0)[:, :, cs]

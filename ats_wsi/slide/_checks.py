@@ -67,15 +67,18 @@ def positive_number(value, what: str, path) -> float:
     return v
 
 
-def derived_cost(slide, level: int, x: int, y: int, w: int, h: int) -> int:
+def derived_cost(levels, data_pixels, level: int, x: int, y: int, w: int, h: int) -> int:
     """Level-0 pixels holding data under a box of pixels of ``level`` (0 for a stored level).
 
     A computed level ``k`` (they follow the single stored level 0) has sizes
     that are floor halves, so its pixel ``i`` is made of level-0 pixels
     ``[i * 2**k, (i + 1) * 2**k)``: the box maps to level 0 by a shift, and
-    ``slide._stored_data_pixels`` counts what the file holds there.
+    ``data_pixels(x0, y0, x1, y1)`` (the slide's count) gives what the file holds there.
+
+    Args:
+        levels: the slide's pyramid (stored levels, then computed ones).
+        data_pixels: level-0 pixels of a box that the file stores data for.
     """
-    levels = slide._levels
     if not levels[level].computed:
         return 0
     lv0 = levels[0]
@@ -83,17 +86,18 @@ def derived_cost(slide, level: int, x: int, y: int, w: int, h: int) -> int:
     x1, y1 = min((x + w) << level, lv0.width), min((y + h) << level, lv0.height)
     if x1 <= x0 or y1 <= y0:
         return 0
-    return slide._stored_data_pixels(x0, y0, x1, y1)
+    return data_pixels(x0, y0, x1, y1)
 
 
-def check_derive_cost(slide, level: int, x: int, y: int, w: int, h: int) -> None:
+def check_derive_cost(path, levels, data_pixels, level: int, x: int, y: int, w: int, h: int) -> None:
     """Raise DerivedLevelError if reading the box of computed ``level`` would
-    decode more than :data:`MAX_DERIVED_PIXELS` level-0 pixels."""
-    cost = derived_cost(slide, level, x, y, w, h)
+    decode more than :data:`MAX_DERIVED_PIXELS` level-0 pixels (arguments of :func:`derived_cost`;
+    ``path`` names the slide)."""
+    cost = derived_cost(levels, data_pixels, level, x, y, w, h)
     if cost > MAX_DERIVED_PIXELS:
-        lv0 = slide._levels[0]
+        lv0 = levels[0]
         raise DerivedLevelError(
-            slide.path, f"the slide has no stored pyramid ({lv0.width} x {lv0.height} pixels in one level); "
+            path, f"the slide has no stored pyramid ({lv0.width} x {lv0.height} pixels in one level); "
                         f"reading this region of computed level {level} would decode {cost:.3g} level-0 pixels, "
                         f"more than MAX_DERIVED_PIXELS ({MAX_DERIVED_PIXELS:.3g}); store the slide with a "
                         f"pyramid (e.g. vips tiffsave --tile --pyramid) or read a smaller region")

@@ -50,7 +50,7 @@ def open_slide(path, backend: str = "auto", *, mpp: float | None = None, srgb: b
         if mpp is not None:
             slide.mpp = mpp
         if srgb:
-            slide._convert_to_srgb()
+            slide.convert_to_srgb()
     except BaseException:
         slide.close()
         raise

@@ -59,15 +59,15 @@ class AssociatedImages(Mapping):
     ``image.info["icc_profile"]`` when it has one.
     """
 
-    def __init__(self, slide):
-        self._slide = slide
-        self._names = tuple(slide._associated_names())
+    def __init__(self, names, read):
+        """``names`` of the images; ``read(name)`` decodes one (the slide's)."""
+        self._names = tuple(names)
+        self._read = read
 
     def __getitem__(self, name: str):
         if name not in self._names:
             raise KeyError(name)
-        self._slide._check_open()
-        return self._slide._read_associated(name)
+        return self._read(name)
 
     def __iter__(self):
         return iter(self._names)
@@ -122,7 +122,7 @@ class OpenSlideSurface:
         for formats without any. Their sizes are also in ``properties`` as
         ``openslide.associated.NAME.width/height``.
         """
-        return AssociatedImages(self)
+        return AssociatedImages(self._associated_names(), self._associated_image)
 
     @property
     def color_profile(self):
@@ -145,8 +145,9 @@ class OpenSlideSurface:
         """True when reads are converted to sRGB (``open_slide(srgb=True)`` on a slide with a profile)."""
         return self._srgb is not None
 
-    def _convert_to_srgb(self) -> None:
-        """Convert every read from the slide's ICC profile to sRGB (a no-op without a profile)."""
+    def convert_to_srgb(self) -> None:
+        """Convert every later read from the slide's ICC profile to sRGB (a no-op without a
+        profile, or when already converted); what ``open_slide(path, srgb=True)`` does."""
         icc = self._icc_bytes()
         if icc is not None and self._srgb is None:
             self._srgb = srgb_transform(icc)
@@ -212,7 +213,18 @@ class OpenSlideSurface:
         """
         from ._array import level_array
 
-        return level_array(self, level)
+        return level_array(self.path, self.backend, level, self._level(level), self._level_block)
+
+    def _level_block(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """What a :meth:`level_array` chunk reads: a box inside ``level``; one whole tile
+        is the tile itself (no copy)."""
+        self._check_open()
+        lv = self._levels[level]
+        tw, th = lv.tile_width, lv.tile_height
+        col, row = x // tw, y // th
+        if x == col * tw and y == row * th and w == min(tw, lv.width - x) and h == min(th, lv.height - y):
+            return self._tile(level, col, row)
+        return self._read_box(level, x, y, w, h)
 
     def thumbnail(self, max_size: int | tuple[int, int] = 512) -> np.ndarray:
         """The whole slide, shrunk to fit in ``max_size``.
@@ -256,6 +268,11 @@ class OpenSlideSurface:
         return tissue_mask(self.read_level(level))
 
     # ------------------------------------------------------------ backend hooks
+
+    def _associated_image(self, name: str):
+        """One associated image, read now (SlideError once the slide is closed)."""
+        self._check_open()
+        return self._read_associated(name)
 
     def _associated_names(self) -> tuple[str, ...]:
         """Names of the associated images (none by default)."""

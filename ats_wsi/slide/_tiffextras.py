@@ -21,7 +21,6 @@ import os
 
 import numpy as np
 
-from ..errors import CorruptSlideError, SlideError
 
 QUICKHASH_MAX_BYTES = 5 << 20
 """openslide hashes the smallest level only when its tiles hold at most this many bytes."""
@@ -183,35 +182,3 @@ def openslide_extras(path: str, tif, fmt: str, page0, props: dict):
     associated = aperio_associated(tif) if vendor == "aperio" else {}
     props.update(associated_properties(tif, associated))
     return associated, icc
-
-
-def tile_bytes(slide, level: int, col: int, row: int) -> bytes | None:
-    """The stored bytes of a TiffSlide's tile ``(col, row)`` of ``level`` (None: sparse, no bytes stored).
-
-    Raises:
-        CorruptSlideError: the bytes cannot be read or are cut short.
-    """
-    tl = slide._tiff_levels[level]
-    index = row * tl.level.cols + col
-    offset, count = int(tl.offsets[index]), int(tl.bytecounts[index])
-    if count == 0:
-        return None
-    try:
-        data = slide._file.pread(count, offset)
-    except ValueError:
-        raise SlideError(slide.path, "the slide is closed") from None
-    except OSError as exc:
-        raise CorruptSlideError(slide.path, f"cannot read level {level} tile ({col}, {row}): {exc}") from exc
-    if len(data) != count:
-        raise CorruptSlideError(slide.path, f"level {level} tile ({col}, {row}) is truncated: got "
-                                           f"{len(data)} of {count} bytes at offset {offset}")
-    return data
-
-
-def jpeg_ifd_offset(tiff_levels, level: int) -> int | None:
-    """Byte offset of the IFD of stored ``level`` (a TiffSlide's TiffLevel list) when its tiles are
-    JPEG, grey or RGB, else None: what :mod:`ats_wsi.patches._nvimgcodec` hands nvImageCodec."""
-    if not 0 <= int(level) < len(tiff_levels):
-        return None
-    tl = tiff_levels[int(level)]
-    return tl.ifd_offset if tl.compression == 7 and tl.samples in (1, 3) and tl.ifd_offset > 0 else None

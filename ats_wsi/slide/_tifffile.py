@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CorruptSlideError, UnsupportedFormatError
-from . import _jpegcrop, _tiffextras, _tiffmeta
-from ._cache import reset_after_fork
+from . import _tiffextras, _tiffmeta
 from ._checks import (data_pixels, data_table, describe_error as _describe, tile_table as _tile_table,
                       tile_too_big)
-from ._jpeg import JpegDataError, decode_tile
 from ._levels import Level
+from ._tifflevel import PositionalFile, TiffLevel, TiffTiles
 from .slide import Slide
 
 # compressions whose tiles tifffile + imagecodecs decode at least as fast as
@@ -84,22 +83,6 @@ def _tifffile_messages():
         yield sink
     finally:
         _capture.local.sink = None
-
-
-@dataclass(frozen=True)
-class TiffLevel:
-    """Where one level's tiles are and how to decode them."""
-
-    level: Level
-    offsets: np.ndarray  # int64 [n_tiles], row-major (row * cols + col)
-    bytecounts: np.ndarray  # int64 [n_tiles]
-    decode: object  # tifffile's TiffPage.decode closure
-    jpegtables: bytes | None
-    samples: int
-    compression: int = 1
-    photometric: int = 2
-    jfif: bool = False
-    ifd_offset: int = 0  # byte offset of the level's IFD (how nvImageCodec selects a page)
 
 
 @dataclass(frozen=True)
@@ -258,51 +241,6 @@ def _can_decode(compression: int) -> bool:
     return True
 
 
-class _PositionalFile:
-    """A read-only file read with ``os.pread``: no shared position, so thread-safe.
-
-    ``close`` waits for reads in flight, so a read never lands on a reused
-    file descriptor.
-    """
-
-    def __init__(self, path: str):
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        self._active = 0
-        self._cond = threading.Condition()
-        self._seek_lock = None if hasattr(os, "pread") else threading.Lock()
-        reset_after_fork(self)
-
-    def _after_fork(self) -> None:  # reads in flight in the parent's threads do not exist here
-        self._active = 0
-        self._cond = threading.Condition()
-        self._seek_lock = None if self._seek_lock is None else threading.Lock()
-
-    def pread(self, count: int, offset: int) -> bytes:
-        with self._cond:
-            if self._fd < 0:
-                raise ValueError("file is closed")
-            self._active += 1
-            fd = self._fd
-        try:
-            if self._seek_lock is None:
-                return os.pread(fd, count, offset)
-            with self._seek_lock:  # platforms without pread (Windows)
-                os.lseek(fd, offset, os.SEEK_SET)
-                return os.read(fd, count)
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            while self._active:
-                self._cond.wait()
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-
-
 class TiffSlide(Slide):
     """A TIFF / OME-TIFF / SVS read tile by tile with tifffile's decoders."""
 
@@ -311,60 +249,39 @@ class TiffSlide(Slide):
     def __init__(self, path, layout: TiffLayout | None = None):
         path = os.fspath(path)
         layout = inspect_tiff(path, fast_only=False) if layout is None else layout
-        self._tiff_levels = layout.levels
         self._associated, self._icc = layout.associated, layout.icc
-        self._file = _PositionalFile(path)
-        self._verified_tiles: dict[int, bytearray] = {}  # level -> 1 per JPEG tile checked to its end (_jpegcrop)
+        self._file = PositionalFile(path)
+        self._tiles = tuple(TiffTiles(path, i, tl, self._file) for i, tl in enumerate(layout.levels))
         super().__init__(path, format=layout.format, levels=[t.level for t in layout.levels],
                          properties=layout.properties, mpp_xy=layout.mpp_xy, mpp_source=layout.mpp_source)
 
+    @property
+    def tiff_levels(self) -> tuple[TiffTiles, ...]:
+        """The stored levels' tiles (:class:`~._tifflevel.TiffTiles`), largest first: their bytes,
+        decoding and check marks."""
+        return self._tiles
+
     def tile_bytes(self, level: int, col: int, row: int) -> bytes | None:
-        """The stored bytes of a tile (None: sparse); see :func:`._tiffextras.tile_bytes`."""
-        return _tiffextras.tile_bytes(self, level, col, row)
+        """The stored bytes of a tile (None: sparse); see :meth:`._tifflevel.TiffTiles.tile_bytes`."""
+        return self._tiles[level].tile_bytes(col, row)
 
     def _read_stored_tile(self, level: int, col: int, row: int) -> np.ndarray:
-        tl = self._tiff_levels[level]
-        lv = tl.level
-        w = min(lv.tile_width, lv.width - col * lv.tile_width)
-        h = min(lv.tile_height, lv.height - row * lv.tile_height)
-        index = row * lv.cols + col
-        data = self.tile_bytes(level, col, row)
-        if data is None:  # sparse tile: the file stores no pixels here
-            return np.zeros((h, w, 3), np.uint8)
-        if tl.compression == 7 and tl.samples in (1, 3):  # JPEG: libjpeg's warnings are errors
-            try:
-                pixels = decode_tile(data, tl.jpegtables, photometric=tl.photometric, samples=tl.samples,
-                                     jfif=tl.jfif)[:h, :w]
-            except JpegDataError as exc:
-                raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) has broken JPEG data "
-                                                   f"({exc})") from None
-        else:
-            try:
-                segment, _, _ = tl.decode(data, index, jpegtables=tl.jpegtables)
-            except Exception as exc:  # codec errors come in many types
-                raise CorruptSlideError(self.path, f"cannot decode level {level} tile ({col}, {row}): "
-                                                   f"{type(exc).__name__}: {exc}") from exc
-            pixels = segment[0, :h, :w]  # (depth, length, width, samples) -> clipped (h, w, S)
-        if pixels.shape[:2] != (h, w):
-            raise CorruptSlideError(self.path, f"level {level} tile ({col}, {row}) decodes to "
-                                               f"{pixels.shape[:2]}, expected {(h, w)}")
-        if tl.samples == 1:
-            return np.repeat(pixels, 3, axis=2)
-        pixels = pixels[:, :, :3]
-        return pixels if pixels.flags.writeable else pixels.copy()
+        return self._tiles[level].read_tile(col, row)
 
     def can_decode_into(self, level: int) -> bool:
-        """Whether :meth:`decode_tile_into` serves ``level`` (JPEG tiles, ``ats_wsi_jpeg``; :mod:`._jpegcrop`)."""
-        return _jpegcrop.can_decode_into(self, level)
+        """Whether :meth:`decode_tile_into` serves ``level``: a stored level of JPEG tiles, the
+        ``ats_wsi_jpeg`` extension, pixels as stored (no sRGB conversion)."""
+        return 0 <= level < len(self._tiles) and self._srgb is None and self._tiles[level].can_decode_into()
 
     def decode_tile_into(self, level: int, col: int, row: int, out: np.ndarray, pairs) -> int:
         """Decode only the part of a stored JPEG tile that ``pairs`` (rows of a
-        PatchReader TilePlan) need, straight into ``out``; pixels decoded."""
-        return _jpegcrop.decode_into(self, level, col, row, out, pairs)
+        PatchReader TilePlan) need, straight into ``out``; pixels decoded
+        (:meth:`._tifflevel.TiffTiles.decode_into`)."""
+        return self._tiles[level].decode_into(col, row, out, pairs)
 
     def jpeg_ifd_offset(self, level: int) -> int | None:
         """Stored ``level``'s IFD offset if its tiles are JPEG (for nvImageCodec), else None."""
-        return _tiffextras.jpeg_ifd_offset(self._tiff_levels, level)
+        return self._tiles[int(level)].jpeg_ifd_offset if 0 <= int(level) < len(self._tiles) else None
 
     def _associated_names(self) -> tuple[str, ...]:
         return tuple(self._associated)
@@ -383,8 +300,8 @@ class TiffSlide(Slide):
     def _stored_data_pixels(self, x0: int, y0: int, x1: int, y1: int) -> int:
         """Level-0 pixels under the box in tiles that hold data (byte count > 0)."""
         if self._data_table is None:
-            self._data_table = data_table(self._tiff_levels[0].bytecounts, self._tiff_levels[0].level)
-        return data_pixels(self._data_table, self._tiff_levels[0].level, x0, y0, x1, y1)
+            self._data_table = data_table(self._tiles[0].layout.bytecounts, self._tiles[0].level)
+        return data_pixels(self._data_table, self._tiles[0].level, x0, y0, x1, y1)
 
     _data_table = None
 

@@ -39,7 +39,7 @@ import threading
 import numpy as np
 
 from ..errors import LevelError, RegionError, SlideError
-from ._checks import MAX_DERIVED_PIXELS, check_derive_cost, derived_cost, int_pair
+from ._checks import MAX_DERIVED_PIXELS, as_int, check_derive_cost, derived_cost, int_pair
 from ._levels import (
     ComputedTiles, Level, best_level_for_downsample, complete_levels, level_origin, openslide_properties,
     paste_tiles,
@@ -59,13 +59,6 @@ use ``level_array`` (lazy, tiled) instead."""
 
 COMPUTED_CACHE_BYTES = 64 << 20
 """Bytes of computed-level tiles each Slide keeps (LRU, see ``ComputedTiles``)."""
-
-def _as_int(value, what: str, path) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise RegionError(path, f"{what} must be an integer, got {value!r}") from None
-
 
 class Slide(OpenSlideSurface):
     """A whole-slide image as a lazy pyramid of tiled levels.
@@ -242,13 +235,13 @@ class Slide(OpenSlideSurface):
         level's tile is the block mean of the (up to) 2 x 2 tiles below it.
         """
         lv = self._level(level)
-        col = _as_int(col, "col", self.path)
-        row = _as_int(row, "row", self.path)
+        col = as_int(col, "col", self.path)
+        row = as_int(row, "row", self.path)
         if not (0 <= col < lv.cols and 0 <= row < lv.rows):
             raise RegionError(self.path, f"tile ({col}, {row}) is outside level {level}'s "
                                          f"grid of {lv.cols} x {lv.rows} tiles")
         self._check_open()
-        check_derive_cost(self, level, col * lv.tile_width, row * lv.tile_height, lv.tile_width, lv.tile_height)
+        self._check_derive_cost(level, col * lv.tile_width, row * lv.tile_height, lv.tile_width, lv.tile_height)
         return self._tile(level, col, row)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
@@ -274,7 +267,7 @@ class Slide(OpenSlideSurface):
                                          f"({MAX_READ_PIXELS}); use level_array() for large reads")
         self._check_open()
         lx, ly = level_origin((x, y), lv.downsample).tolist()
-        check_derive_cost(self, level, lx, ly, w, h)  # computed levels: bounded work
+        self._check_derive_cost(level, lx, ly, w, h)  # computed levels: bounded work
         return self._read_box(level, lx, ly, w, h)
 
     def read_level(self, level: int, max_pixels: int = MAX_READ_PIXELS) -> np.ndarray:
@@ -291,7 +284,7 @@ class Slide(OpenSlideSurface):
             raise RegionError(self.path, f"level {level} has {lv.width} x {lv.height} pixels, "
                                          f"more than max_pixels={max_pixels}; use level_array()")
         self._check_open()
-        check_derive_cost(self, level, 0, 0, lv.width, lv.height)
+        self._check_derive_cost(level, 0, 0, lv.width, lv.height)
         return self._read_box(level, 0, 0, lv.width, lv.height)
 
     # ------------------------------------------------------------ lifetime
@@ -322,7 +315,7 @@ class Slide(OpenSlideSurface):
         if state.get("mpp") is not None:
             self.mpp = state["mpp"]
         if state.get("srgb"):
-            self._convert_to_srgb()
+            self.convert_to_srgb()
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -343,6 +336,9 @@ class Slide(OpenSlideSurface):
             raise LevelError(self.path, f"level {level} out of range 0..{len(self._levels) - 1}")
         return self._levels[level]
 
+    def _check_derive_cost(self, level: int, x: int, y: int, w: int, h: int) -> None:
+        check_derive_cost(self.path, self._levels, self._stored_data_pixels, level, x, y, w, h)
+
     def _check_open(self) -> None:
         if self._closed:
             raise SlideError(self.path, "the slide is closed")
@@ -350,7 +346,7 @@ class Slide(OpenSlideSurface):
     def _tile(self, level: int, col: int, row: int) -> np.ndarray:
         if self._levels[level].computed:
             return self._computed.tile(self._read_box, self._levels, level, col, row,
-                                       lambda *box: derived_cost(self, *box), FILL_VALUE)
+                                       lambda *b: derived_cost(self._levels, self._stored_data_pixels, *b), FILL_VALUE)
         return self._colour(self._read_stored_tile(level, col, row))
 
     def _read_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
