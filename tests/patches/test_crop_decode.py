@@ -259,3 +259,20 @@ def test_the_rest_of_a_tile_is_checked_once_per_open_slide(crop_slides, monkeypa
             np.testing.assert_array_equal(first[0], slide.read_tile(0, 1, 0)[3:11, 5:45])
             assert slide.tiff_levels[0].verified_count() == 2
     assert spy.flags == [True, False, True] * 2
+
+
+def test_forgotten_marks_make_the_next_decode_check_the_tile_again(crop_slides, monkeypatch):
+    """TiffTiles.forget_verified (what the benchmark's cold runs do): as on a slide just opened."""
+    spy = _RecordVerify(_jpegcrop._native)
+    monkeypatch.setattr(_jpegcrop, "_native", spy)
+    with open_slide(crop_slides["vips_jpeg"], backend="tifffile") as slide:
+        out = np.zeros((1, 8, 40, 3), np.uint8)
+        tiles = slide.tiff_levels[0]
+        for _ in range(2):
+            slide.decode_tile_into(0, 1, 0, out, [(0, 0, 8, 0, 40, 3, 5)])
+        assert tiles.verified_count() == 1
+        tiles.forget_verified()
+        assert tiles.verified_count() == 0
+        slide.decode_tile_into(0, 1, 0, out, [(0, 0, 8, 0, 40, 3, 5)])
+        assert tiles.verified_count() == 1
+    assert spy.flags == [True, False, True]
