@@ -29,7 +29,8 @@ read. Writes ``OUT/lesion_benchmark.json``, ``OUT/lesion_benchmark.md`` and
 Usage::
 
     .venv/bin/python benchmarks/lesion_benchmark.py MANIFEST OUT [--rows ats,uniform] [--n 8,16,32,64]
-        [--encoder ENC/spec.json] [--dense DENSE/dense_abmil.json] [--epochs 30] [-- EXTRA TRAIN FLAGS]
+        [--encoder ENC/spec.json] [--dense DENSE/dense_abmil.json] [--epochs 30] [--readout top|head]
+        [-- EXTRA TRAIN FLAGS]
 """
 from __future__ import annotations
 
@@ -132,6 +133,9 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", help="spec JSON of a frozen encoder (rows *-frozen)")
     ap.add_argument("--dense", help="dense_abmil.json of lesion_dense.py, for the dense row")
     ap.add_argument("--epochs", type=int, default=None, help="override the command's default epochs")
+    ap.add_argument("--readout", choices=["top", "head"], default=None,
+                    help="predict with `--readout R` (default: the checkpoint's); rows are then named 'ROW (R)' and "
+                         "predicted into ROW/test-R-nN: the same trained model read both ways")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -150,18 +154,19 @@ def main(argv=None) -> int:
         train = [*ATS, "train", str(args.manifest), "--out", str(folder / "run"), "--no-progress",
                  *row_flags(row, args.encoder, folder), *(["--epochs", str(args.epochs)] if args.epochs else []),
                  *args.extra]
-        entry = results["rows"].setdefault(row, {})
+        entry = results["rows"].setdefault(row if args.readout is None else f"{row} ({args.readout})", {})
         if not (folder / "run" / "best.pt").is_file():
             entry["train_seconds"] = run(train, folder / "train.log")
         entry["train_command"] = " ".join(train)
         for n in args.n.split(","):
-            pred = folder / f"test-n{n}"
+            pred = folder / (f"test-n{n}" if args.readout is None else f"test-{args.readout}-n{n}")
             cmd = [*ATS, "predict", str(folder / "run" / "best.pt"), str(args.manifest), "--split", "test",
-                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n))), "--no-progress"]
+                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n))), "--no-progress",
+                   *(["--readout", args.readout] if args.readout else [])]
             if not (pred / "predictions.csv").is_file():
                 run(cmd, folder / f"predict-n{n}.log")
             entry[f"n{n}"] = score(pred / "predictions.csv", cohort)
-            print(f"{row:15s} n={n:>3s}  AUC {entry[f'n{n}']['roc_auc']['value']:.3f}", flush=True)
+            print(f"{row:15s} {args.readout or ''} n={n:>3s}  AUC {entry[f'n{n}']['roc_auc']['value']:.3f}", flush=True)
         (out / "lesion_benchmark.json").write_text(json.dumps(results, indent=1))
     if args.dense:
         results["rows"]["dense"] = json.loads(Path(args.dense).read_text())
