@@ -211,6 +211,10 @@ def figure(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    dense = results["rows"].get("dense", {}).get("summary", {}).get("roc_auc")
+    if dense:  # dense ABMIL encodes every tissue patch: one point at 100 %, the mean ± sd over its seeds
+        ax.errorbar([100.0], [dense["mean"]], yerr=[[dense["sd"]], [dense["sd"]]], marker="s", color="black",
+                    capsize=3, ls="none", label=f"dense ABMIL ({dense['n']} seeds)")
     for row, entry in results["rows"].items():
         keys = sorted((k for k in entry if k.startswith("n") and k[1:].isdigit()), key=lambda k: int(k[1:]))
         if not keys:
@@ -225,7 +229,7 @@ def figure(results: dict, path: Path) -> None:
     ax.set_ylabel("test ROC AUC (95 % CI)")
     ax.axhline(0.5, color="grey", lw=0.5, ls=":")
     ax.set_ylim(0.0, 1.02)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
