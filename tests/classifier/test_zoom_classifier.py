@@ -153,3 +153,15 @@ def test_a_one_stage_checkpoint_without_zoom_keys_loads_and_predicts_as_the_mode
             np.testing.assert_array_equal(va, vb, err_msg=f.name)
         else:
             assert va == vb, f.name
+
+
+def test_the_top_readout_reads_the_least_negative_patch_of_every_region(slide):
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(**ZOOM, instance_head=True, readout="top", n_classes=2))
+    with torch.no_grad():
+        model.instance_head.weight.normal_(0, 3)
+    pred = model.predict(slide, seed=5)
+    with torch.no_grad():  # every drawn patch of both stages, n1 · n2 of them
+        inst = torch.softmax(model.instance_head(torch.from_numpy(pred.patch_features)), -1)
+    assert inst.shape[0] == ZOOM["zoom_regions"] * ZOOM["n_patches"]
+    assert pred.probabilities == pytest.approx(inst[int(inst[:, 0].argmin())].double().numpy(), abs=1e-6)
