@@ -66,7 +66,6 @@ class PreparedSlide:
     Attributes:
         item: the slide's :class:`SlideInput`.
         own: whether ``item`` was made by prepare (finish, or :meth:`close`, closes it).
-        path: the slide's path.
         samples, n_patches, seed, deterministic: the prediction's settings.
         prepare_seconds: wall seconds of the prepare stage.
         zoom: a two-stage model: nothing prepared beyond ``item``.
@@ -75,12 +74,10 @@ class PreparedSlide:
         streamed: the map was made block by block (:meth:`~ats_wsi.model.AttentionSampler.attend_streamed`).
         source: the patch source, serving the patches read ahead.
         draws: one :class:`~ats_wsi.model.CellDraw` per sampling, in draw order.
-        patches_ahead: patches read in prepare.
     """
 
     item: SlideInput
     own: bool
-    path: str
     samples: int
     n_patches: int | None
     seed: int
@@ -93,13 +90,14 @@ class PreparedSlide:
     streamed: bool = True
     source: PreparedSource | None = None
     draws: list = field(default_factory=list)
-    patches_ahead: int = 0
 
     def close(self) -> None:
-        """Let go of the pixels; close the slide input if prepare made it (finish calls this)."""
+        """Let go of the pixels; close the slide input if prepare made it (finish calls this;
+        a second call does nothing)."""
         self.source = None
         self.draws = []
         if self.own:
+            self.own = False
             self.item.close()
 
 
@@ -122,7 +120,7 @@ def prepare_slide(model, slide, *, samples: int = 1, n_patches: int | None = Non
         raise SamplingError(f"samples must be at most {MAX_SAMPLES} samplings per slide, got {samples!r}")
     given = isinstance(slide, SlideInput)
     item = slide if given else SlideInput(slide, model.config, workers=workers, device=model.device)
-    prepared = PreparedSlide(item, not given, str(item.path), max(1, int(samples)), n_patches, int(seed),
+    prepared = PreparedSlide(item, not given, max(1, int(samples)), n_patches, int(seed),
                              bool(deterministic), zoom=bool(model.config.zoom), streamed=bool(stream))
     try:
         if prepared.zoom:
@@ -166,7 +164,6 @@ def _attend_and_read(model, prepared: PreparedSlide, roi, read_bytes: int) -> No
                 break
             reads.append((cells.xy, (int(pw), int(ph)), source.extract(cells.xy, (pw, ph))))
             left -= 0 if len(reads) == 1 else nbytes
-            prepared.patches_ahead += int(cells.xy.shape[0]) * int(cells.xy.shape[1])
     prepared.attention, prepared.grid_mask, prepared.like = attention, grid_mask, like
     prepared.source, prepared.draws = PreparedSource(source, reads), draws
 

@@ -37,11 +37,6 @@ class PreparedSource:
         self._reads = list(reads or [])
 
     @property
-    def pending(self) -> int:
-        """Reads not served yet."""
-        return len(self._reads)
-
-    @property
     def patches_read(self) -> int:
         """Patches the source read (ahead or on demand)."""
         return self.source.patches_read

@@ -105,9 +105,9 @@ class OpenSlideSurface:
     format detection)."""
 
     _format_detector = None
+    """``ats_wsi.slide.detect_format``, set by :mod:`._open` (this module must not import the backends)."""
     _srgb = None
     """An ImageCms transform to sRGB once ``open_slide(srgb=True)`` asked for it (``Slide.__init__`` sets it)."""
-    """``ats_wsi.slide.detect_format``, set by :mod:`._open` (this module must not import the backends)."""
 
     @classmethod
     def detect_format(cls, path) -> str | None:

@@ -147,3 +147,21 @@ def test_read_ahead_0_prepares_each_item_when_it_is_asked_for():
     for i, _ in pipeline:
         seen.append(list(calls))
     assert seen == [[0], [0, 1], [0, 1, 2]] and pipeline.peak == 0
+
+
+def test_a_prepared_slide_closes_the_input_it_made_once_and_leaves_a_lent_one_open(checkpoint, slides):
+    from ats_wsi.classifier import SlideInput, load_model
+    from ats_wsi.errors import SlideError
+
+    model = load_model(checkpoint)
+    prepared = model.prepare(slides[0], seed=1)
+    item = prepared.item
+    prediction = model.finish(prepared)  # finish closes what prepare opened ...
+    assert not prepared.own
+    with pytest.raises(SlideError, match="the slide is closed"):
+        item.slide.read_region((0, 0), 0, (8, 8))
+    prepared.close()  # ... and a second close (a pipeline's own cleanup) does nothing
+    assert prediction.patches_read > 0
+    with SlideInput(slides[0], model.config) as lent:
+        model.finish(model.prepare(lent, seed=1))
+        assert lent.slide.read_region((0, 0), 0, (8, 8)).shape[:2] == (8, 8)  # a lent input stays the caller's
