@@ -53,7 +53,7 @@ from ._task import slide_value
 from .inputs import SlideInput
 from .prediction import MAX_SAMPLES, NOT_FINITE, SlidePrediction, slide_seed
 
-__all__ = ["EncoderClock", "PreparedSlide", "READ_AHEAD_BYTES", "finish_slide", "prepare_slide"]
+__all__ = ["EncoderClock", "PreparedSlide", "READ_AHEAD_BYTES", "busy_fraction", "finish_slide", "prepare_slide"]
 
 READ_AHEAD_BYTES = 256 * 2**20
 """Patch pixels one prepared slide holds beyond its first sampling's (later samplings are read in finish)."""
@@ -244,6 +244,13 @@ def _finish_one_stage(model, prepared: PreparedSlide, start: float) -> SlidePred
     )
 
 
+def busy_fraction(busy_seconds: float, wall_seconds: float) -> float:
+    """``busy_seconds / wall_seconds`` clamped to [0, 1] (0 for no wall time)."""
+    if not wall_seconds > 0:
+        return 0.0
+    return float(min(1.0, max(0.0, busy_seconds / wall_seconds)))
+
+
 class EncoderClock:
     """Seconds spent inside a classifier's patch encoder, for its busy fraction (encoder seconds / wall seconds).
 
@@ -299,10 +306,8 @@ class EncoderClock:
         return self._host
 
     def busy(self, wall_seconds: float) -> float:
-        """The busy fraction in [0, 1]: :attr:`seconds` over ``wall_seconds`` (0 for no wall time)."""
-        if not wall_seconds > 0:
-            return 0.0
-        return float(min(1.0, max(0.0, self.seconds / wall_seconds)))
+        """The busy fraction in [0, 1]: :attr:`seconds` over ``wall_seconds`` (:func:`busy_fraction`)."""
+        return busy_fraction(self.seconds, wall_seconds)
 
     def reset(self) -> None:
         """Start counting again from 0."""

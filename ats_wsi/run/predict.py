@@ -40,7 +40,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..classifier import SlideClassifier, checkpoint_id, load_model
-from ..classifier.stages import EncoderClock
+from ..classifier.stages import EncoderClock, busy_fraction
 from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
 from ..exports import export_files, outline_roi, write_slide_exports
@@ -439,11 +439,15 @@ class RunTiming:
     read_ahead_peak: int = 0
     wall_seconds: float = 0.0
     encoder_seconds: float | None = None
-    encoder_busy: float | None = None
+
+    @property
+    def encoder_busy(self) -> float | None:
+        """``encoder_seconds / wall_seconds`` in [0, 1]; None where no clock ran (dask)."""
+        return None if self.encoder_seconds is None else busy_fraction(self.encoder_seconds, self.wall_seconds)
 
 
 def _completed(todo: list[tuple[str, str]], settings: PredictSettings, executor,
-               timing: RunTiming | None = None) -> Iterator[tuple[str, str, SlideResult | BaseException]]:
+               timing: RunTiming) -> Iterator[tuple[str, str, SlideResult | BaseException]]:
     """``(path, name, result or exception)`` per slide of ``todo``, as each finishes.
 
     In process (``executor`` None) the main thread finishes slides in input
@@ -452,7 +456,6 @@ def _completed(todo: list[tuple[str, str]], settings: PredictSettings, executor,
     ``dask.distributed`` client slides run on its workers and come back in the
     order they finish. A slide's failure is yielded, not raised.
     """
-    timing = RunTiming() if timing is None else timing
     if executor is None:
         yield from _in_process(todo, settings, timing)
         return
@@ -494,5 +497,4 @@ def _in_process(todo: list[tuple[str, str]], settings: PredictSettings, timing: 
         finally:
             timing.wall_seconds = time.perf_counter() - start
             timing.encoder_seconds = clock.seconds
-            timing.encoder_busy = clock.busy(timing.wall_seconds)
             timing.read_ahead_peak = pipeline.peak
