@@ -6,8 +6,11 @@ Rows, each trained once with ``ats-wsi train`` (its defaults, plus the row's fla
 predicted on the test split with ``ats-wsi predict --split test --n-patches N`` for every
 ``N`` of ``--n``:
 
-- ``ats``: the command's defaults (attention sampling, from scratch);
-- ``uniform``: ``--sampler uniform`` (draws uniform over tissue, everything else the same);
+- ``defaults``: the command's defaults and nothing else: an encoder pretrained on the training
+  slides (SimCLR, ``RUN/encoder``), frozen, under attention sampling (docs/training.md, "The
+  default encoder"); ``uniform-defaults``: the same with ``--sampler uniform``;
+- ``ats``: ``--no-pretrain``, the built-in feature net trained end to end from scratch;
+- ``uniform``: ``--no-pretrain --sampler uniform`` (draws uniform over tissue, everything else the same);
 - ``ats-frozen`` / ``uniform-frozen``: the same with a frozen encoder (``--encoder SPEC``:
   a spec JSON beside its ``.pt2``/``.pt`` file, e.g. from ``lesion_encoder.py``) and a
   feature cache;
@@ -53,7 +56,7 @@ from lesion_dense import evaluate_split  # noqa: E402
 from ats_wsi.metrics import roc_auc  # noqa: E402
 
 ATS = [sys.executable, "-m", "ats_wsi.cli"]
-ROWS = ("ats", "uniform", "ats-frozen", "uniform-frozen", "ats-frozen-zoom")
+ROWS = ("defaults", "uniform-defaults", "ats", "uniform", "ats-frozen", "uniform-frozen", "ats-frozen-zoom")
 PATCH_UM = 64.0  # the defaults' patch: 128 px at 0.5 µm/px
 ZOOM_REGIONS = 8
 """Regions a zoom row draws per slide (n1); n2 = N / n1 patches in each, N patches a slide."""
@@ -73,6 +76,8 @@ def predict_n_patches(row: str, n: int) -> int:
 def row_flags(row: str, encoder: str | None, out: Path) -> list[str]:
     """The flags of ``ats-wsi train`` that make a row (over the command's defaults)."""
     flags = ["--sampler", "uniform"] if row.startswith("uniform") else []
+    if row in ("ats", "uniform"):
+        flags += ["--no-pretrain"]
     if row.endswith("zoom"):
         flags += ZOOM_FLAGS
     if "frozen" in row:

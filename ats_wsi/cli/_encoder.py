@@ -92,6 +92,29 @@ def apply(args: argparse.Namespace, base: dict) -> None:
                 patch_mpp=spec.mpp, patch_size=spec.patch_px)
 
 
+def apply_resolution(args: argparse.Namespace, base: dict) -> None:
+    """Put --patch-mpp / --patch-magnification / --mpp-tolerance into the config dict."""
+    mpp = getattr(args, "patch_mpp", None)
+    magnification = getattr(args, "patch_magnification", None)
+    for flag, value in (("--patch-mpp", mpp), ("--patch-magnification", magnification)):
+        if value is not None and not 0 < value < float("inf"):
+            raise SystemExit(f"ats-wsi train: {flag} must be a number > 0, got {value}")
+    if magnification is not None:
+        from ..slide.resolution import magnification_to_mpp
+
+        mpp = magnification_to_mpp(magnification)
+    if mpp is not None:
+        if args.patch_level is not None:
+            raise SystemExit("ats-wsi train: give --patch-level or --patch-mpp/--patch-magnification, not both")
+        base["patch_mpp"] = mpp
+    elif args.patch_level is not None:
+        base["patch_mpp"] = None  # an explicit level replaces a config file's µm/px
+    if getattr(args, "mpp_tolerance", None) is not None:
+        if not 0 <= args.mpp_tolerance < 1:
+            raise SystemExit(f"ats-wsi train: --mpp-tolerance must be in [0, 1), got {args.mpp_tolerance}")
+        base["mpp_tolerance"] = args.mpp_tolerance
+
+
 def cache_note(metrics) -> str:
     """`` cache hits/lookups`` for an epoch line (empty without a cache)."""
     hits, misses = getattr(metrics, "feature_hits", 0), getattr(metrics, "feature_misses", 0)
@@ -100,4 +123,4 @@ def cache_note(metrics) -> str:
     return f"  cache {hits}/{hits + misses} hits"
 
 
-__all__ = ["register_train", "register_predict", "apply", "is_encoder_file", "cache_note"]
+__all__ = ["register_train", "register_predict", "apply", "apply_resolution", "is_encoder_file", "cache_note"]

@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder for encoder.pt2, spec.json and pretrain.json")
     p.add_argument("--split", default="train", help="the split whose slides are read ('all': every row)")
     p.add_argument("--patches", type=positive_int, default=2048, help="random tissue patches read")
+    p.add_argument("--balance", type=float, default=0.5, metavar="SHARE",
+                   help="share of the patches drawn colour-balanced (every tissue colour about equally often, so "
+                        "that rare tissue is in the pool) instead of uniformly over tissue")
     p.add_argument("--mpp", type=float, default=0.5, help="µm/px of the patches (train's --patch-mpp)")
     p.add_argument("--patch-size", type=positive_int, default=128, help="patch side in px (train's --patch-size)")
     p.add_argument("--steps", type=positive_int, default=200, help="SimCLR training steps")
@@ -36,15 +39,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..encoders.simclr import SimCLRSettings
-    from ..run.pretrain import PretrainSettings, pretrain
+def pretrain_with_bars(manifest, out, settings, *, show: bool) -> dict:
+    """:func:`ats_wsi.run.pretrain.pretrain` with a progress bar for the slides read and one for the steps."""
+    from ..run.pretrain import pretrain
 
-    settings = PretrainSettings(
-        n_patches=args.patches, mpp=args.mpp, patch_px=args.patch_size,
-        split=None if args.split.lower() == "all" else args.split, workers=args.workers,
-        simclr=SimCLRSettings(steps=args.steps, batch=args.batch, lr=args.lr, dim=args.dim, seed=args.seed))
-    show = not args.no_progress
     bars: dict[str, object] = {}
 
     def on_slide(done: int, total: int) -> None:
@@ -55,18 +53,29 @@ def run(args: argparse.Namespace) -> int:
 
     def on_step(step: int, loss: float) -> None:
         if "train" not in bars:
-            bars["train"] = progress_bar(args.steps, "SimCLR", "step", show)
+            bars["train"] = progress_bar(settings.simclr.steps, "SimCLR", "step", show)
         bar = bars["train"]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     try:
-        result = pretrain(args.manifest, args.out, settings, on_slide=on_slide, on_step=on_step)
+        return pretrain(manifest, out, settings, on_slide=on_slide, on_step=on_step)
     finally:
         for bar in bars.values():
             if bar is not None:
                 bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..encoders.simclr import SimCLRSettings
+    from ..run.pretrain import PretrainSettings
+
+    settings = PretrainSettings(
+        n_patches=args.patches, balance=args.balance, mpp=args.mpp, patch_px=args.patch_size,
+        split=None if args.split.lower() == "all" else args.split, workers=args.workers,
+        simclr=SimCLRSettings(steps=args.steps, batch=args.batch, lr=args.lr, dim=args.dim, seed=args.seed))
+    result = pretrain_with_bars(args.manifest, args.out, settings, show=not args.no_progress)
     rec = result["training"]
     print(f"SimCLR on {rec['patches']} patches of {len(result['slides'])} slides: loss "
           f"{rec['loss_first10']:.3f} -> {rec['loss_last10']:.3f} (chance {rec['chance_loss']:.3f}), "

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import _encoder, _exports
+from . import _auto_encoder, _encoder, _exports
 from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, floats, int_in, json_object,
                       positive_int, transient_bars)
 
@@ -53,6 +53,7 @@ def register(sub) -> None:
     _register_resolution(p)
     _register_zoom(p)
     _encoder.register_train(p)
+    _auto_encoder.register(p)
     _register_training(p)
     _register_aids(p)
     _register_task(p)
@@ -233,29 +234,6 @@ def _register_resolution(p) -> None:
     g.add_argument("--mpp-tolerance", type=float, help="relative tolerance of --patch-mpp (default 0.05)")
 
 
-def _apply_resolution(args: argparse.Namespace, base: dict) -> None:
-    """Put --patch-mpp / --patch-magnification / --mpp-tolerance into the config dict."""
-    mpp = getattr(args, "patch_mpp", None)
-    magnification = getattr(args, "patch_magnification", None)
-    for flag, value in (("--patch-mpp", mpp), ("--patch-magnification", magnification)):
-        if value is not None and not 0 < value < float("inf"):
-            raise SystemExit(f"ats-wsi train: {flag} must be a number > 0, got {value}")
-    if magnification is not None:
-        from ..slide.resolution import magnification_to_mpp
-
-        mpp = magnification_to_mpp(magnification)
-    if mpp is not None:
-        if args.patch_level is not None:
-            raise SystemExit("ats-wsi train: give --patch-level or --patch-mpp/--patch-magnification, not both")
-        base["patch_mpp"] = mpp
-    elif args.patch_level is not None:
-        base["patch_mpp"] = None  # an explicit level replaces a config file's µm/px
-    if getattr(args, "mpp_tolerance", None) is not None:
-        if not 0 <= args.mpp_tolerance < 1:
-            raise SystemExit(f"ats-wsi train: --mpp-tolerance must be in [0, 1), got {args.mpp_tolerance}")
-        base["mpp_tolerance"] = args.mpp_tolerance
-
-
 def model_config(args: argparse.Namespace):
     """The ModelConfig of ``--config`` with the model flags applied over it."""
     from ..classifier import ModelConfig
@@ -283,7 +261,7 @@ def model_config(args: argparse.Namespace):
         base.update(low_downsample=args.low_downsample, low_mpp=None)
     if args.low_mpp is not None:
         base.update(low_mpp=args.low_mpp, low_downsample=None)
-    _apply_resolution(args, base)
+    _encoder.apply_resolution(args, base)
     _encoder.apply(args, base)
     if base.get("task", "classification") != "classification" and "instance_head" not in base:
         base["instance_head"] = False  # its per-patch losses need classes
@@ -387,6 +365,7 @@ def run(args: argparse.Namespace) -> int:
     """Train, printing one line per epoch."""
     from ..classifier import build_model
     from ..run.settings import FLAT_ATTENTION
+    from ..run.outdir import prepare_run_folder
     from ..run.train import TrainSettings, train
 
     from ..data.manifest import read_cohort
@@ -417,6 +396,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size % world:
         return error(f"ats-wsi train: --batch-size {args.batch_size} must be a multiple of the {world} "
                      f"processes (it is the total batch)")
+    pretrain, refused = _auto_encoder.wanted(args)
+    if refused:
+        return error(f"ats-wsi train: {refused}")
+    if pretrain:  # the default encoder (docs/training.md, "The default encoder"); a run there is refused first
+        if not args.overwrite:
+            prepare_run_folder(args.out, resume=False, overwrite=False)
+        _auto_encoder.pretrain_for_train(args, config)
+        config = model_config(args)
     if not args.resume:  # (on resume the checkpoint's config is used)
         try:
             build_model(config)  # unknown net names or arguments fail here, with their message

@@ -35,8 +35,12 @@ from ..errors import ConfigError
 from ..patches import PatchReader
 from ..slide import open_slide
 
-__all__ = ["PretrainSettings", "pretrain", "sample_tissue_patches"]
+__all__ = ["PretrainSettings", "colour_balanced_weights", "pretrain", "sample_tissue_patches"]
 
+COLOUR_BINS = 8
+"""Bins per optical-density channel of :func:`colour_balanced_weights`."""
+COLOUR_FLOOR = 0.002
+"""Smallest share of a slide's tissue pixels a colour bin is counted as (:func:`colour_balanced_weights`)."""
 MAX_PATCHES = 65536
 """Most patches one run holds in memory (65,536 of 128² px: 3.2 GB as uint8)."""
 
@@ -51,6 +55,9 @@ class PretrainSettings:
     """µm/px of the patches: use the ``--patch-mpp`` you will train with."""
     patch_px: int = 128
     """Side of a patch in pixels: use the ``--patch-size`` you will train with."""
+    balance: float = 0.5
+    """Share of each slide's patches drawn colour-balanced (:func:`colour_balanced_weights`) rather than
+    uniformly over tissue: rare tissue such as a small lesion among look-alikes gets into the pool."""
     split: str | None = "train"
     """The manifest split whose slides are read (None: every row)."""
     simclr: SimCLRSettings = field(default_factory=SimCLRSettings)
@@ -62,6 +69,9 @@ def _check(settings: PretrainSettings) -> None:
     if not 2 <= settings.n_patches <= MAX_PATCHES:
         raise ConfigError(None, f"pretrain reads 2..{MAX_PATCHES} patches, got {settings.n_patches} "
                                 "(--patches)")
+    if not 0 <= settings.balance <= 1:
+        raise ConfigError(None, f"pretrain's colour-balanced share must be in [0, 1], got {settings.balance} "
+                                "(--balance)")
     if not 16 <= settings.patch_px <= 1024:
         raise ConfigError(None, f"pretrain patches are 16..1024 px, got {settings.patch_px} (--patch-size)")
     if not 0.05 <= settings.mpp <= 100:
@@ -72,21 +82,51 @@ def _check(settings: PretrainSettings) -> None:
         raise ConfigError(None, str(exc)) from None
 
 
+def colour_balanced_weights(rgb: np.ndarray, bins: int = COLOUR_BINS, floor: float = COLOUR_FLOOR) -> np.ndarray:
+    """Sampling weights of pixels ``[k, 3]`` (uint8) that draw every colour about equally often.
+
+    A pixel's weight is one over the number of pixels in its colour bin (its
+    optical density, ``bins`` bins per channel over the pixels' own 0.5th to 99.5th
+    percentiles), that number held at least ``floor`` × ``k`` so that a handful
+    of odd pixels (tissue edges, dust) cannot take the draws. Normalised to sum 1.
+    """
+    od = -np.log(np.clip(rgb.astype(np.float64), 1.0, 255.0) / 255.0)
+    lo, hi = np.percentile(od, 0.5, axis=0), np.percentile(od, 99.5, axis=0)
+    q = np.clip(((od - lo) / np.maximum(hi - lo, 1e-6) * bins).astype(np.int64), 0, bins - 1)
+    key = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+    counts = np.bincount(key, minlength=bins ** 3)[key].astype(np.float64)
+    weights = 1.0 / np.maximum(counts, max(1.0, floor * len(rgb)))
+    return weights / weights.sum()
+
+
 def sample_tissue_patches(path: str | os.PathLike, n: int, *, mpp: float, patch_px: int, rng: np.random.Generator,
-                          slide_mpp: float | None = None, workers: int = 2) -> torch.Tensor:
+                          slide_mpp: float | None = None, workers: int = 2, balance: float = 0.0) -> torch.Tensor:
     """``n`` uint8 patches ``[n, 3, patch_px, patch_px]`` at ``mpp`` µm/px centred on random tissue.
 
     A centre is a random tissue pixel of the slide's tissue mask (Otsu on
-    saturation, :meth:`~ats_wsi.slide.Slide.tissue_mask`) moved uniformly
-    within it; a slide whose mask is empty gives patches from anywhere.
+    saturation, :meth:`~ats_wsi.slide.Slide.tissue_mask`, at about 1/32)
+    moved uniformly within it; a slide whose mask is empty gives patches from
+    anywhere. A share ``balance`` of the centres is drawn with
+    :func:`colour_balanced_weights` over the tissue pixels instead of
+    uniformly, so that rare tissue (a small lesion, a follicle) is in the pool.
     """
+    from ..slide import TISSUE_DOWNSAMPLE
+
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance is a share in [0, 1], got {balance}")
     with open_slide(path, mpp=slide_mpp) as slide:
-        mask = np.asarray(slide.tissue_mask(), bool)
+        level = slide.level_for(downsample=TISSUE_DOWNSAMPLE)
+        mask = np.asarray(slide.tissue_mask(level), bool)
+        rgb = slide.read_level(level) if balance else None
         width, height = slide.dimensions
         rows, cols = np.nonzero(mask)
         if not len(rows):
             rows, cols = np.nonzero(np.ones_like(mask))
-        pick = rng.integers(0, len(rows), size=n)
+        n_balanced = int(round(balance * n))
+        pick = rng.integers(0, len(rows), size=n - n_balanced)
+        if n_balanced:
+            weights = colour_balanced_weights(rgb[rows, cols, :3])
+            pick = np.concatenate([pick, rng.choice(len(rows), size=n_balanced, p=weights)])
         sx, sy = width / mask.shape[1], height / mask.shape[0]
         cx = (cols[pick] + rng.random(n)) * sx
         cy = (rows[pick] + rng.random(n)) * sy
@@ -130,7 +170,8 @@ def pretrain(manifest: str | os.PathLike, out_dir: str | os.PathLike, settings: 
     for i, (row, k) in enumerate(zip(rows, share)):
         if k:
             pool.append(sample_tissue_patches(row.path, int(k), mpp=settings.mpp, patch_px=settings.patch_px,
-                                              rng=rng, slide_mpp=row.mpp, workers=settings.workers))
+                                              rng=rng, slide_mpp=row.mpp, workers=settings.workers,
+                                              balance=settings.balance))
         if on_slide is not None:
             on_slide(i + 1, len(rows))
     patches = torch.cat(pool)

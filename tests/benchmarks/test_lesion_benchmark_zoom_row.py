@@ -26,3 +26,16 @@ def test_the_zoom_row_is_the_frozen_row_with_8_regions_of_4_patches(tmp_path):
     assert lesion_benchmark.predict_n_patches("ats-frozen", 16) == 16
     with pytest.raises(SystemExit, match="not a multiple"):
         lesion_benchmark.predict_n_patches("ats-frozen-zoom", 12)
+
+
+def test_the_defaults_rows_pass_nothing_and_the_scratch_rows_turn_pretraining_off(tmp_path):
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli._auto_encoder import wanted
+
+    flags = {row: lesion_benchmark.row_flags(row, None, tmp_path)
+             for row in ("defaults", "uniform-defaults", "ats", "uniform")}
+    assert flags == {"defaults": [], "uniform-defaults": ["--sampler", "uniform"], "ats": ["--no-pretrain"],
+                     "uniform": ["--sampler", "uniform", "--no-pretrain"]}
+    for row, want in (("defaults", True), ("uniform-defaults", True), ("ats", False), ("uniform", False)):
+        args = build_parser().parse_args(["train", "m.csv", "--out", "o", *flags[row]])
+        assert wanted(args) == (want, None), row

@@ -156,3 +156,51 @@ def test_cli_pretrain_prints_the_next_command_and_refuses_bad_values(tmp_path, s
     assert sorted(p.name for p in out.iterdir()) == ["encoder.pt2", "pretrain.json", "spec.json"]
     assert main(["pretrain", manifest, "--out", str(out), "--mpp", "1000"]) == 1
     assert "--mpp" in capsys.readouterr().err
+
+
+def test_colour_balanced_weights_give_each_colour_an_equal_share_above_the_floor():
+    from ats_wsi.run.pretrain import colour_balanced_weights
+
+    pink, purple, dark = [230, 160, 200], [120, 60, 160], [40, 20, 60]
+    rgb = np.array([pink] * 87 + [purple] * 10 + [dark] * 3, np.uint8)
+    w = colour_balanced_weights(rgb, floor=0.0)
+    assert w.sum() == pytest.approx(1.0)
+    assert [w[:87].sum(), w[87:97].sum(), w[97:].sum()] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    # a colour held at the floor (5 of 100 pixels): the 3 dark pixels weigh 3/5, not 1
+    w = colour_balanced_weights(rgb, floor=0.05)
+    assert [w[:87].sum(), w[87:97].sum(), w[97:].sum()] == pytest.approx([1 / 2.6, 1 / 2.6, 0.6 / 2.6])
+
+
+@pytest.fixture(scope="module")
+def rare_purple_slide(tmp_path_factory):
+    """A tifffile pyramid (1 µm/px): pink tissue with a purple disc of 4 % of its area, on white glass."""
+    import tifffile
+
+    rng = np.random.default_rng(11)
+    img = np.full((2048, 2048, 3), 245, np.uint8)
+    yy, xx = np.mgrid[:2048, :2048]
+    tissue = (abs(yy - 1024) < 768) & (abs(xx - 1024) < 768)
+    disc = (yy - 700) ** 2 + (xx - 1300) ** 2 < (0.04 * 1536 ** 2 / np.pi)
+    img[tissue] = [225, 150, 195]
+    img[tissue & disc] = [120, 60, 160]
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    path = str(tmp_path_factory.mktemp("rare") / "rare.tif")
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(4):
+            level = img[::2 ** k, ::2 ** k]
+            tw.write(np.ascontiguousarray(level), tile=(256, 256), compression="deflate", photometric="rgb",
+                     subfiletype=1 if k else 0, metadata=None, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    return path
+
+
+def test_balanced_draws_put_rare_tissue_in_the_pool(rare_purple_slide):
+    def purple_share(balance):
+        patches = sample_tissue_patches(rare_purple_slide, 300, mpp=1.0, patch_px=16, rng=np.random.default_rng(3),
+                                        workers=1, balance=balance).float().mean(dim=(2, 3))
+        return float((patches[:, 0] < 175).float().mean())  # red: 225 pink, 120 purple
+
+    uniform, half, balanced = purple_share(0.0), purple_share(0.5), purple_share(1.0)
+    assert uniform < 0.1  # 4 % of the tissue (300 draws: 12 expected, sd 3.4)
+    assert balanced > 0.3 and half > 0.15  # two colours drawn about equally often (edges blur the bins)
+    with pytest.raises(ValueError, match="balance"):
+        sample_tissue_patches(rare_purple_slide, 4, mpp=1.0, patch_px=16, rng=np.random.default_rng(0), balance=2)
