@@ -11,13 +11,16 @@ viewers read; 0.5 on request) holding one float32 array of shape
 over the slide region it covers, in micrometres when the slide's µm/px is
 known and in level-0 pixels otherwise, using the pixel-centre convention of
 napari and NGFF: array index (r, c) sits at ``translation + (r, c) * scale``.
+A two-stage (zoom) prediction's map also holds, in its ``zoom`` group, one
+such image per drawn region: that region's stage-2 map, placed over the
+region on the same slide coordinates (:func:`write_zoom_maps`).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +30,11 @@ __all__ = [
     "AttentionMap",
     "write_attention_zarr",
     "read_attention_zarr",
+    "write_image",
+    "MAX_ZOOM_MAP_CELLS",
+    "check_zoom_maps",
+    "write_zoom_maps",
+    "read_zoom_maps",
     "colorize",
     "render_overlay",
     "write_overlay_png",
@@ -91,6 +99,7 @@ def write_attention_zarr(
     ngff_version: str = "0.4",
     metadata: Mapping[str, Any] | None = None,
     name: str = "attention",
+    zoom: Sequence | None = None,
 ) -> Path:
     """Write an attention map as an OME-Zarr image aligned to level 0.
 
@@ -105,9 +114,19 @@ def write_attention_zarr(
         ngff_version: "0.4" (zarr v2, read by most viewers) or "0.5" (zarr v3).
         metadata: JSON-able extras stored under the ``ats_wsi`` attribute.
         name: the image's name in the multiscales metadata.
+        zoom: a two-stage prediction's :class:`ats_wsi.zoom.ZoomRecord` per
+            sampling: their stage-2 maps are written in the map's ``zoom``
+            group, published with it in the same rename
+            (:func:`write_zoom_maps`). None or empty: a one-stage map,
+            nothing more is written.
 
     Returns:
         The final path.
+
+    Raises:
+        OutputError: the stage-2 maps would hold more than
+            :data:`MAX_ZOOM_MAP_CELLS` cells (checked
+            before anything is written).
     """
     import zarr
 
@@ -116,6 +135,32 @@ def write_attention_zarr(
     data = np.ascontiguousarray(attention, dtype=np.float32)
     if data.ndim != 2:
         raise ValueError(f"attention must be 2-D (rows, cols), got shape {data.shape}")
+    if zoom:
+        check_zoom_maps(path, zoom)
+        metadata = {**(dict(metadata) if metadata else {}), "zoom_maps": ZOOM_GROUP}
+    zarr_format = 2 if ngff_version == "0.4" else 3
+    with atomic_path(path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
+        write_image(root, data, cell_size_xy=cell_size_xy, origin_xy=origin_xy, mpp=mpp, metadata=metadata,
+                    name=name)
+        if zoom:
+            write_zoom_maps(root.create_group(ZOOM_GROUP), zoom, mpp=mpp, slide=(metadata or {}).get("slide"))
+    return Path(path)
+
+
+ZOOM_GROUP = "zoom"
+"""The group of an attention map that holds a two-stage prediction's stage-2 maps."""
+
+
+def write_image(root, data: np.ndarray, *, cell_size_xy: tuple[float, float], origin_xy: tuple[float, float],
+                mpp: float | None, metadata: Mapping[str, Any] | None, name: str) -> None:
+    """Write ``data`` into the open zarr group ``root`` as one NGFF multiscale image (one level, array ``0``).
+
+    Args:
+        root: a writable zarr group (format 2: NGFF 0.4; format 3: NGFF 0.5).
+        data: float32 (rows, cols) = (y, x).
+        cell_size_xy, origin_xy, mpp, metadata, name: as for :func:`write_attention_zarr`.
+    """
     scale, translation = _transforms(cell_size_xy, origin_xy, mpp)
     axis_unit = {"unit": "micrometer"} if mpp is not None else {}
     axes = [{"name": "y", "type": "space", **axis_unit}, {"name": "x", "type": "space", **axis_unit}]
@@ -139,18 +184,15 @@ def write_attention_zarr(
         "cell_size_um_xy": None if mpp is None else [float(v) * float(mpp) for v in cell_size_xy],
         **(dict(metadata) if metadata else {}),
     }
-    zarr_format = 2 if ngff_version == "0.4" else 3
+    zarr_format = root.metadata.zarr_format
     chunks = tuple(min(s, 1024) for s in data.shape)
-    with atomic_path(path) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
-        kwargs = {"dimension_names": ["y", "x"]} if zarr_format == 3 else {}
-        arr = root.create_array("0", shape=data.shape, chunks=chunks, dtype="float32", **kwargs)
-        arr[...] = data
-        if zarr_format == 2:
-            root.attrs.update({"multiscales": [{"version": "0.4", **multiscale}], "ats_wsi": extras})
-        else:
-            root.attrs.update({"ome": {"version": "0.5", "multiscales": [multiscale]}, "ats_wsi": extras})
-    return Path(path)
+    kwargs = {"dimension_names": ["y", "x"]} if zarr_format == 3 else {}
+    arr = root.create_array("0", shape=data.shape, chunks=chunks, dtype="float32", **kwargs)
+    arr[...] = data
+    if zarr_format == 2:
+        root.attrs.update({"multiscales": [{"version": "0.4", **multiscale}], "ats_wsi": extras})
+    else:
+        root.attrs.update({"ome": {"version": "0.5", "multiscales": [multiscale]}, "ats_wsi": extras})
 
 
 def read_attention_zarr(path: str | os.PathLike) -> AttentionMap:
@@ -180,6 +222,84 @@ def read_attention_zarr(path: str | os.PathLike) -> AttentionMap:
         mpp=extras.get("mpp"),
         metadata=meta,
     )
+
+
+# --------------------------------------------------------------------------- a zoom's stage-2 maps
+
+MAX_ZOOM_MAP_CELLS = 1 << 28
+"""Most cells the stage-2 maps of one slide may hold (samplings x regions x cells a region;
+1 GiB of float32), checked before anything is written."""
+
+
+def check_zoom_maps(path: str | os.PathLike, zoom: Sequence, max_cells: int = MAX_ZOOM_MAP_CELLS) -> int:
+    """The cells of ``zoom``'s stage-2 maps (``ZoomRecord.zoom_attention [n1, h2, w2]`` per
+    sampling), or :class:`~ats_wsi.errors.OutputError` naming ``path`` when over ``max_cells``."""
+    from .errors import OutputError
+
+    shapes = [tuple(np.shape(record.zoom_attention)) for record in zoom]
+    cells = sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
+    if cells > max_cells:
+        n1, h2, w2 = shapes[0]
+        raise OutputError(path, f"the stage-2 maps of this zoom hold {cells:,} cells ({len(shapes)} sampling(s) x "
+                                f"{n1} regions x {h2} x {w2} cells), over the {max_cells:,} one map may hold; "
+                                f"predict with fewer --samples, or train with fewer --zoom-regions or a smaller "
+                                f"--zoom-size")
+    return cells
+
+
+def write_zoom_maps(group, zoom: Sequence, *, mpp: float | None, slide: str | None = None) -> list[str]:
+    """Write each drawn region's stage-2 map into the zarr ``group``, one NGFF image a region.
+
+    The images are the sub-groups ``0, 1, ...`` (sampling after sampling, region
+    after region in draw order; the ``bioformats2raw.layout`` of NGFF, which
+    names a collection of images so), each placed over its region on the slide
+    by its own scale and translation (:func:`write_image`; cells of
+    ``zoom_cell_size_xy`` level-0 pixels from the region's ``zoom_origin_xy``).
+    Each carries under ``ats_wsi`` its ``sampling`` and ``zoom_region`` (from 1,
+    as the GeoJSON's ``zoom region K``), the region's box and stage-1
+    probability, its patches' boxes and stage-2 probabilities.
+
+    Args:
+        group: an empty writable zarr group.
+        zoom: :class:`ats_wsi.zoom.ZoomRecord` per sampling (checked with :func:`check_zoom_maps`).
+        mpp: the slide's µm per level-0 pixel (None: pixel units).
+        slide: the slide's path, stored with each image.
+
+    Returns:
+        The images' paths in ``group``.
+    """
+    paths = []
+    for s, record in enumerate(zoom):
+        for r, (a2, origin) in enumerate(zip(record.zoom_attention, np.asarray(record.zoom_origin_xy))):
+            meta = {"slide": slide, "sampling": s + 1, "zoom_region": r + 1,
+                    "region_box_xywh": [float(v) for v in record.region_boxes[r]],
+                    "region_probability": float(record.region_probability[r]),
+                    "stage1_cells": int(record.stage1_cells),
+                    "patch_boxes_xywh": np.asarray(record.patch_boxes[r], dtype=np.float64).tolist(),
+                    "patch_probability": [float(v) for v in record.patch_probability[r]]}
+            paths.append(str(len(paths)))
+            write_image(group.create_group(paths[-1]), np.ascontiguousarray(a2, dtype=np.float32),
+                        cell_size_xy=record.zoom_cell_size_xy, origin_xy=tuple(float(v) for v in origin), mpp=mpp,
+                        metadata=meta, name=f"zoom region {r + 1}" + (f" (sampling {s + 1})" if len(zoom) > 1 else ""))
+    about = {"kind": "zoom maps", "samplings": len(zoom), "images": paths}
+    if group.metadata.zarr_format == 2:
+        group.attrs.update({"bioformats2raw.layout": 3, "ats_wsi": about})
+    else:
+        group.attrs.update({"ome": {"version": "0.5", "bioformats2raw.layout": 3}, "ats_wsi": about})
+    return paths
+
+
+def read_zoom_maps(path: str | os.PathLike) -> list[AttentionMap]:
+    """The stage-2 maps a two-stage prediction's attention map holds (:func:`write_zoom_maps`), in the
+    order written; ``[]`` for a one-stage map. Each map's ``metadata`` has its ``sampling`` and
+    ``zoom_region`` (from 1), its region's and patches' boxes and probabilities."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    if root.attrs.get("ats_wsi", {}).get("zoom_maps") != ZOOM_GROUP:
+        return []
+    images = root[ZOOM_GROUP].attrs["ats_wsi"]["images"]
+    return [read_attention_zarr(os.path.join(os.fspath(path), ZOOM_GROUP, image)) for image in images]
 
 
 # --------------------------------------------------------------------------- overlays

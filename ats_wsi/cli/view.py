@@ -8,7 +8,10 @@ opens through the ``napari-ats-wsi`` plugin (by name; ats_wsi never imports
 the plugin): the slide as a lazy multiscale layer in µm (computed levels
 where the file has too few), and from a ``predict`` folder the map
 ``maps/NAME.zarr`` as a heatmap on the absolute scale with its colour bar,
-the sampled boxes numbered in draw order and the predicted class.
+the sampled boxes numbered in draw order and the predicted class; for a
+two-stage (zoom) model also each drawn region's stage-2 map, one layer a
+region placed where the region lies (``NAME.zarr zoom region K``, read from
+the map's ``zoom`` group).
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ def register(sub) -> None:
     p = sub.add_parser("view", help="open a slide in napari with its attention map, boxes and the widget",
                        formatter_class=HelpFormatter)
     p.add_argument("slide", help="a slide file (or OME-Zarr folder)")
-    p.add_argument("--results", help="a folder written by `ats-wsi predict`: show the slide's attention map, "
-                                     "sampled boxes and predicted class from it")
+    p.add_argument("--results", help="a folder written by `ats-wsi predict`: show the slide's attention map "
+                                     "(a two-stage model's region maps too), sampled boxes and predicted class "
+                                     "from it")
     p.add_argument("--checkpoint", help="preselect this checkpoint in the widget (default: the one the --results "
                                         "were predicted with, where that file still is)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px of the slide, overriding its metadata (as given to "
@@ -61,8 +65,8 @@ def open_viewer(slide, results=None, *, checkpoint=None, widget: bool = True, sh
 
     Returns:
         the ``napari.Viewer``; its layers are the slide, then (with
-        ``results``) the heatmap and the boxes; the widget is docked unless
-        ``widget=False``.
+        ``results``) the heatmap, a zoom's region maps and the boxes; the
+        widget is docked unless ``widget=False``.
 
     Raises:
         FileNotFoundError: ``results`` holds no map for this slide.

@@ -9,8 +9,8 @@ Outputs of :func:`predict_slides` in ``out_dir``:
 
 - ``predictions.csv``: one row per finished slide (input order);
 - ``errors.csv``: one row per slide that failed, with the reason;
-- ``maps/<name>.zarr``: the full attention map as OME-Zarr aligned to the
-  slide's level-0 coordinates (see :mod:`ats_wsi.outputs`);
+- ``maps/<name>.zarr``: the full attention map as OME-Zarr aligned to the slide's level-0
+  coordinates, a zoom's stage-2 maps in its ``zoom`` group (see :mod:`ats_wsi.outputs`);
 - ``overlays/<name>.png``: thumbnail + heatmap on the absolute scale (with its
   colour bar) + the sampled boxes numbered in draw order + the predicted class;
 - ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention
@@ -163,7 +163,7 @@ def _write_outputs(folder: ResultsFolder, name: str, path: str, slide, roi, pred
     """A slide's map, overlay, GeoJSON and exports."""
     write_attention_zarr(
         folder.map(name), pred.attention, cell_size_xy=pred.cell_size_xy,
-        origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version,
+        origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version, zoom=pred.zoom,
         metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
                   "checkpoint_path": os.path.abspath(settings.checkpoint),
                   "probabilities": [float(v) for v in pred.probabilities],

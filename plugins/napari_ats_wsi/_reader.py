@@ -308,8 +308,12 @@ def boxes_layer_data(boxes_xywh, box_attention, *, name: str, scale_yx=(1.0, 1.0
 
 
 def read_attention_maps(path: Any) -> list[LayerData]:
-    """Read attention maps written by ``ats_wsi.outputs.write_attention_zarr``."""
-    from ats_wsi.outputs import read_attention_zarr
+    """Read attention maps written by ``ats_wsi.outputs.write_attention_zarr``: per map its heatmap,
+    then (a two-stage prediction's map) each drawn region's stage-2 map where the region lies
+    (``NAME zoom region K``, :func:`._zoom.zoom_map_layer_data`), then its sampled boxes."""
+    from ats_wsi.outputs import read_attention_zarr, read_zoom_maps
+
+    from ._zoom import zoom_map_layer_data
 
     layers = []
     for p in _as_paths(path) or []:
@@ -317,9 +321,10 @@ def read_attention_maps(path: Any) -> list[LayerData]:
         attention_map = read_attention_zarr(p)
         layers.append(attention_layer_data(attention_map, name=name))
         layers[-1][1]["metadata"]["path"] = os.fspath(p)
+        heat = layers[-1][1]
+        layers += zoom_map_layer_data(read_zoom_maps(p), name=name)
         boxes = attention_map.metadata.get("boxes_xywh")
         if boxes:  # a map of `ats-wsi predict` carries its sampled boxes
-            heat = layers[-1][1]
             layers.append(boxes_layer_data(
                 boxes, attention_map.metadata.get("box_attention") or [0.0] * len(boxes),
                 name=f"{name} patches", scale_yx=(attention_map.mpp or 1.0,) * 2,

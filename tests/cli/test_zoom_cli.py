@@ -8,6 +8,7 @@ import pytest
 from cli_helpers import TRAIN_ENV, cli, explain, read_csv, slide_set_manifest
 
 from ats_wsi.classifier import load_model, read_checkpoint
+from ats_wsi.outputs import read_zoom_maps
 
 # 3 regions of 128 µm read at 2 µm/px (64 px), 2 patches of 32 px at 0.5 µm/px in each
 ZOOM_ARGS = ["--zoom-mpp", "2", "--zoom-regions", "3", "--zoom-size", "128", "--n-patches", "2",
@@ -78,6 +79,13 @@ def test_predict_with_zoom_writes_predictions_maps_and_the_zoom_geojson(zoom_run
         np.testing.assert_array_equal(got, pred.boxes_xywh[:, :2])
         probs = [f["properties"]["measurements"]["attention_probability"] for f in regions]
         np.testing.assert_allclose(probs, np.concatenate([r.region_probability for r in pred.zoom]), rtol=1e-5)
+        # the stage-2 maps in the map's zoom group: one image per sampling and region, the prediction's maps
+        maps = read_zoom_maps(res / "maps" / f"{name}.zarr")
+        assert [(m.metadata["sampling"], m.metadata["zoom_region"]) for m in maps] == [(s, k) for s in (1, 2)
+                                                                                       for k in (1, 2, 3)]
+        for m, (s, k) in zip(maps, [(s, k) for s in range(2) for k in range(3)]):
+            np.testing.assert_allclose(m.data, pred.zoom[s].zoom_attention[k], atol=1e-6)
+            assert m.origin_xy == pytest.approx(tuple(pred.zoom[s].zoom_origin_xy[k]))
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -63,3 +63,47 @@ def test_the_widget_shows_a_zoom_predictions_region_maps_over_the_slide(make_nap
         ox, oy = record.zoom_origin_xy[k]
         np.testing.assert_allclose(corner, (oy * mpp - 0.5 * mpp + slide_layer.translate[-2],
                                             ox * mpp - 0.5 * mpp + slide_layer.translate[-1]), atol=1e-6)
+
+
+def test_view_results_shows_the_written_region_maps_where_the_regions_lie(make_napari_viewer, lesion_slide,
+                                                                         tmp_path):
+    from ats_wsi.classifier import ModelConfig, build_model, save_checkpoint
+    from ats_wsi.cli.view import open_viewer
+    from ats_wsi.outputs import read_zoom_maps
+    from ats_wsi.run.predict import PredictSettings, predict_one
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "zoom.pt", build_model(ModelConfig(
+        patch_mpp=0.5, patch_size=32, n_patches=2, feature_dim=4, low_downsample=16.0, zoom_mpp=2.0, zoom_regions=3,
+        zoom_size=128.0, attention_kwargs={"hidden": 2, "layers": 1, "pool": 4})))
+    results = tmp_path / "results"
+    pred = predict_one(str(lesion_slide.path), "lesion", PredictSettings(
+        checkpoint=str(checkpoint), out_dir=str(results), samples=2, seed=1)).prediction
+    viewer = open_viewer(lesion_slide.path, results, widget=False, viewer=make_napari_viewer())
+    regions = [f"lesion.zarr zoom region {k} (sampling {s})" for s in (1, 2) for k in (1, 2, 3)]
+    assert [layer.name for layer in viewer.layers] == ["lesion.svs", "lesion.zarr", *regions, "lesion.zarr patches"]
+    slide_layer = viewer.layers["lesion.svs"]
+    mpp = lesion_slide.mpp
+    np.testing.assert_allclose(slide_layer.scale, (mpp, mpp))
+    written = read_zoom_maps(results / "maps" / "lesion.zarr")
+    # the widget's layers of the same prediction, made in memory: the view shows the same ones
+    shown = zoom_layer_data(pred.zoom, name="lesion.zarr", scale_yx=tuple(slide_layer.scale),
+                            translate_yx=tuple(slide_layer.translate), units_um=True, slide=str(lesion_slide.path))
+    for k, name in enumerate(regions):
+        s, r = divmod(k, 3)
+        layer, record = viewer.layers[name], pred.zoom[s]
+        # values: the written map on the absolute scale (attention x its own cells), that map the prediction's
+        np.testing.assert_array_equal(written[k].data, record.zoom_attention[r].astype(np.float32))
+        np.testing.assert_array_equal(layer.data, written[k].data * np.float32(written[k].data.size))
+        np.testing.assert_array_equal(layer.data, shown[k][0])
+        # placement, by hand: a cell of (cw, ch) level-0 px from the region's origin, in µm on the slide
+        cw, ch = record.zoom_cell_size_xy
+        ox, oy = record.zoom_origin_xy[r]
+        np.testing.assert_allclose(layer.scale, (ch * mpp, cw * mpp), rtol=1e-12)
+        np.testing.assert_allclose(layer.translate, ((oy + ch / 2 - 0.5) * mpp, (ox + cw / 2 - 0.5) * mpp), rtol=1e-12)
+        np.testing.assert_allclose(layer.scale, shown[k][1]["scale"], rtol=1e-12)
+        np.testing.assert_allclose(layer.translate, shown[k][1]["translate"], rtol=1e-12)
+        corner = np.asarray(layer.data_to_world((-0.5, -0.5)))[-2:]  # the map's top-left edge: the region's origin
+        np.testing.assert_allclose(corner, (oy * mpp - 0.5 * mpp, ox * mpp - 0.5 * mpp), atol=1e-9)
+        assert tuple(layer.contrast_limits) == (0.0, ATTENTION_SCALE_MAX)
+        assert layer.metadata["map_metadata"]["slide"] == str(lesion_slide.path)
