@@ -96,15 +96,13 @@ def pool_mean_std(patches: Tensor) -> tuple[list[float], list[float]]:
 
 
 def augment(patches: Tensor, gen: torch.Generator, *, crop: tuple[float, float] = (0.6, 1.0), hed: float = 0.05,
-            bright: float = 0.1, contrast: float = 0.2, grey: float = 0.1, blur: float = 0.0) -> Tensor:
+            bright: float = 0.1, contrast: float = 0.2, grey: float = 0.1) -> Tensor:
     """One random view of each patch: uint8 ``[B, 3, s, s]`` -> float in [0, 1], same shape.
 
     A crop of side ``crop`` (fraction of the patch, anywhere inside it) rescaled
     to the patch with a random flip and 90° rotation; each stain's optical
     density scaled by ``1 ± hed`` and shifted by ``± hed``; brightness
-    ``± bright``; contrast ``1 ± contrast``; greyscale with probability ``grey``;
-    with ``blur`` > 0, half the views blurred by a Gaussian of sigma 0.1 to
-    ``blur`` pixels (what another scanner's optics or resampling does).
+    ``± bright``; contrast ``1 ± contrast``; greyscale with probability ``grey``.
     Everything random comes from ``gen``.
     """
     x = patches.float().div(255)
@@ -124,8 +122,6 @@ def augment(patches: Tensor, gen: torch.Generator, *, crop: tuple[float, float] 
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if blur > 0:
-        x = _gaussian_blur(x, u(0.1, max(0.1, blur)), torch.rand(b, generator=gen) < 0.5)
     od = -torch.log(x.clamp(1 / 255, 1)).permute(0, 2, 3, 1) @ HED_FROM_RGB  # [B, s, s, 3] stain densities
     od = od * u(1 - hed, 1 + hed, b, 1, 1, 3) + u(-hed, hed, b, 1, 1, 3)
     x = torch.exp(-(od @ RGB_FROM_HED)).permute(0, 3, 1, 2).clamp(0, 1)
@@ -136,18 +132,6 @@ def augment(patches: Tensor, gen: torch.Generator, *, crop: tuple[float, float] 
     if g.any():
         x[g] = x[g].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     return x.clamp(0, 1)
-
-
-def _gaussian_blur(x: Tensor, sigma: Tensor, on: Tensor, radius: int = 3) -> Tensor:
-    """Each image of ``x`` ``[B, C, h, w]`` blurred by a separable Gaussian of its ``sigma`` where ``on``."""
-    b, c, h, w = x.shape
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-t[None] ** 2 / (2 * sigma[:, None].to(x.dtype) ** 2))
-    k = torch.where(on[:, None], k / k.sum(1, keepdim=True), (t[None] == 0).to(x.dtype)).repeat_interleave(c, 0)
-    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k[:, None, None, :], groups=b * c)
-    y = F.conv2d(y, k[:, None, :, None], groups=b * c)
-    return y.reshape(b, c, h, w)
 
 
 def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:

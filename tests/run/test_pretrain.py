@@ -204,34 +204,3 @@ def test_balanced_draws_put_rare_tissue_in_the_pool(rare_purple_slide):
     assert balanced > 0.3 and half > 0.15  # two colours drawn about equally often (edges blur the bins)
     with pytest.raises(ValueError, match="balance"):
         sample_tissue_patches(rare_purple_slide, 4, mpp=1.0, patch_px=16, rng=np.random.default_rng(0), balance=2)
-
-
-def test_the_blur_view_is_scipys_gaussian_filter_and_off_by_default():
-    from scipy.ndimage import gaussian_filter
-
-    from ats_wsi.encoders.simclr import _gaussian_blur
-
-    gen = torch.Generator().manual_seed(12)
-    x = torch.rand(3, 3, 20, 20, generator=gen, dtype=torch.float64)
-    sigma = torch.tensor([0.4, 1.0, 1.5])
-    y = _gaussian_blur(x, sigma, torch.tensor([True, True, False]))
-    for i in range(2):
-        want = np.stack([gaussian_filter(x[i, c].numpy(), float(sigma[i]), mode="mirror", truncate=3 / float(sigma[i]))
-                         for c in range(3)])
-        assert np.allclose(y[i].numpy(), want, atol=1e-12)
-    assert torch.equal(y[2], x[2])  # not drawn: untouched
-    patches = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8, generator=gen)
-    plain = augment(patches, torch.Generator().manual_seed(5))
-    assert torch.equal(plain, augment(patches, torch.Generator().manual_seed(5), blur=0.0))
-    blurred = augment(patches, torch.Generator().manual_seed(5), crop=(1.0, 1.0), hed=0.0, bright=0.0,
-                      contrast=0.0, grey=0.0, blur=1.5)
-    sharp = augment(patches, torch.Generator().manual_seed(5), crop=(1.0, 1.0), hed=0.0, bright=0.0,
-                    contrast=0.0, grey=0.0)
-    # some views blurred (each with probability 1/2), each smoother than its sharp twin
-    changed = [i for i in range(8) if not torch.allclose(blurred[i], sharp[i], atol=1e-6)]
-    assert 1 <= len(changed) <= 7
-
-    def roughness(v):
-        return float((v[..., 1:] - v[..., :-1]).abs().mean())
-
-    assert all(roughness(blurred[i]) < 0.8 * roughness(sharp[i]) for i in changed)
