@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder for encoder.pt2, spec.json and pretrain.json")
     p.add_argument("--split", default="train", help="the split whose slides are read ('all': every row)")
     p.add_argument("--patches", type=positive_int, default=2048, help="random tissue patches read")
-    p.add_argument("--balance", type=float, default=0.5, metavar="SHARE",
+    p.add_argument("--balance", type=float, default=1.0, metavar="SHARE",
                    help="share of the patches drawn colour-balanced (every tissue colour about equally often, so "
                         "that rare tissue is in the pool) instead of uniformly over tissue")
     p.add_argument("--mpp", type=float, default=0.5, help="µm/px of the patches (train's --patch-mpp)")

@@ -37,9 +37,9 @@ from ..slide import open_slide
 
 __all__ = ["PretrainSettings", "colour_balanced_weights", "pretrain", "sample_tissue_patches"]
 
-COLOUR_BINS = 8
+COLOUR_BINS = 4
 """Bins per optical-density channel of :func:`colour_balanced_weights`."""
-COLOUR_FLOOR = 0.002
+COLOUR_FLOOR = 0.0005
 """Smallest share of a slide's tissue pixels a colour bin is counted as (:func:`colour_balanced_weights`)."""
 MAX_PATCHES = 65536
 """Most patches one run holds in memory (65,536 of 128² px: 3.2 GB as uint8)."""
@@ -55,9 +55,10 @@ class PretrainSettings:
     """µm/px of the patches: use the ``--patch-mpp`` you will train with."""
     patch_px: int = 128
     """Side of a patch in pixels: use the ``--patch-size`` you will train with."""
-    balance: float = 0.5
+    balance: float = 1.0
     """Share of each slide's patches drawn colour-balanced (:func:`colour_balanced_weights`) rather than
-    uniformly over tissue: rare tissue such as a small lesion among look-alikes gets into the pool."""
+    uniformly over tissue: rare tissue such as a small lesion among look-alikes gets into the pool
+    (docs/training.md, "The default encoder": what it changes, measured)."""
     split: str | None = "train"
     """The manifest split whose slides are read (None: every row)."""
     simclr: SimCLRSettings = field(default_factory=SimCLRSettings)
