@@ -21,7 +21,8 @@ predicted on the test split with ``ats-wsi predict --split test --n-patches N`` 
 - ``dense``: read from ``--dense dense_abmil.json`` (``lesion_dense.py``) when given.
 
 Columns: test AUC with its bootstrap 95 % CI, the AUC of each lesion stratum's tumors
-against all normals, balanced accuracy at 0.5, sensitivity per lesion stratum (``<0.5mm``, ``0.5-2mm``) and specificity, patches encoded per slide, the
+against all normals, balanced accuracy at 0.5, sensitivity per lesion stratum (``<0.5mm``, ``0.5-2mm``) and specificity, sensitivity and specificity at the threshold chosen on the validation
+slides in training (Youden's J, ``predict``'s ``metrics.json``), patches encoded per slide, the
 share of each slide's tissue read, seconds per slide from the file (open, low view,
 attention, reads, encoding: ``predictions.csv``), level-0 pixels read per slide (the patches'
 boxes, plus a zoom's regions: ``pixels_read``), training wall time. The same model is
@@ -126,6 +127,9 @@ def score(predictions: Path, cohort: dict) -> dict:
                tissue_read=float(np.mean(patches * (PATCH_UM / 1000) ** 2 / tissue)),
                seconds_per_slide=float(np.mean([float(r["seconds"]) for r in rows])),
                pixels_read_per_slide=float(np.mean([float(r["pixels_read"]) for r in rows])))
+    metrics = predictions.parent / "metrics.json"  # predict's operating point: the validation threshold
+    if metrics.is_file():
+        out["operating_point"] = json.loads(metrics.read_text()).get("operating_point")
     return out
 
 
@@ -189,8 +193,9 @@ def _ci(m: dict) -> str:
 def table(results: dict) -> list[str]:
     """The markdown table of every (row, n)."""
     lines = ["| method | n | AUC [95 % CI] | AUC <0.5 mm | AUC 0.5-2 mm | balanced acc. | sens. <0.5 mm | "
-             "sens. 0.5-2 mm | spec. | patches/slide | tissue read | s/slide | px read/slide | train s |",
-             "|" + "---|" * 14]
+             "sens. 0.5-2 mm | spec. | sens. / spec. at val. threshold | patches/slide | tissue read | s/slide | "
+             "px read/slide | train s |",
+             "|" + "---|" * 15]
     for row, entry in results["rows"].items():
         if row == "dense":
             continue
@@ -201,8 +206,10 @@ def table(results: dict) -> list[str]:
                                                                                          "normal")]
             by = m.get("auc_by_stratum", {})
             strat = " | ".join(f"{by[s]:.3f}" if s in by else "–" for s in ("<0.5mm", "0.5-2mm"))
+            op = m.get("operating_point") or {}
+            at = f"{op['sensitivity']:.2f} / {op['specificity']:.2f} ({op['threshold']:.3f})" if op else "–"
             lines.append(f"| {row} | {key[1:]} | {_ci(m['roc_auc'])} | {strat} | {_ci(m['balanced_accuracy'])} | "
-                         f"{' | '.join(rec)} | {m['patches_per_slide']:.0f} | {100 * m['tissue_read']:.2f} % | "
+                         f"{' | '.join(rec)} | {at} | {m['patches_per_slide']:.0f} | {100 * m['tissue_read']:.2f} % | "
                          f"{m['seconds_per_slide']:.2f} | {m.get('pixels_read_per_slide', float('nan')):.2g} | "
                          f"{entry.get('train_seconds', float('nan')):.0f} |")
     return lines

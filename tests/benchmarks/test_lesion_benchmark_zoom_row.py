@@ -39,3 +39,14 @@ def test_the_defaults_rows_pass_nothing_and_the_scratch_rows_turn_pretraining_of
     for row, want in (("defaults", True), ("uniform-defaults", True), ("ats", False), ("uniform", False)):
         args = build_parser().parse_args(["train", "m.csv", "--out", "o", *flags[row]])
         assert wanted(args) == (want, None), row
+
+
+def test_the_table_shows_the_operating_point_at_the_validation_threshold():
+    ci = {"value": 0.968, "ci_low": 0.89, "ci_high": 1.0}
+    m = {"roc_auc": ci, "balanced_accuracy": ci, "per_stratum": {}, "auc_by_stratum": {}, "patches_per_slide": 32,
+         "tissue_read": 0.0041, "seconds_per_slide": 0.25, "pixels_read_per_slide": 1.3e6,
+         "operating_point": {"sensitivity": 0.9, "specificity": 1.0, "threshold": 0.9544}}
+    lines = lesion_benchmark.table({"rows": {"defaults": {"n32": m, "train_seconds": 599},
+                                             "old": {"n32": {**m, "operating_point": None}}}})
+    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 0.90 / 1.00 (0.954) | 32 |" in lines[2] and "| – | 32 |" in lines[3]
