@@ -9,6 +9,7 @@ import torch
 from cli_helpers import TRAIN_ARGS, TRAIN_ENV, cli, explain, read_csv
 
 from ats_wsi.classifier import ModelConfig, load_model, read_checkpoint
+from ats_wsi.cli.train import MODEL_DEFAULTS
 from ats_wsi.run.train import TrainSettings, train
 
 TINY = dict(n_patches=4, patch_size=64, feature_dim=8, low_downsample=16.0)
@@ -109,16 +110,20 @@ def test_cli_negative_class_by_name_and_bad_values(slide_set, tmp_path):
 
 def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path):
     out = tmp_path / "defaults"
-    proc = cli("train", slide_set.manifest, "--out", out, "--epochs", "1", "--no-progress", env=TRAIN_ENV)
+    # the default encoder, pretrained small (docs/training.md, "The default encoder"; tests/cli/test_auto_encoder.py)
+    proc = cli("train", slide_set.manifest, "--out", out, "--epochs", "1", "--no-progress", "--pretrain-steps", "2",
+               "--pretrain-patches", "12", env=TRAIN_ENV)
     assert proc.returncode == 0, explain(proc)
     saved = json.loads((out / "config.json").read_text())
     model, settings = saved["model"], saved["train"]
     assert model["low_mpp"] == 8.0 and model["low_downsample"] is None and model["patch_mpp"] == 0.5
     assert model["patch_size"] == 128 and model["n_patches"] == 32 and model["instance_head"] is True
-    assert model["temperature"] == 0.25 and model["feature_kwargs"]["norm"] == "none"
+    assert model["temperature"] == 0.25 and model["feature_net"] == "encoder:simclr" and model["feature_frozen"]
     assert model["readout"] == "top" and model["negative_class"] == 0
+    assert model["attention_kwargs"] == MODEL_DEFAULTS["attention_kwargs"]
     assert settings["explore"] == 1.0 and settings["explore_patches"] == 64 and settings["distill"] == "rank"
     assert settings["instance_weight"] == 1.0 and settings["select"] == "auc" and settings["schedule"] == "cosine"
+    assert settings["instance_memory"] == 1024 and settings["distill_memory"] and settings["distill_temperature"] == 0.25
     assert load_model(out / "last.pt").instance_head is not None
 
     # The defaults read the instance head's top patch; --readout head reads the slide head of the same draws.
@@ -132,6 +137,15 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
         row = read_csv(res / "predictions.csv")[0]
         want = model.predict(slide_set.slides[0], readout=readout).probabilities
         assert [float(row["p0"]), float(row["p1"])] == pytest.approx(want, abs=1e-5)
+
+
+def test_without_pretraining_the_built_in_net_trains_end_to_end_without_normalisation():
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli.train import model_config
+
+    config = model_config(build_parser().parse_args(["train", "m.csv", "--out", "o", "--no-pretrain"]))
+    assert config.feature_net == "feature-small" and not config.feature_frozen
+    assert config.feature_kwargs["norm"] == "none" and config.feature_dim == 32
 
 
 @pytest.mark.parametrize("flags, words", [
