@@ -29,7 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ._common import positive_int
+from ._common import positive_int, read_model_config
 
 FOLDER = "encoder"
 """The run folder's subfolder the pretrained encoder is written to."""
@@ -58,16 +58,8 @@ def register(p) -> None:
 
 
 def _config_names_a_net(args: argparse.Namespace) -> bool:
-    """Whether ``--config`` sets a feature-net key (an unreadable file is left to the config's own error)."""
-    if not getattr(args, "config", None):
-        return False
-    try:
-        base = json.loads(Path(args.config).read_text())
-    except (OSError, ValueError):
-        return False
-    if isinstance(base, dict) and isinstance(base.get("model"), dict):
-        base = base["model"]
-    return isinstance(base, dict) and any(key in base for key in _NET_KEYS)
+    """Whether ``--config`` sets a feature-net key."""
+    return bool(args.config) and any(key in read_model_config(args.config) for key in _NET_KEYS)
 
 
 def _cannot(args: argparse.Namespace) -> str | None:

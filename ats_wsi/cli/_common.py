@@ -203,3 +203,22 @@ def error(message: str) -> int:
     """Print ``message`` to stderr; the exit status of a usage error (2)."""
     print(message, file=sys.stderr)
     return 2
+
+
+def read_model_config(path) -> dict:
+    """The model keys of a ``--config`` JSON file: a ModelConfig dict, or a run's ``config.json`` (its
+    ``model``); ConfigError naming the file when it is no JSON object."""
+    import json
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    try:
+        base = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(path, f"cannot read it as JSON ({exc})") from None
+    if isinstance(base, dict) and isinstance(base.get("model"), dict):  # a run's config.json
+        base = base["model"]
+    if not isinstance(base, dict):
+        raise ConfigError(path, f"a model config must be a JSON object, got {type(base).__name__}")
+    return base

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import _auto_encoder, _encoder, _exports
 from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, floats, int_in, json_object,
-                      positive_int, transient_bars)
+                      positive_int, read_model_config, transient_bars)
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
@@ -237,18 +237,8 @@ def _register_resolution(p) -> None:
 def model_config(args: argparse.Namespace):
     """The ModelConfig of ``--config`` with the model flags applied over it."""
     from ..classifier import ModelConfig
-    from ..errors import ConfigError
 
-    base = {}
-    if args.config:
-        try:
-            base = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(args.config, f"cannot read it as JSON ({exc})") from None
-        if isinstance(base, dict) and isinstance(base.get("model"), dict):  # a run's config.json
-            base = base["model"]
-    if not isinstance(base, dict):
-        raise ConfigError(args.config, f"a model config must be a JSON object, got {type(base).__name__}")
+    base = read_model_config(args.config) if args.config else {}
     for key in _CONFIG_FLAGS:
         value = getattr(args, key)
         if value is not None:

@@ -111,14 +111,13 @@ def sample_tissue_patches(path: str | os.PathLike, n: int, *, mpp: float, patch_
     :func:`colour_balanced_weights` over the tissue pixels instead of
     uniformly, so that rare tissue (a small lesion, a follicle) is in the pool.
     """
-    from ..slide import TISSUE_DOWNSAMPLE
+    from ..slide import TISSUE_DOWNSAMPLE, tissue_mask
 
     if not 0.0 <= balance <= 1.0:
         raise ValueError(f"balance is a share in [0, 1], got {balance}")
     with open_slide(path, mpp=slide_mpp) as slide:
-        level = slide.level_for(downsample=TISSUE_DOWNSAMPLE)
-        mask = np.asarray(slide.tissue_mask(level), bool)
-        rgb = slide.read_level(level) if balance else None
+        rgb = slide.read_level(slide.level_for(downsample=TISSUE_DOWNSAMPLE))  # read once: mask and colours
+        mask = np.asarray(tissue_mask(rgb), bool)
         width, height = slide.dimensions
         rows, cols = np.nonzero(mask)
         if not len(rows):
