@@ -20,6 +20,8 @@ def register(sub) -> None:
                                    "never read), train a small CNN with SimCLR, and write OUT/encoder.pt2, "
                                    "OUT/spec.json and OUT/pretrain.json.",
                        epilog=EPILOG, formatter_class=HelpFormatter)
+    from ..encoders.simclr import SimCLRSettings  # (train's register imports it too)
+
     p.add_argument("manifest", help="CSV/TSV with a path column (split and mpp columns honoured)")
     p.add_argument("--out", required=True, help="folder for encoder.pt2, spec.json and pretrain.json")
     p.add_argument("--split", default="train", help="the split whose slides are read ('all': every row)")
@@ -29,7 +31,7 @@ def register(sub) -> None:
                         "that rare tissue is in the pool) instead of uniformly over tissue")
     p.add_argument("--mpp", type=float, default=0.5, help="µm/px of the patches (train's --patch-mpp)")
     p.add_argument("--patch-size", type=positive_int, default=128, help="patch side in px (train's --patch-size)")
-    p.add_argument("--steps", type=positive_int, default=200, help="SimCLR training steps")
+    p.add_argument("--steps", type=positive_int, default=SimCLRSettings().steps, help="SimCLR training steps")
     p.add_argument("--batch", type=positive_int, default=64, help="patches per step (2 views each)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (Adam, warm-up then cosine)")
     p.add_argument("--dim", type=positive_int, default=128, help="feature dimension D")

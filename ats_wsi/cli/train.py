@@ -20,7 +20,7 @@ _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kw
 # The model `ats-wsi train` builds when no flag or --config says otherwise (docs/training.md says why
 # each is what it is). Library users get ModelConfig's own defaults; these are the CLI's.
 MODEL_DEFAULTS = {"low_mpp": 8.0, "patch_mpp": 0.5, "patch_size": 128, "n_patches": 32, "instance_head": True, "temperature": 0.25,
-                  "attention_kwargs": {"hidden": 8, "layers": 3, "pool": 4}}
+                  "attention_kwargs": {"hidden": 8, "layers": 3, "pool": 4}, "entropy": 0.0}
 # ... and for the built-in feature net (not for an encoder or another net).
 FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2, "norm": "none"},
                     "feature_dim": 32}
@@ -280,6 +280,16 @@ def _apply_defaults(base: dict) -> None:
             base.setdefault(key, json.loads(json.dumps(value)))
 
 
+def flat_after_exploring(metrics, explore_epochs: int) -> bool:
+    """Whether an epoch's attention map is flat (logit sd below :data:`~ats_wsi.run.settings.FLAT_ATTENTION`)
+    once the exploration epochs are over: its draws are uniform, and a ReLU attention net whose units all
+    stopped firing does not come back (docs/training.md, "A flat attention map")."""
+    from ..run.settings import FLAT_ATTENTION
+
+    sd = getattr(metrics, "attention_sd", float("nan"))
+    return metrics.epoch > max(1, explore_epochs) and math.isfinite(sd) and sd < FLAT_ATTENTION
+
+
 def _spread_note(metrics) -> str:
     """`` attn sd X`` for an epoch line (empty for uniform draws)."""
     sd = getattr(metrics, "attention_sd", float("nan"))
@@ -354,7 +364,6 @@ def _negative_class(value: str | None, names: list[str], n_classes: int, default
 def run(args: argparse.Namespace) -> int:
     """Train, printing one line per epoch."""
     from ..classifier import build_model
-    from ..run.settings import FLAT_ATTENTION
     from ..run.outdir import prepare_run_folder
     from ..run.train import TrainSettings, train
 
@@ -423,14 +432,18 @@ def run(args: argparse.Namespace) -> int:
                      f"auc (its {'C-index' if config.task == 'survival' else 'R²'}) or loss")
     score = {"classification": "val_auc", "survival": "val_c_index", "regression": "val_r2"}[config.task]
 
+    warned = []
+
     def report(m):
         accuracy = f"  acc {m.train_acc:.3f}" if config.task == "classification" else ""
         val_accuracy = f"  val_acc {m.val_acc:.3f}" if config.task == "classification" else ""
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}{accuracy}  val_loss {m.val_loss:.4f}{val_accuracy}  "
               f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_busy(m)}{_encoder.cache_note(m)}{_spread_note(m)}", flush=True)
-        if (m.epoch == max(1, settings.explore_epochs) + 1 and m.attention_sd < FLAT_ATTENTION):
-            print(f"warning: the attention map is flat (logit sd {m.attention_sd:.4f} over tissue after epoch "
-                  f"{m.epoch}): the draws are uniform; try another --seed, or a larger --attention-lr "
+        if not warned and flat_after_exploring(m, settings.explore_epochs):
+            warned.append(m.epoch)  # once a run: the first epoch the map is flat once exploration is over
+            pull = (f"; --entropy {config.entropy:g} pulls the map flat: try --entropy 0" if config.entropy else "")
+            print(f"warning: the attention map is flat (logit sd {m.attention_sd:.4f} over tissue in epoch "
+                  f"{m.epoch}): the draws are uniform from now on{pull}; or try another --seed "
                   "(docs/training.md, 'A flat attention map')", file=sys.stderr, flush=True)
 
     def show_cohort(summary):

@@ -121,6 +121,7 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
     assert model["temperature"] == 0.25 and model["feature_net"] == "encoder:simclr" and model["feature_frozen"]
     assert model["readout"] == "top" and model["negative_class"] == 0
     assert model["attention_kwargs"] == MODEL_DEFAULTS["attention_kwargs"]
+    assert model["entropy"] == 0.0  # no pull towards a flat map (docs/training.md, "The entropy term")
     assert settings["explore"] == 1.0 and settings["explore_patches"] == 64 and settings["distill"] == "rank"
     assert settings["instance_weight"] == 1.0 and settings["select"] == "auc" and settings["schedule"] == "cosine"
     assert settings["instance_memory"] == 1024 and settings["distill_memory"] and settings["distill_temperature"] == 0.25
@@ -222,3 +223,22 @@ def test_the_instance_memory_is_on_for_frozen_features_and_refused_for_a_net_tha
         _memory(TrainSettings(instance_weight=1.0, instance_memory=8), model, 3)
     model.config.feature_frozen = True
     assert _memory(TrainSettings(instance_weight=1.0, instance_memory=8), model, 3).per_slide == 8
+
+
+def test_the_flat_map_warning_fires_on_the_first_flat_epoch_after_exploring():
+    from types import SimpleNamespace
+
+    from ats_wsi.cli.train import flat_after_exploring
+    from ats_wsi.run.settings import FLAT_ATTENTION
+
+    def epoch(n, sd):
+        return SimpleNamespace(epoch=n, attention_sd=sd)
+
+    # exploring (epochs 1..6 of explore_epochs 6): a flat map is expected there, no warning
+    assert not flat_after_exploring(epoch(6, 0.0), 6)
+    # after exploring: flat below the threshold, at any later epoch (round six's maps died at epochs 9 and 11)
+    assert flat_after_exploring(epoch(7, FLAT_ATTENTION / 2), 6)
+    assert flat_after_exploring(epoch(11, 0.0), 6)
+    assert not flat_after_exploring(epoch(11, FLAT_ATTENTION), 6)
+    assert not flat_after_exploring(epoch(11, float("nan")), 6)  # uniform draws: no logits, no spread
+    assert flat_after_exploring(epoch(2, 0.0), 0) and not flat_after_exploring(epoch(1, 0.0), 0)
