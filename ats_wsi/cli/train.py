@@ -173,6 +173,10 @@ def _register_training(p) -> None:
                        help="continue the run in OUT from its last.pt (or newest checkpoints/epoch-NNN.pt)")
     again.add_argument("--overwrite", action="store_true",
                        help="replace the run in OUT (its checkpoints, metrics and logs; other files stay)")
+    g.add_argument("--read-ahead", action=argparse.BooleanOptionalAction, default=None,
+                   help="prepare the next slide of a batch (attention, draws, patch reads) in a background thread "
+                        "while one trains; the same draws and pixels, so the same weights (default: on; off under "
+                        "torchrun, for zoom models, with --feature-cache, for an attention net with BatchNorm)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
 
 
@@ -426,7 +430,10 @@ def run(args: argparse.Namespace) -> int:
                              skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
                              check_tiles=max(0, args.check_tiles), allow_duplicates=args.allow_duplicates, mpp=args.mpp,
                              feature_cache=args.feature_cache, fold=args.fold, **columns, **aids,
-                             **_exports.roi_settings(args))
+                             **_exports.roi_settings(args), read_ahead=args.read_ahead is not False)
+    note = read_ahead_note(config, settings, world) if args.read_ahead else None
+    if note and int(os.environ.get("RANK", "0")) == 0:  # asked for: say once why it cannot be
+        print(note, file=sys.stderr)
     if config.task != "classification" and args.select == "accuracy":
         return error(f"ats-wsi train: --select accuracy is for classifiers; a {config.task} model is chosen by "
                      f"auc (its {'C-index' if config.task == 'survival' else 'R²'}) or loss")
@@ -478,6 +485,15 @@ __all__ = ["register", "run", "model_config"]
 
 
 def _busy(metrics) -> str:
-    """``  encoder 37%`` (the encoder's busy fraction of the epoch) for an epoch line; empty if unmeasured."""
+    """``  encoder 37%  read ahead 4`` (encoder's busy fraction, slides read ahead) for an epoch line, or empty."""
     busy = getattr(metrics, "encoder_busy", float("nan"))
-    return f"  encoder {busy:.0%}" if busy == busy else ""
+    ahead = getattr(metrics, "read_ahead_slides", 0)
+    return (f"  encoder {busy:.0%}" if busy == busy else "") + (f"  read ahead {ahead}" if ahead else "")
+
+
+def read_ahead_note(config, settings, world: int = 1) -> str | None:
+    """The stderr line for ``--read-ahead`` asked for where the run cannot read ahead (None: it can)."""
+    from ..run.train_ahead import read_ahead_refusal
+
+    why = read_ahead_refusal(config, settings, distributed=world > 1)
+    return f"ats-wsi train: --read-ahead is off for this run: {why}" if why else None

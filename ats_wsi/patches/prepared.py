@@ -8,6 +8,8 @@ its resolution check and the feature cache need no other road.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 
@@ -30,11 +32,17 @@ class PreparedSource:
         source: the slide source the patches were read from.
         reads: ``[(xy long [B, n, 2], (w, h), patches uint8 [B, n, 3, h, w])]``,
             what was read ahead, in draw order.
+
+    Attributes:
+        served: reads answered with the pixels read ahead.
+        read_seconds: wall seconds spent reading ``source`` on demand (what was not read ahead).
     """
 
     def __init__(self, source, reads: list[tuple[Tensor, tuple[int, int], Tensor]] | None = None):
         self.source = source
         self._reads = list(reads or [])
+        self.served = 0
+        self.read_seconds = 0.0
 
     @property
     def patches_read(self) -> int:
@@ -59,7 +67,11 @@ class PreparedSource:
 
     def extract_slide(self, b: int, xy: Tensor, size_wh) -> Tensor:
         """Slide ``b``'s patches at ``xy [k, 2]``, read from the source (a feature cache's misses)."""
-        return self.source.extract_slide(b, xy, size_wh)
+        start = time.perf_counter()
+        try:
+            return self.source.extract_slide(b, xy, size_wh)
+        finally:
+            self.read_seconds += time.perf_counter() - start
 
     def extract(self, xy: Tensor, size_wh) -> Tensor:
         """The patches at ``xy`` long ``[B, n, 2]``: the ones read ahead when they match, else read now."""
@@ -67,8 +79,13 @@ class PreparedSource:
         for i, (read_xy, read_wh, patches) in enumerate(self._reads):
             if read_wh == wh and _same(read_xy, xy):
                 del self._reads[i]
+                self.served += 1
                 return patches
-        return self.source.extract(xy, size_wh)
+        start = time.perf_counter()
+        try:
+            return self.source.extract(xy, size_wh)
+        finally:
+            self.read_seconds += time.perf_counter() - start
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

@@ -75,6 +75,11 @@ class TrainSettings:
     """Level-0 µm/px of every slide, overriding its metadata (a manifest's ``mpp`` column wins)."""
     fold: int | None = None
     """A manifest with fold numbers: fold ``fold`` is test, the next val, the rest train (:mod:`ats_wsi.data.folds`)."""
+    read_ahead: bool = True
+    """Prepare the next slide of a batch (attention, draws, patch reads) in a background thread while
+    one trains (``--read-ahead``; the same draws and pixels: :mod:`ats_wsi.run.train_ahead`). Off where
+    :func:`~ats_wsi.run.train_ahead.read_ahead_refusal` says why: torchrun, zoom, a feature cache,
+    an attention net with BatchNorm or dropout."""
     time_column: str | None = None
     event_column: str | None = None
     target_column: str | None = None
@@ -107,7 +112,12 @@ class EpochMetrics:
     encoder_busy: float = float("nan")
     """Seconds inside the patch encoder's forward calls over the epoch's wall seconds, in [0, 1]
     (:class:`~ats_wsi.classifier.stages.EncoderClock`; NaN in checkpoints written before it was measured).
-    Training does not read ahead: the next batch's draws depend on the weights this step changes."""
+    Training reads ahead within a batch only: the next batch's draws depend on the weights this step changes."""
+    read_ahead_slides: int = 0
+    """Training slides whose forward used patches read ahead by the background thread (:mod:`.train_ahead`)."""
+    read_wait: float = float("nan")
+    """Seconds the training thread waited for patches: its own reads, and a slide read ahead that was
+    not ready yet (NaN in checkpoints written before it was measured; not in metrics.csv)."""
 
 
 FLAT_ATTENTION = 0.01

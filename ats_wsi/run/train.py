@@ -49,6 +49,7 @@ from .cohort_check import CohortError, CohortSummary, check_cohort, class_proble
 from .outdir import epoch_checkpoints, hold_results_folder, prepare_run_folder, remove_stale_temporaries
 
 from .settings import METRIC_FIELDS, EpochMetrics, TrainSettings
+from .train_ahead import PreparedDraw, TrainAhead, read_ahead_refusal
 
 __all__ = ["TrainSettings", "train", "EpochMetrics"]
 
@@ -57,8 +58,11 @@ def _item_seed(seed: int, epoch: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(index) * 104_729) & 0x7FFFFFFF
 
 
-def forward_slide(net, item: SlideInput, generator: torch.Generator, device):
-    """One slide through the model (or its DDP wrapper): ``(logits [1, C], AttentionResult)``."""
+def forward_slide(net, item: SlideInput, generator: torch.Generator, device, prepared: PreparedDraw | None = None):
+    """One slide through the model (or its DDP wrapper): ``(logits [1, C], AttentionResult)``
+    (``prepared``: its low view and patch source, made ahead: :mod:`.train_ahead`)."""
+    if prepared is not None:
+        return net(prepared.x_low, prepared.source, prepared.mask, generator=generator)
     x_low, mask = item.low_inputs(device)
     return net(x_low, item.source(device), mask, generator=generator)
 
@@ -205,6 +209,9 @@ def train(
             epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows, objective,
                            on_slide, failures)
             epoch.memory = memory_for(settings, model, len(train_rows))
+            refused = read_ahead_refusal(config, settings, distributed=procs.distributed,
+                                         attention_net=getattr(model.sampler, "attention_net", None))
+            epoch.ahead = TrainAhead(model, procs.device, enabled=settings.read_ahead and refused is None)
             start = 0 if payload is None else int(payload["epoch"])
             clock = EncoderClock(model)  # the encoder's busy fraction per epoch
             for index in range(start, settings.epochs):
@@ -215,12 +222,14 @@ def train(
                     _validate(model, objective, inputs, val_rows, settings.seed, index, procs.device, failures)
                     if procs.rank == 0 else (0.0, 0.0, 0.0, float("nan")))
                 stats = cache.take_stats() if cache is not None else {"hits": 0, "misses": 0}
+                ahead_used, read_wait = epoch.ahead.take_stats()
                 seconds = time.perf_counter() - t0
                 metrics = EpochMetrics(index + 1, train_loss, train_acc, val_loss, val_acc,
                                        seconds, optimizer.param_groups[0]["lr"], val_auc,
                                        feature_hits=stats["hits"], feature_misses=stats["misses"],
                                        val_threshold=val_threshold, encoder_busy=clock.busy(seconds),
-                                       attention_sd=epoch.attention_sd())
+                                       attention_sd=epoch.attention_sd(), read_ahead_slides=ahead_used,
+                                       read_wait=read_wait)
                 history.append(metrics)
                 if procs.rank == 0:
                     _save_epoch(out, model, optimizer, metrics, history, settings)
@@ -327,6 +336,8 @@ class _Epoch:
     on_slide: Callable[..., None] | None = None
     failures: MidRunFailures | None = None
     memory: InstanceMemory | None = None
+    ahead: TrainAhead | None = None
+    """Prepares the next slide of a batch while one trains (:mod:`.train_ahead`)."""
     spread: list[float] = field(default_factory=list)
     """This epoch's spread of the attention logits, one value a slide (:func:`_logit_sd`)."""
 
@@ -375,17 +386,36 @@ class _Epoch:
         mine = [(idx, 1.0) for idx in batch[self.procs.rank::world]] or [(batch[0], 0.0)]
         self.optimizer.zero_grad(set_to_none=True)
         cox = self._cox(epoch, batch, inputs) if self.objective.batched else None
+        try:
+            self._slides(epoch, batch, mine, inputs, tally, cox)
+        finally:
+            if self.ahead is not None:
+                self.ahead.drain()  # nothing prepared ahead outlives the weights it was drawn with
+        self.optimizer.step()
+        self.running_stats.fold(len(batch), world, self.procs.distributed)
+
+    def _slides(self, epoch: int, batch: np.ndarray, mine: list, inputs: SlideInputs, tally: list, cox) -> None:
+        """Forward and backward of this process's slides of ``batch``, the next one read ahead."""
+        world, device, ahead = self.procs.world, self.procs.device, self.ahead
         for j, (idx, weight) in enumerate(mine):
             row = self.rows[idx]
             if self.failures is not None and row in self.failures:
                 continue
             gen = torch.Generator(device=device).manual_seed(_item_seed(self.settings.seed, epoch, idx))
+            prepared = None
             last = not self.procs.distributed or j == len(mine) - 1
             sync = contextlib.nullcontext() if last else self.net.no_sync()
             # capture() restores the BatchNorm buffers only after the backward, which reads them.
             try:
+                if ahead is not None:
+                    prepared = ahead.take(j, inputs[row.path])
+                    k = next((k for k in range(j + 1, len(mine)) if self.failures is None
+                              or self.rows[mine[k][0]] not in self.failures), None)
+                    if k is not None:  # the next slide, drawn with the same weights and seed as its forward will be
+                        ahead.start(k, inputs[self.rows[mine[k][0]].path],
+                                    _item_seed(self.settings.seed, epoch, mine[k][0]))
                 with sync, self.running_stats.capture(keep=weight > 0):
-                    logits, result = forward_slide(self.net, inputs[row.path], gen, device)
+                    logits, result = forward_slide(self.net, inputs[row.path], gen, device, prepared)
                     extra = result.entropy_loss + (aid_losses(self.model, self.settings, result, row.label,
                                                                 self.memory, str(row.path))
                                                    if self.objective.task == "classification" else 0.0)
@@ -400,6 +430,9 @@ class _Epoch:
                     raise
                 self.failures.record(row, exc, epoch)
                 continue
+            finally:
+                if ahead is not None:
+                    ahead.settle(prepared)
             if self.on_slide is not None and weight:
                 self.on_slide(epoch, row, inputs[row.path], logits.detach(), result)
             if weight:
@@ -407,8 +440,6 @@ class _Epoch:
                 tally[0].append(ce.item())
                 tally[1] += self.objective.correct(logits, row)
                 tally[2] += 1
-        self.optimizer.step()
-        self.running_stats.fold(len(batch), world, self.procs.distributed)
 
 
 def _logit_sd(result) -> float:
