@@ -1,4 +1,4 @@
-"""Batch prediction with and without read-ahead: seconds per slide and the encoder's busy fraction (issue 30).
+"""Batch prediction, or training (``--train``), with and without read-ahead (issue 30).
 
 Writes N synthetic JPEG slides (once, into benchmarks/_data/read_ahead/, git-ignored), saves the demo's
 model (seeded, untrained) with ``--n-patches`` patches of ``--patch`` px, and predicts all slides with
@@ -10,6 +10,12 @@ probabilities.
 
     python benchmarks/read_ahead.py [--slides 8] [--size 4096] [--n-patches 48] [--patch 128]
                                     [--depths 0 1 2] [--rounds 3] [--device cpu] [--torch-threads 1]
+
+With ``--train`` it trains the same model instead (``--epochs``, ``--batch-size``), without and with
+``TrainSettings.read_ahead`` (the next slide of a batch prepared in a background thread:
+:mod:`ats_wsi.run.train_ahead`), interleaved round after round, and prints per setting the median
+seconds per epoch, the seconds the training thread waited for patches, the slides read ahead per
+epoch and the ratio to the serial run's seconds; checks that both gave the same weights bit for bit.
 """
 from __future__ import annotations
 
@@ -67,6 +73,52 @@ def run_once(slides, checkpoint, out: Path, depth: int, args) -> tuple[dict, lis
     return summary, [r["p1"] for r in rows]
 
 
+def train_once(slides, out: Path, read_ahead: bool, args) -> tuple[list, dict]:
+    """One training run of ``args.epochs`` epochs: ``(its EpochMetrics, its last weights)``."""
+    from ats_wsi.classifier import read_checkpoint
+    from ats_wsi.run.demo import demo_model_config
+    from ats_wsi.run.train import TrainSettings, train
+
+    config = demo_model_config()
+    config.n_patches, config.patch_size = args.n_patches, args.patch
+    manifest = out.parent / "manifest.csv"
+    if not manifest.is_file():  # lesions on the odd slides (ensure_slides): label 1
+        manifest.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(slides)))
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, device=args.device, workers=args.io_threads,
+                             check_tiles=0, read_ahead=read_ahead)
+    history = train(manifest, out, config, settings)
+    return history, read_checkpoint(out / "last.pt")["state_dict"]
+
+
+def main_train(args) -> None:
+    """``--train``: epoch seconds without and with read-ahead, interleaved; a ratio table."""
+    torch.set_num_threads(args.torch_threads)
+    slides = ensure_slides(args.slides, args.size)
+    runs = {False: [], True: []}
+    weights = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train_once(slides[:2], Path(tmp) / "warm" / "run", False, args)  # imports, first-call costs
+        for r in range(args.rounds):
+            for ahead in ((False, True) if r % 2 == 0 else (True, False)):
+                history, weights[ahead] = train_once(slides, Path(tmp) / f"r{r}-{ahead}" / "run", ahead, args)
+                runs[ahead] += history
+    same = all(torch.equal(weights[True][k], weights[False][k]) for k in weights[False])
+    print(f"{len(slides)} slides of {args.size}x{args.size * 3 // 4} px, {args.n_patches} patches of {args.patch}² px, "
+          f"batch {args.batch_size}, {args.epochs} epoch(s) x {args.rounds} rounds (median over epochs), device "
+          f"{args.device}, torch threads {args.torch_threads}, io threads {args.io_threads}; "
+          f"{platform.processor() or platform.machine()}")
+    serial = statistics.median(m.seconds for m in runs[False])
+    print(f"{'read-ahead':>10}  {'s/epoch':>8}  {'read wait s':>11}  {'slides ahead':>12}  {'vs serial':>9}")
+    for ahead in (False, True):
+        s = statistics.median(m.seconds for m in runs[ahead])
+        wait = statistics.median(m.read_wait for m in runs[ahead])
+        used = statistics.median(m.read_ahead_slides for m in runs[ahead])
+        print(f"{'on' if ahead else 'off':>10}  {s:8.3f}  {wait:11.3f}  {used:12g}  {serial / s:8.2f}x")
+    print(f"same weights bit for bit: {same}")
+    if not same:
+        raise SystemExit("read-ahead changed what was learnt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=8)
@@ -80,7 +132,12 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--io-threads", type=int, default=1)
     parser.add_argument("--json", help="also write the measurements here")
+    parser.add_argument("--train", action="store_true", help="time training epochs instead of prediction")
+    parser.add_argument("--epochs", type=int, default=2, help="--train: epochs per run")
+    parser.add_argument("--batch-size", type=int, default=4, help="--train: slides per optimiser step")
     args = parser.parse_args()
+    if args.train:
+        return main_train(args)
     if 0 not in args.depths:
         args.depths = [0, *args.depths]
     slides = ensure_slides(args.slides, args.size)

@@ -176,7 +176,7 @@ def _register_training(p) -> None:
     g.add_argument("--read-ahead", action=argparse.BooleanOptionalAction, default=None,
                    help="prepare the next slide of a batch (attention, draws, patch reads) in a background thread "
                         "while one trains; the same draws and pixels, so the same weights (default: on; off under "
-                        "torchrun, for zoom models, with --feature-cache, for an attention net with BatchNorm)")
+                        "torchrun, for zoom models, for an attention net with BatchNorm or dropout)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
 
 
@@ -431,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
                              check_tiles=max(0, args.check_tiles), allow_duplicates=args.allow_duplicates, mpp=args.mpp,
                              feature_cache=args.feature_cache, fold=args.fold, **columns, **aids,
                              **_exports.roi_settings(args), read_ahead=args.read_ahead is not False)
-    note = read_ahead_note(config, settings, world) if args.read_ahead else None
+    note = read_ahead_note(config, world) if args.read_ahead else None
     if note and int(os.environ.get("RANK", "0")) == 0:  # asked for: say once why it cannot be
         print(note, file=sys.stderr)
     if config.task != "classification" and args.select == "accuracy":
@@ -491,9 +491,9 @@ def _busy(metrics) -> str:
     return (f"  encoder {busy:.0%}" if busy == busy else "") + (f"  read ahead {ahead}" if ahead else "")
 
 
-def read_ahead_note(config, settings, world: int = 1) -> str | None:
+def read_ahead_note(config, world: int = 1) -> str | None:
     """The stderr line for ``--read-ahead`` asked for where the run cannot read ahead (None: it can)."""
     from ..run.train_ahead import read_ahead_refusal
 
-    why = read_ahead_refusal(config, settings, distributed=world > 1)
+    why = read_ahead_refusal(config, distributed=world > 1)
     return f"ats-wsi train: --read-ahead is off for this run: {why}" if why else None

@@ -167,6 +167,14 @@ class FeatureCache:
             out.append(value)
         return out
 
+    def holds(self, group: str, boxes: np.ndarray) -> list[bool]:
+        """Whether each box of ``boxes`` int ``[n, 4]`` is held, in memory or in a folder index already
+        read: no count, no read, no reordering (one dict lookup a box, safe in a thread beside the
+        one that gets and puts). An answer may be out of date by the time :meth:`get` is asked."""
+        index = self._index.get(group) or {}
+        return [(group, box) in self._lru or box in index
+                for box in map(tuple, np.asarray(boxes, dtype=np.int64).reshape(-1, 4).tolist())]
+
     def put(self, group: str, boxes: np.ndarray, features: np.ndarray) -> None:
         """Keep ``features`` float32 ``[m, D]`` of ``boxes`` ``[m, 4]`` (in memory, and on disk if any)."""
         boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)

@@ -66,7 +66,15 @@ class PreparedSource:
         return self.source.boxes_level0(xy, size_wh)
 
     def extract_slide(self, b: int, xy: Tensor, size_wh) -> Tensor:
-        """Slide ``b``'s patches at ``xy [k, 2]``, read from the source (a feature cache's misses)."""
+        """Slide ``b``'s patches at ``xy [k, 2]`` (a feature cache's misses): picked from a read ahead
+        that holds every one of them, else read from the source."""
+        wh = tuple(int(v) for v in _size_wh(size_wh, "patch size"))
+        for i, (read_xy, read_wh, patches) in enumerate(self._reads):
+            rows = _rows_of(read_xy[b], xy) if read_wh == wh else None
+            if rows is not None:
+                del self._reads[i]
+                self.served += 1
+                return patches[b, rows.to(patches.device)]
         start = time.perf_counter()
         try:
             return self.source.extract_slide(b, xy, size_wh)
@@ -86,6 +94,13 @@ class PreparedSource:
             return self.source.extract(xy, size_wh)
         finally:
             self.read_seconds += time.perf_counter() - start
+
+
+def _rows_of(have: Tensor, want: Tensor) -> Tensor | None:
+    """For each box of ``want`` long ``[k, 2]``, its row in ``have`` ``[m, 2]`` (None: one is missing)."""
+    rows = {tuple(box): i for i, box in enumerate(have.detach().cpu().tolist())}
+    found = [rows.get(tuple(box)) for box in want.detach().cpu().tolist()]
+    return None if any(i is None for i in found) else torch.tensor(found, dtype=torch.long)
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

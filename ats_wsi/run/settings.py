@@ -78,8 +78,8 @@ class TrainSettings:
     read_ahead: bool = True
     """Prepare the next slide of a batch (attention, draws, patch reads) in a background thread while
     one trains (``--read-ahead``; the same draws and pixels: :mod:`ats_wsi.run.train_ahead`). Off where
-    :func:`~ats_wsi.run.train_ahead.read_ahead_refusal` says why: torchrun, zoom, a feature cache,
-    an attention net with BatchNorm or dropout."""
+    :func:`~ats_wsi.run.train_ahead.read_ahead_refusal` says why: torchrun, zoom, an attention
+    net with BatchNorm or dropout."""
     time_column: str | None = None
     event_column: str | None = None
     target_column: str | None = None

@@ -209,7 +209,7 @@ def train(
             epoch = _Epoch(model, net, optimizer, settings, procs, _RunningStats(model), train_rows, objective,
                            on_slide, failures)
             epoch.memory = memory_for(settings, model, len(train_rows))
-            refused = read_ahead_refusal(config, settings, distributed=procs.distributed,
+            refused = read_ahead_refusal(config, distributed=procs.distributed,
                                          attention_net=getattr(model.sampler, "attention_net", None))
             epoch.ahead = TrainAhead(model, procs.device, enabled=settings.read_ahead and refused is None)
             start = 0 if payload is None else int(payload["epoch"])

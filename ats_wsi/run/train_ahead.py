@@ -22,11 +22,17 @@ Bounded: at most one slide prepared ahead (the next one), and its patches
 Thread rules: the background thread runs the attention net alone, under
 ``no_grad`` and without switching it to eval mode, and reads through its own
 slide's reader. It never touches autograd state, the optimiser, the feature
-net, the heads or the feature cache. Runs it cannot serve read serially
+net or the heads, and never writes to the feature cache or counts in it (it
+asks :meth:`~ats_wsi.encoders.FeatureCache.holds` only). Runs it cannot serve read serially
 (:func:`read_ahead_refusal` says why): under ``torchrun``, a two-stage (zoom)
-model, a feature cache (it decides which boxes are read), an attention net
-whose training-mode forward changes state (BatchNorm buffers, dropout's draws
-from the global generator).
+model, and an attention net whose training-mode forward changes state
+(BatchNorm buffers, dropout's draws from the global generator).
+
+With a frozen encoder's feature cache the background thread reads only the
+drawn boxes the cache does not hold (:meth:`~ats_wsi.encoders.FeatureCache.holds`:
+a lookup that neither counts nor writes); the training thread's own lookup
+decides, and the cache's misses are served from the pixels read ahead when
+they all were (:meth:`~ats_wsi.patches.prepared.PreparedSource.extract_slide`).
 """
 from __future__ import annotations
 
@@ -37,7 +43,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..classifier.features import cache_group
 from ..classifier.stages import READ_AHEAD_BYTES
+from ..encoders import PatchEncoder
 from ..patches.prepared import PreparedSource
 
 __all__ = ["PreparedDraw", "TrainAhead", "read_ahead_refusal"]
@@ -46,13 +54,11 @@ _STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.
 """Modules whose training-mode forward changes buffers or draws from torch's global generator."""
 
 
-def read_ahead_refusal(config, settings, *, distributed: bool = False, attention_net: nn.Module | None = None
-                       ) -> str | None:
+def read_ahead_refusal(config, *, distributed: bool = False, attention_net: nn.Module | None = None) -> str | None:
     """Why a training run cannot read ahead (None: it can).
 
     Args:
         config: the :class:`~ats_wsi.classifier.ModelConfig`.
-        settings: the :class:`~ats_wsi.run.TrainSettings` (its ``feature_cache``).
         distributed: the run is one process of several (``torchrun``).
         attention_net: the model's attention net (None: built from ``config`` to look at it).
     """
@@ -60,8 +66,6 @@ def read_ahead_refusal(config, settings, *, distributed: bool = False, attention
         return "under torchrun each process trains its own slides of a batch"
     if config.zoom:
         return "a two-stage (zoom) model reads its patches inside regions it reads in the same pass"
-    if settings.feature_cache:
-        return "with a feature cache the cache decides which boxes are read, and only the training thread uses it"
     if attention_net is None:
         from ..nets import create_attention_net
 
@@ -175,6 +179,21 @@ class TrainAhead:
             attention, grid_mask = sampler.attend(x_low, mask)  # what forward() computes, without a graph
             cells = sampler.draw_cells(tuple(x_low.shape[-2:]), attention, grid_mask, source, generator=generator)
             pw, ph = (int(v) for v in cells.patch_wh)
-            nbytes = int(cells.xy.shape[0]) * int(cells.xy.shape[1]) * 3 * pw * ph
-            reads = [(cells.xy, (pw, ph), source.extract(cells.xy, (pw, ph)))] if nbytes <= self.read_bytes else []
+            xy = cells.xy[:, self._lacking(source, cells.xy, (pw, ph))]  # [1, k, 2]: what the cache lacks
+            nbytes = int(xy.shape[0]) * int(xy.shape[1]) * 3 * pw * ph
+            fits = 0 < xy.shape[1] and nbytes <= self.read_bytes
+            reads = [(xy, (pw, ph), source.extract(xy, (pw, ph)))] if fits else []
         return PreparedDraw(x_low, mask, PreparedSource(source, reads), ahead=True)
+
+    def _lacking(self, source, xy: torch.Tensor, patch_wh: tuple[int, int]) -> torch.Tensor:
+        """Indices of the draws of ``xy`` long ``[1, n, 2]`` to read: all, or with a frozen encoder's
+        feature cache those it does not hold (:meth:`~ats_wsi.encoders.FeatureCache.holds`, which
+        neither counts nor writes: the training thread's lookup decides what is read)."""
+        encoder = self.model.sampler.feature_net
+        every = torch.arange(xy.shape[1])
+        if not (isinstance(encoder, PatchEncoder) and encoder.frozen and encoder.cache is not None):
+            return every
+        boxes = source.boxes(xy, patch_wh)
+        group = cache_group(encoder, boxes.geometry[0], patch_wh)
+        held = torch.tensor(encoder.cache.holds(group, boxes.xywh[0].numpy()), dtype=torch.bool)
+        return every[~held]

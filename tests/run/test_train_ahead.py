@@ -110,15 +110,14 @@ def test_patches_over_the_bound_are_not_read_ahead(manifest):
 
 
 def test_runs_that_cannot_read_ahead_say_why():
-    plain, settings = ModelConfig(**TINY), TrainSettings()
-    assert read_ahead_refusal(plain, settings) is None
-    assert "torchrun" in read_ahead_refusal(plain, settings, distributed=True)
+    plain = ModelConfig(**TINY)
+    assert read_ahead_refusal(plain) is None
+    assert "torchrun" in read_ahead_refusal(plain, distributed=True)
     assert "zoom" in read_ahead_refusal(dataclasses.replace(plain, zoom_mpp=2.0, zoom_regions=2, zoom_size=256.0,
-                                                                patch_mpp=0.5), settings)
-    assert "feature cache" in read_ahead_refusal(plain, TrainSettings(feature_cache="cache"))
+                                                            patch_mpp=0.5))
     batchnorm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
-    assert "BatchNorm2d" in read_ahead_refusal(plain, settings, attention_net=batchnorm)
-    assert "Dropout" in read_ahead_refusal(plain, settings, attention_net=nn.Sequential(nn.Dropout(0.1)))
+    assert "BatchNorm2d" in read_ahead_refusal(plain, attention_net=batchnorm)
+    assert "Dropout" in read_ahead_refusal(plain, attention_net=nn.Sequential(nn.Dropout(0.1)))
 
 
 def test_the_cli_flag_notes_a_refusal_only_when_asked(capsys):
@@ -131,7 +130,7 @@ def test_the_cli_flag_notes_a_refusal_only_when_asked(capsys):
     assert parse([*base, "--read-ahead"]).read_ahead is True
     assert parse([*base, "--no-read-ahead"]).read_ahead is False
     plain = ModelConfig(**TINY)
-    assert read_ahead_note(plain, TrainSettings()) is None
-    note = read_ahead_note(plain, TrainSettings(), world=2)
+    assert read_ahead_note(plain) is None
+    note = read_ahead_note(plain, world=2)
     assert note.startswith("ats-wsi train: --read-ahead is off for this run: ") and "\n" not in note
     assert train_ahead.__doc__  # the module says how it keeps the draws
