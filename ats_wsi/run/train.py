@@ -7,7 +7,9 @@ among the processes and DDP averages their gradients, which gives the same
 update as one process with the same total batch: every slide's draws are
 seeded by (seed, epoch, slide index), whatever process runs it, and BatchNorm
 running statistics are folded in slide by slide in the batch's order on every
-process (:class:`_RunningStats`), as one process would.
+process (:class:`_RunningStats`), as one process would. In one process the next slide of a batch
+is prepared (attention, draws, patch reads) in a background thread while one trains
+(:mod:`.train_ahead`): the same draws and pixels, so the same weights.
 """
 from __future__ import annotations
 
