@@ -82,6 +82,7 @@ def train_once(slides, out: Path, read_ahead: bool, args) -> tuple[list, dict]:
     config = demo_model_config()
     config.n_patches, config.patch_size = args.n_patches, args.patch
     manifest = out.parent / "manifest.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not manifest.is_file():  # lesions on the odd slides (ensure_slides): label 1
         manifest.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(slides)))
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, device=args.device, workers=args.io_threads,
