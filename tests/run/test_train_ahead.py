@@ -2,8 +2,8 @@
 so the same weights and metrics bit for bit, whoever read the patches."""
 from __future__ import annotations
 
+import csv
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,14 +11,10 @@ import torch
 from torch import nn
 
 from ats_wsi.classifier import ModelConfig, read_checkpoint
-from ats_wsi.run import train_ahead
 from ats_wsi.run.train import TrainSettings, train
 from ats_wsi.run.train_ahead import TrainAhead, read_ahead_refusal
 
 from run_helpers import TINY
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "cli"))
-from cli_helpers import slide_set_manifest  # noqa: E402
 
 # The metrics that depend on the clock, not on what was learnt.
 TIMED = {"seconds", "encoder_busy", "read_ahead_slides", "read_wait"}
@@ -27,8 +23,16 @@ TIMED = {"seconds", "encoder_busy", "read_ahead_slides", "read_wait"}
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     """Five real slides (4 train, 1 val) of 2048..2560 x 1536..1920 px."""
+    from ats_wsi.data.synthetic import make_slide_set
+
     folder = tmp_path_factory.mktemp("ahead_slides")
-    return slide_set_manifest(folder, n_slides=5, size=((2048, 1536), (2560, 1920)), seed=3, val_index=1)[0]
+    with open(make_slide_set(folder / "set", n_slides=5, size=((2048, 1536), (2560, 1920)), seed=3,
+                             lesion_size_um=(60.0, 120.0)), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"{r['path']},{r['label']},{'val' if i == 1 else 'train'}\n"
+                                                       for i, r in enumerate(rows)))
+    return manifest
 
 
 def _train(manifest, out: Path, read_ahead: bool, epochs: int = 2):
@@ -133,4 +137,3 @@ def test_the_cli_flag_notes_a_refusal_only_when_asked(capsys):
     assert read_ahead_note(plain) is None
     note = read_ahead_note(plain, world=2)
     assert note.startswith("ats-wsi train: --read-ahead is off for this run: ") and "\n" not in note
-    assert train_ahead.__doc__  # the module says how it keeps the draws
