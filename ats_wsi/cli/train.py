@@ -12,6 +12,7 @@ from pathlib import Path
 from . import _auto_encoder, _encoder, _exports
 from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, floats, int_in, json_object,
                       positive_int, read_model_config, transient_bars)
+from ._epoch_line import busy_note, flat_after_exploring, read_ahead_note, spread_note
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
@@ -175,8 +176,9 @@ def _register_training(p) -> None:
                        help="replace the run in OUT (its checkpoints, metrics and logs; other files stay)")
     g.add_argument("--read-ahead", action=argparse.BooleanOptionalAction, default=None,
                    help="prepare the next slide of a batch (attention, draws, patch reads) in a background thread "
-                        "while one trains; the same draws and pixels, so the same weights (default: on; off under "
-                        "torchrun, for zoom models, for an attention net with BatchNorm or dropout)")
+                        "while one trains; the same draws and pixels, so the same weights (default: on with a CUDA "
+                        "--device, off on CPU, where it measured no gain; never under torchrun, for zoom models, "
+                        "for an attention net with BatchNorm or dropout)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
 
 
@@ -283,21 +285,6 @@ def _apply_defaults(base: dict) -> None:
         for key, value in FEATURE_DEFAULTS.items():
             base.setdefault(key, json.loads(json.dumps(value)))
 
-
-def flat_after_exploring(metrics, explore_epochs: int) -> bool:
-    """Whether an epoch's attention map is flat (logit sd below :data:`~ats_wsi.run.settings.FLAT_ATTENTION`)
-    once the exploration epochs are over: its draws are uniform, and a ReLU attention net whose units all
-    stopped firing does not come back (docs/training.md, "A flat attention map")."""
-    from ..run.settings import FLAT_ATTENTION
-
-    sd = getattr(metrics, "attention_sd", float("nan"))
-    return metrics.epoch > max(1, explore_epochs) and math.isfinite(sd) and sd < FLAT_ATTENTION
-
-
-def _spread_note(metrics) -> str:
-    """`` attn sd X`` for an epoch line (empty for uniform draws)."""
-    sd = getattr(metrics, "attention_sd", float("nan"))
-    return f"  attn sd {sd:.3f}" if math.isfinite(sd) else ""
 
 
 def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True,
@@ -430,7 +417,8 @@ def run(args: argparse.Namespace) -> int:
                              skip_unreadable=args.skip_unreadable, open_threads=args.open_threads,
                              check_tiles=max(0, args.check_tiles), allow_duplicates=args.allow_duplicates, mpp=args.mpp,
                              feature_cache=args.feature_cache, fold=args.fold, **columns, **aids,
-                             **_exports.roi_settings(args), read_ahead=args.read_ahead is not False)
+                             **_exports.roi_settings(args),
+                             read_ahead=str(args.device).startswith("cuda") if args.read_ahead is None else args.read_ahead)
     note = read_ahead_note(config, world) if args.read_ahead else None
     if note and int(os.environ.get("RANK", "0")) == 0:  # asked for: say once why it cannot be
         print(note, file=sys.stderr)
@@ -445,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
         accuracy = f"  acc {m.train_acc:.3f}" if config.task == "classification" else ""
         val_accuracy = f"  val_acc {m.val_acc:.3f}" if config.task == "classification" else ""
         print(f"epoch {m.epoch:3d}  loss {m.train_loss:.4f}{accuracy}  val_loss {m.val_loss:.4f}{val_accuracy}  "
-              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{_busy(m)}{_encoder.cache_note(m)}{_spread_note(m)}", flush=True)
+              f"{score} {m.val_auc:.3f}  {m.seconds:.1f}s{busy_note(m)}{_encoder.cache_note(m)}{spread_note(m)}", flush=True)
         if not warned and flat_after_exploring(m, settings.explore_epochs):
             warned.append(m.epoch)  # once a run: the first epoch the map is flat once exploration is over
             pull = (f"; --entropy {config.entropy:g} pulls the map flat: try --entropy 0" if config.entropy else "")
@@ -482,18 +470,3 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["register", "run", "model_config"]
-
-
-def _busy(metrics) -> str:
-    """``  encoder 37%  read ahead 4`` (encoder's busy fraction, slides read ahead) for an epoch line, or empty."""
-    busy = getattr(metrics, "encoder_busy", float("nan"))
-    ahead = getattr(metrics, "read_ahead_slides", 0)
-    return (f"  encoder {busy:.0%}" if busy == busy else "") + (f"  read ahead {ahead}" if ahead else "")
-
-
-def read_ahead_note(config, world: int = 1) -> str | None:
-    """The stderr line for ``--read-ahead`` asked for where the run cannot read ahead (None: it can)."""
-    from ..run.train_ahead import read_ahead_refusal
-
-    why = read_ahead_refusal(config, distributed=world > 1)
-    return f"ats-wsi train: --read-ahead is off for this run: {why}" if why else None

@@ -75,9 +75,10 @@ class TrainSettings:
     """Level-0 µm/px of every slide, overriding its metadata (a manifest's ``mpp`` column wins)."""
     fold: int | None = None
     """A manifest with fold numbers: fold ``fold`` is test, the next val, the rest train (:mod:`ats_wsi.data.folds`)."""
-    read_ahead: bool = True
+    read_ahead: bool = False
     """Prepare the next slide of a batch (attention, draws, patch reads) in a background thread while
-    one trains (``--read-ahead``; the same draws and pixels: :mod:`ats_wsi.run.train_ahead`). Off where
+    one trains (``--read-ahead``, on by default with a CUDA ``--device``: on 2 CPU cores it measured no
+    gain; the same draws and pixels: :mod:`ats_wsi.run.train_ahead`). Off where
     :func:`~ats_wsi.run.train_ahead.read_ahead_refusal` says why: torchrun, zoom, an attention
     net with BatchNorm or dropout."""
     time_column: str | None = None
