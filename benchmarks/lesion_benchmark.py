@@ -34,7 +34,7 @@ Usage::
 
     .venv/bin/python benchmarks/lesion_benchmark.py MANIFEST OUT [--rows ats,uniform] [--n 8,16,32,64]
         [--encoder ENC/spec.json] [--dense DENSE/dense_abmil.json] [--epochs 30] [--readout top|head]
-        [-- EXTRA TRAIN FLAGS]
+        [--predict-sampler uniform] [-- EXTRA TRAIN FLAGS]
 """
 from __future__ import annotations
 
@@ -72,6 +72,22 @@ def predict_n_patches(row: str, n: int) -> int:
     if n % ZOOM_REGIONS:
         raise SystemExit(f"row {row} reads n1 = {ZOOM_REGIONS} regions; --n {n} is not a multiple of it")
     return n // ZOOM_REGIONS
+
+
+def predict_variant(readout: str | None, sampler: str | None) -> tuple[str | None, str | None, list[str]]:
+    """How ``--readout``/``--predict-sampler`` change the predictions of a trained row: the label
+    the row's entry gets (``ROW (LABEL)``), the slug of its prediction folders (``test-SLUG-nN``) and
+    the flags ``ats-wsi predict`` gets; ``(None, None, [])`` for the checkpoint's own settings."""
+    parts, flags = [], []
+    if readout:
+        parts.append(readout)
+        flags += ["--readout", readout]
+    if sampler:
+        parts.append(f"{sampler} draws")
+        flags += ["--sampler", sampler]
+    if not parts:
+        return None, None, []
+    return ", ".join(parts), "-".join(p.split()[0] for p in parts), flags
 
 
 def row_flags(row: str, encoder: str | None, out: Path) -> list[str]:
@@ -145,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--readout", choices=["top", "head"], default=None,
                     help="predict with `--readout R` (default: the checkpoint's); rows are then named 'ROW (R)' and "
                          "predicted into ROW/test-R-nN: the same trained model read both ways")
+    ap.add_argument("--predict-sampler", choices=["attention", "uniform"], default=None,
+                    help="predict with `--sampler S` (uniform: the trained model with its attention ablated, the "
+                         "same n drawn uniformly over tissue); rows are then named 'ROW (S draws)'")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -163,19 +182,19 @@ def main(argv=None) -> int:
         train = [*ATS, "train", str(args.manifest), "--out", str(folder / "run"), "--no-progress",
                  *row_flags(row, args.encoder, folder), *(["--epochs", str(args.epochs)] if args.epochs else []),
                  *args.extra]
-        entry = results["rows"].setdefault(row if args.readout is None else f"{row} ({args.readout})", {})
+        label, slug, variant = predict_variant(args.readout, args.predict_sampler)
+        entry = results["rows"].setdefault(row if label is None else f"{row} ({label})", {})
         if not (folder / "run" / "best.pt").is_file():
             entry["train_seconds"] = run(train, folder / "train.log")
         entry["train_command"] = " ".join(train)
         for n in args.n.split(","):
-            pred = folder / (f"test-n{n}" if args.readout is None else f"test-{args.readout}-n{n}")
+            pred = folder / (f"test-n{n}" if slug is None else f"test-{slug}-n{n}")
             cmd = [*ATS, "predict", str(folder / "run" / "best.pt"), str(args.manifest), "--split", "test",
-                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n))), "--no-progress",
-                   *(["--readout", args.readout] if args.readout else [])]
+                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n))), "--no-progress", *variant]
             if not (pred / "predictions.csv").is_file():
                 run(cmd, folder / f"predict-n{n}.log")
             entry[f"n{n}"] = score(pred / "predictions.csv", cohort)
-            print(f"{row:15s} {args.readout or ''} n={n:>3s}  AUC {entry[f'n{n}']['roc_auc']['value']:.3f}", flush=True)
+            print(f"{row:15s} {label or ''} n={n:>3s}  AUC {entry[f'n{n}']['roc_auc']['value']:.3f}", flush=True)
         (out / "lesion_benchmark.json").write_text(json.dumps(results, indent=1))
     if args.dense:
         results["rows"]["dense"] = json.loads(Path(args.dense).read_text())

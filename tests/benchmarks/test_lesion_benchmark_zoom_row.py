@@ -50,3 +50,12 @@ def test_the_table_shows_the_operating_point_at_the_validation_threshold():
                                              "old": {"n32": {**m, "operating_point": None}}}})
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "| 0.90 / 1.00 (0.954) | 32 |" in lines[2] and "| – | 32 |" in lines[3]
+
+
+def test_a_trained_row_predicted_with_uniform_draws_or_another_readout_gets_its_own_name_folder_and_flags():
+    variant = lesion_benchmark.predict_variant
+    assert variant(None, None) == (None, None, [])  # the checkpoint's own settings: ROW, test-nN
+    assert variant(None, "uniform") == ("uniform draws", "uniform", ["--sampler", "uniform"])
+    assert variant("head", None) == ("head", "head", ["--readout", "head"])
+    assert variant("top", "uniform") == ("top, uniform draws", "top-uniform",
+                                          ["--readout", "top", "--sampler", "uniform"])
