@@ -390,6 +390,12 @@ def run(args: argparse.Namespace) -> int:
     if refused:
         return error(f"ats-wsi train: {refused}")
     if pretrain:  # the default encoder (docs/training.md, "The default encoder"); a run there is refused first
+        try:  # and settings that fail with any encoder fail before minutes of pretraining
+            build_model(config)
+            _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head),
+                          True, config.negative_class)
+        except (ValueError, TypeError, ImportError, EncoderError, ConfigError) as exc:
+            return error(f"ats-wsi train: bad model settings: {exc}")
         if not args.overwrite:
             prepare_run_folder(args.out, resume=False, overwrite=False)
         _auto_encoder.pretrain_for_train(args, config)

@@ -167,6 +167,7 @@ def test_a_config_with_an_unknown_sampler_is_refused(slide_set, tmp_path):
     proc = cli("train", slide_set.manifest, "--out", tmp_path / "run", "--config", path, "--epochs", "1",
                "--no-progress")
     assert proc.returncode == 2 and "sampler must be one of ('attention', 'uniform')" in proc.stderr
+    assert "pretraining" not in proc.stdout and not (tmp_path / "run" / "encoder").exists()  # refused before it
 
 
 def test_no_instance_head_turns_the_per_patch_losses_off_or_names_the_clash():
