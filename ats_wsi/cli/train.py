@@ -287,6 +287,25 @@ def _apply_defaults(base: dict) -> None:
 
 
 
+def _checked_aids(args: argparse.Namespace, config, names: list[str], *, frozen: bool,
+                  build: bool = True) -> tuple[dict | None, str | None]:
+    """``(aids, None)``: the model ``config`` builds (unknown net names or arguments fail there, with
+    their message) and the aid flags hold for it with a ``frozen`` feature net; else ``(None, message)``."""
+    from ..classifier import build_model
+    from ..errors import ConfigError, EncoderError
+
+    if build:
+        try:
+            build_model(config)
+        except (ValueError, TypeError, ImportError, EncoderError) as exc:
+            return None, f"ats-wsi train: bad model settings: {exc}"
+    try:
+        return _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head),
+                             frozen, config.negative_class), None
+    except ConfigError as exc:
+        return None, f"ats-wsi train: {exc}"
+
+
 def _aid_settings(args: argparse.Namespace, names: list[str], n_classes: int, instance_head: bool = True,
                   frozen: bool = False, negative: int = 0) -> dict:
     """The exploration and per-patch loss settings of the flags (TrainSettings keys)."""
@@ -354,7 +373,6 @@ def _negative_class(value: str | None, names: list[str], n_classes: int, default
 
 def run(args: argparse.Namespace) -> int:
     """Train, printing one line per epoch."""
-    from ..classifier import build_model
     from ..run.outdir import prepare_run_folder
     from ..run.train import TrainSettings, train
 
@@ -390,28 +408,18 @@ def run(args: argparse.Namespace) -> int:
     if refused:
         return error(f"ats-wsi train: {refused}")
     if pretrain:  # the default encoder (docs/training.md, "The default encoder"); a run there is refused first
-        try:  # and settings that fail with any encoder fail before minutes of pretraining
-            build_model(config)
-            _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head),
-                          True, config.negative_class)
-        except (ValueError, TypeError, ImportError, EncoderError, ConfigError) as exc:
-            return error(f"ats-wsi train: bad model settings: {exc}")
+        _, bad = _checked_aids(args, config, names, frozen=True)  # what fails with any encoder fails before it
+        if bad:
+            return error(bad)
         if not args.overwrite:
             prepare_run_folder(args.out, resume=False, overwrite=False)
         _auto_encoder.pretrain_for_train(args, config)
         config = model_config(args)
-    if not args.resume:  # (on resume the checkpoint's config is used)
-        try:
-            build_model(config)  # unknown net names or arguments fail here, with their message
-        except (ValueError, TypeError, ImportError, EncoderError) as exc:
-            return error(f"ats-wsi train: bad model settings: {exc}")
-    try:
-        aids = _aid_settings(args, names, config.n_classes if not names else len(names), bool(config.instance_head),
-                             bool(config.feature_frozen), config.negative_class)
-        if aids["negative_class"] != config.negative_class:  # the readout's "nothing found", as the losses'
-            config = dataclasses.replace(config, negative_class=aids["negative_class"])
-    except ConfigError as exc:
-        return error(f"ats-wsi train: {exc}")
+    aids, bad = _checked_aids(args, config, names, frozen=bool(config.feature_frozen), build=not args.resume)
+    if bad:  # (on resume the checkpoint's config is used: nothing to build)
+        return error(bad)
+    if aids["negative_class"] != config.negative_class:  # the readout's "nothing found", as the losses'
+        config = dataclasses.replace(config, negative_class=aids["negative_class"])
     if config.zoom:
         bad = _zoom_settings(args, aids)
         if bad:
