@@ -416,7 +416,9 @@ class AttentionSampler(nn.Module):
         Args:
             low_shape: ``(rows, cols)`` of the low view.
             attention, mask: what :meth:`attend` (or :meth:`attend_streamed`, with ``blocks``) returned.
-            source, n_patches, generator, deterministic: as in :meth:`draw`.
+            source, n_patches, generator, deterministic: as in :meth:`draw`. Without replacement
+                (or deterministic) each map gets at most as many as the map with the
+                fewest usable cells has (all of them, when that is below ``n_patches``).
             blocks: draw by blocks of the map (:mod:`ats_wsi.sampling.streamed`).
         """
         if isinstance(source, Tensor):
@@ -424,6 +426,8 @@ class AttentionSampler(nn.Module):
         n = self.n_patches if n_patches is None else int(n_patches)
         if deterministic is None:
             deterministic = self.deterministic and not self.training
+        if deterministic or not self.replace:
+            n = max(1, min(n, _fewest_usable(attention, mask)))
         with torch.no_grad():
             draw = streamed.sample_blocks if blocks else sample
             positions, _ = draw(attention.detach(), n, replace=self.replace, mask=mask,
@@ -487,3 +491,8 @@ def _check_map(out: Tensor) -> Tensor:
                             f"got {tuple(out.shape)}")
     return out
 
+
+def _fewest_usable(attention: Tensor, mask: Tensor | None) -> int:
+    """The fewest cells a map of ``attention [B, h', w']`` may be drawn from (its ``mask``'s True cells)."""
+    grid = torch.ones_like(attention[:1], dtype=torch.bool) if mask is None else mask.expand_as(attention)
+    return min(int(torch.count_nonzero(g)) for g in grid)

@@ -8,7 +8,7 @@ from ats_wsi import AttentionResult, AttentionSampler, attention_sampling
 from ats_wsi.errors import SamplingError
 from ats_wsi.nets import create_attention_net, create_feature_net
 from ats_wsi.patches import TensorSource
-from ats_wsi.sampling import SampleSoftmax, multinomial_entropy
+from ats_wsi.sampling import SampleSoftmax, multinomial_entropy, sample
 from ats_wsi.geometry import cell_to_xy
 
 from model_helpers import LOW, make_inputs, make_sampler, seeded
@@ -49,8 +49,18 @@ def test_with_replacement_more_patches_than_cells_can_be_drawn():
     cells = LOW[0] * LOW[1]
     result = make_sampler(replace=True, n_patches=cells + 5)(x_low, x_high, generator=seeded(3))
     assert result.positions.shape == (2, cells + 5, 2)
-    with pytest.raises(SamplingError, match="distinct"):
-        make_sampler(n_patches=cells + 5)(x_low, x_high)
+
+
+
+def test_without_replacement_a_map_with_fewer_cells_than_n_patches_gives_all_of_them():
+    x_low, x_high = make_inputs()
+    cells = LOW[0] * LOW[1]
+    result = make_sampler(n_patches=cells + 5)(x_low, x_high, generator=seeded(3))
+    assert result.positions.shape == (2, cells, 2)
+    for b in range(2):
+        assert len({tuple(p) for p in result.positions[b].tolist()}) == cells
+    with pytest.raises(SamplingError, match="distinct"):  # the low-level draw still refuses
+        sample(torch.full((1, 2, 2), 0.25), 5)
 
 
 def test_patches_are_cut_at_the_geometry_boxes_of_the_drawn_cells():
@@ -139,8 +149,12 @@ def test_masked_cells_are_never_drawn_and_carry_no_attention():
         assert mask[torch.arange(2)[:, None], rows, cols].all()
         assert (result.attention[~mask] == 0).all()
         assert torch.allclose(result.attention.sum(dim=(1, 2)), torch.ones(2))
-    with pytest.raises(SamplingError):
-        make_sampler(n_patches=9)(x_low, x_high, mask)  # batch item 0 has only 8 cells
+    # batch item 0 has only 8 cells: without replacement each map gets as many as the fewest has
+    result = make_sampler(n_patches=9)(x_low, x_high, mask, generator=seeded(5))
+    assert result.positions.shape == (2, 8, 2)
+    rows, cols = result.positions.unbind(-1)
+    assert mask[torch.arange(2)[:, None], rows, cols].all()
+    assert len({tuple(p) for p in result.positions[0].tolist()}) == 8
 
 
 # -- deterministic top-k -------------------------------------------------------

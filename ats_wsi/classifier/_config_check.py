@@ -14,8 +14,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..slide.resolution import MAX_MPP, MIN_MPP
 
-POSITIVE = {"n_classes", "feature_dim", "n_patches", "patch_size"}
-MOST = {"n_classes": 1 << 16, "feature_dim": 1 << 16, "n_patches": 1 << 16, "patch_size": 4096}
+POSITIVE = {"n_classes", "feature_dim", "n_patches", "predict_patches", "patch_size"}
+MOST = {"n_classes": 1 << 16, "feature_dim": 1 << 16, "n_patches": 1 << 16, "predict_patches": 1 << 16,
+        "patch_size": 4096}
 """Largest value of each size: each one sizes memory (a patch of 4096² is 48 MiB)."""
 IGNORED_WITH = {"patch_level": "patch_mpp"}
 """Keys a config may leave None where the other key is set (it is ignored then)."""
@@ -82,7 +83,7 @@ def check_user_config(cls, data: Any, source=None) -> dict[str, Any]:
         wrong = _kind(data[key], fields[key].type)
         if wrong:
             problems.append(f"key {key!r}: expected {wrong}, got {data[key]!r}")
-        elif key in POSITIVE and data[key] < 1:
+        elif key in POSITIVE and data[key] is not None and data[key] < 1:
             problems.append(f"key {key!r}: must be >= 1, got {data[key]!r}")
     if problems:
         raise ConfigError(source, "; ".join(problems))
@@ -114,7 +115,7 @@ def config_problems(config) -> list[str]:
         wrong = _kind(value, f.type)
         if wrong:
             problems.append(f"{f.name!r}: expected {wrong}, got {value!r}")
-        elif f.name in POSITIVE and value < 1:
+        elif f.name in POSITIVE and value is not None and value < 1:
             problems.append(f"{f.name!r}: must be >= 1, got {value!r}")
     return problems
 
@@ -168,7 +169,7 @@ def zoom_problems(config) -> list[str]:
     The three keys go together; ``zoom_mpp`` is µm/px like ``patch_mpp`` (which
     a two-stage model needs); ``zoom_size`` is a region's side in µm, at most
     :data:`~ats_wsi.patches.zoom_source.MAX_REGION_SIDE` pixels at ``zoom_mpp``;
-    ``zoom_regions · n_patches`` patches per slide are at most 65 536.
+    ``zoom_regions · n_patches`` (and ``· predict_patches``) patches per slide are at most 65 536.
     """
     from ..patches.zoom_source import MAX_REGION_SIDE
 
@@ -189,9 +190,12 @@ def zoom_problems(config) -> list[str]:
     if not (isinstance(regions, numbers.Integral) and not isinstance(regions, bool) and 1 <= regions <= 1 << 16):
         problems.append(f"{flags(['zoom_regions'])} must be an integer in 1..65536 (regions drawn per slide), "
                         f"got {regions!r}")
-    elif isinstance(config.n_patches, numbers.Integral) and regions * config.n_patches > 1 << 16:
-        problems.append(f"{flags(['zoom_regions'])} x 'n_patches' (--n-patches) = {regions} x {config.n_patches} "
-                        f"patches per slide; at most 65536: lower one of them")
+    else:
+        for key, flag in (("n_patches", "--n-patches"), ("predict_patches", "--predict-patches")):
+            value = getattr(config, key)
+            if isinstance(value, numbers.Integral) and regions * value > 1 << 16:
+                problems.append(f"{flags(['zoom_regions'])} x {key!r} ({flag}) = {regions} x {value} "
+                                f"patches per slide; at most 65536: lower one of them")
     if not (real(size) and size > 0):
         problems.append(f"{flags(['zoom_size'])} must be a region's side in µm > 0, got {size!r}")
     elif real(mpp) and mpp > 0 and not 1 <= math.floor(size / mpp + 0.5) <= MAX_REGION_SIDE:

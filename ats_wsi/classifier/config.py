@@ -23,7 +23,14 @@ class ModelConfig:
         attention_net, attention_kwargs: name and arguments in ``ats_wsi.nets``.
         feature_net, feature_kwargs: likewise (``"timm:<name>"`` works when installed).
         feature_dim: D, the feature vector per patch.
-        n_patches: patches drawn per slide.
+        n_patches: patches drawn per slide (in training; and in prediction
+            unless ``predict_patches`` is set).
+        predict_patches: patches drawn per slide in prediction and in
+            training's validation (``None``: ``n_patches``). More draws
+            than in training cost reads only where the model is used and
+            find small lesions the training draws miss (docs/training.md,
+            "Patches at prediction"). Without replacement a slide with fewer
+            usable cells gives all of them.
         patch_size: side of a square patch, in pixels of ``patch_level``
             (of ``patch_mpp`` when that is set).
         patch_level: pyramid level patches are read from (0: full resolution);
@@ -99,6 +106,7 @@ class ModelConfig:
     feature_kwargs: dict[str, Any] = field(default_factory=dict)
     feature_dim: int = 64
     n_patches: int = 16
+    predict_patches: int | None = None
     patch_size: int = 128
     patch_level: int = 0
     patch_mpp: float | None = None

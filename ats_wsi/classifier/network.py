@@ -166,7 +166,7 @@ class SlideClassifier(nn.Module):
             slide: a path, an open slide (left open) or a :class:`SlideInput`.
             samples: average the class probabilities of this many draws from
                 the one attention map.
-            n_patches: patches per draw (default: the config's).
+            n_patches: patches per draw (default: the config's ``predict_patches``, else its ``n_patches``).
             seed: base seed; draws are seeded per slide (:func:`slide_seed`).
             deterministic: take the top-n cells instead of sampling.
             workers: tile-decoding threads (when a path or slide is given).

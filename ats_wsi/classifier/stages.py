@@ -120,6 +120,8 @@ def prepare_slide(model, slide, *, samples: int = 1, n_patches: int | None = Non
         raise SamplingError(f"samples must be at most {MAX_SAMPLES} samplings per slide, got {samples!r}")
     given = isinstance(slide, SlideInput)
     item = slide if given else SlideInput(slide, model.config, workers=workers, device=model.device)
+    if n_patches is None:  # the prediction's own number of draws, where the config has one
+        n_patches = getattr(model.config, "predict_patches", None)
     prepared = PreparedSlide(item, not given, max(1, int(samples)), n_patches, int(seed),
                              bool(deterministic), zoom=bool(model.config.zoom), streamed=bool(stream))
     try:

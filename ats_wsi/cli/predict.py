@@ -30,7 +30,8 @@ def register(sub) -> None:
                    help="bootstrap resamples of the 95%% intervals in metrics.json (seed 0)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="average K samplings per slide (one attention map, K draws)")
-    p.add_argument("--n-patches", type=positive_int, help="patches per sampling (default: the checkpoint's)")
+    p.add_argument("--n-patches", type=positive_int,
+                   help="patches per sampling (default: the checkpoint's predict_patches, else its n_patches)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (per slide)")
     p.add_argument("--deterministic", action="store_true", help="top-n cells instead of sampling")

@@ -15,6 +15,7 @@ from ._common import (HelpFormatter, LibraryLog, check_device, classes, error, f
 from ._epoch_line import busy_note, flat_after_exploring, read_ahead_note, spread_note
 
 _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kwargs", "feature_dim", "n_patches",
+                 "predict_patches",
                  "patch_size", "patch_level", "replace", "entropy", "min_tissue", "tile_aligned", "mean", "std",
                  "sampler", "smoothing", "temperature", "instance_head", "readout", "zoom_mpp", "zoom_regions", "zoom_size",
                  "task", "survival_loss", "n_bins")
@@ -22,6 +23,9 @@ _CONFIG_FLAGS = ("attention_net", "attention_kwargs", "feature_net", "feature_kw
 # each is what it is). Library users get ModelConfig's own defaults; these are the CLI's.
 MODEL_DEFAULTS = {"low_mpp": 8.0, "patch_mpp": 0.5, "patch_size": 128, "n_patches": 32, "instance_head": True, "temperature": 0.25,
                   "attention_kwargs": {"hidden": 8, "layers": 3, "pool": 4}, "entropy": 0.0}
+# A one-stage model predicts (and validates) with this many times its training draws (docs/training.md,
+# "Patches at prediction").
+PREDICT_FACTOR = 4
 # ... and for the built-in feature net (not for an encoder or another net).
 FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2, "norm": "none"},
                     "feature_dim": 32}
@@ -106,6 +110,9 @@ def _register_model(p, d) -> None:
                         "written as names are then numbered in this order; default: the manifest's names "
                         f"sorted, or {d.n_classes} classes for integer labels)")
     g.add_argument("--n-patches", type=positive_int, help=f"patches drawn per slide (default: {d.n_patches})")
+    g.add_argument("--predict-patches", type=positive_int,
+                   help=f"patches drawn per slide in validation and by `ats-wsi predict` (default: {PREDICT_FACTOR} x "
+                        f"--n-patches, {PREDICT_FACTOR * d.n_patches} by default; a zoom model: --n-patches)")
     g.add_argument("--patch-size", type=int, help="patch side in pixels of --patch-level (or at --patch-mpp) "
                                                      f"(default: {d.patch_size})")
     g.add_argument("--patch-level", type=int, help="pyramid level patches are read from, instead of --patch-mpp")
@@ -281,6 +288,8 @@ def _apply_defaults(base: dict) -> None:
         base[key] = json.loads(json.dumps(value))
     if base.get("low_mpp") is not None:
         base.setdefault("low_downsample", None)
+    if "predict_patches" not in base and base.get("zoom_mpp") is None and isinstance(base["n_patches"], int):
+        base["predict_patches"] = min(PREDICT_FACTOR * base["n_patches"], 1 << 16)
     if base.get("feature_net", "feature-small") == "feature-small" and base.get("feature_spec") is None:
         for key, value in FEATURE_DEFAULTS.items():
             base.setdefault(key, json.loads(json.dumps(value)))

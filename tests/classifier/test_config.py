@@ -11,6 +11,11 @@ from ats_wsi.errors import CheckpointError, ConfigError
 
 @pytest.mark.parametrize("kw, says", [
     (dict(n_patches=0), "'n_patches' must be in 1..65536, got 0"),
+    (dict(predict_patches=0), "'predict_patches' must be in 1..65536, got 0"),
+    (dict(predict_patches=1 << 17), "'predict_patches' must be in 1..65536"),
+    (dict(predict_patches=2.5), "'predict_patches': expected an integer, got 2.5"),
+    (dict(predict_patches=4096, zoom_mpp=2.0, zoom_regions=32, zoom_size=256.0, patch_mpp=0.5),
+     "'zoom_regions' (--zoom-regions) x 'predict_patches' (--predict-patches) = 32 x 4096"),
     (dict(patch_size="128"), "'patch_size': expected an integer, got '128'"),
     (dict(patch_size=10**6), "'patch_size' must be in 1..4096"),
     (dict(replace=1), "'replace': expected true or false"),

@@ -147,3 +147,19 @@ def test_load_model_names_a_bad_file(tmp_path):
 def test_class_names_default_to_numbered_classes():
     model = build_model(ModelConfig(n_classes=3, n_patches=2, patch_size=32, feature_dim=4))
     assert model.class_names == ("class 0", "class 1", "class 2")
+
+
+def test_predict_patches_sets_the_draws_of_a_prediction_and_an_older_checkpoint_keeps_n_patches(slide, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**TINY, "predict_patches": 9})).eval()
+    assert model.predict(slide, seed=1).boxes_xywh.shape == (9, 4)
+    assert model.predict(slide, seed=1, n_patches=3).boxes_xywh.shape == (3, 4)  # the call's own wins
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model)
+    payload = torch.load(path, weights_only=False)
+    assert payload["config"]["predict_patches"] == 9
+    del payload["config"]["predict_patches"]  # as written before the key existed
+    torch.save(payload, path)
+    old = load_model(path)
+    assert old.config.predict_patches is None
+    assert old.predict(slide, seed=1).boxes_xywh.shape == (5, 4)

@@ -55,6 +55,44 @@ def test_exploration_and_per_patch_losses_reach_every_part_of_the_model(slide_se
     assert payload["train_config"]["instance_weight"] == 1.0
 
 
+def test_validation_draws_predict_patches_and_training_keeps_its_own(slide_set, tmp_path):
+    import ats_wsi.run.train as train_module
+
+    seen = []  # (training?, patches drawn) of every slide through the model
+    original = train_module.forward_slide
+
+    def spy(net, item, generator, device, prepared=None):
+        logits, result = original(net, item, generator, device, prepared)
+        seen.append((net.training, result.positions.shape[1]))
+        return logits, result
+
+    train_module.forward_slide = spy
+    try:
+        train(slide_set.manifest, tmp_path / "run", ModelConfig(predict_patches=7, **TINY),
+              TrainSettings(epochs=2, batch_size=2), progress=False)
+    finally:
+        train_module.forward_slide = original
+    assert {n for training, n in seen if training} == {4}
+    assert {n for training, n in seen if not training} == {7}
+    assert sum(not training for training, _ in seen) == 2  # the one validation slide, each epoch
+    last = load_model(tmp_path / "run" / "last.pt")
+    assert last.sampler.n_patches == 4 and last.config.predict_patches == 7
+
+
+@pytest.mark.parametrize("flags, want", [
+    ([], 128),  # 4 x the default 32 (docs/training.md, "Patches at prediction")
+    (["--n-patches", "10"], 40),
+    (["--n-patches", "10", "--predict-patches", "12"], 12),
+    (["--zoom-mpp", "2", "--zoom-regions", "4", "--zoom-size", "256"], None),  # a zoom model: n_patches a region
+])
+def test_the_cli_predicts_with_four_times_the_training_draws(flags, want):
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli.train import model_config
+
+    config = model_config(build_parser().parse_args(["train", "m.csv", "--out", "o", "--no-pretrain", *flags]))
+    assert config.predict_patches == want
+
+
 def test_per_patch_losses_without_an_instance_head_are_refused(slide_set, tmp_path):
     with pytest.raises(ValueError, match="instance head"):
         train(slide_set.manifest, tmp_path / "run", ModelConfig(**TINY),
@@ -118,6 +156,7 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
     model, settings = saved["model"], saved["train"]
     assert model["low_mpp"] == 8.0 and model["low_downsample"] is None and model["patch_mpp"] == 0.5
     assert model["patch_size"] == 128 and model["n_patches"] == 32 and model["instance_head"] is True
+    assert model["predict_patches"] == 128  # 4 x the training draws (docs/training.md, "Patches at prediction")
     assert model["temperature"] == 0.25 and model["feature_net"] == "encoder:simclr" and model["feature_frozen"]
     assert model["readout"] == "top" and model["negative_class"] == 0
     assert model["attention_kwargs"] == MODEL_DEFAULTS["attention_kwargs"]
