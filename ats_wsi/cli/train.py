@@ -31,7 +31,7 @@ FEATURE_DEFAULTS = {"feature_kwargs": {"widths": [16, 32, 64], "stem_stride": 2,
                     "feature_dim": 32}
 # The training defaults (TrainSettings keys).
 TRAIN_DEFAULTS = {"epochs": 30, "lr": 3e-3, "attention_lr": 1e-2, "schedule": "cosine", "batch_size": 6,
-                  "select": "auc", "explore": 1.0, "explore_epochs": 6, "explore_patches": 64,
+                  "select": "last", "explore": 1.0, "explore_epochs": 6, "explore_patches": 64,
                   "instance_weight": 1.0, "distill_weight": 1.0, "distill": "rank",
                   "distill_temperature": None}
 # With the instance memory (a frozen feature net), the distillation runs over it at a sharper target
@@ -145,6 +145,8 @@ def _register_zoom(p) -> None:
 
 def _register_training(p) -> None:
     """The training flags."""
+    from ..run.selection import SELECT
+
     g = p.add_argument_group("training")
     d = TRAIN_DEFAULTS
     g.add_argument("--epochs", type=positive_int, default=d["epochs"],
@@ -172,8 +174,9 @@ def _register_training(p) -> None:
                         "error listing them)")
     g.add_argument("--mpp", type=float, help="level-0 µm/px of every slide, overriding its metadata (for TIFFs "
                                              "without one; a manifest's mpp column wins)")
-    g.add_argument("--select", choices=["accuracy", "auc", "loss"], default=d["select"],
-                   help="the validation number best.pt is chosen by (ties: lower loss, then later epoch)")
+    g.add_argument("--select", choices=SELECT, default=d["select"],
+                   help="the validation number best.pt is chosen by (ties: lower loss, then later epoch), or last: "
+                        "the last epoch (docs/training.md, \"Which epoch\")")
     g.add_argument("--class-weights", choices=["none", "balanced"], default="none",
                    help="balanced: weight each slide's loss by n / (classes x slides of its class)")
     again = g.add_mutually_exclusive_group()

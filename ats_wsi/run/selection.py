@@ -1,4 +1,4 @@
-"""Which epoch ``best.pt`` is: by validation accuracy, AUC or loss."""
+"""Which epoch ``best.pt`` is: by validation accuracy, AUC or loss, or the last one."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ from typing import Sequence
 
 __all__ = ["SELECT", "best_epoch"]
 
-SELECT = ("accuracy", "auc", "loss")
+SELECT = ("accuracy", "auc", "loss", "last")
 """What :func:`best_epoch` may select by (``--select``)."""
 
 
@@ -15,11 +15,16 @@ def best_epoch(history: Sequence, select: str = "accuracy"):
 
     ``accuracy``: highest validation accuracy, then lowest loss; ``auc``:
     highest validation AUC, then lowest loss; ``loss``: lowest validation
-    loss. Later epochs win ties; without validation numbers (NaN) the last
-    epoch is best.
+    loss; ``last``: the last epoch (a few validation slides make the best of
+    many noisy epochs mostly the luckiest: docs/training.md, "Which epoch").
+    Later epochs win ties; without validation numbers (NaN) the last epoch is
+    best.
     """
     if select not in SELECT:
         raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+
+    if select == "last":
+        return history[-1]
 
     def key(m):
         neg_loss = -m.val_loss if not math.isnan(m.val_loss) else 0.0

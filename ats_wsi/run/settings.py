@@ -29,7 +29,8 @@ class TrainSettings:
     """Epochs of linear warm-up (from ``lr / (warmup_epochs + 1)``) before the schedule."""
     min_lr_ratio: float = 0.0
     select: str = "accuracy"
-    """What ``best.pt`` is chosen by: validation ``"accuracy"``, ``"auc"`` or ``"loss"``."""
+    """What ``best.pt`` is chosen by: validation ``"accuracy"``, ``"auc"`` or ``"loss"``, or ``"last"`` (the last
+    epoch; the validation numbers are still computed, and the decision threshold is the last epoch's)."""
     class_weights: str | None = None
     """``"balanced"``: weight each slide's loss by ``n / (K * n_class)`` of the training slides."""
     skip_unreadable: bool = False

@@ -79,6 +79,16 @@ def test_validation_draws_predict_patches_and_training_keeps_its_own(slide_set, 
     assert last.sampler.n_patches == 4 and last.config.predict_patches == 7
 
 
+def test_select_last_makes_best_pt_the_last_epoch_with_its_threshold(slide_set, tmp_path):
+    hist = train(slide_set.manifest, tmp_path / "run", ModelConfig(**TINY),
+                 TrainSettings(epochs=3, batch_size=2, select="last"), progress=False)
+    best, last = read_checkpoint(tmp_path / "run" / "best.pt"), read_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["epoch"] == last["epoch"] == 3
+    for key, value in last["state_dict"].items():
+        assert torch.equal(best["state_dict"][key], value), key
+    assert best["metrics"]["val_threshold"] == pytest.approx(hist[-1].val_threshold, nan_ok=True)
+
+
 @pytest.mark.parametrize("flags, want", [
     ([], 128),  # 4 x the default 32 (docs/training.md, "Patches at prediction")
     (["--n-patches", "10"], 40),
@@ -162,7 +172,7 @@ def test_the_commands_defaults_are_physical_and_use_the_aids(slide_set, tmp_path
     assert model["attention_kwargs"] == MODEL_DEFAULTS["attention_kwargs"]
     assert model["entropy"] == 0.0  # no pull towards a flat map (docs/training.md, "The entropy term")
     assert settings["explore"] == 1.0 and settings["explore_patches"] == 64 and settings["distill"] == "rank"
-    assert settings["instance_weight"] == 1.0 and settings["select"] == "auc" and settings["schedule"] == "cosine"
+    assert settings["instance_weight"] == 1.0 and settings["select"] == "last" and settings["schedule"] == "cosine"
     assert settings["instance_memory"] == 1024 and settings["distill_memory"] and settings["distill_temperature"] == 0.25
     assert load_model(out / "last.pt").instance_head is not None
 
