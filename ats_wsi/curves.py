@@ -7,7 +7,7 @@ compare them). A threshold ``t`` calls a slide positive when its score is
 
 The operating threshold of a binary model is chosen on the validation slides
 during training by Youden's J (the threshold that maximises sensitivity +
-specificity − 1; the highest such threshold on ties) and stored in the
+specificity − 1; halfway between the highest such score and the next lower one) and stored in the
 checkpoint; ``predict`` reports sensitivity and specificity at it.
 """
 from __future__ import annotations
@@ -89,14 +89,26 @@ def average_precision(positive: Sequence[bool], scores: Sequence[float]) -> floa
 
 
 def youden_threshold(positive: Sequence[bool], scores: Sequence[float]) -> float:
-    """The score threshold that maximises Youden's J = TPR − FPR (the highest one on ties);
-    NaN without both classes."""
+    """A score threshold that maximises Youden's J = TPR − FPR; NaN without both classes.
+
+    Of the points of best J the highest score is taken, and the threshold is
+    placed halfway between it and the next lower score: every threshold in
+    between calls the same slides positive, and the middle of the gap leaves
+    the most room on both sides for slides not seen (a few validation slides
+    that separate perfectly would otherwise set it at the lowest positive).
+    """
     curve = roc_curve(positive, scores)
     j = curve["tpr"] - curve["fpr"]
     if np.isnan(j).all():
         return float("nan")
     best = int(np.nanargmax(j[1:])) + 1  # a finite threshold: the first point is "call nothing positive"
-    return float(curve["threshold"][best])
+    at = float(curve["threshold"][best])
+    if best + 1 < len(curve["threshold"]):
+        below = float(curve["threshold"][best + 1])
+        middle = below + (at - below) / 2
+        if below < middle <= at:  # not when the two scores are neighbouring floats
+            return middle
+    return at
 
 
 def sensitivity_specificity(positive: Sequence[bool], scores: Sequence[float], threshold: float) -> dict[str, Any]:

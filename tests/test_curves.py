@@ -39,12 +39,20 @@ def test_youden_threshold_maximises_j_and_counts_equal_the_confusion_matrix(case
     t = youden_threshold(y, s)
     fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
     j = tpr - fpr
-    assert t == max(thr[1:][j[1:] == j[1:].max()])  # the highest threshold of the best J
+    top = max(thr[1:][j[1:] == j[1:].max()])  # the highest threshold of the best J ...
+    lower = s[s < top]
+    assert t == (pytest.approx((top + lower.max()) / 2) if lower.size else top)  # ... halfway to the next score
+    assert ((s >= t) == (s >= top)).all()  # the same slides called positive
     at = sensitivity_specificity(y, s, t)
     tn, fp, fn, tp = skm.confusion_matrix(y, s >= t, labels=[False, True]).ravel()
     assert (at["tp"], at["fp"], at["tn"], at["fn"]) == (tp, fp, tn, fn)
     assert at["sensitivity"] == pytest.approx(skm.recall_score(y, s >= t))
     assert at["sensitivity"] - (1 - at["specificity"]) == pytest.approx(j.max())
+
+
+def test_youden_threshold_of_separated_classes_is_halfway_between_them():
+    assert youden_threshold([False, False, True, True], [0.1, 0.6, 0.9, 0.95]) == pytest.approx(0.75)
+    assert youden_threshold([True, False], [1.0, np.nextafter(1.0, 0)]) == 1.0  # no float between: the score
 
 
 def test_one_class_gives_nan_not_a_number_made_up():
