@@ -156,7 +156,8 @@ def checkpoint_lines(path) -> list[str]:
 
     return [f"checkpoint: {path}",
             f"task: slide classification by attention sampling ({c.get('sampler', 'attention')} draws of "
-            f"{c.get('n_patches')} patches)",
+            f"{c.get('n_patches')} patches in training, {c.get('predict_patches') or c.get('n_patches')} "
+            f"in prediction)",
             f"classes: {len(names)}: {', '.join(names)}",
             f"low view: {low}", f"patches: {patch}", f"features: {encoder}",
             f"epoch: {payload.get('epoch')}",
