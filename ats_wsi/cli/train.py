@@ -176,7 +176,7 @@ def _register_training(p) -> None:
                                              "without one; a manifest's mpp column wins)")
     g.add_argument("--select", choices=SELECT, default=d["select"],
                    help="the validation number best.pt is chosen by (ties: lower loss, then later epoch), or last: "
-                        "the last epoch (docs/training.md, \"Which epoch\")")
+                        "the last epoch (docs/training.md, \"Patches at prediction, which epoch\")")
     g.add_argument("--class-weights", choices=["none", "balanced"], default="none",
                    help="balanced: weight each slide's loss by n / (classes x slides of its class)")
     again = g.add_mutually_exclusive_group()

@@ -16,7 +16,8 @@ def best_epoch(history: Sequence, select: str = "accuracy"):
     ``accuracy``: highest validation accuracy, then lowest loss; ``auc``:
     highest validation AUC, then lowest loss; ``loss``: lowest validation
     loss; ``last``: the last epoch (a few validation slides make the best of
-    many noisy epochs mostly the luckiest: docs/training.md, "Which epoch").
+    many noisy epochs mostly the luckiest: docs/training.md, "Patches at
+    prediction, which epoch, and the threshold").
     Later epochs win ties; without validation numbers (NaN) the last epoch is
     best.
     """
