@@ -206,7 +206,7 @@ def _register_aids(p) -> None:
     g.add_argument("--instance-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-patch classifier beside the slide head (needed by the per-patch losses)")
     g.add_argument("--readout", choices=["head", "top"],
-                   help="how predictions (and the validation that picks best.pt) read a slide's probabilities: "
+                   help="how predictions (and validation) read a slide's probabilities: "
                         "head (the slide head over the estimate) or top (the instance head's most positive drawn "
                         "patch; default: top with the instance head, else head)")
     d = TRAIN_DEFAULTS
