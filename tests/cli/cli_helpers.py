@@ -12,8 +12,10 @@ from pathlib import Path
 SCRIPT = Path(sys.executable).with_name("ats-wsi")
 ATS_WSI = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "ats_wsi.cli"]
 
-# The tiny model every test trains or predicts with (flags of `ats-wsi train`).
-MODEL_ARGS = ["--n-patches", "4", "--patch-size", "64", "--feature-dim", "8", "--low-downsample", "16"]
+# The tiny model every test trains or predicts with (flags of `ats-wsi train`); it predicts with its
+# training draws (the command's default is 4 x them: tests/cli/test_train_aids.py checks that).
+MODEL_ARGS = ["--n-patches", "4", "--predict-patches", "4", "--patch-size", "64", "--feature-dim", "8",
+              "--low-downsample", "16"]
 # Pinned to plain attention sampling as it trained before the command's defaults changed (docs/training.md):
 # these tests check checkpoints, resume, DDP and cohorts, not learning aids (tests/cli/test_train_aids.py does).
 PLAIN = ["--lr", "1e-3", "--attention-lr", "1e-3", "--schedule", "constant", "--select", "accuracy",

@@ -87,9 +87,9 @@ def test_info_describes_a_checkpoint(checkpoint):
     assert "low view: downsample 16.0 of level 0 (µm/px follows each slide)" in lines
     assert "patches: 64 px of level 0 (µm/px follows each slide)" in lines
     assert "epoch: 1" in lines
-    c = payload["config"]  # the CLI predicts with 4 x its training draws
+    c = payload["config"]
     assert (f"task: slide classification by attention sampling (attention draws of {c['n_patches']} patches in "
-            f"training, {4 * c['n_patches']} in prediction)") in lines
+            f"training, {c['predict_patches']} in prediction)") in lines
     assert f"validation: loss {payload['metrics']['val_loss']:.4g}, accuracy {payload['metrics']['val_acc']:.4g}" \
            in proc.stdout
     bad = checkpoint.parent / "broken.pt"
