@@ -23,7 +23,8 @@ def test_train_and_predict_with_a_frozen_encoder_file_and_a_feature_cache(tiny_f
     spec = _spec_file(tmp_path, tiny_files)
     run, cache = tmp_path / "run", tmp_path / "cache"
     status = main(["train", str(slides["manifest"]), "--out", str(run), "--epochs", "2", "--batch-size", "2",
-                   "--n-patches", "4", "--feature-net", tiny_files["export"], "--feature-spec", spec,
+                   "--n-patches", "4", "--predict-patches", "4", "--feature-net", tiny_files["export"],
+                   "--feature-spec", spec,
                    "--freeze-features", "--feature-cache", str(cache), "--feature-dim", "16",
                    "--attention-kwargs", '{"pool": 4, "hidden": 4, "layers": 1}', "--no-progress"])
     out = capsys.readouterr().out
