@@ -494,5 +494,6 @@ def _check_map(out: Tensor) -> Tensor:
 
 def _fewest_usable(attention: Tensor, mask: Tensor | None) -> int:
     """The fewest cells a map of ``attention [B, h', w']`` may be drawn from (its ``mask``'s True cells)."""
-    grid = torch.ones_like(attention[:1], dtype=torch.bool) if mask is None else mask.expand_as(attention)
-    return min(int(torch.count_nonzero(g)) for g in grid)
+    if mask is None:
+        return int(attention[0].numel())
+    return min(int(torch.count_nonzero(g)) for g in mask.expand_as(attention))

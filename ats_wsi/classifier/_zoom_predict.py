@@ -41,12 +41,9 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
     source = item.source(device)
     generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
     x_low, mask = item.low_inputs(device)
-    own = sampler.n_patches
-    if n_patches:
-        sampler.n_patches = int(n_patches)
     probs, boxes, box_attention, features, embeddings, records = [], [], [], [], [], []
     pixels = 0
-    try:
+    with model.sampling(None, n_patches=n_patches):
         attention, mask1 = sampler.stage1.attend(x_low, mask)
         for _ in range(samples):
             result = sampler.draw(attention, mask1, source, low_shape=tuple(x_low.shape[-2:]), like=x_low,
@@ -64,8 +61,6 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
             embeddings.append(result.features[0].float().reshape(-1).cpu())
             features.append(result.patch_features[0].float().reshape(joint.numel(), -1).cpu())
             records.append(zoom_record(result, source, 0, sampler.stage2.receptive_field))
-    finally:
-        sampler.n_patches = own
     p = torch.stack(probs).mean(0).numpy()
     boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
     attention_np = attention[0].float().cpu().numpy()

@@ -211,23 +211,26 @@ class SlideClassifier(nn.Module):
         return finish_slide(self, prepared)
 
     @contextlib.contextmanager
-    def sampling(self, sampler: str | None, readout: str | None = None):
+    def sampling(self, sampler: str | None, readout: str | None = None, n_patches: int | None = None):
         """Inside the block, draw with ``sampler`` (``"attention"``, ``"uniform"``; None: the
-        model's own) and read probabilities with ``readout`` (``"head"``, ``"top"``; None: the
-        config's); both restored after. A pipeline sets them once for its run, not per slide.
+        model's own), ``n_patches`` patches a draw (a zoom model: a region; None: the sampler's
+        own) and read probabilities with ``readout`` (``"head"``, ``"top"``; None: the config's);
+        all restored after. A pipeline sets them once for its run, not per slide.
 
         Raises:
             ConfigError: ``readout="top"`` for a model without an instance head.
         """
-        own, config = self.sampler.sampler_kind, self.config
+        own, n, config = self.sampler.sampler_kind, self.sampler.n_patches, self.config
         try:
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
+            if n_patches:
+                self.sampler.n_patches = int(n_patches)
             if readout is not None and readout != config.readout:
                 self.config = dataclasses.replace(config, readout=readout)  # validated: ConfigError
             yield self
         finally:
-            self.sampler.sampler_kind, self.config = own, config
+            self.sampler.sampler_kind, self.sampler.n_patches, self.config = own, n, config
 
 
 def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> SlideClassifier:

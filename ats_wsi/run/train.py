@@ -258,9 +258,7 @@ def _run_folder(out: Path, rank: int, resume: bool, overwrite: bool):
 def _validate(model, objective: Objective, inputs, rows, seed, epoch, device, failures):
     """:func:`_evaluate` for a classifier, :func:`.objective.evaluate_outcome` for the other tasks;
     with the draws a prediction makes (the config's ``predict_patches``, where set)."""
-    own = model.sampler.n_patches
-    model.sampler.n_patches = int(model.config.predict_patches or own)
-    try:
+    with model.sampling(None, n_patches=model.config.predict_patches):
         if objective.task == "classification":
             return _evaluate(model, inputs, rows, seed, epoch, device, failures)
         model.eval()
@@ -270,8 +268,6 @@ def _validate(model, objective: Objective, inputs, rows, seed, epoch, device, fa
             return forward_slide(model, inputs[row.path], gen, device)[0]
 
         return evaluate_outcome(objective, forward, rows, failures, epoch)
-    finally:
-        model.sampler.n_patches = own
 
 
 def _read_splits(manifest, settings: TrainSettings, procs: _Processes,
