@@ -68,7 +68,7 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
                                           low_downsample=item.low.downsample, receptive_field=sampler.receptive_field)
     w0, h0 = item.slide.dimensions
     return SlidePrediction(
-        slide=str(item.path), probabilities=p, predicted=int(np.argmax(p)), class_names=model.class_names,
+        slide=str(item.path), probabilities=p, predicted=model.decide(p), class_names=model.class_names,
         attention=attention_np, cell_size_xy=cell_wh, origin_xy=origin_xy, boxes_xywh=boxes_xywh,
         box_attention=torch.cat(box_attention).numpy(), seconds=time.perf_counter() - start,
         patches_read=len(boxes_xywh), pixels_read=pixels, slide_pixels=int(w0) * int(h0), mpp=item.slide.mpp,

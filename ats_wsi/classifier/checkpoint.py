@@ -6,6 +6,7 @@ loads with ``weights_only=True`` (no pickled code is ever executed).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..atomic import atomic_path
 from .config import ModelConfig
 from .network import SlideClassifier, build_model
 
-__all__ = ["save_checkpoint", "load_model", "load_weights", "read_checkpoint", "checkpoint_id"]
+__all__ = ["save_checkpoint", "load_model", "load_weights", "read_checkpoint", "checkpoint_id", "stored_threshold"]
 
 FORMAT = "ats-wsi-checkpoint"
 FORMAT_VERSION = 1
@@ -179,7 +180,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
         raise CheckpointError(path, f"its model config does not build a model ({type(exc).__name__}: {exc})") \
             from None
     load_weights(path, model, payload)
+    model.threshold = stored_threshold(payload, config)
     return model.to(device).eval()
+
+
+def stored_threshold(payload: dict, config: ModelConfig) -> float | None:
+    """The decision threshold on P(class 1) a checkpoint stores (``metrics.val_threshold``: Youden's J
+    on the validation slides, chosen in training) for a two-class classifier; None when there is
+    none (no validation split, more classes, another task, an older file)."""
+    value = (payload.get("metrics") or {}).get("val_threshold")
+    if config.task != "classification" or config.n_classes != 2 or isinstance(value, bool) \
+            or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        return None
+    return float(value)
 
 
 def checkpoint_id(path: str | os.PathLike) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -55,6 +56,9 @@ class SlideClassifier(nn.Module):
         # threshold, where a lesion's features alone are diluted by the look-alikes drawn with it.
         self.instance_head = nn.Linear(head_in, config.n_classes) if config.instance_head else None
         self.head = nn.Linear(head_in + (config.n_classes if config.instance_head else 0), config.head_outputs)
+        self.threshold: float | None = None
+        """Two classes: a slide is predicted class 1 when P(class 1) >= this (``load_model`` sets the
+        threshold training chose on the validation slides); None: the arg-max class."""
 
     @staticmethod
     def _one_stage(config: ModelConfig, attention_in: nn.Module, feature_in: nn.Module,
@@ -159,6 +163,7 @@ class SlideClassifier(nn.Module):
         sampler: str | None = None,
         roi=None,
         readout: str | None = None,
+        threshold: float | None = None,
     ) -> SlidePrediction:
         """Classify one slide: the low view, the attention map once, ``samples`` draws.
 
@@ -183,6 +188,8 @@ class SlideClassifier(nn.Module):
                 it (and on tissue), the attention renormalised over them.
             readout: ``"head"`` or ``"top"``: how the probabilities are read
                 (:meth:`slide_probabilities`); ``None``: the config's ``readout``.
+            threshold: two classes: ``predicted`` is 1 when P(class 1) >= it; ``None``:
+                :attr:`threshold` (a loaded checkpoint's validation threshold), else the arg-max.
 
         Returns:
             :class:`SlidePrediction`, with the sampled boxes in level-0 pixels.
@@ -193,7 +200,7 @@ class SlideClassifier(nn.Module):
             SlideError, EncoderError: the slide or the encoder failed (their messages say why).
         """
         self.eval()
-        with self.sampling(sampler, readout):
+        with self.sampling(sampler, readout, threshold=threshold):
             prepared = self.prepare(slide, samples=samples, n_patches=n_patches, seed=seed,
                                     deterministic=deterministic, workers=workers, stream=stream, roi=roi)
             return self.finish(prepared)
@@ -211,17 +218,21 @@ class SlideClassifier(nn.Module):
         return finish_slide(self, prepared)
 
     @contextlib.contextmanager
-    def sampling(self, sampler: str | None, readout: str | None = None, n_patches: int | None = None):
+    def sampling(self, sampler: str | None, readout: str | None = None, n_patches: int | None = None,
+                 threshold: float | None = None):
         """Inside the block, draw with ``sampler`` (``"attention"``, ``"uniform"``; None: the
         model's own), ``n_patches`` patches a draw (a zoom model: a region; None: the sampler's
-        own) and read probabilities with ``readout`` (``"head"``, ``"top"``; None: the config's);
-        all restored after. A pipeline sets them once for its run, not per slide.
+        own), read probabilities with ``readout`` (``"head"``, ``"top"``; None: the config's) and
+        decide a two-class slide at P(class 1) >= ``threshold`` (None: :attr:`threshold`); all
+        restored after. A pipeline sets them once for its run, not per slide.
 
         Raises:
             ConfigError: ``readout="top"`` for a model without an instance head.
         """
-        own, n, config = self.sampler.sampler_kind, self.sampler.n_patches, self.config
+        own, n, config, cut = self.sampler.sampler_kind, self.sampler.n_patches, self.config, self.threshold
         try:
+            if threshold is not None:
+                self.threshold = float(threshold)
             if sampler is not None:
                 self.sampler.set_sampler(sampler)
             if n_patches:
@@ -230,7 +241,15 @@ class SlideClassifier(nn.Module):
                 self.config = dataclasses.replace(config, readout=readout)  # validated: ConfigError
             yield self
         finally:
-            self.sampler.sampler_kind, self.sampler.n_patches, self.config = own, n, config
+            self.sampler.sampler_kind, self.sampler.n_patches, self.config, self.threshold = own, n, config, cut
+
+    def decide(self, probabilities) -> int:
+        """The predicted class of a slide's class probabilities: with two classes and a
+        :attr:`threshold`, 1 when P(class 1) >= it; else the arg-max."""
+        p = np.asarray(probabilities, dtype=np.float64).ravel()
+        if self.threshold is not None and len(p) == 2 and self.config.task == "classification":
+            return int(p[1] >= self.threshold)
+        return int(np.argmax(p))
 
 
 def build_model(config: ModelConfig | dict, *, encoder_weights: bool = True) -> SlideClassifier:

@@ -21,7 +21,8 @@ class SlidePrediction:
     Attributes:
         slide: the slide's path.
         probabilities: float64 [n_classes], averaged over ``samples`` samplings.
-        predicted: the arg-max class (an index into ``class_names``).
+        predicted: the predicted class (an index into ``class_names``): two classes, P(class 1) >=
+            the model's threshold (:attr:`SlideClassifier.threshold`) when it has one; else the arg-max.
         class_names: one name per class (``"class 0"``, ... when the model has none).
         attention: float32 [rows, cols], the attention map (probabilities summing to 1).
         cell_size_xy: (w, h) of a map cell in level-0 pixels.

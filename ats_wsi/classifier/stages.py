@@ -226,7 +226,7 @@ def _finish_one_stage(model, prepared: PreparedSlide, start: float) -> SlidePred
     return SlidePrediction(
         slide=str(item.path),
         probabilities=p,
-        predicted=int(np.argmax(p)),
+        predicted=model.decide(p),
         class_names=names,
         attention=attention_np,
         cell_size_xy=cell_wh,

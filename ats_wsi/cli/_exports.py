@@ -19,9 +19,9 @@ def register(p) -> None:
                    help=f"also write the K highest-attention sampled patches of each slide as PNG, and a "
                         f"contact sheet, to patches/NAME/ (K <= {MAX_EXPORT_PATCHES})")
     p.add_argument("--threshold", type=float, metavar="T",
-                   help="two classes, with labels: report sensitivity and specificity in metrics.json at "
-                        "P(class 1) >= T (default: the threshold chosen on the validation slides in training, "
-                        "Youden's J, stored in the checkpoint; else 0.5)")
+                   help="two classes: a slide is predicted class 1 when P(class 1) >= T (the predicted column, "
+                        "accuracy, confusion matrix, sensitivity and specificity); default: the threshold chosen "
+                        "on the validation slides in training (Youden's J, stored in the checkpoint), else 0.5")
 
 
 def check(args: argparse.Namespace) -> str | None:

@@ -132,6 +132,9 @@ def _report_metrics(args, rows, errors, config) -> None:
 
     out = Path(args.out)
     extra = {"failed": len(errors), "checkpoint": str(args.checkpoint)}
+    if config.n_classes == 2:  # what the predicted column, accuracy and confusion matrix cut at
+        threshold, source = _exports.operating_threshold(args)
+        extra["decision"] = {"threshold": threshold, "source": source}
     labelled = {r.get("split") or "" for r in rows if r.get("label") not in (None, "")}
     if args.split is None and len(labelled) > 1:
         curves = {}  # ROC/PR of each split in splits/SPLIT/curves/
@@ -233,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                                n_patches=args.n_patches, device=args.device, seed=args.seed,
                                deterministic=args.deterministic, workers=args.io_threads,
                                ngff_version=args.ngff, torch_threads=args.torch_threads, mpp=args.mpp,
-                               geojson=args.geojson, feature_cache=args.feature_cache,
+                               geojson=args.geojson, feature_cache=args.feature_cache, threshold=args.threshold,
                                feature_weights=args.feature_weights, sampler=args.sampler, readout=args.readout,
                                slide_mpp=given_mpp, slide_roi=given_roi, read_ahead=args.read_ahead,
                                **_exports.settings(args), **_exports.roi_settings(args))
@@ -285,8 +288,13 @@ def _finish(args, out: Path, rows, errors, labels, log, model, summary: dict) ->
     if model.config.task != "classification":
         if labels is not None:  # a manifest: its outcome cells are in predictions.csv
             _outcomes.report(args, rows, errors, model.config)
-    elif labels is not None and any(v is not None for v in labels):
-        _report_metrics(args, rows, errors, model.config)
+    else:
+        if model.config.n_classes == 2:
+            threshold, source = _exports.operating_threshold(args)
+            names = model.class_names
+            print(f"predicted: {names[1]} when P({names[1]}) >= {threshold:.3f} ({source}), else {names[0]}")
+        if labels is not None and any(v is not None for v in labels):
+            _report_metrics(args, rows, errors, model.config)
     if errors:
         print(f"{len(errors)} slide(s) failed -> {out / 'errors.csv'}", file=sys.stderr)
         for e in errors:

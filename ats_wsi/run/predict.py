@@ -194,7 +194,8 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
     raises on failure (the caller records it).
     """
     model = _model_for(settings).eval()
-    with _torch_threads(settings.torch_threads), model.sampling(settings.sampler, settings.readout):
+    with _torch_threads(settings.torch_threads), \
+            model.sampling(settings.sampler, settings.readout, threshold=settings.threshold):
         return finish_one(prepare_one(path, settings, model), name, settings, model)
 
 
@@ -483,7 +484,9 @@ def _in_process(todo: list[tuple[str, str]], settings: PredictSettings, timing: 
     model = _model_for(settings).eval()
     timing.read_ahead = check_read_ahead(settings.read_ahead)
     start = time.perf_counter()
-    with _torch_threads(settings.torch_threads), model.sampling(settings.sampler, settings.readout), EncoderClock(model) as clock, \
+    with _torch_threads(settings.torch_threads), \
+            model.sampling(settings.sampler, settings.readout, threshold=settings.threshold), \
+            EncoderClock(model) as clock, \
             ReadAhead(todo, lambda item: prepare_one(item[0], settings, model), timing.read_ahead,
                       discard=PreparedRead.close) as pipeline:
         try:

@@ -46,6 +46,9 @@ class PredictSettings:
     """``"uniform"``: draw uniformly over tissue instead of from the attention (``--sampler``); None: the model's."""
     readout: str | None = None
     """``"head"`` or ``"top"``: how a draw's class probabilities are read (``--readout``); None: the model's."""
+    threshold: float | None = None
+    """Two classes: a slide's ``predicted`` class is 1 when P(class 1) >= this (``--threshold``); None: the
+    checkpoint's validation threshold, or the arg-max when it has none (:attr:`SlideClassifier.threshold`)."""
     export_features: bool = False
     """Also write ``features/<name>.h5``: the sampled patches' features, TRIDENT/CLAM layout (``--export-features``)."""
     export_patches: int = 0
@@ -80,6 +83,8 @@ def run_key(settings: PredictSettings) -> str:
         parts.append(["sampler", settings.sampler])
     if settings.readout is not None:  # (absent otherwise, as above)
         parts.append(["readout", settings.readout])
+    if settings.threshold is not None:  # (absent otherwise, as above)
+        parts.append(["threshold", settings.threshold])
     if settings.roi is not None or settings.slide_roi:  # (absent otherwise, as above)
         parts.append(["roi", settings.roi, settings.roi_include, list(settings.roi_exclude),
                       sorted(settings.slide_roi.items())])

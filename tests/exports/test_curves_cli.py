@@ -48,7 +48,7 @@ def test_training_stores_a_validation_threshold_in_the_checkpoint(trained):
     assert 0.0 <= stored <= 1.0  # a P(class 1) of a validation slide (NaN when not computed)
 
 
-@pytest.mark.parametrize("given", [None, 0.5])
+@pytest.mark.parametrize("given", [None, 0.5, 0.0])
 def test_predict_writes_curves_auprc_and_the_operating_point(trained, tmp_path, given):
     folder, manifest = trained
     out = tmp_path / "out"
@@ -66,11 +66,19 @@ def test_predict_writes_curves_auprc_and_the_operating_point(trained, tmp_path, 
     op = m["operating_point"]
     stored = read_checkpoint(folder / "run" / "best.pt")["metrics"]["val_threshold"]
     assert op["threshold"] == (stored if given is None else given)
-    assert op["source"] == ("--threshold" if given else "checkpoint: Youden's J on the validation slides")
+    assert op["source"] == ("--threshold" if given is not None else "checkpoint: Youden's J on the validation slides")
     called = p1 >= op["threshold"]
     assert op["sensitivity"] == pytest.approx((called & (y == 1)).sum() / (y == 1).sum())
     assert op["specificity"] == pytest.approx((~called & (y == 0)).sum() / (y == 0).sum())
     assert f"sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}" in proc.stdout
+    # The predicted column, and the accuracy and confusion matrix computed from it, cut at the same threshold.
+    assert [int(r["predicted"]) for r in rows] == called.astype(int).tolist()
+    assert m["decision"] == {"threshold": op["threshold"], "source": op["source"]}
+    assert m["accuracy"]["value"] == pytest.approx(skm.accuracy_score(y, called.astype(int)))
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, called.astype(int), labels=[0, 1]).tolist()
+    assert f"predicted: class 1 when P(class 1) >= {op['threshold']:.3f} ({op['source']}), else class 0" in proc.stdout
+    if given == 0.0:
+        assert called.all()
     with open(out / "curves" / "roc.csv", newline="") as fh:
         roc = [r for r in csv.DictReader(fh) if r["class"] == "1"]
     fpr, tpr, thr = skm.roc_curve(y == 1, p1, drop_intermediate=False)
