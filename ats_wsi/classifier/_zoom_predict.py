@@ -1,9 +1,12 @@
 """Prediction of a two-stage (zoom) model: :meth:`SlideClassifier.predict`'s path when ``config.zoom_mpp`` is set.
 
-The stage-1 map is computed once over the whole low view (held in memory, not
-streamed: the low view of a slide is a few MB at 8 µm/px); each sampling then
-draws ``zoom_regions`` regions, reads them at ``zoom_mpp``, draws
-``n_patches`` cells in each and reads their patches (:meth:`ats_wsi.zoom.ZoomSampler.draw`).
+The stage-1 map is computed once: by default streamed, the low view read tile by tile and
+never held whole (:meth:`~ats_wsi.model.AttentionSampler.attend_streamed`, as one stage
+predicts), so memory holds the float map and not the view; ``stream=False`` holds the
+whole view (the training path). Each sampling then draws ``zoom_regions`` regions, reads
+them at ``zoom_mpp``, draws ``n_patches`` cells in each and reads their patches
+(:meth:`ats_wsi.zoom.ZoomSampler.draw`): memory and reads grow with ``n1`` regions and
+``n1 · n2`` patches, not with the slide.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import torch
 
 from ..errors import PredictionError
 from ..geometry import cell_grid_level0
+from ..slide.lowview import TissueThreshold
 from .prediction import NOT_FINITE, SlidePrediction, slide_seed
 
 __all__ = ["predict_zoom"]
 
 
 def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | None, seed: int,
-                 deterministic: bool) -> SlidePrediction:
+                 deterministic: bool, stream: bool = True) -> SlidePrediction:
     """One slide through a two-stage :class:`~ats_wsi.classifier.SlideClassifier` (``model``, in eval mode).
 
     Args:
@@ -31,6 +35,7 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
         n_patches: cells drawn per region (``None``: the config's).
         seed: base seed (:func:`slide_seed`).
         deterministic: the top cells at both stages instead of draws.
+        stream: the stage-1 map from the low view read tile by tile (False: the whole view held).
 
     Returns:
         :class:`SlidePrediction` with :attr:`~SlidePrediction.zoom` set.
@@ -40,13 +45,18 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
     device, sampler = model.device, model.sampler
     source = item.source(device)
     generator = torch.Generator(device=device).manual_seed(slide_seed(item.path, seed))
-    x_low, mask = item.low_inputs(device)
     probs, boxes, box_attention, features, embeddings, records = [], [], [], [], [], []
     pixels = 0
     with model.sampling(None, n_patches=n_patches):
-        attention, mask1 = sampler.stage1.attend(x_low, mask)
+        if stream:
+            attention, mask1 = sampler.stage1.attend_streamed(item.low.read, item.low.shape, tissue=TissueThreshold())
+            like, low_shape = attention, tuple(item.low.shape)
+        else:
+            x_low, mask = item.low_inputs(device)
+            attention, mask1 = sampler.stage1.attend(x_low, mask)
+            like, low_shape = x_low, tuple(x_low.shape[-2:])
         for _ in range(samples):
-            result = sampler.draw(attention, mask1, source, low_shape=tuple(x_low.shape[-2:]), like=x_low,
+            result = sampler.draw(attention, mask1, source, low_shape=low_shape, like=like,
                                   generator=generator, deterministic=deterministic)
             logits = model.slide_logits(result).float()
             if not bool(torch.isfinite(logits).all()):
@@ -64,7 +74,7 @@ def predict_zoom(model, item, start: float, *, samples: int, n_patches: int | No
     p = torch.stack(probs).mean(0).numpy()
     boxes_xywh = torch.cat(boxes).numpy().astype(np.int64)
     attention_np = attention[0].float().cpu().numpy()
-    cell_wh, origin_xy = cell_grid_level0(low_shape=tuple(x_low.shape[-2:]), map_shape=attention_np.shape,
+    cell_wh, origin_xy = cell_grid_level0(low_shape=low_shape, map_shape=attention_np.shape,
                                           low_downsample=item.low.downsample, receptive_field=sampler.receptive_field)
     w0, h0 = item.slide.dimensions
     return SlidePrediction(

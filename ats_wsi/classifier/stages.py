@@ -193,7 +193,7 @@ def finish_slide(model, prepared: PreparedSlide) -> SlidePrediction:
 
                 return predict_zoom(model, prepared.item, start, samples=prepared.samples,
                                     n_patches=prepared.n_patches, seed=prepared.seed,
-                                    deterministic=prepared.deterministic)
+                                    deterministic=prepared.deterministic, stream=prepared.streamed)
             return _finish_one_stage(model, prepared, start)
     finally:
         prepared.close()

@@ -13,12 +13,10 @@ Outputs of :func:`predict_slides` in ``out_dir``:
   coordinates, a zoom's stage-2 maps in its ``zoom`` group (see :mod:`ats_wsi.outputs`);
 - ``overlays/<name>.png``: thumbnail + heatmap on the absolute scale (with its
   colour bar) + the sampled boxes numbered in draw order + the predicted class;
-- ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention
-  regions for QuPath (:mod:`ats_wsi.geojson`);
+- ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention regions for QuPath (:mod:`ats_wsi.geojson`);
 - ``features/<name>.h5`` (``export_features``), ``patches/<name>/`` (``export_patches``):
   the sampled features for TRIDENT/CLAM heads and the top-attention patches (:mod:`ats_wsi.exports`);
-- ``.done/<name>.json``: the finished row, written last; a re-run with the
-  same checkpoint skips slides that have it.
+- ``.done/<name>.json``: the finished row, written last; a re-run with the same checkpoint skips slides that have it.
 
 Every file is written under a temporary name and renamed, so a run killed at
 any point leaves only complete files, and a re-run completes the rest and
@@ -484,9 +482,8 @@ def _in_process(todo: list[tuple[str, str]], settings: PredictSettings, timing: 
     model = _model_for(settings).eval()
     timing.read_ahead = check_read_ahead(settings.read_ahead)
     start = time.perf_counter()
-    with _torch_threads(settings.torch_threads), \
+    with _torch_threads(settings.torch_threads), EncoderClock(model) as clock, \
             model.sampling(settings.sampler, settings.readout, threshold=settings.threshold), \
-            EncoderClock(model) as clock, \
             ReadAhead(todo, lambda item: prepare_one(item[0], settings, model), timing.read_ahead,
                       discard=PreparedRead.close) as pipeline:
         try:

@@ -130,6 +130,25 @@ def test_predict_reports_the_zoom_draws_and_averages_the_samplings(slide):
     assert one.zoom[0].patch_boxes.tolist() == pred.zoom[0].patch_boxes.tolist()
 
 
+def test_the_streamed_stage_1_map_gives_the_draws_of_the_held_view(slide, monkeypatch):
+    """Prediction reads the low view tile by tile for stage 1 (memory: the map, not the view); the
+    draws equal those of the whole view held, the probabilities up to float rounding."""
+    from ats_wsi.classifier import inputs
+
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(**ZOOM)).eval()
+    held = model.predict(slide, samples=2, seed=6, stream=False)
+    views = []
+    monkeypatch.setattr(inputs, "read_low_view", lambda *a, **k: views.append(a) or pytest.fail("view read whole"))
+    streamed = model.predict(slide, samples=2, seed=6)
+    assert not views
+    np.testing.assert_array_equal(streamed.boxes_xywh, held.boxes_xywh)
+    np.testing.assert_allclose(streamed.attention, held.attention, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(streamed.probabilities, held.probabilities, rtol=1e-5)
+    for a, b in zip(streamed.zoom, held.zoom):
+        np.testing.assert_array_equal(a.region_boxes, b.region_boxes)
+
+
 def test_a_one_stage_checkpoint_without_zoom_keys_loads_and_predicts_as_the_model_it_saved(slide, tmp_path):
     torch.manual_seed(2)
     model = build_model(ModelConfig(patch_size=32, n_patches=4, feature_dim=8, low_downsample=16.0)).eval()
