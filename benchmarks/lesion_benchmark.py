@@ -18,6 +18,12 @@ predicted on the test split with ``ats-wsi predict --split test --n-patches N`` 
   --zoom-regions 8 --zoom-size 256 --n-patches 4``, the same 32 patches a slide as the one-stage
   rows (8 regions of 256 µm read at 2 µm/px, 4 patches drawn in each); at prediction each ``N``
   of ``--n`` is ``N / 8`` patches in each of the 8 regions (``N`` patches a slide, as the others);
+- ``defaults-zoom``: the defaults with attention that zooms: ``--zoom-regions`` regions of
+  ``--zoom-patches`` patches in training (measured with ``--zoom-regions 16 --zoom-patches 2``:
+  the defaults' 32 a step), at prediction ``N / regions`` patches in each (``N`` a slide); its
+  validation draws the one-stage defaults' 128 a slide (``--predict-patches 128 / regions``);
+- ``defaults-low2``: the defaults with the attention map at the zoom's 2 µm/px over the whole
+  slide (``--low-mpp 2``): what one stage costs at that resolution;
 - ``dense``: read from ``--dense dense_abmil.json`` (``lesion_dense.py``) when given.
 
 Columns: test AUC with its bootstrap 95 % CI, the AUC of each lesion stratum's tumors
@@ -25,7 +31,10 @@ against all normals, balanced accuracy at 0.5, sensitivity per lesion stratum (`
 slides in training (Youden's J, ``predict``'s ``metrics.json``), patches encoded per slide, the
 share of each slide's tissue read, seconds per slide from the file (open, low view,
 attention, reads, encoding: ``predictions.csv``), level-0 pixels read per slide (the patches'
-boxes, plus a zoom's regions: ``pixels_read``), training wall time. The same model is
+boxes, plus a zoom's regions: ``pixels_read``), where the draws land (``draws``: the share of a
+positive slide's patches on its lesion, of its slides with at least one, and of all slides' patches on
+a follicle, from the boxes in each slide's ``.done`` record and the ground truth), training wall
+time. The same model is
 predicted at several ``N`` (trained at the default 32): how the AUC grows with the tissue
 read. Writes ``OUT/lesion_benchmark.json``, ``OUT/lesion_benchmark.md`` and
 ``OUT/lesion_benchmark.png`` (AUC against the share of tissue read, per method).
@@ -57,21 +66,32 @@ from lesion_dense import evaluate_split  # noqa: E402
 from ats_wsi.metrics import roc_auc  # noqa: E402
 
 ATS = [sys.executable, "-m", "ats_wsi.cli"]
-ROWS = ("defaults", "uniform-defaults", "ats", "uniform", "ats-frozen", "uniform-frozen", "ats-frozen-zoom")
+ROWS = ("defaults", "uniform-defaults", "ats", "uniform", "ats-frozen", "uniform-frozen", "ats-frozen-zoom",
+        "defaults-zoom", "defaults-low2")
 PATCH_UM = 64.0  # the defaults' patch: 128 px at 0.5 µm/px
 ZOOM_REGIONS = 8
-"""Regions a zoom row draws per slide (n1); n2 = N / n1 patches in each, N patches a slide."""
-ZOOM_FLAGS = ["--zoom-mpp", "2", "--zoom-regions", str(ZOOM_REGIONS), "--zoom-size", "256", "--n-patches", "4"]
-"""A zoom row's flags over its one-stage row: 8 regions x 4 patches = the one-stage rows' 32 patches a slide."""
+"""Regions a zoom row draws per slide (n1, ``--zoom-regions``); n2 = N / n1 patches in each, N patches a slide."""
+ZOOM_PATCHES = 4
+"""Patches a zoom row draws per region in training (``--zoom-patches``): 8 x 4 = the one-stage rows' 32."""
+VALIDATION_PATCHES = 128
+"""Patches a slide the one-stage defaults' validation draws (4 x 32): a defaults-zoom row draws as many."""
 
 
-def predict_n_patches(row: str, n: int) -> int:
+def zoom_flags(regions: int = ZOOM_REGIONS, patches: int = ZOOM_PATCHES) -> list[str]:
+    """A zoom row's flags over its one-stage row: ``regions`` of 256 µm at 2 µm/px, ``patches`` drawn in each."""
+    return ["--zoom-mpp", "2", "--zoom-regions", str(regions), "--zoom-size", "256", "--n-patches", str(patches)]
+
+
+ZOOM_FLAGS = zoom_flags()
+
+
+def predict_n_patches(row: str, n: int, regions: int = ZOOM_REGIONS) -> int:
     """The ``--n-patches`` of ``ats-wsi predict`` that reads ``n`` patches a slide: per region for a zoom row."""
     if not row.endswith("zoom"):
         return n
-    if n % ZOOM_REGIONS:
-        raise SystemExit(f"row {row} reads n1 = {ZOOM_REGIONS} regions; --n {n} is not a multiple of it")
-    return n // ZOOM_REGIONS
+    if n % regions:
+        raise SystemExit(f"row {row} reads n1 = {regions} regions; --n {n} is not a multiple of it")
+    return n // regions
 
 
 def predict_variant(readout: str | None, sampler: str | None) -> tuple[str | None, str | None, list[str]]:
@@ -90,13 +110,19 @@ def predict_variant(readout: str | None, sampler: str | None) -> tuple[str | Non
     return ", ".join(parts), "-".join(p.split()[0] for p in parts), flags
 
 
-def row_flags(row: str, encoder: str | None, out: Path) -> list[str]:
-    """The flags of ``ats-wsi train`` that make a row (over the command's defaults)."""
+def row_flags(row: str, encoder: str | None, out: Path, regions: int = ZOOM_REGIONS,
+              patches: int = ZOOM_PATCHES) -> list[str]:
+    """The flags of ``ats-wsi train`` that make a row (over the command's defaults); a zoom row's
+    ``regions`` and ``patches`` a region."""
     flags = ["--sampler", "uniform"] if row.startswith("uniform") else []
     if row in ("ats", "uniform"):
         flags += ["--no-pretrain"]
     if row.endswith("zoom"):
-        flags += ZOOM_FLAGS
+        flags += zoom_flags(regions, patches)
+    if row == "defaults-zoom":
+        flags += ["--predict-patches", str(max(1, VALIDATION_PATCHES // regions))]
+    if row == "defaults-low2":
+        flags += ["--low-mpp", "2"]
     if "frozen" in row:
         if not encoder:
             raise SystemExit(f"row {row} needs --encoder SPEC.json")
@@ -143,10 +169,36 @@ def score(predictions: Path, cohort: dict) -> dict:
                tissue_read=float(np.mean(patches * (PATCH_UM / 1000) ** 2 / tissue)),
                seconds_per_slide=float(np.mean([float(r["seconds"]) for r in rows])),
                pixels_read_per_slide=float(np.mean([float(r["pixels_read"]) for r in rows])))
+    out["draws"] = draw_shares(rows, predictions.parent, cohort)
     metrics = predictions.parent / "metrics.json"  # predict's operating point: the validation threshold
     if metrics.is_file():
         out["operating_point"] = json.loads(metrics.read_text()).get("operating_point")
     return out
+
+
+def draw_shares(rows: list[dict], folder: Path, cohort: dict) -> dict | None:
+    """Where a prediction's patches landed, from each slide's ``.done`` record (its level-0 boxes)
+    and the ground truth: ``on_lesion``, the mean over positive slides of the share of their
+    patches that overlap the lesion; ``lesion_found``, the share of positive slides with at least
+    one; ``on_follicle``, the mean over all slides of the share on a follicle. None without records."""
+    from lesion_common import truth_boxes
+    from lesion_diagnose import overlaps
+
+    lesion, found, follicle = [], [], []
+    for r in rows:
+        marker = folder / ".done" / f"{r['name']}.json"
+        if not marker.is_file():
+            return None
+        boxes = np.asarray(json.loads(marker.read_text())["boxes_xywh"], dtype=np.float64).reshape(-1, 4)
+        truth = truth_boxes(r["slide"])
+        follicle.append(float(overlaps(boxes, truth["decoys"]).mean()) if len(boxes) else 0.0)
+        if cohort[r["slide"]].label == 1 and truth["lesions"]:
+            on = overlaps(boxes, truth["lesions"])
+            lesion.append(float(on.mean()) if len(boxes) else 0.0)
+            found.append(bool(on.any()))
+    return {"on_lesion": float(np.mean(lesion)) if lesion else float("nan"),
+            "lesion_found": float(np.mean(found)) if found else float("nan"),
+            "on_follicle": float(np.mean(follicle)) if follicle else float("nan")}
 
 
 def main(argv=None) -> int:
@@ -158,6 +210,9 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", help="spec JSON of a frozen encoder (rows *-frozen)")
     ap.add_argument("--dense", help="dense_abmil.json of lesion_dense.py, for the dense row")
     ap.add_argument("--epochs", type=int, default=None, help="override the command's default epochs")
+    ap.add_argument("--zoom-regions", type=int, default=ZOOM_REGIONS, help="regions a zoom row draws (n1)")
+    ap.add_argument("--zoom-patches", type=int, default=ZOOM_PATCHES,
+                    help="patches a zoom row draws in each region in training (n2)")
     ap.add_argument("--readout", choices=["top", "head"], default=None,
                     help="predict with `--readout R` (default: the checkpoint's); rows are then named 'ROW (R)' and "
                          "predicted into ROW/test-R-nN: the same trained model read both ways")
@@ -180,7 +235,8 @@ def main(argv=None) -> int:
         folder = out / row
         folder.mkdir(exist_ok=True)
         train = [*ATS, "train", str(args.manifest), "--out", str(folder / "run"), "--no-progress",
-                 *row_flags(row, args.encoder, folder), *(["--epochs", str(args.epochs)] if args.epochs else []),
+                 *row_flags(row, args.encoder, folder, args.zoom_regions, args.zoom_patches),
+                 *(["--epochs", str(args.epochs)] if args.epochs else []),
                  *args.extra]
         label, slug, variant = predict_variant(args.readout, args.predict_sampler)
         entry = results["rows"].setdefault(row if label is None else f"{row} ({label})", {})
@@ -190,7 +246,8 @@ def main(argv=None) -> int:
         for n in args.n.split(","):
             pred = folder / (f"test-n{n}" if slug is None else f"test-{slug}-n{n}")
             cmd = [*ATS, "predict", str(folder / "run" / "best.pt"), str(args.manifest), "--split", "test",
-                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n))), "--no-progress", *variant]
+                   "--out", str(pred), "--n-patches", str(predict_n_patches(row, int(n), args.zoom_regions)), "--no-progress",
+                   *variant]
             if not (pred / "predictions.csv").is_file():
                 run(cmd, folder / f"predict-n{n}.log")
             entry[f"n{n}"] = score(pred / "predictions.csv", cohort)
@@ -213,8 +270,8 @@ def table(results: dict) -> list[str]:
     """The markdown table of every (row, n)."""
     lines = ["| method | n | AUC [95 % CI] | AUC <0.5 mm | AUC 0.5-2 mm | balanced acc. | sens. <0.5 mm | "
              "sens. 0.5-2 mm | spec. | sens. / spec. at val. threshold | patches/slide | tissue read | s/slide | "
-             "px read/slide | train s |",
-             "|" + "---|" * 15]
+             "px read/slide | draws on lesion / slides found / on follicles | train s |",
+             "|" + "---|" * 16]
     for row, entry in results["rows"].items():
         if row == "dense":
             continue
@@ -227,10 +284,12 @@ def table(results: dict) -> list[str]:
             strat = " | ".join(f"{by[s]:.3f}" if s in by else "–" for s in ("<0.5mm", "0.5-2mm"))
             op = m.get("operating_point") or {}
             at = f"{op['sensitivity']:.2f} / {op['specificity']:.2f} ({op['threshold']:.3f})" if op else "–"
+            d = m.get("draws")
+            draws = f"{d['on_lesion']:.2f} / {d['lesion_found']:.2f} / {d['on_follicle']:.2f}" if d else "–"
             lines.append(f"| {row} | {key[1:]} | {_ci(m['roc_auc'])} | {strat} | {_ci(m['balanced_accuracy'])} | "
                          f"{' | '.join(rec)} | {at} | {m['patches_per_slide']:.0f} | {100 * m['tissue_read']:.2f} % | "
                          f"{m['seconds_per_slide']:.2f} | {m.get('pixels_read_per_slide', float('nan')):.2g} | "
-                         f"{entry.get('train_seconds', float('nan')):.0f} |")
+                         f"{draws} | {entry.get('train_seconds', float('nan')):.0f} |")
     return lines
 
 

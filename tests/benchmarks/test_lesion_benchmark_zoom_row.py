@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -26,6 +27,53 @@ def test_the_zoom_row_is_the_frozen_row_with_8_regions_of_4_patches(tmp_path):
     assert lesion_benchmark.predict_n_patches("ats-frozen", 16) == 16
     with pytest.raises(SystemExit, match="not a multiple"):
         lesion_benchmark.predict_n_patches("ats-frozen-zoom", 12)
+
+
+def test_the_defaults_zoom_row_draws_its_regions_and_validates_with_128_patches_and_low2_attends_at_2um(tmp_path):
+    zoom = lesion_benchmark.row_flags("defaults-zoom", None, tmp_path, regions=16, patches=2)
+    assert zoom == ["--zoom-mpp", "2", "--zoom-regions", "16", "--zoom-size", "256", "--n-patches", "2",
+                    "--predict-patches", "8"]  # 16 x 2 = 32 a step; 16 x 8 = 128 at validation
+    assert lesion_benchmark.predict_n_patches("defaults-zoom", 128, 16) == 8
+    assert lesion_benchmark.row_flags("defaults-low2", None, tmp_path) == ["--low-mpp", "2"]
+    from ats_wsi.cli import build_parser
+    from ats_wsi.cli._auto_encoder import wanted
+
+    for row in ("defaults-zoom", "defaults-low2"):  # both pretrain the default encoder, as the defaults row
+        args = build_parser().parse_args(["train", "m.csv", "--out", "o", *lesion_benchmark.row_flags(row, None, tmp_path)])
+        assert wanted(args) == (True, None), row
+
+
+def test_draw_shares_count_the_boxes_on_the_lesion_and_on_follicles(tmp_path):
+    from types import SimpleNamespace
+
+    from ats_wsi.data.synthetic import load_synthetic_slide, write_synthetic_slide
+
+    paths = []
+    for i, lesions in enumerate((1, 0)):
+        path = tmp_path / f"s{i}.svs"
+        write_synthetic_slide(path, 1024, 768, n_lesions=lesions, n_decoys=1, seed=40 + i, lesion_size_um=(40.0, 80.0))
+        paths.append(path)
+    pos, neg = (load_synthetic_slide(p) for p in paths)
+    lx, ly, lw, lh = pos.lesions[0]
+    dx, dy, dw, dh = neg.decoys[0]
+    far = [2000, 2000, 8, 8]  # off the slide: on nothing
+    records = {"s0": [[lx, ly, lw, lh], far, far, far], "s1": [[dx, dy, dw, dh], far]}
+    (tmp_path / ".done").mkdir()
+    for name, boxes in records.items():
+        (tmp_path / ".done" / f"{name}.json").write_text(json.dumps({"boxes_xywh": boxes}))
+    rows = [{"slide": str(p), "name": p.stem} for p in paths]
+    cohort = {str(paths[0]): SimpleNamespace(label=1), str(paths[1]): SimpleNamespace(label=0)}
+    got = lesion_benchmark.draw_shares(rows, tmp_path, cohort)
+    on_decoy = float(np.mean([lesion_benchmark_overlaps(records["s0"], pos.decoys).mean(), 0.5]))
+    assert got == {"on_lesion": 0.25, "lesion_found": 1.0, "on_follicle": pytest.approx(on_decoy)}
+    (tmp_path / ".done" / "s1.json").unlink()
+    assert lesion_benchmark.draw_shares(rows, tmp_path, cohort) is None  # a slide without its record
+
+
+def lesion_benchmark_overlaps(boxes, targets):
+    from lesion_diagnose import overlaps
+
+    return overlaps(np.asarray(boxes, dtype=np.float64), targets)
 
 
 def test_the_defaults_rows_pass_nothing_and_the_scratch_rows_turn_pretraining_off(tmp_path):
@@ -50,6 +98,9 @@ def test_the_table_shows_the_operating_point_at_the_validation_threshold():
                                              "old": {"n32": {**m, "operating_point": None}}}})
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "| 0.90 / 1.00 (0.954) | 32 |" in lines[2] and "| – | 32 |" in lines[3]
+    drawn = lesion_benchmark.table({"rows": {"z": {"n32": {**m, "draws": {"on_lesion": 0.125, "lesion_found": 0.9,
+                                                                          "on_follicle": 0.25}}}}})
+    assert "| 0.12 / 0.90 / 0.25 | nan |" in drawn[2] and drawn[2].count("|") == drawn[0].count("|")
 
 
 def test_a_trained_row_predicted_with_uniform_draws_or_another_readout_gets_its_own_name_folder_and_flags():
