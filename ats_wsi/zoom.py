@@ -240,17 +240,25 @@ class ZoomSampler(nn.Module):
         """Stage 2 draws with replacement."""
         return self.stage2.replace
 
-    sampler_kind = "attention"
-    """Always attention: a two-stage model has no uniform sampler."""
+    @property
+    def sampler_kind(self) -> str:
+        """``"attention"``, or ``"uniform"`` at both stages: regions uniform over the tissue cells of
+        the stage-1 map, patches uniform over each region's cells (the random-patch ablation of a
+        trained zoom, ``ats-wsi predict --sampler uniform``; training draws by attention)."""
+        return self.stage1.sampler_kind
+
+    @sampler_kind.setter
+    def sampler_kind(self, kind: str) -> None:
+        self.set_sampler(kind)
 
     def attention_field(self):
         """The stage-1 net's receptive field and stride (:meth:`AttentionSampler.attention_field`)."""
         return self.stage1.attention_field()
 
     def set_sampler(self, kind: str) -> None:
-        """Only ``"attention"``: the random-patch ablation is a one-stage model's."""
-        if kind != "attention":
-            raise SamplingError(f"a two-stage (zoom) model draws by attention only, got sampler {kind!r}")
+        """Draw both stages by ``"attention"`` or ``"uniform"`` (:attr:`sampler_kind`)."""
+        self.stage1.set_sampler(kind)
+        self.stage2.set_sampler(kind)
 
     def extra_repr(self) -> str:
         return (f"n_regions={self.n_regions}, n_patches={self.n_patches}, replace_regions={self.stage1.replace}, "

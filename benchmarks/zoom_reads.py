@@ -11,6 +11,11 @@ whole tiles, or only the part of each JPEG tile a read needs where the optional
 ``ats_wsi_jpeg`` extension crops the decode. "RSS +MB" is the growth of the process's peak
 RSS (``ru_maxrss``) during the passes, after the imports and the low view.
 
+Then the same slide through ``SlideClassifier.predict`` of a two-stage config (the nets
+``ats-wsi train`` builds, untrained; its stage-1 map streamed from the low view tile by tile,
+as ``ats-wsi predict`` runs it), each in a process of its own: seconds and the growth of peak
+RSS over the whole prediction (the low view included, after the imports and the model).
+
 Usage::
 
     .venv/bin/python benchmarks/zoom_reads.py [--sizes 10000 20000] [--regions 8] [--patches 8]
@@ -81,6 +86,22 @@ def measure(size: int, n1: int, n2: int, zoom_size: float) -> dict:
         return row
 
 
+def measure_predict(size: int, n1: int, n2: int, zoom_size: float) -> dict:
+    """One ``SlideClassifier.predict`` of a two-stage model (streamed stage 1): seconds, RSS growth."""
+    from ats_wsi.classifier import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(patch_mpp=0.5, patch_size=128, n_patches=n2, low_mpp=8.0, zoom_mpp=2.0,
+                                    zoom_regions=n1, zoom_size=zoom_size)).eval()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    pred = model.predict(_slide(size), seed=0)
+    seconds = time.perf_counter() - start
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return dict(size=size, map=tuple(pred.attention.shape), seconds=seconds, rss_growth_mb=growth,
+                level0_px=pred.pixels_read)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000])
@@ -88,9 +109,13 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=8)
     parser.add_argument("--zoom-size", type=float, default=512.0, help="region side in µm")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process measuring one size
+    parser.add_argument("--one-predict", type=int, help=argparse.SUPPRESS)  # ... one predict of one size
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(measure(args.one, args.regions, args.patches, args.zoom_size)))
+        return
+    if args.one_predict is not None:
+        print(json.dumps(measure_predict(args.one_predict, args.regions, args.patches, args.zoom_size)))
         return
     print(f"n1 = {args.regions} regions of {args.zoom_size:g} µm at 2 µm/px, n2 = {args.patches} patches "
           f"of 128 px at 0.5 µm/px per region; per pass (median of 3):")
@@ -104,6 +129,15 @@ def main() -> None:
         r = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"{size:>6} x {size:<6d}{str(tuple(r['low'])):>13} {r['seconds']:7.3f} {r['region_px']:10.3g} "
               f"{r['patch_px']:9.3g} {r['whole_zoom_px']:11.3g} {r['whole_zoom_px'] / r['region_px']:6.1f} "
+              f"{r['rss_growth_mb']:8.1f}")
+    print("\nSlideClassifier.predict of a two-stage model (default nets, stage 1 streamed), one slide:")
+    print(f"{'slide':>13} {'stage-1 map':>13} {'s/slide':>8} {'level-0 px read':>16} {'RSS +MB':>8}")
+    for size in args.sizes:
+        child = subprocess.run([sys.executable, __file__, "--one-predict", str(size), "--regions", str(args.regions),
+                                "--patches", str(args.patches), "--zoom-size", str(args.zoom_size)],
+                               check=True, capture_output=True, text=True)
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"{size:>6} x {size:<6d}{str(tuple(r['map'])):>13} {r['seconds']:8.2f} {r['level0_px']:16.3g} "
               f"{r['rss_growth_mb']:8.1f}")
 
 

@@ -32,7 +32,11 @@ class SampleSoftmax(nn.Module):
             run over the unmasked cells only.
 
     Returns:
-        ``[B, *spatial]`` probabilities summing to 1 over each map.
+        ``[B, *spatial]`` probabilities summing to 1 over each map. The
+        softmax's own float32 normaliser drifts with the map's size (a map of
+        2.4 million cells summed to 1.0006, over the samplers' tolerance), so
+        the result is divided once more by its sum taken in float64, as the
+        streamed softmax (:func:`~ats_wsi.sampling.streamed.softmax_`) does.
     """
 
     def __init__(self, smoothing: float = 0.0, temperature: float = 1.0):
@@ -52,14 +56,20 @@ class SampleSoftmax(nn.Module):
         shape = logits.shape
         flat = logits.reshape(shape[0], -1) / self.temperature
         if mask is None:
-            probs = torch.softmax(flat, dim=1)
+            probs = _normalised(torch.softmax(flat, dim=1))
             probs = (1 - self.smoothing) * probs + self.smoothing / flat.shape[1]
             return probs.reshape(shape)
         keep = _flat_mask(mask, shape, logits.device)
-        probs = torch.softmax(flat.masked_fill(~keep, float("-inf")), dim=1)
+        probs = _normalised(torch.softmax(flat.masked_fill(~keep, float("-inf")), dim=1))
         cells = keep.sum(dim=1, keepdim=True).to(probs.dtype)
         probs = (1 - self.smoothing) * probs + (self.smoothing / cells) * keep
         return probs.reshape(shape)
+
+
+def _normalised(probs: torch.Tensor) -> torch.Tensor:
+    """``probs [B, K]`` divided by their sum over K taken in float64 (differentiable; the sum is 1 up to
+    the rounding of a float32 softmax, so the gradient is the softmax's)."""
+    return probs / probs.sum(dim=1, keepdim=True, dtype=torch.float64).to(probs.dtype)
 
 
 def _drop_channel(logits: torch.Tensor) -> torch.Tensor:

@@ -149,6 +149,31 @@ def test_the_streamed_stage_1_map_gives_the_draws_of_the_held_view(slide, monkey
         np.testing.assert_array_equal(a.region_boxes, b.region_boxes)
 
 
+def test_uniform_draws_ablate_both_stages_of_a_trained_zoom_and_are_restored(slide):
+    """``predict(sampler="uniform")``: regions uniform over the stage-1 map's tissue cells, patches
+    uniform over each region's cells; the model draws by attention again after the call."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(**ZOOM)).eval()
+    with torch.no_grad():  # a stage-2 net far from uniform, so that uniform draws differ visibly
+        for p in model.sampler.stage2.attention_net.parameters():
+            p.normal_(0, 2)
+    pred = model.predict(slide, samples=2, seed=8, sampler="uniform")
+    assert model.sampler.sampler_kind == "attention"
+    assert model.sampler.stage1.sampler_kind == model.sampler.stage2.sampler_kind == "attention"
+    cells = int((pred.attention > 0).sum())
+    np.testing.assert_allclose(pred.attention[pred.attention > 0], 1.0 / cells, rtol=1e-5)
+    for record in pred.zoom:
+        np.testing.assert_allclose(record.region_probability, 1.0 / cells, rtol=1e-5)
+        a2 = record.zoom_attention
+        for k in range(len(a2)):
+            inside = a2[k][a2[k] > 0]
+            np.testing.assert_allclose(inside, 1.0 / inside.size, rtol=1e-5)
+    own = model.predict(slide, samples=2, seed=8)
+    assert not np.allclose(own.zoom[0].zoom_attention, pred.zoom[0].zoom_attention)
+    with pytest.raises(Exception, match="sampler must be one of"):
+        model.sampler.set_sampler("random")
+
+
 def test_a_one_stage_checkpoint_without_zoom_keys_loads_and_predicts_as_the_model_it_saved(slide, tmp_path):
     torch.manual_seed(2)
     model = build_model(ModelConfig(patch_size=32, n_patches=4, feature_dim=8, low_downsample=16.0)).eval()
