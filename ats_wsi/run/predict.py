@@ -13,6 +13,8 @@ Outputs of :func:`predict_slides` in ``out_dir``:
   coordinates, a zoom's stage-2 maps in its ``zoom`` group (see :mod:`ats_wsi.outputs`);
 - ``overlays/<name>.png``: thumbnail + heatmap on the absolute scale (with its
   colour bar) + the sampled boxes numbered in draw order + the predicted class;
+- ``overlays/<name>.zoom.png`` (a zoom model): its drawn regions, each with its stage-2 map
+  and patches (:mod:`ats_wsi.zoom_sheet`);
 - ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention regions for QuPath (:mod:`ats_wsi.geojson`);
 - ``features/<name>.h5`` (``export_features``), ``patches/<name>/`` (``export_patches``):
   the sampled features for TRIDENT/CLAM heads and the top-attention patches (:mod:`ats_wsi.exports`);
@@ -149,7 +151,8 @@ def finish_one(ready: PreparedRead, name: str, settings: PredictSettings, model:
     if cache is not None:  # features served by the cache / computed, for this slide
         stats = cache.take_stats()
         row.update(feature_hits=stats["hits"], feature_misses=stats["misses"], feature_disk_hits=stats["disk_hits"])
-    row["outputs"] = output_digests(folder.root, slide_output_files(name, settings))  # the marker vouches for these
+    # the marker vouches for these
+    row["outputs"] = output_digests(folder.root, slide_output_files(name, settings, zoom=pred.zoom is not None))
     write_json_atomic(folder.marker(name), row)
     return SlideResult(str(path), name, row, folder, pred)
 

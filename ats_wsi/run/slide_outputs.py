@@ -7,6 +7,7 @@ import os
 from ..exports import export_files, outline_roi, write_slide_exports
 from ..geojson import write_geojson
 from ..outputs import render_overlay, write_attention_zarr, write_overlay_png
+from ..zoom_sheet import prediction_zoom_sheet
 from .predict_settings import PredictSettings
 from .results import ResultsFolder
 
@@ -15,7 +16,7 @@ __all__ = ["slide_output_files", "write_slide_outputs"]
 
 def write_slide_outputs(folder: ResultsFolder, name: str, path: str, slide, roi, pred, settings: PredictSettings,
                         model) -> None:
-    """Write a slide's map, overlay, GeoJSON and exports (each file atomically).
+    """Write a slide's map, overlay, GeoJSON and exports (each file atomically); a zoom model's sheet too.
 
     Args:
         folder: the results folder.
@@ -45,15 +46,19 @@ def write_slide_outputs(folder: ResultsFolder, name: str, path: str, slide, roi,
                            origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh, title=pred.title)
     image = image if roi is None else outline_roi(image, roi, thumb_ds)
     write_overlay_png(folder.overlay(name), image)
+    if pred.zoom is not None:  # a zoom model: its first sampling's regions, each with its stage-2 map
+        write_overlay_png(folder.zoom_overlay(name), prediction_zoom_sheet(slide, pred.zoom, pred.title))
     if settings.geojson:
         write_geojson(folder.geojson(name), pred, slide=str(path), slide_wh=slide.dimensions)
     write_slide_exports(folder.root, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
                         features=settings.export_features, patches=settings.export_patches)
 
 
-def slide_output_files(name: str, settings: PredictSettings) -> list[str]:
+def slide_output_files(name: str, settings: PredictSettings, zoom: bool = False) -> list[str]:
     """A slide's outputs (relative to ``out_dir``) that its done marker vouches for: what
-    :func:`write_slide_outputs` wrote for it."""
+    :func:`write_slide_outputs` wrote for it. ``zoom``: the slide was predicted by a zoom model
+    (``SlidePrediction.zoom`` set), which also writes ``overlays/NAME.zoom.png``."""
     geojson = [ResultsFolder.geojson_rel(name)] if settings.geojson else []
-    return [ResultsFolder.map_rel(name), ResultsFolder.overlay_rel(name), *geojson,
+    sheet = [ResultsFolder.zoom_overlay_rel(name)] if zoom else []
+    return [ResultsFolder.map_rel(name), ResultsFolder.overlay_rel(name), *sheet, *geojson,
             *export_files(name, features=settings.export_features, patches=settings.export_patches)]
