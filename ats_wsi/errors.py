@@ -75,6 +75,12 @@ class PredictionError(_FileReason, AtsError, ValueError):
     """
 
 
+class SheetError(AtsError, ValueError):
+    """A zoom sheet (:func:`ats_wsi.zoom_sheet.render_zoom_sheet`) asked for what it cannot draw:
+    no regions, a tile or column count below 1, an opacity outside [0, 1], or more regions
+    than fit in :data:`~ats_wsi.zoom_sheet.MAX_SHEET_SIDE` pixels a side at the smallest tile."""
+
+
 class ManifestError(AtsError, ValueError):
     """A slide manifest (CSV) is missing columns or has bad rows."""
 

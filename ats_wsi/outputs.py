@@ -37,6 +37,7 @@ __all__ = [
     "read_zoom_maps",
     "colorize",
     "render_overlay",
+    "draw_colorbar",
     "write_overlay_png",
 ]
 
@@ -425,7 +426,7 @@ def render_overlay(
         draw.rectangle([left - 4, top - 3, right + 4, bottom + 3], fill=(255, 255, 255))
         draw.text((6, 4), title, fill=(0, 0, 0), font=font)
     if colorbar:
-        _draw_colorbar(draw, tw, th)
+        draw_colorbar(draw, tw, th)
     return out
 
 
@@ -440,8 +441,17 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def _draw_colorbar(draw, width: int, height: int) -> None:
-    """The absolute attention scale in the bottom-right corner: 0 .. ATTENTION_SCALE_MAX."""
+def draw_colorbar(draw, width: int, height: int) -> int:
+    """Draw the absolute attention scale (0 .. :data:`ATTENTION_SCALE_MAX`) in the bottom-right corner.
+
+    Args:
+        draw: a ``PIL.ImageDraw.ImageDraw`` of an image ``width`` x ``height``.
+        width, height: the image's size in pixels.
+
+    Returns:
+        The top row of the white box the scale is drawn on (the scale takes
+        the rows from there to the bottom).
+    """
     bar_w, bar_h = max(40, min(200, width * 2 // 5)), max(4, min(10, height // 30))
     font = _font(max(8, min(12, width // 60)))
     caption = ATTENTION_UNIT
@@ -459,6 +469,7 @@ def _draw_colorbar(draw, width: int, height: int) -> None:
         label = f"{tick:g}" + ("+" if tick == ATTENTION_SCALE_MAX else "")
         lw = draw.textlength(label, font=font)
         draw.text((min(max(x0, tx - lw / 2), x0 + bar_w - lw), by + bar_h + 1), label, fill=(0, 0, 0), font=font)
+    return y0 - 3
 
 
 def write_overlay_png(path: str | os.PathLike, image) -> Path:

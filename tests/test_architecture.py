@@ -15,7 +15,7 @@ FLOORS = [
     {"slide"},
     {"sampling", "patches"},
     {"model", "reference_api", "nets", "encoders", "zoom"},
-    {"classifier", "outputs", "geojson", "data", "exports"},
+    {"classifier", "outputs", "zoom_sheet", "geojson", "data", "exports"},
     {"run"},
     {"cli"},
 ]

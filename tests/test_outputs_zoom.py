@@ -81,8 +81,9 @@ def test_predict_writes_each_regions_stage2_map_placed_over_the_region(slide, tm
         assert x <= ox and ox + cw * amap.data.shape[1] <= x + w + 1e-9
         assert y <= oy and oy + ch * amap.data.shape[0] <= y + h + 1e-9
     # the done marker vouches for the map with its zoom group (a changed region map is a changed output)
+    # and for the zoom sheet beside the overlay
     marker = json.loads((results / ".done" / "s.json").read_text())
-    assert list(marker["outputs"]) == ["maps/s.zarr", "overlays/s.png"]
+    assert list(marker["outputs"]) == ["maps/s.zarr", "overlays/s.png", "overlays/s.zoom.png"]
 
 
 def test_a_one_stage_map_has_no_zoom_group(slide, tmp_path):

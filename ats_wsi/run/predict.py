@@ -13,6 +13,8 @@ Outputs of :func:`predict_slides` in ``out_dir``:
   coordinates, a zoom's stage-2 maps in its ``zoom`` group (see :mod:`ats_wsi.outputs`);
 - ``overlays/<name>.png``: thumbnail + heatmap on the absolute scale (with its
   colour bar) + the sampled boxes numbered in draw order + the predicted class;
+- ``overlays/<name>.zoom.png`` (a zoom model): its drawn regions, each with its stage-2 map
+  and patches (:mod:`ats_wsi.zoom_sheet`);
 - ``geojson/<name>.geojson`` (``geojson=True``): boxes and top-attention regions for QuPath (:mod:`ats_wsi.geojson`);
 - ``features/<name>.h5`` (``export_features``), ``patches/<name>/`` (``export_patches``):
   the sampled features for TRIDENT/CLAM heads and the top-attention patches (:mod:`ats_wsi.exports`);
@@ -41,15 +43,13 @@ from ..classifier import SlideClassifier, checkpoint_id, load_model
 from ..classifier.stages import EncoderClock, busy_fraction
 from ..encoders import PatchEncoder, attach_feature_cache
 from ..errors import CheckpointError, OutputError
-from ..exports import export_files, outline_roi, write_slide_exports
 from ..roi import roi_for_slide
 from ..atomic import owned_by, write_csv_atomic, write_json_atomic
-from ..geojson import write_geojson
-from ..outputs import render_overlay, write_attention_zarr, write_overlay_png
 from .read_ahead import ReadAhead, check_read_ahead
 from .outdir import as_output_error, holding_results_folder, invalidate_marker, output_digests, outputs_match
 from .predict_settings import PredictSettings, run_key
 from .results import MAX_NAME_BYTES, ResultsFolder, SlideResult, labelled_row, output_names, prediction_fields
+from .slide_outputs import slide_output_files, write_slide_outputs
 
 __all__ = ["predict_slides", "PredictSettings", "SlideResult", "output_names", "run_key", "MAX_NAME_BYTES",
            "RUN_SUMMARY", "RunTiming", "finish_one", "predict_one", "prepare_one", "run_summary"]
@@ -130,7 +130,7 @@ def finish_one(ready: PreparedRead, name: str, settings: PredictSettings, model:
         if cache is not None:
             cache.take_stats()  # count this slide's lookups only
         pred = model.finish(ready.prepared)
-        _write_outputs(folder, name, path, slide, roi, pred, settings, model)
+        write_slide_outputs(folder, name, path, slide, roi, pred, settings, model)
     finally:
         ready.close()
     row = {
@@ -151,36 +151,10 @@ def finish_one(ready: PreparedRead, name: str, settings: PredictSettings, model:
     if cache is not None:  # features served by the cache / computed, for this slide
         stats = cache.take_stats()
         row.update(feature_hits=stats["hits"], feature_misses=stats["misses"], feature_disk_hits=stats["disk_hits"])
-    row["outputs"] = output_digests(folder.root, _output_files(name, settings))  # the marker vouches for these
+    # the marker vouches for these
+    row["outputs"] = output_digests(folder.root, slide_output_files(name, settings, zoom=pred.zoom is not None))
     write_json_atomic(folder.marker(name), row)
     return SlideResult(str(path), name, row, folder, pred)
-
-
-def _write_outputs(folder: ResultsFolder, name: str, path: str, slide, roi, pred, settings: PredictSettings,
-                   model: SlideClassifier) -> None:
-    """A slide's map, overlay, GeoJSON and exports."""
-    write_attention_zarr(
-        folder.map(name), pred.attention, cell_size_xy=pred.cell_size_xy,
-        origin_xy=pred.origin_xy, mpp=pred.mpp, ngff_version=settings.ngff_version, zoom=pred.zoom,
-        metadata={"slide": str(path), "checkpoint": settings.checkpoint_id,
-                  "checkpoint_path": os.path.abspath(settings.checkpoint),
-                  "probabilities": [float(v) for v in pred.probabilities],
-                  "predicted": pred.predicted, "low_downsample": pred.low_downsample,
-                  "class_names": list(pred.class_names), "predicted_name": pred.predicted_name,
-                  "boxes_xywh": pred.boxes_xywh.tolist(),
-                  "box_attention": [float(v) for v in pred.box_attention],
-                  "task": pred.task, "value": pred.value, "title": pred.title},
-    )
-    thumb = slide.thumbnail(settings.overlay_size)
-    thumb_ds = slide.dimensions[0] / thumb.shape[1]
-    image = render_overlay(thumb, thumb_ds, pred.attention, cell_size_xy=pred.cell_size_xy,
-                           origin_xy=pred.origin_xy, boxes_xywh=pred.boxes_xywh, title=pred.title)
-    image = image if roi is None else outline_roi(image, roi, thumb_ds)
-    write_overlay_png(folder.overlay(name), image)
-    if settings.geojson:
-        write_geojson(folder.geojson(name), pred, slide=str(path), slide_wh=slide.dimensions)
-    write_slide_exports(folder.root, name, pred, model=model, slide=slide, checkpoint=settings.checkpoint_id,
-                        features=settings.export_features, patches=settings.export_patches)
 
 
 def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
@@ -195,13 +169,6 @@ def predict_one(path: str, name: str, settings: PredictSettings) -> SlideResult:
     with _torch_threads(settings.torch_threads), \
             model.sampling(settings.sampler, settings.readout, threshold=settings.threshold):
         return finish_one(prepare_one(path, settings, model), name, settings, model)
-
-
-def _output_files(name: str, settings: PredictSettings) -> list[str]:
-    """A slide's outputs (relative to ``out_dir``) that its done marker vouches for."""
-    geojson = [ResultsFolder.geojson_rel(name)] if settings.geojson else []
-    return [ResultsFolder.map_rel(name), ResultsFolder.overlay_rel(name), *geojson,
-            *export_files(name, features=settings.export_features, patches=settings.export_patches)]
 
 
 def _predict_owned(path: str, name: str, settings: PredictSettings) -> SlideResult:

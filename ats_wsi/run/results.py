@@ -2,7 +2,8 @@
 
 Every path inside a folder written by :func:`ats_wsi.run.predict_slides` is
 spelled here once (:class:`ResultsFolder`): ``maps/NAME.zarr``,
-``overlays/NAME.png``, ``geojson/NAME.geojson``, ``.done/NAME.json``,
+``overlays/NAME.png`` (and a zoom model's ``overlays/NAME.zoom.png``),
+``geojson/NAME.geojson``, ``.done/NAME.json``,
 ``predictions.csv``, ``errors.csv``; so is the slide -> NAME mapping
 (:func:`output_names`). :class:`SlideResult` is one finished slide as
 ``predict_slides`` hands it to its ``on_result`` callback.
@@ -49,6 +50,11 @@ class ResultsFolder:
         return f"overlays/{name}.png"
 
     @staticmethod
+    def zoom_overlay_rel(name: str) -> str:
+        """``overlays/NAME.zoom.png``: a two-stage (zoom) model's drawn regions with their stage-2 maps."""
+        return f"overlays/{name}.zoom.png"
+
+    @staticmethod
     def geojson_rel(name: str) -> str:
         """``geojson/NAME.geojson``: the prediction for QuPath."""
         return f"geojson/{name}.geojson"
@@ -60,6 +66,10 @@ class ResultsFolder:
     def overlay(self, name: str) -> Path:
         """The overlay PNG of slide NAME."""
         return self.root / self.overlay_rel(name)
+
+    def zoom_overlay(self, name: str) -> Path:
+        """The zoom sheet PNG of slide NAME (a two-stage model's only)."""
+        return self.root / self.zoom_overlay_rel(name)
 
     def geojson(self, name: str) -> Path:
         """The GeoJSON of slide NAME."""
@@ -80,7 +90,7 @@ class ResultsFolder:
         return self.root / "errors.csv"
 
     def overlays(self) -> list[Path]:
-        """Every overlay PNG in the folder, sorted."""
+        """Every overlay PNG in the folder, sorted (a zoom model's sheets ``NAME.zoom.png`` among them)."""
         return sorted((self.root / "overlays").glob("*.png"))
 
     def read_marker(self, marker: Path) -> dict | None:

@@ -225,14 +225,14 @@ def test_a_rewrite_removes_the_marker_before_the_first_new_file(two_slides, tmp_
     slides, ckpt = two_slides
     out = tmp_path / "out"
     _run(ckpt, slides[:1], out, seed=1)
-    from ats_wsi.run import predict as run_predict
+    from ats_wsi.run import slide_outputs
 
     def dies_after_the_map(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt  # as if killed right after the map's rename
 
-    original = run_predict.write_attention_zarr
-    monkeypatch.setattr(run_predict, "write_attention_zarr", dies_after_the_map)
+    original = slide_outputs.write_attention_zarr
+    monkeypatch.setattr(slide_outputs, "write_attention_zarr", dies_after_the_map)
     with pytest.raises(KeyboardInterrupt):
         _run(ckpt, slides[:1], out, seed=2)
     monkeypatch.undo()
@@ -252,12 +252,12 @@ def test_the_lock_is_released_when_a_run_fails(two_slides, tmp_path):
 def test_a_full_disk_in_a_slide_stops_the_run_with_a_typed_error(two_slides, tmp_path, monkeypatch):
     slides, ckpt = two_slides
     out = tmp_path / "out"
-    from ats_wsi.run import predict as run_predict
+    from ats_wsi.run import slide_outputs
 
     def full(path, image):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(run_predict, "write_overlay_png", full)
+    monkeypatch.setattr(slide_outputs, "write_overlay_png", full)
     with pytest.raises(OutputError, match="no space left on the device"):
         _run(ckpt, slides, out, seed=1)
     assert not (out / "errors.csv").exists() or "OSError" not in (out / "errors.csv").read_text()
