@@ -12,7 +12,7 @@ whole tiles, or only the part of each JPEG tile a read needs where the optional
 RSS (``ru_maxrss``) during the passes, after the imports and the low view.
 
 Then the same slide through ``SlideClassifier.predict`` of a two-stage config (the nets
-``ats-wsi train`` builds, untrained; its stage-1 map streamed from the low view tile by tile,
+``ats-wsi train`` builds with its defaults, untrained; its stage-1 map streamed from the low view tile by tile,
 as ``ats-wsi predict`` runs it), each in a process of its own: seconds and the growth of peak
 RSS over the whole prediction (the low view included, after the imports and the model).
 
@@ -89,10 +89,11 @@ def measure(size: int, n1: int, n2: int, zoom_size: float) -> dict:
 def measure_predict(size: int, n1: int, n2: int, zoom_size: float) -> dict:
     """One ``SlideClassifier.predict`` of a two-stage model (streamed stage 1): seconds, RSS growth."""
     from ats_wsi.classifier import ModelConfig, build_model
+    from ats_wsi.cli.train import FEATURE_DEFAULTS, MODEL_DEFAULTS
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(patch_mpp=0.5, patch_size=128, n_patches=n2, low_mpp=8.0, zoom_mpp=2.0,
-                                    zoom_regions=n1, zoom_size=zoom_size)).eval()
+    torch.manual_seed(0)  # the nets `ats-wsi train` builds (its attention net pools 4 x 4 pixels a cell)
+    model = build_model(ModelConfig(**{**MODEL_DEFAULTS, **FEATURE_DEFAULTS, "low_downsample": None, "n_patches": n2,
+                                       "zoom_mpp": 2.0, "zoom_regions": n1, "zoom_size": zoom_size})).eval()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     pred = model.predict(_slide(size), seed=0)
