@@ -193,7 +193,8 @@ def _safe_id(slide_id: str) -> str:
 def output_names(paths: Sequence[Path], slide_ids: Sequence[str | None] | None = None) -> list[str]:
     """A file-system-safe output name per slide: its slide ID where one is given (a manifest's
     ``slide_id`` column, unsafe characters as ``_``), else its stem (cut with a hash when over
-    ``MAX_NAME_BYTES``), made unique when names repeat."""
+    ``MAX_NAME_BYTES``), made unique when names repeat (or when ``X.zoom`` would share the
+    zoom sheet file ``overlays/X.zoom.png`` of a slide ``X``)."""
     ids = [_safe_id(i) if i else "" for i in (slide_ids or [None] * len(paths))]
     stems = [_short(i or (p.name[: -len(p.suffix)] if p.suffix else p.name)) for p, i in zip(paths, ids)]
     counts: dict[str, int] = {}
@@ -201,7 +202,8 @@ def output_names(paths: Sequence[Path], slide_ids: Sequence[str | None] | None =
         counts[s] = counts.get(s, 0) + 1
     names = []
     for p, s in zip(paths, stems):
-        if counts[s] > 1:
+        # ... and "X.zoom" beside "X" too: X's zoom sheet is overlays/X.zoom.png, X.zoom's overlay as well
+        if counts[s] > 1 or (s.lower().endswith(".zoom") and s[:-5] in counts):
             s = f"{s}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
         names.append(s)
     return names

@@ -179,6 +179,14 @@ def test_long_names_are_cut_with_a_hash_and_stay_unique():
     assert names[0].startswith("é" * 90) and len(names[0].split("-")[-1]) == 8
 
 
+def test_a_slide_named_x_zoom_beside_x_gets_its_own_name_so_no_overlay_is_x_zoom_sheet():
+    from pathlib import Path
+
+    names = output_names([Path("/s/x.svs"), Path("/s/x.zoom.svs"), Path("/s/y.zoom.svs")])
+    assert names[0] == "x" and names[2] == "y.zoom"  # no "y" beside it: kept
+    assert names[1].startswith("x.zoom-") and len(names[1]) == len("x.zoom-") + 8
+
+
 # ---------------------------------------------------------------- done markers pair with their files
 
 
