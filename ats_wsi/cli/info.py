@@ -162,4 +162,21 @@ def checkpoint_lines(path) -> list[str]:
             f"low view: {low}", f"patches: {patch}", f"features: {encoder}",
             f"epoch: {payload.get('epoch')}",
             f"validation: loss {num('val_loss')}, accuracy {num('val_acc')}, ROC AUC {num('val_auc')}",
+            *_decision(payload, names),
             f"written by: ats-wsi {payload.get('ats_wsi_version', '?')}, torch {payload.get('torch_version', '?')}"]
+
+
+def _decision(payload: dict, names) -> list[str]:
+    """``predicted: NAME when P(NAME) >= T (Youden's J on the validation slides), else NAME`` for a two-class
+    checkpoint with a validation threshold (what ``predict`` decides at); nothing otherwise."""
+    from ..classifier import ModelConfig
+    from ..classifier.checkpoint import stored_threshold
+
+    try:
+        threshold = stored_threshold(payload, ModelConfig.from_dict(payload["config"]))
+    except Exception:  # noqa: BLE001 - a config this version cannot read: the lines above already say what it is
+        return []
+    if threshold is None or len(names) != 2:
+        return []
+    return [f"predicted: {names[1]} when P({names[1]}) >= {threshold:.3f} (Youden's J on the validation slides), "
+            f"else {names[0]}"]

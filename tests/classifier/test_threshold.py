@@ -68,3 +68,14 @@ def test_load_model_decides_at_the_checkpoints_threshold_and_predict_can_overrid
     plain = load_model(tmp_path / "b.pt")
     assert plain.threshold is None
     assert plain.predict(svs_jpeg.path, seed=3).predicted == int(np.argmax(pred.probabilities))
+
+
+def test_info_names_the_decision_rule_of_a_checkpoint_with_a_threshold(tmp_path):
+    from ats_wsi.cli.info import checkpoint_lines
+
+    model = build_model(ModelConfig(**TINY, class_names=["normal", "tumor"]))
+    save_checkpoint(tmp_path / "a.pt", model, metrics={"val_threshold": 0.8204})
+    save_checkpoint(tmp_path / "b.pt", model, metrics={"val_threshold": float("nan")})
+    rule = "predicted: tumor when P(tumor) >= 0.820 (Youden's J on the validation slides), else normal"
+    assert rule in checkpoint_lines(tmp_path / "a.pt")
+    assert not any(line.startswith("predicted:") for line in checkpoint_lines(tmp_path / "b.pt"))

@@ -92,6 +92,12 @@ def test_info_describes_a_checkpoint(checkpoint):
             f"training, {c['predict_patches']} in prediction)") in lines
     assert f"validation: loss {payload['metrics']['val_loss']:.4g}, accuracy {payload['metrics']['val_acc']:.4g}" \
            in proc.stdout
+    threshold = payload["metrics"]["val_threshold"]
+    decided = [line for line in lines if line.startswith("predicted: ")]
+    if threshold == threshold:  # a validation split: predict decides at its threshold
+        assert decided == [f"predicted: 1 when P(1) >= {threshold:.3f} (Youden's J on the validation slides), else 0"]
+    else:
+        assert decided == []
     bad = checkpoint.parent / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     proc = cli("info", bad)
