@@ -312,7 +312,8 @@ class ZoomSampler(nn.Module):
         corners = source.region_corners(regions, low_shape=tuple(low_shape), map_shape=tuple(a1.shape[1:]),
                                         receptive_field=self.stage1.receptive_field)
         pixels = as_float(source.read_regions(corners), x_low).flatten(0, 1)  # [B·n1, C, R, R]
-        inside = source.region_inside(corners)
+        inside = source.region_tissue(corners, mask1, low_shape=tuple(low_shape),
+                                      receptive_field=self.stage1.receptive_field)
         a2, mask2, logits2 = self.stage2.attention_and_logits(
             pixels, None if inside is None else inside.flatten(0, 1).to(pixels.device))
         a2 = a2.unflatten(0, (batch, -1))  # [B, n1, h2, w2]

@@ -223,6 +223,36 @@ def test_regions_drawn_with_replacement_and_a_tissue_mask(slide_and_view):
     source.close()
 
 
+def test_stage_2_draws_only_where_the_stage_1_mask_keeps_tissue(slide_and_view):
+    """Regions drawn from a strip of tissue 4 stage-1 cells wide reach over both its edges;
+    stage 2 draws no cell whose pixels all lie in stage-1 cells the mask drops (no patch on
+    the glass beside the tissue)."""
+    from ats_wsi.geometry import cell_grid_level0
+
+    slide, x_low = slide_and_view
+    stage1, stage2 = _nets()
+    nn.init.normal_(stage2.weight, std=0.5)
+    model = ZoomSampler(stage1, stage2, Darkness(), 4, 6, replace=True)
+    mask = torch.zeros(1, 31, 46, dtype=torch.bool)
+    mask[0, :, 16:20] = True
+    source = _source(slide)
+    (cw, _), (ox, _) = cell_grid_level0(low_shape=tuple(x_low.shape[-2:]), map_shape=(31, 46),
+                                        low_downsample=LOW_DS, receptive_field=model.stage1.receptive_field)
+    left, right = ox + 16 * cw, ox + 20 * cw  # level-0 x of the strip's edges
+    cell2 = 8 * source.zoom_downsample(0)  # a stage-2 cell: 8 region px
+    side = 64 * source.zoom_downsample(0)  # a region: 64 region px
+    centres, over = [], 0
+    for seed in range(8):
+        out = model(x_low, source, mask, generator=torch.Generator().manual_seed(seed))
+        x0 = out.region_xy0[0, :, 0].double()
+        over += int(((x0 < left) | (x0 + side > right)).sum())
+        centres.append(out.patch_xy0[0].reshape(-1, 2).double()[:, 0] + source.patch_wh[0] * source.patch_downsample(0) / 2)
+    centres = torch.cat(centres)
+    assert over == 32  # every region (256 level-0 px) is wider than the strip (4 x 64): all reach over an edge
+    assert float(centres.min()) > left - cell2 and float(centres.max()) < right + cell2  # one stage-2 cell's slack
+    source.close()
+
+
 def test_a_slide_file_end_to_end_with_zoom_inputs(tmp_path):
     """write_synthetic_slide (Aperio JPEG, 0.5 µm/px) -> zoom_inputs at 8 µm/px -> one pass;
     the low view is the slide at 8 µm/px and the draws stay on its tissue."""

@@ -169,6 +169,43 @@ class ZoomSource:
             return None
         return torch.stack([y[:, :, None] & x[:, None, :] for y, x in axes]).to(corners_xy0.device)
 
+    def region_tissue(self, corners_xy0: Tensor, mask1: Tensor | None, *, low_shape,
+                      receptive_field=0) -> Tensor | None:
+        """bool ``[B, n1, R, R]``: True on region pixels that lie on the slide and in a stage-1 cell
+        the stage-1 mask keeps (tissue); None when there is no mask and every pixel is on the slide.
+
+        Stage 2 then draws only where stage 1 may (its grid pools this pixel mask, a cell kept
+        if any of its pixels is): no patch of a region at the tissue's edge lands on the glass.
+
+        Args:
+            corners_xy0: long ``[B, n1, 2]`` from :meth:`region_corners`.
+            mask1: bool ``[B, h1, w1]``, the stage-1 grid mask (None: no mask).
+            low_shape: ``(rows, cols)`` of the low view.
+            receptive_field: the stage-1 net's ``rf`` in low pixels.
+        """
+        inside = self.region_inside(corners_xy0)
+        if mask1 is None:
+            return inside
+        self._check_lead(corners_xy0, 3, "region corners")
+        rows, cols = self.region_wh[1], self.region_wh[0]
+        h1, w1 = int(mask1.shape[-2]), int(mask1.shape[-1])
+        out = []
+        for b in range(len(self.slides)):
+            (cw, ch), (ox, oy) = cell_grid_level0(low_shape=low_shape, map_shape=(h1, w1),
+                                                  low_downsample=self.low_downsamples[b],
+                                                  receptive_field=receptive_field)
+            ds = self.zoom_downsample(b)
+            xy = corners_xy0[b].cpu().double()
+            x = xy[:, 0, None] + (torch.arange(cols, dtype=torch.float64) + 0.5) * ds  # [n1, cols] level 0
+            y = xy[:, 1, None] + (torch.arange(rows, dtype=torch.float64) + 0.5) * ds
+            col, row = torch.floor((x - ox) / cw).long(), torch.floor((y - oy) / ch).long()
+            ok_c, ok_r = (col >= 0) & (col < w1), (row >= 0) & (row < h1)
+            grid = mask1[b].cpu()
+            kept = grid[row.clamp(0, h1 - 1)[:, :, None], col.clamp(0, w1 - 1)[:, None, :]]  # [n1, rows, cols]
+            out.append(kept & ok_r[:, :, None] & ok_c[:, None, :])
+        tissue = torch.stack(out).to(corners_xy0.device)
+        return tissue if inside is None else tissue & inside
+
     def patch_corners(self, cells: Tensor, corners_xy0: Tensor, *, map_shape, receptive_field=0) -> Tensor:
         """Level-0 top-left corners of the patches of the drawn stage-2 cells.
 
