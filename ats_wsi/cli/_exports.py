@@ -49,15 +49,15 @@ def settings(args: argparse.Namespace) -> dict:
 def operating_threshold(args: argparse.Namespace) -> tuple[float, str]:
     """``(threshold on P(class 1), where it came from)``: ``--threshold``, else the checkpoint's
     validation threshold (Youden's J), else 0.5."""
-    import math
-
-    from ..classifier.checkpoint import read_checkpoint
+    from ..classifier import ModelConfig
+    from ..classifier.checkpoint import read_checkpoint, stored_threshold
 
     if args.threshold is not None:
         return float(args.threshold), "--threshold"
-    stored = read_checkpoint(args.checkpoint).get("metrics", {}).get("val_threshold")
-    if isinstance(stored, (int, float)) and math.isfinite(stored):
-        return float(stored), "checkpoint: Youden's J on the validation slides"
+    payload = read_checkpoint(args.checkpoint)  # the threshold load_model gives the model: the same rule
+    stored = stored_threshold(payload, ModelConfig.from_dict(payload["config"]))
+    if stored is not None:
+        return stored, "checkpoint: Youden's J on the validation slides"
     return 0.5, "default 0.5 (the checkpoint has no validation threshold)"
 
 
