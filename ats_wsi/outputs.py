@@ -38,6 +38,7 @@ __all__ = [
     "colorize",
     "render_overlay",
     "draw_colorbar",
+    "blend_heatmap",
     "write_overlay_png",
 ]
 
@@ -396,21 +397,12 @@ def render_overlay(
 
     th, tw = thumbnail.shape[:2]
     values = np.asarray(attention, dtype=np.float32)
-    t = np.clip(np.nan_to_num(attention_scale(values)) / ATTENTION_SCALE_MAX, 0.0, 1.0)
-    heat = Image.fromarray(colorize(t, 0.0, 1.0))
-    # Opacity grows with attention, so low-attention areas show the slide.
-    opacity = Image.fromarray(np.round(t * alpha * 255).astype(np.uint8))
     # Place the map in thumbnail pixels: resize to its extent, paste at its origin.
     cw, ch = cell_size_xy[0] / thumb_downsample, cell_size_xy[1] / thumb_downsample
     ox, oy = int(round(origin_xy[0] / thumb_downsample)), int(round(origin_xy[1] / thumb_downsample))
-    ext_w = max(1, int(round(values.shape[1] * cw)))
-    ext_h = max(1, int(round(values.shape[0] * ch)))
-    layer = Image.new("RGB", (tw, th), (0, 0, 0))
-    mask = Image.new("L", (tw, th), 0)
-    layer.paste(heat.resize((ext_w, ext_h), Image.NEAREST), (ox, oy))
-    mask.paste(opacity.resize((ext_w, ext_h), Image.NEAREST), (ox, oy))
+    extent = (max(1, int(round(values.shape[1] * cw))), max(1, int(round(values.shape[0] * ch))))
     base = Image.fromarray(np.ascontiguousarray(thumbnail[..., :3]))
-    out = Image.composite(layer, base, mask)
+    out = blend_heatmap(base, values, extent, (ox, oy), alpha)
     draw = ImageDraw.Draw(out)
     if boxes_xywh is not None and len(boxes_xywh):
         font = _font(max(9, min(14, tw // 60)))
@@ -428,6 +420,22 @@ def render_overlay(
     if colorbar:
         draw_colorbar(draw, tw, th)
     return out
+
+
+def blend_heatmap(image, attention: np.ndarray, extent_wh: tuple[int, int], corner_xy: tuple[int, int],
+                  alpha: float = 0.5):
+    """``image`` (a PIL RGB image) with ``attention`` blended over it on the absolute scale
+    (:func:`attention_scale`, 0 .. :data:`ATTENTION_SCALE_MAX`), the map resized to ``extent_wh``
+    pixels and placed at ``corner_xy``; its opacity grows from 0 at no attention to ``alpha`` at
+    the top of the scale, so low-attention areas show the image (the overlay and the zoom sheet)."""
+    from PIL import Image
+
+    t = np.clip(np.nan_to_num(attention_scale(np.asarray(attention, dtype=np.float32))) / ATTENTION_SCALE_MAX, 0.0, 1.0)
+    layer = Image.new("RGB", image.size, (0, 0, 0))
+    mask = Image.new("L", image.size, 0)
+    layer.paste(Image.fromarray(colorize(t, 0.0, 1.0)).resize(extent_wh, Image.NEAREST), corner_xy)
+    mask.paste(Image.fromarray(np.round(t * alpha * 255).astype(np.uint8)).resize(extent_wh, Image.NEAREST), corner_xy)
+    return Image.composite(layer, image, mask)
 
 
 def prediction_title(class_name: str, probability: float) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from .errors import SheetError
-from .outputs import ATTENTION_SCALE_MAX, attention_scale, colorize, draw_colorbar
+from .outputs import blend_heatmap, draw_colorbar
 
 if TYPE_CHECKING:
     from .zoom import ZoomRecord
@@ -154,24 +154,15 @@ def region_tile(slide, box_xywh: Sequence[float], tile: int) -> np.ndarray:
 
 
 def _blend_map(image, record: ZoomRecord, r: int, alpha: float):
-    """``image`` (region ``r``'s tile) with its stage-2 map over it, as :func:`~ats_wsi.outputs.render_overlay` does."""
-    from PIL import Image
-
+    """``image`` (region ``r``'s tile) with its stage-2 map over it (:func:`~ats_wsi.outputs.blend_heatmap`)."""
     tile = image.size[0]
     x, y, w, h = (float(v) for v in record.region_boxes[r])
     sx, sy = tile / w, tile / h
     values = np.asarray(record.zoom_attention[r], dtype=np.float32)
-    t = np.clip(np.nan_to_num(attention_scale(values)) / ATTENTION_SCALE_MAX, 0.0, 1.0)
     cw, ch = (float(v) for v in record.zoom_cell_size_xy)
     ox, oy = (float(v) for v in record.zoom_origin_xy[r])
     extent = (max(1, round(values.shape[1] * cw * sx)), max(1, round(values.shape[0] * ch * sy)))
-    corner = (round((ox - x) * sx), round((oy - y) * sy))
-    layer = Image.new("RGB", image.size, (0, 0, 0))
-    mask = Image.new("L", image.size, 0)
-    layer.paste(Image.fromarray(colorize(t, 0.0, 1.0)).resize(extent, Image.Resampling.NEAREST), corner)
-    opacity = Image.fromarray(np.round(t * alpha * 255).astype(np.uint8))
-    mask.paste(opacity.resize(extent, Image.Resampling.NEAREST), corner)
-    return Image.composite(layer, image, mask)
+    return blend_heatmap(image, values, extent, (round((ox - x) * sx), round((oy - y) * sy)), alpha)
 
 
 def render_zoom_sheet(slide, record: ZoomRecord, *, tile: int = 192, columns: int = 4, alpha: float = 0.5,
